@@ -1,0 +1,232 @@
+"""Every default of the suite, each with its reason, and the flags derived from them.
+
+`Config` is the one source of defaults. Named recipes (`RECIPES`) override some of
+them as a set; a flag given on the command line overrides both. Nothing here
+imports TensorFlow, so `--help` and flag errors are instant.
+"""
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+OFFICIAL_DATASET_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+OFFICIAL_DATASET_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
+
+_KAGGLE_BERT = "https://www.kaggle.com/models/tensorflow/bert/TensorFlow2/"
+
+
+def _small_bert_catalogue():
+    """The 24 small BERTs of Turc et al. (2019): L layers x H wide, H/64 heads."""
+    encoders = {}
+    for layers in (2, 4, 6, 8, 10, 12):
+        for width in (128, 256, 512, 768):
+            shape = f"L-{layers}_H-{width}_A-{width // 64}"
+            encoders[f"small_bert/bert_en_uncased_{shape}"] = (
+                f"{_KAGGLE_BERT}bert-en-uncased-{shape.lower().replace('_', '-')}/2")
+    return encoders
+
+
+# Name -> encoder handle, as TensorFlow's "Classify text with BERT" tutorial lists them.
+BERT_ENCODERS = {
+    "bert_en_uncased_L-12_H-768_A-12": f"{_KAGGLE_BERT}en-uncased-l-12-h-768-a-12/3",
+    "bert_en_cased_L-12_H-768_A-12": f"{_KAGGLE_BERT}en-cased-l-12-h-768-a-12/3",
+    "bert_multi_cased_L-12_H-768_A-12": f"{_KAGGLE_BERT}multi-cased-l-12-h-768-a-12/3",
+    **_small_bert_catalogue(),
+}
+
+# Name -> the preprocessor whose vocabulary and casing match that encoder.
+BERT_PREPROCESSORS = {
+    name: f"{_KAGGLE_BERT}" + (
+        "en-cased-preprocess/3" if "_en_cased" in name
+        else "multi-cased-preprocess/3" if "_multi_cased" in name
+        else "en-uncased-preprocess/3")
+    for name in BERT_ENCODERS
+}
+
+# The tutorial's five example sentences, scored after training by both the in-memory
+# and the reloaded model.
+EXAMPLE_SENTENCES = (
+    "this is such an amazing movie!",
+    "The movie was great!",
+    "The movie was meh.",
+    "The movie was okish.",
+    "The movie was terrible...",
+)
+
+TRUNCATIONS = ("head", "tail", "head+tail")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
+OPTIMIZERS = ("adamw", "tutorial-adamw", "tfa")
+SCHEDULES = ("constant", "linear")
+PIPELINES = ("fast", "tutorial")
+POOLINGS = ("pooled", "mean")
+OUTPUT_FORMATS = ("table", "jsonl", "csv")
+
+
+def _option(default, reason, choices=None):
+    return field(default=default, metadata={"help": reason, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Config:
+    # What to fine-tune.
+    bert_model: str = _option("small_bert/bert_en_uncased_L-4_H-512_A-8",
+                              "the tutorial's model: 4 layers x 512 wide, trains in minutes on a GPU")
+    encoder: str = _option("", "encoder handle or local SavedModel dir; empty = the one --bert-model names")
+    preprocessor: str = _option("", "preprocessor handle or local SavedModel dir; empty = the one matching --bert-model")
+
+    # Where things live.
+    data_dir: str = _option("data", "the IMDB archive is downloaded and extracted here once")
+    dataset_url: str = _option(OFFICIAL_DATASET_URL, "any URL works, file:// included, for an offline copy")
+    dataset_md5: str = _option("", "checksum for a non-official --dataset-url; the official one is always verified")
+    model_dir: str = _option("models/imdb_bert", "the saved classifier and its run record")
+    plots_dir: str = _option("plots", "history and evaluation figures, as PNG")
+
+    # The data split, as in the tutorial.
+    seed: int = _option(42, "the tutorial's seed: the same 80/20 split of train/ and the same shuffles")
+    validation_split: float = _option(0.2, "the tutorial holds out 20%% of train/ for validation")
+    max_examples: int = _option(0, "cap each split at N reviews for a quick run; 0 = all")
+
+    # The training recipe; --recipe sets these as a group.
+    recipe: str = _option("best", "named set of the options below: best, official or tutorial")
+    epochs: int = _option(5, "the tutorial's 5; early stopping usually ends sooner")
+    batch_size: int = _option(32, "per device; 32 is the tutorial's and BERT's usual fine-tuning batch")
+    learning_rate: float = _option(3e-5, "peak rate; BERT's paper picks among 5e-5, 3e-5, 2e-5")
+    schedule: str = _option("linear", "linear = warm-up then linear decay to 0 (BERT's); constant = seed tutorial",
+                            SCHEDULES)
+    warmup_fraction: float = _option(0.1, "share of steps spent warming up, as BERT does")
+    optimizer: str = _option("adamw", "adamw = decay scaled by rate, not on LayerNorm/bias; "
+                             "tutorial-adamw = tfa's semantics; tfa = tensorflow-addons itself", OPTIMIZERS)
+    weight_decay: float = _option(0.01, "BERT's decoupled weight-decay rate")
+    epsilon: float = _option(1e-6, "BERT's Adam epsilon")
+    clip_norm: float = _option(1.0, "clip gradients to this global norm, as BERT does; 0 = off")
+    seq_length: int = _option(128, "tokens per review incl. [CLS]/[SEP]; most reviews are longer, up to 512 helps")
+    truncation: str = _option("head", "which tokens of a long review to keep", TRUNCATIONS)
+    dropout: float = _option(0.1, "the tutorial's dropout before the classifier")
+    pooling: str = _option("pooled", "pooled = the encoder's [CLS] pooled_output; mean = masked mean of tokens",
+                           POOLINGS)
+    early_stopping_patience: int = _option(0, "stop after N epochs without a better validation loss; 0 = off")
+
+    # How to run it.
+    pipeline: str = _option("fast", "fast = tokenize in tf.data, pad per batch; tutorial = strings into the model",
+                            PIPELINES)
+    eval_batch_size: int = _option(128, "evaluation needs no gradients, so larger batches pay")
+    precision: str = _option("auto", "auto = float32 here; bfloat16/float16 rewrite the graph", PRECISIONS)
+    jit_compile: bool = _option(False, "XLA-compile the encoder and head")
+    strategy: str = _option("default", "tf.distribute strategy: mirrored = several GPUs, multiworker = TF_CONFIG",
+                            STRATEGIES)
+    require_gpu: bool = _option(False, "fail instead of training on the CPU")
+    checkpoint_every: int = _option(200, "also checkpoint every N steps so a killed run resumes; 0 = per epoch only")
+    tensorboard: bool = _option(False, "write TensorBoard logs under the model dir")
+
+    def encoder_handle(self):
+        return self.encoder or BERT_ENCODERS[self.bert_model]
+
+    def preprocessor_handle(self):
+        return self.preprocessor or BERT_PREPROCESSORS[self.bert_model]
+
+    def validate(self):
+        """Raise ValueError, naming the fix, for any value the suite can't use."""
+        if not (self.encoder and self.preprocessor) and self.bert_model not in BERT_ENCODERS:
+            raise ValueError(f"unknown --bert-model {self.bert_model!r}; run `python train.py --list-models` "
+                             "for the names, or pass --encoder and --preprocessor")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown --recipe {self.recipe!r}; use one of {', '.join(RECIPES)}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_examples", "checkpoint_every", "early_stopping_patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+        if not 0 < self.validation_split < 1:
+            raise ValueError(f"--validation-split must be between 0 and 1 (the tutorial uses 0.2), "
+                             f"got {self.validation_split}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"--warmup-fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.weight_decay < 0 or self.clip_norm < 0 or not self.epsilon > 0:
+            raise ValueError("--weight-decay and --clip-norm must be 0 or more and --epsilon positive")
+        if self.seq_length < MIN_SEQ_LENGTH:
+            raise ValueError(f"Cannot use --seq-length {self.seq_length}: [CLS] and [SEP] alone take 2 "
+                             f"tokens; use at least {MIN_SEQ_LENGTH}")
+        if self.truncation == "head+tail" and self.seq_length < 4:
+            raise ValueError("--truncation head+tail needs --seq-length 4 or more")
+        return self
+
+
+MIN_SEQ_LENGTH = 8
+
+# Named recipes: each overrides the Config defaults above; explicit flags override a recipe.
+RECIPES = {
+    # The seed tutorial exactly: small batches, constant rate, tfa AdamW decaying
+    # every variable by 1e-4 per step, 128 head tokens, all 5 epochs.
+    "tutorial": dict(batch_size=4, learning_rate=3e-5, schedule="constant", warmup_fraction=0.0,
+                     optimizer="tutorial-adamw", weight_decay=1e-4, epsilon=1e-7, clip_norm=0.0,
+                     epochs=5, seq_length=128, truncation="head", pooling="pooled",
+                     early_stopping_patience=0),
+    # TensorFlow's official BERT fine-tuning recipe (tf-models' create_optimizer).
+    "official": dict(batch_size=32, learning_rate=3e-5, schedule="linear", warmup_fraction=0.1,
+                     optimizer="adamw", weight_decay=0.01, epsilon=1e-6, clip_norm=1.0,
+                     epochs=5, seq_length=128, truncation="head", pooling="pooled",
+                     early_stopping_patience=0),
+    # The best measured here (README, benchmarks/accuracy.py): whole reviews (head+tail
+    # of 512 tokens), a higher peak rate for a small model, early stopping on val loss.
+    "best": dict(batch_size=32, learning_rate=5e-5, schedule="linear", warmup_fraction=0.1,
+                 optimizer="adamw", weight_decay=0.01, epsilon=1e-6, clip_norm=1.0,
+                 epochs=3, seq_length=512, truncation="head+tail", pooling="pooled",
+                 early_stopping_patience=1),
+}
+
+
+def _flag(name):
+    return name.replace("_", "-")
+
+
+def add_flags(parser, names, defaults=None):
+    """Add `--flag` for each named Config field, with its reason and default in --help.
+
+    Flags default to None so `from_args` can tell what the user set from what a
+    recipe may fill in.
+    """
+    defaults = defaults or {}
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for name in names:
+        spec = fields[name]
+        default = defaults.get(name, spec.default)
+        recipe_note = "; set by --recipe" if any(name in r for r in RECIPES.values()) else ""
+        help_text = f"{spec.metadata['help']} (default: {default!r}{recipe_note})"
+        kwargs = dict(default=None, help=help_text, dest=name)
+        if spec.metadata["choices"]:
+            kwargs["choices"] = spec.metadata["choices"]
+        if isinstance(spec.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = type(spec.default)
+            kwargs["metavar"] = name.upper()
+        parser.add_argument(f"--{_flag(name)}", **kwargs)
+    return parser
+
+
+def from_args(args, base=None):
+    """Defaults, then the chosen recipe, then what the user set; validated."""
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k in {f.name for f in dataclasses.fields(Config)}}
+    config = base or Config()
+    recipe = given.get("recipe", config.recipe)
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown --recipe {recipe!r}; use one of {', '.join(RECIPES)}")
+    return dataclasses.replace(config, **{**RECIPES[recipe], **given}).validate()
+
+
+def resolve(**overrides):
+    """A validated Config as the command line would make it, for code and tests."""
+    return from_args(argparse.Namespace(**overrides))
+
+
+def hub_cache_dir():
+    """Where TF-Hub models are kept: $TFHUB_CACHE_DIR, else a user cache that is not purged."""
+    return os.environ.get("TFHUB_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tfhub_modules")

@@ -1,0 +1,40 @@
+"""Score a saved classifier on the IMDB test split: metrics, plots, and its worst mistakes.
+
+    python evaluate.py --model-dir models/imdb_bert --show-errors 5
+"""
+import argparse
+import sys
+
+import cli
+import config
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    config.add_flags(parser, ["model_dir", "data_dir", "dataset_url", "dataset_md5", "max_examples",
+                              "plots_dir", "precision"])
+    parser.add_argument("--batch-size", dest="eval_batch_size", type=int, default=None, metavar="N",
+                        help=f"reviews per batch (default: {config.Config.eval_batch_size}; "
+                             "independent of training's)")
+    parser.add_argument("--show-errors", type=int, default=0, metavar="K",
+                        help="list the K most confidently wrong reviews (default: 0)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="score at or above which a review "
+                        "counts as positive (default: 0.5)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    cli.require_model_dir(args.model_dir or config.Config.model_dir)
+    import inference  # TensorFlow loads only once the flags are known to be good
+    cfg = inference.evaluation_config(args)
+    if args.show_errors < 0:
+        raise ValueError(f"--show-errors must be 0 or more, got {args.show_errors}")
+    metrics = inference.evaluate(cfg, args.show_errors, inference.check_threshold(args.threshold))
+    print("\n".join(inference.format_metrics(metrics)))
+    return metrics
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,157 @@
+"""The IMDB reviews: download once, verify, extract atomically, split as the tutorial does."""
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+import config
+
+CLASS_NAMES = ("neg", "pos")  # label 0 and 1, sorted as text_dataset_from_directory sorts them
+ARCHIVE_NAME = "aclImdb_v1.tar.gz"
+DATASET_NAME = "aclImdb"
+
+
+@dataclass(frozen=True)
+class Split:
+    texts: list
+    labels: np.ndarray
+    paths: list
+
+    def __len__(self):
+        return len(self.texts)
+
+
+def md5_of(path):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_layout(root):
+    """Raise ValueError unless root holds train/ and test/, each with neg/ and pos/ reviews."""
+    missing = [os.path.join(split, label) for split in ("train", "test") for label in CLASS_NAMES
+               if not os.path.isdir(os.path.join(root, split, label))]
+    if missing:
+        raise ValueError(f"{root} is not an IMDB dataset (missing {', '.join(missing)}); point --data-dir "
+                         "at a folder holding aclImdb/ or an empty one to download into")
+
+
+def _verify_archive(path, expected_md5):
+    """Delete the archive and raise ValueError if it is corrupt or truncated."""
+    problem = None
+    if expected_md5:
+        actual = md5_of(path)
+        if actual != expected_md5.lower():
+            problem = f"its MD5 is {actual}, expected {expected_md5}"
+    else:
+        try:  # gzip's CRC and tar's headers catch a truncated or corrupt file
+            with tarfile.open(path, "r:gz") as archive:
+                for _ in archive:
+                    pass
+        except (tarfile.TarError, OSError, EOFError) as error:
+            problem = f"it cannot be read ({error})"
+    if problem:
+        os.remove(path)
+        raise ValueError(f"the downloaded {os.path.basename(path)} is corrupt: {problem}. It was deleted; "
+                         "run again to download it afresh, or check --dataset-url/--dataset-md5")
+
+
+def download_archive(data_dir, url, md5=""):
+    """The archive in data_dir, downloaded with tf.keras.utils.get_file unless already there."""
+    from runtime import keras
+    expected_md5 = md5 or (config.OFFICIAL_DATASET_MD5 if url == config.OFFICIAL_DATASET_URL else "")
+    path = os.path.join(os.path.abspath(data_dir), ARCHIVE_NAME)
+    if os.path.exists(path):
+        _verify_archive(path, expected_md5)  # a killed earlier download leaves a truncated file
+        return path
+    try:
+        path = keras.utils.get_file(ARCHIVE_NAME, origin=url, cache_dir=os.path.abspath(data_dir),
+                                    cache_subdir="")
+    except Exception as error:  # get_file wraps network errors in a bare Exception
+        raise ValueError(f"could not download {url} ({str(error).splitlines()[0]}); this machine may be "
+                         f"offline: fetch {ARCHIVE_NAME} elsewhere and pass --dataset-url file:///path/to/"
+                         f"{ARCHIVE_NAME}, or extract it so that --data-dir holds {DATASET_NAME}/") from None
+    _verify_archive(path, expected_md5)
+    return path
+
+
+def _extract(archive_path, data_dir):
+    """Extract into a temporary folder beside the target and rename it into place when whole,
+    leaving out train/unsup, which text_dataset_from_directory would count as a third class."""
+    target = os.path.join(data_dir, DATASET_NAME)
+    staging = tempfile.mkdtemp(prefix=f".{DATASET_NAME}.partial-", dir=data_dir)
+    try:
+        with tarfile.open(archive_path, "r:gz") as archive:
+            members = [m for m in archive.getmembers()
+                       if not m.name.replace("\\", "/").split("/")[1:3] == ["train", "unsup"]]
+            archive.extractall(staging, members=members, filter="data")
+        check_layout(os.path.join(staging, DATASET_NAME))
+        os.rename(os.path.join(staging, DATASET_NAME), target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def prepare(data_dir, url=config.OFFICIAL_DATASET_URL, md5=""):
+    """The aclImdb folder under data_dir, downloading and extracting it the first time."""
+    os.makedirs(data_dir, exist_ok=True)
+    root = os.path.join(data_dir, DATASET_NAME)
+    if not os.path.isdir(root):
+        _extract(download_archive(data_dir, url, md5), data_dir)
+    check_layout(root)
+    shutil.rmtree(os.path.join(root, "train", "unsup"), ignore_errors=True)  # an aclImdb/ extracted by hand
+    return root
+
+
+def _read_review(path):
+    # A review that is not valid UTF-8 is read with replacement characters rather than failing the run.
+    with open(path, "rb") as f:
+        return f.read().decode("utf-8", errors="replace")
+
+
+def list_reviews(directory, seed):
+    """File paths and labels of directory/{neg,pos}, shuffled exactly as the tutorial's
+    text_dataset_from_directory(seed=seed) shuffles them, so the splits are the same."""
+    paths, labels = [], []
+    for label, name in enumerate(CLASS_NAMES):
+        class_dir = os.path.join(directory, name)
+        for walk_root, _, files in sorted(os.walk(class_dir), key=lambda entry: entry[0]):
+            for file_name in sorted(files):
+                if file_name.lower().endswith(".txt"):
+                    paths.append(os.path.join(walk_root, file_name))
+                    labels.append(label)
+    if not paths:
+        raise ValueError(f"no reviews found in {directory}/neg or /pos; delete {directory} so it is "
+                         "extracted again, or point --data-dir at a complete copy")
+    np.random.RandomState(seed).shuffle(paths)
+    np.random.RandomState(seed).shuffle(labels)
+    return paths, np.asarray(labels, dtype=np.int32)
+
+
+def _load(paths, labels, max_examples):
+    if max_examples:
+        paths, labels = paths[:max_examples], labels[:max_examples]
+    return Split([_read_review(p) for p in paths], labels, list(paths))
+
+
+def load_splits(cfg, with_train=True):
+    """Train, validation and test splits for a Config (train/val None unless with_train)."""
+    root = prepare(cfg.data_dir, cfg.dataset_url, cfg.dataset_md5)
+    test_paths, test_labels = list_reviews(os.path.join(root, "test"), cfg.seed)
+    test = _load(test_paths, test_labels, cfg.max_examples)
+    if not with_train:
+        return None, None, test
+    paths, labels = list_reviews(os.path.join(root, "train"), cfg.seed)
+    num_validation = int(cfg.validation_split * len(paths))
+    if num_validation == 0 or num_validation == len(paths):
+        raise ValueError(f"--validation-split {cfg.validation_split} leaves no reviews for "
+                         f"{'validation' if num_validation == 0 else 'training'} out of {len(paths)}")
+    train = _load(paths[:-num_validation], labels[:-num_validation], cfg.max_examples)
+    validation = _load(paths[-num_validation:], labels[-num_validation:], cfg.max_examples)
+    return train, validation, test

@@ -1,0 +1,48 @@
+"""Score reviews with a saved classifier: positive-probability and label for each.
+
+    python predict.py --model-dir models/imdb_bert "The movie was great!" "The movie was terrible..."
+    python predict.py --file reviews.txt --format jsonl > scores.jsonl
+    cat reviews.txt | python predict.py --format csv
+"""
+import argparse
+import sys
+
+import cli
+import config
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sentences", nargs="*", help="reviews to score; none = read --file or standard input")
+    parser.add_argument("--file", metavar="PATH", help="score each line of PATH ('-' = standard input)")
+    parser.add_argument("--format", choices=config.OUTPUT_FORMATS, default="table",
+                        help="table (aligned, as the tutorial prints), jsonl or csv (default: table)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="score at or above which a review is positive (default: 0.5)")
+    parser.add_argument("--batch-size", dest="eval_batch_size", type=int, default=None, metavar="N",
+                        help=f"reviews per batch (default: {config.Config.eval_batch_size})")
+    config.add_flags(parser, ["model_dir", "precision"])
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.sentences and args.file:
+        raise ValueError("give reviews as arguments or with --file, not both")
+    cfg = config.from_args(args)
+    cli.require_model_dir(args.model_dir or config.Config.model_dir)
+    import inference  # TensorFlow loads only once the flags are known to be good
+    threshold = inference.check_threshold(args.threshold)
+    model, _, _ = inference.load_model(cfg.model_dir, cfg.precision)
+    texts = args.sentences or inference.read_lines(args.file or "-")
+    writer = inference.Writer(args.format, threshold, inference.stdout_text())
+    results = []
+    for text, score in inference.predict(model, texts, cfg.eval_batch_size):
+        writer.write(text, score)
+        results.append(float(score))
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,104 @@
+"""The TensorFlow stack, imported in the one order that works, and the devices to run on.
+
+tensorflow_hub's KerasLayer only works with tf-keras (Keras 2), so TF_USE_LEGACY_KERAS
+must be set before TensorFlow is first imported, and tensorflow_text must be imported
+before any preprocessor is loaded, or its ops (CaseFoldUTF8, ...) are unknown.
+"""
+import os
+import sys
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ start-up chatter out of the user's way
+
+import config  # noqa: E402
+
+os.environ.setdefault("TFHUB_CACHE_DIR", config.hub_cache_dir())  # persistent, unlike the default temp dir
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_hub as hub  # noqa: E402,F401  (re-exported for the suite)
+import tensorflow_text  # noqa: E402,F401  (registers the preprocessor's ops)
+
+keras = tf.keras
+if not keras.__name__.startswith("tf_keras"):
+    raise ImportError("TensorFlow was imported before runtime.py could select tf-keras; "
+                      "import runtime first or set TF_USE_LEGACY_KERAS=1")
+
+
+def cpu_supports_bfloat16():
+    """True on CPUs with AMX or AVX512-BF16, where oneDNN runs bfloat16 matmuls natively."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision):
+    """The precision 'auto' stands for on this machine (see README, Speed)."""
+    if precision != "auto":
+        return precision
+    if tf.config.list_physical_devices("GPU"):
+        return "float16"
+    return "bfloat16" if cpu_supports_bfloat16() else "float32"
+
+
+def set_precision(precision):
+    """Rewrite graphs to run matmuls in reduced precision; works on TF-Hub SavedModels,
+    which ignore Keras mixed-precision policies. Returns the precision in force."""
+    precision = resolve_precision(precision)
+    tf.config.optimizer.set_experimental_options({
+        "auto_mixed_precision_onednn_bfloat16": precision == "bfloat16",
+        "auto_mixed_precision": precision == "float16",
+    })
+    return precision
+
+
+def check_devices(require_gpu=False, log=print):
+    """Say which GPUs TensorFlow sees; with none, train on the CPU unless told not to."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        log(f"GPUs found: {', '.join(g.name for g in gpus)}")
+    elif require_gpu:
+        raise ValueError("no GPU found and --require-gpu was given; install a CUDA build of "
+                         "TensorFlow with a working driver, or drop --require-gpu to train on the CPU")
+    else:
+        log("No GPU found: training on the CPU, which is much slower (use --max-examples for a quick run).")
+    return gpus
+
+
+def make_strategy(name):
+    """The tf.distribute strategy for --strategy; 'default' is the single-device one."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy multiworker reads the cluster from TF_CONFIG; set it on "
+                             "every worker (see README)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.OpError) as error:
+            raise ValueError(f"no TPU could be reached ({str(error).splitlines()[0]}); run on a TPU VM "
+                             "or pick another --strategy") from None
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"unknown --strategy {name!r}; use one of {', '.join(config.STRATEGIES)}")
+
+
+def _tf_keras_version():
+    import tf_keras
+    return tf_keras.__version__
+
+
+def package_versions():
+    """Versions that decide whether a saved model reloads and scores the same."""
+    import numpy
+    versions = {"python": sys.version.split()[0], "tensorflow": tf.__version__,
+                "tf_keras": _tf_keras_version(), "tensorflow_hub": hub.__version__,
+                "tensorflow_text": tensorflow_text.__version__, "numpy": numpy.__version__}
+    return versions

@@ -1,0 +1,36 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tiny_hub  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def hub_models(tmp_path_factory):
+    """(preprocessor dir, encoder dir) of the tiny TF-Hub-format models."""
+    return tiny_hub.save_hub_models(str(tmp_path_factory.mktemp("hub")))
+
+
+@pytest.fixture(scope="session")
+def archive_url(tmp_path_factory):
+    """A file:// URL of a tiny aclImdb_v1.tar.gz."""
+    path = tiny_hub.write_archive(str(tmp_path_factory.mktemp("archive") / "aclImdb_v1.tar.gz"))
+    return "file://" + path
+
+
+@pytest.fixture
+def flags(hub_models, archive_url, tmp_path):
+    """Command-line flags for a quick, offline training run in tmp_path."""
+    preprocess, encoder = hub_models
+    return ["--encoder", encoder, "--preprocessor", preprocess, "--dataset-url", archive_url,
+            "--data-dir", str(tmp_path / "data"), "--model-dir", str(tmp_path / "models" / "imdb_bert"),
+            "--plots-dir", str(tmp_path / "plots")]
+
+
+QUICK = ["--recipe", "official", "--epochs", "3", "--batch-size", "8", "--learning-rate", "3e-3",
+         "--seq-length", "64", "--checkpoint-every", "0", "--precision", "float32"]
