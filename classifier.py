@@ -4,6 +4,7 @@ Training works on token ids (tokenized in tf.data, padded per batch); the saved 
 wraps preprocessor + encoder + head, so it takes raw strings like the tutorial's.
 """
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -248,6 +249,7 @@ def save(exported, model_dir, record, extra_files=None):
     parent = os.path.dirname(model_dir)
     os.makedirs(parent, exist_ok=True)
     recover_interrupted_save(model_dir)
+    cli.remove_leftovers(parent, f".{os.path.basename(model_dir)}.saving-")
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(model_dir)}.saving-", dir=parent)
     try:
         tf.saved_model.save(exported, staging)  # no optimizer: the tutorial's include_optimizer=False
@@ -290,12 +292,13 @@ def score_texts(model, texts, batch_size, window_batches=16):
     order. `model` is an ExportedClassifier or its reloaded SavedModel.
     """
     texts = iter(texts)
-    dataset = tf.data.Dataset.from_generator(
-        lambda: (sanitize(t) for t in texts), output_signature=tf.TensorSpec([], tf.string))
-    dataset = (dataset.batch(batch_size).map(model.preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-               .unbatch().batch(batch_size * window_batches).prefetch(1))
-    for window in dataset:
-        tokens = {key: window[key].numpy() for key in TOKEN_KEYS}
+    while True:
+        window = [sanitize(text) for text in itertools.islice(texts, batch_size * window_batches)]
+        if not window:
+            return
+        batches = list(tf.data.Dataset.from_tensor_slices(window).batch(batch_size)
+                       .map(model.preprocess, num_parallel_calls=tf.data.AUTOTUNE))
+        tokens = {key: np.concatenate([batch[key].numpy() for batch in batches]) for key in TOKEN_KEYS}
         lengths = tokens["input_mask"].sum(axis=1)
         order = np.argsort(lengths, kind="stable")
         logits = np.empty(len(order), dtype=np.float32)

@@ -1,5 +1,6 @@
 """How every script ends: a result, or a one-line error that names the fix and a non-zero exit."""
 import os
+import shutil
 import sys
 
 RUN_RECORD = "run.json"  # written beside saved_model.pb by train.py
@@ -37,3 +38,10 @@ def require_model_dir(model_dir):
         raise ValueError(f"{model_dir} is not a classifier saved by train.py (no saved_model.pb and "
                          f"{RUN_RECORD}); point --model-dir at one")
     return model_dir
+
+
+def remove_leftovers(parent, prefix):
+    """Delete the temporary folders that a killed save or extraction left behind."""
+    for name in os.listdir(parent):
+        if name.startswith(prefix):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)

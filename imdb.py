@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import cli
 import config
 
 CLASS_NAMES = ("neg", "pos")  # label 0 and 1, sorted as text_dataset_from_directory sorts them
@@ -85,6 +86,7 @@ def _extract(archive_path, data_dir):
     """Extract into a temporary folder beside the target and rename it into place when whole,
     leaving out train/unsup, which text_dataset_from_directory would count as a third class."""
     target = os.path.join(data_dir, DATASET_NAME)
+    cli.remove_leftovers(data_dir, f".{DATASET_NAME}.partial-")  # a killed extraction's: never trusted
     staging = tempfile.mkdtemp(prefix=f".{DATASET_NAME}.partial-", dir=data_dir)
     try:
         with tarfile.open(archive_path, "r:gz") as archive:
@@ -140,11 +142,13 @@ def _load(paths, labels, max_examples):
     return Split([_read_review(p) for p in paths], labels, list(paths))
 
 
-def load_splits(cfg, with_train=True):
-    """Train, validation and test splits for a Config (train/val None unless with_train)."""
+def load_splits(cfg, with_train=True, caps=None):
+    """Train, validation and test splits for a Config (train/val None unless with_train).
+    caps = (train, validation, test) sizes overrides cfg.max_examples per split."""
+    train_cap, validation_cap, test_cap = caps or (cfg.max_examples,) * 3
     root = prepare(cfg.data_dir, cfg.dataset_url, cfg.dataset_md5)
     test_paths, test_labels = list_reviews(os.path.join(root, "test"), cfg.seed)
-    test = _load(test_paths, test_labels, cfg.max_examples)
+    test = _load(test_paths, test_labels, test_cap)
     if not with_train:
         return None, None, test
     paths, labels = list_reviews(os.path.join(root, "train"), cfg.seed)
@@ -152,6 +156,6 @@ def load_splits(cfg, with_train=True):
     if num_validation == 0 or num_validation == len(paths):
         raise ValueError(f"--validation-split {cfg.validation_split} leaves no reviews for "
                          f"{'validation' if num_validation == 0 else 'training'} out of {len(paths)}")
-    train = _load(paths[:-num_validation], labels[:-num_validation], cfg.max_examples)
-    validation = _load(paths[-num_validation:], labels[-num_validation:], cfg.max_examples)
+    train = _load(paths[:-num_validation], labels[:-num_validation], train_cap)
+    validation = _load(paths[-num_validation:], labels[-num_validation:], validation_cap)
     return train, validation, test

@@ -72,7 +72,9 @@ def make_strategy(name):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # Every GPU; on a machine without, every logical CPU (one unless configured otherwise).
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multiworker reads the cluster from TF_CONFIG; set it on "

