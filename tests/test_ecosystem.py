@@ -1,0 +1,133 @@
+"""Issue 6: evaluation report, batch prediction formats, run records, logs, model catalogue."""
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from sklearn import metrics as sk
+
+import config
+import evaluate
+import predict
+import reporting
+import train
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 500)
+    logits = rng.normal(labels * 1.5 - 0.75, 1.5).round(1)  # rounding makes ties, which AUC must handle
+    ours = reporting.binary_metrics(labels, logits)
+    predicted = (1 / (1 + np.exp(-logits)) >= 0.5).astype(int)
+    assert ours["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted))
+    assert ours["precision"] == pytest.approx(sk.precision_score(labels, predicted))
+    assert ours["recall"] == pytest.approx(sk.recall_score(labels, predicted))
+    assert ours["f1"] == pytest.approx(sk.f1_score(labels, predicted))
+    assert ours["roc_auc"] == pytest.approx(sk.roc_auc_score(labels, logits))
+    assert ours["confusion_matrix"] == sk.confusion_matrix(labels, predicted).tolist()
+    assert ours["loss"] == pytest.approx(sk.log_loss(labels, 1 / (1 + np.exp(-logits))), rel=1e-6)
+
+
+def test_evaluation_report_json_plots_and_errors(trained, capsys):
+    flags, _ = trained
+    metrics = evaluate.main(["--model-dir", flags["--model-dir"], "--show-errors", "3",
+                             "--plots-dir", flags["--plots-dir"]])
+    with open(os.path.join(flags["--model-dir"], "evaluation.json")) as f:
+        saved = json.load(f)
+    assert saved["accuracy"] == metrics["accuracy"] and saved["confusion_matrix"] == metrics["confusion_matrix"]
+    for path in metrics["plots"].values():
+        with open(path, "rb") as f:
+            assert f.read(4) == b"\x89PNG"
+    errors = metrics["most_confident_errors"]
+    assert len(errors) == min(3, sum(metrics["confusion_matrix"][0][1:]) + metrics["confusion_matrix"][1][0])
+    confidences = [abs(e["score"] - 0.5) for e in errors]
+    assert confidences == sorted(confidences, reverse=True)
+    for error in errors:
+        assert (error["score"] >= 0.5) != (error["label"] == "pos")
+    out = capsys.readouterr().out
+    assert "ROC AUC" in out and "Precision" in out
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "csv", "table"])
+def test_prediction_formats_keep_input_order(trained, tmp_path, capsys, output_format):
+    flags, _ = trained
+    texts = ["great great film", "awful, boring", "", "brilliant, \"quoted\" acting", "dull plot"]
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text("\n".join(texts) + "\n")
+    scores = predict.main(["--model-dir", flags["--model-dir"], "--file", str(reviews), "--format",
+                           output_format, "--threshold", "0.6"])
+    out = capsys.readouterr().out
+    alone = [predict.main(["--model-dir", flags["--model-dir"], text])[0] for text in texts]
+    capsys.readouterr()
+    np.testing.assert_allclose(scores, alone, atol=1e-5)  # batch-mates don't change a score
+    if output_format == "jsonl":
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert [r["text"] for r in rows] == texts
+        assert [r["label"] for r in rows] == ["positive" if s >= 0.6 else "negative" for s in scores]
+    elif output_format == "csv":
+        rows = list(csv.DictReader(io.StringIO(out)))
+        assert [r["text"] for r in rows] == texts
+        np.testing.assert_allclose([float(r["score"]) for r in rows], scores, atol=1e-6)
+    else:
+        assert len(out.splitlines()) == len(texts)
+
+
+def test_standard_input(trained, monkeypatch, capsys):
+    flags, _ = trained
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"great film\nawful film\n")))
+    scores = predict.main(["--model-dir", flags["--model-dir"], "--format", "jsonl"])
+    assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == ["great film",
+                                                                                           "awful film"]
+    assert len(scores) == 2
+
+
+def test_run_record_says_what_made_the_model(trained):
+    flags, record = trained
+    with open(os.path.join(flags["--model-dir"], "run.json")) as f:
+        saved = json.load(f)
+    assert saved["config"]["seq_length"] == 64 and saved["config"]["recipe"] == "official"
+    assert saved["encoder"] == flags["--encoder"]
+    assert set(saved["versions"]) >= {"tensorflow", "tf_keras", "tensorflow_hub", "tensorflow_text"}
+    assert saved["split_sizes"] == {"train": 77, "validation": 19, "test": 48}
+    assert saved["test_metrics"]["accuracy"] == record["test_metrics"]["accuracy"]
+    assert len(saved["history"]["val_loss"]) == 4
+    with open(os.path.join(flags["--model-dir"], "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert float(rows[-1]["loss"]) == pytest.approx(saved["history"]["loss"][-1])
+
+
+def test_tensorboard_logs(flags):
+    train.main(flags + ["--recipe", "official", "--epochs", "1", "--batch-size", "16", "--seq-length", "32",
+                        "--tensorboard"])
+    model_dir = flags[flags.index("--model-dir") + 1]
+    events = [f for _, _, files in os.walk(os.path.join(model_dir, "tensorboard")) for f in files
+              if f.startswith("events.out.tfevents")]
+    assert events
+
+
+def test_list_models(capsys):
+    catalogue = train.main(["--list-models"])
+    out = capsys.readouterr().out
+    assert len(catalogue) == 27 and sum(name.startswith("small_bert/") for name in catalogue) == 24
+    assert "small_bert/bert_en_uncased_L-4_H-512_A-8" in out
+    assert config.BERT_PREPROCESSORS["bert_multi_cased_L-12_H-768_A-12"] in out
+    assert "kaggle.com/models/tensorflow/bert/TensorFlow2/bert-en-uncased-l-4-h-512-a-8/2" in out
+
+
+def test_tfa_optimizer(flags, capsys):
+    """On the main stack, a one-line pointer to the tfa profile; on the tfa stack, training with it."""
+    try:
+        import tensorflow_addons  # noqa: F401
+    except ImportError:
+        import cli
+        assert cli.run(train.main, flags + ["--recipe", "tutorial", "--optimizer", "tfa"]) == cli.EXIT_ERROR
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "requirements-tfa.txt" in err
+        return
+    record = train.main(flags + ["--recipe", "tutorial", "--optimizer", "tfa", "--epochs", "1",
+                                 "--seq-length", "32", "--batch-size", "16"])
+    assert record["config"]["optimizer"] == "tfa" and record["optimizer_steps"] == 5

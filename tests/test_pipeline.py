@@ -1,0 +1,180 @@
+"""Issues 3 and 4: recipes, long reviews, the fast pipeline, precision and multi-device training."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import config
+import train
+from conftest import QUICK, ROOT
+
+
+def test_recipes_and_flag_overrides():
+    tutorial = config.resolve(recipe="tutorial")
+    assert (tutorial.batch_size, tutorial.schedule, tutorial.optimizer, tutorial.seq_length) == \
+        (4, "constant", "tutorial-adamw", 128)
+    assert config.resolve(recipe="official").schedule == "linear"
+    assert config.resolve().recipe == "best"
+    assert config.resolve(recipe="tutorial", batch_size=8).batch_size == 8  # a flag beats the recipe
+
+
+def test_optimizers_follow_their_recipes():
+    import classifier
+    best = classifier.make_optimizer(config.resolve(), 100)
+    assert best.weight_decay == 0.01 and best.global_clipnorm == 1.0
+    schedule = best._learning_rate  # the schedule itself; .learning_rate is its current value
+    assert float(schedule(0)) == 0 and float(schedule(10)) == pytest.approx(5e-5) and float(schedule(100)) == 0
+    tutorial = classifier.make_optimizer(config.resolve(recipe="tutorial"), 100)
+    # tfa semantics: 1e-4 of each weight per step, whatever the rate.
+    assert tutorial.weight_decay * tutorial.learning_rate.numpy() == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="--schedule constant"):
+        classifier.make_optimizer(config.resolve(recipe="tutorial", schedule="linear"), 100)
+
+
+def test_weight_decay_skips_layer_norm_and_bias(hub_models):
+    import runtime
+    import classifier
+    model = classifier.build_token_classifier(runtime.hub.load(hub_models[1]), 0.1, "pooled")
+    optimizer = classifier.make_optimizer(config.resolve(), 10)
+    optimizer.build(model.trainable_variables)
+    decayed = {v.name for v in model.trainable_variables if optimizer._use_weight_decay(v)}
+    assert any("word_embeddings" in name for name in decayed)
+    assert not any("layer_norm" in name or "bias" in name for name in decayed)
+
+
+@pytest.fixture(scope="module")
+def text_to_tokens(hub_models):
+    import runtime
+    import classifier
+    preprocessor = runtime.hub.load(hub_models[0])
+    return lambda length, truncation: classifier.TextToTokens(preprocessor, length, truncation), preprocessor
+
+
+def test_head_truncation_equals_the_preprocessors_own(text_to_tokens):
+    import tensorflow as tf
+    make, preprocessor = text_to_tokens
+    texts = tf.constant(["great film " * 100, "awful", ""])
+    ours = make(128, "head")(texts)
+    theirs = preprocessor(texts)  # the tutorial's hub.KerasLayer(preprocessor) output, 128 tokens
+    for key in ours:
+        np.testing.assert_array_equal(ours[key].numpy(), theirs[key].numpy())
+
+
+@pytest.mark.parametrize("truncation, expected", [
+    ("head", ["great"] * 6),
+    ("tail", ["awful"] * 6),
+    ("head+tail", ["great"] * 2 + ["awful"] * 4),  # 128/510 of the budget from the head
+])
+def test_truncation_keeps_the_right_tokens(text_to_tokens, truncation, expected):
+    import tensorflow as tf
+    from tiny_hub import VOCAB
+    make, _ = text_to_tokens
+    tokens = make(8, truncation)(tf.constant(["great " * 20 + "awful " * 20]))
+    ids = tokens["input_word_ids"].numpy()[0]
+    assert [VOCAB[i] for i in ids] == ["[CLS]"] + expected + ["[SEP]"]
+    short = make(8, truncation)(tf.constant(["great awful"]))["input_word_ids"].numpy()[0]
+    assert [VOCAB[i] for i in short] == ["[CLS]", "great", "awful", "[SEP]", "[PAD]", "[PAD]", "[PAD]", "[PAD]"]
+
+
+def test_saved_model_applies_length_and_truncation_to_raw_strings(flags):
+    import tensorflow as tf
+    record = train.main(flags + QUICK + ["--epochs", "1", "--seq-length", "16", "--truncation", "tail"])
+    model = tf.saved_model.load(flags[flags.index("--model-dir") + 1])
+    tokens = model.preprocess(tf.constant(["dull " * 50 + "great wonderful"]))
+    assert tokens["input_word_ids"].shape[1] == 16
+    assert record["config"]["truncation"] == "tail"
+
+
+def test_score_does_not_depend_on_batch_mates(trained_model):
+    import classifier
+    review = "great acting and a wonderful story"
+    alone = classifier.logits_of(trained_model, [review], 8)[0]
+    mates = ["awful " * n for n in (1, 30, 60)] + [review] + ["x"]
+    np.testing.assert_allclose(classifier.logits_of(trained_model, mates, 8)[3], alone, atol=1e-5)
+
+
+def test_pipelines_score_the_same(trained, hub_models):
+    """The tutorial's string-in-model pipeline and ours give one model the same test metrics."""
+    import training
+    import imdb
+    flags, _ = trained
+    cfg = config.resolve(recipe="official", seq_length=64, encoder=flags["--encoder"],
+                         preprocessor=flags["--preprocessor"], data_dir=flags["--data-dir"],
+                         dataset_url=flags["--dataset-url"], precision="float32", batch_size=8)
+    session = training.Session(cfg, log=lambda *_: None)
+    _, validation, _ = imdb.load_splits(cfg)
+    for pipeline in ("fast", "tutorial"):
+        session.cfg = config.resolve(**{**cfg.__dict__, "pipeline": pipeline})
+        session.compile(10)
+    fast_ds = training.token_dataset(validation, session.text_to_tokens, 8)
+    tutorial_ds = training.text_dataset(validation, 8)
+    fast = session.token_model.evaluate(fast_ds, verbose=0, return_dict=True)
+    slow = session.text_model.evaluate(tutorial_ds, verbose=0, return_dict=True)
+    assert fast["binary_accuracy"] == pytest.approx(slow["binary_accuracy"])
+    assert fast["loss"] == pytest.approx(slow["loss"], abs=1e-5)
+
+
+def test_token_batches_are_padded_to_their_longest_review(trained):
+    import training
+    import imdb
+    import runtime
+    import classifier
+    flags, _ = trained
+    cfg = config.resolve(data_dir=flags["--data-dir"], dataset_url=flags["--dataset-url"])
+    train_split, _, _ = imdb.load_splits(cfg)
+    text_to_tokens = classifier.TextToTokens(runtime.hub.load(flags["--preprocessor"]), 512, "head")
+    widths = []
+    for tokens, labels in training.token_dataset(train_split, text_to_tokens, 8, shuffle_seed=1).take(10):
+        longest = int(tokens["input_mask"].numpy().sum(axis=1).max())
+        width = tokens["input_mask"].shape[1]
+        assert width % classifier.PAD_MULTIPLE == 0 and longest <= width < longest + classifier.PAD_MULTIPLE
+        widths.append(width)
+    assert max(widths) < 512
+
+
+def test_tutorial_pipeline_trains(flags):
+    record = train.main(flags + QUICK + ["--epochs", "1", "--pipeline", "tutorial"])
+    assert record["config"]["pipeline"] == "tutorial" and 0 <= record["test_metrics"]["accuracy"] <= 1
+
+
+def test_bfloat16_rewrite_trains_and_scores(flags):
+    record = train.main(flags + QUICK[:-2] + ["--epochs", "1", "--precision", "bfloat16"])
+    assert record["precision"] == "bfloat16"
+    assert np.isfinite(record["test_metrics"]["loss"])
+
+
+def test_jit_compile_trains(flags):
+    record = train.main(flags + QUICK + ["--epochs", "1", "--jit-compile"])
+    assert np.isfinite(record["test_metrics"]["loss"])
+
+
+MIRRORED = """
+import sys
+sys.path.insert(0, {root!r})
+import runtime
+cpu = runtime.tf.config.list_physical_devices("CPU")[0]
+runtime.tf.config.set_logical_device_configuration(cpu, [runtime.tf.config.LogicalDeviceConfiguration()] * 2)
+import train
+record = train.main(sys.argv[1:])
+print("REPLICAS", runtime.make_strategy("mirrored").num_replicas_in_sync)
+print("STEPS", record["optimizer_steps"], "TRAIN", record["split_sizes"]["train"])
+print("ACCURACY", record["test_metrics"]["accuracy"])
+"""
+
+
+def test_mirrored_strategy_over_two_cpu_devices(flags):
+    result = subprocess.run([sys.executable, "-c", MIRRORED.format(root=ROOT), *flags, *QUICK,
+                             "--strategy", "mirrored", "--epochs", "4", "--learning-rate", "5e-3"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    values = dict(line.split(" ", 1) for line in result.stdout.splitlines()
+                  if line.split(" ")[0] in ("REPLICAS", "STEPS", "ACCURACY"))
+    assert values["REPLICAS"] == "2"
+    steps, _, train_size = values["STEPS"].split()
+    assert int(steps) == 4 * -(-int(train_size) // 16)  # global batch = 8 per replica x 2
+    assert float(values["ACCURACY"]) >= 0.75
+    model_dir = flags[flags.index("--model-dir") + 1]
+    import predict
+    assert 0 <= predict.main(["--model-dir", model_dir, "great"])[0] <= 1
