@@ -296,8 +296,11 @@ def score_texts(model, texts, batch_size, window_batches=16):
         window = [sanitize(text) for text in itertools.islice(texts, batch_size * window_batches)]
         if not window:
             return
-        batches = list(tf.data.Dataset.from_tensor_slices(window).batch(batch_size)
-                       .map(model.preprocess, num_parallel_calls=tf.data.AUTOTUNE))
+        if len(window) <= batch_size:  # one batch: no pipeline to set up, for low latency
+            batches = [model.preprocess(tf.constant(window))]
+        else:
+            batches = list(tf.data.Dataset.from_tensor_slices(window).batch(batch_size)
+                           .map(model.preprocess, num_parallel_calls=tf.data.AUTOTUNE))
         tokens = {key: np.concatenate([batch[key].numpy() for batch in batches]) for key in TOKEN_KEYS}
         lengths = tokens["input_mask"].sum(axis=1)
         order = np.argsort(lengths, kind="stable")

@@ -19,7 +19,19 @@ import tensorflow_hub as hub  # noqa: E402,F401  (re-exported for the suite)
 import tensorflow_text  # noqa: E402,F401  (registers the preprocessor's ops)
 
 keras = tf.keras
-if not keras.__name__.startswith("tf_keras"):
+
+
+def keras_version():
+    """The Keras behind tf.keras: tf-keras on TensorFlow 2.16+, the bundled Keras 2 before."""
+    try:
+        import tf_keras
+        return tf_keras.__version__
+    except ImportError:
+        import keras as bundled
+        return bundled.__version__
+
+
+if not hasattr(keras, "__internal__") or keras_version().startswith("3."):
     raise ImportError("TensorFlow was imported before runtime.py could select tf-keras; "
                       "import runtime first or set TF_USE_LEGACY_KERAS=1")
 
@@ -92,15 +104,10 @@ def make_strategy(name):
     raise ValueError(f"unknown --strategy {name!r}; use one of {', '.join(config.STRATEGIES)}")
 
 
-def _tf_keras_version():
-    import tf_keras
-    return tf_keras.__version__
-
-
 def package_versions():
     """Versions that decide whether a saved model reloads and scores the same."""
     import numpy
     versions = {"python": sys.version.split()[0], "tensorflow": tf.__version__,
-                "tf_keras": _tf_keras_version(), "tensorflow_hub": hub.__version__,
+                "tf_keras": keras_version(), "tensorflow_hub": hub.__version__,
                 "tensorflow_text": tensorflow_text.__version__, "numpy": numpy.__version__}
     return versions
