@@ -300,7 +300,7 @@ def score_texts(model, texts, batch_size, window_batches=16):
             batches = [model.preprocess(tf.constant(window))]
         else:
             batches = list(tf.data.Dataset.from_tensor_slices(window).batch(batch_size)
-                           .map(model.preprocess, num_parallel_calls=tf.data.AUTOTUNE))
+                           .map(lambda texts: model.preprocess(texts), num_parallel_calls=tf.data.AUTOTUNE))
         tokens = {key: np.concatenate([batch[key].numpy() for batch in batches]) for key in TOKEN_KEYS}
         lengths = tokens["input_mask"].sum(axis=1)
         order = np.argsort(lengths, kind="stable")

@@ -95,6 +95,24 @@ def test_score_does_not_depend_on_batch_mates(trained_model):
     np.testing.assert_allclose(classifier.logits_of(trained_model, mates, 8)[3], alone, atol=1e-5)
 
 
+def test_in_memory_and_reloaded_models_score_many_texts_alike(trained, trained_model):
+    """Many windows of batches, through the in-memory model as train.py scores the test set."""
+    import training
+    flags, _ = trained
+    cfg = config.resolve(recipe="official", seq_length=64, encoder=flags["--encoder"],
+                         preprocessor=flags["--preprocessor"], precision="float32")
+    session = training.Session(cfg, log=lambda *_: None)
+    session.token_model.set_weights(trained_model.token_classifier.get_weights()
+                                    if hasattr(trained_model.token_classifier, "get_weights")
+                                    else [v.numpy() for v in trained_model.token_classifier.variables])
+    texts = [("great " if i % 3 else "awful ") * (i % 40 + 1) for i in range(300)]
+    import classifier
+    in_memory = classifier.logits_of(session.exported, texts, 8)
+    reloaded = classifier.logits_of(trained_model, texts, 8)
+    assert in_memory.shape == (300,)
+    np.testing.assert_allclose(in_memory, reloaded, atol=1e-5)
+
+
 def test_pipelines_score_the_same(trained, hub_models):
     """The tutorial's string-in-model pipeline and ours give one model the same test metrics."""
     import training
