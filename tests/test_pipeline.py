@@ -196,3 +196,21 @@ def test_mirrored_strategy_over_two_cpu_devices(flags):
     model_dir = flags[flags.index("--model-dir") + 1]
     import predict
     assert 0 <= predict.main(["--model-dir", model_dir, "great"])[0] <= 1
+
+
+def test_strategy_errors_name_the_fix(monkeypatch):
+    import runtime
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        runtime.make_strategy("multiworker")
+    with pytest.raises(ValueError, match="TPU"):
+        runtime.make_strategy("tpu")
+    assert runtime.make_strategy("default").num_replicas_in_sync == 1
+
+
+def test_require_gpu_fails_clearly_without_one():
+    import runtime
+    if runtime.tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="--require-gpu"):
+        runtime.check_devices(require_gpu=True)

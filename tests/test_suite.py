@@ -178,10 +178,13 @@ def test_help_shows_each_default(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for flag, default in (("--batch-size", "32"), ("--seed", "42"), ("--epochs", "5"),
-                          ("--learning-rate", "3e-05"), ("--data-dir", "'data'"),
+    for flag, default in (("--seed", "42"), ("--data-dir", "'data'"), ("--recipe", "'best'"),
                           ("--model-dir", "'models/imdb_bert'"), ("--plots-dir", "'plots'")):
-        assert flag in out and f"(default: {default}" in out, flag
+        assert flag in out and f"(default: {default})" in out, flag
+    for name in ("batch_size", "epochs", "learning_rate", "seq_length"):  # recipe-governed
+        per_recipe = "; ".join(f"{r}: {v[name]!r}" for r, v in config.RECIPES.items())
+        assert f"(default by --recipe: {per_recipe})" in out, name
+    assert "tutorial: 4" in out and "official: 3e-05" in out
 
 
 def test_failed_save_keeps_the_previous_model(trained, monkeypatch, tmp_path):
