@@ -83,6 +83,7 @@ def plot_history(history, path, best_epoch=None):
         if best_epoch is not None:
             axes.axvline(best_epoch, color="gray", linestyle="--", label=f"kept: epoch {best_epoch}")
         axes.set_title(title)
+        axes.set_xticks(epochs)
         axes.set_xlabel("Epochs")
         axes.set_ylabel(metric.split("_")[-1].capitalize())
         axes.legend()
