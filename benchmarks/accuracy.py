@@ -22,6 +22,7 @@ def main(argv=None):
     parser.add_argument("--protocol", choices=PROTOCOLS, default="compare")
     parser.add_argument("--recipes", nargs="*", help="a subset of the protocol's recipes")
     parser.add_argument("--precision", default="auto", help="passed to the suite (default: auto)")
+    parser.add_argument("--epochs", type=int, help="override the recipes' epochs, to fit a time budget")
     args = parser.parse_args(argv)
     protocol = PROTOCOLS[args.protocol]
     flags = common.real_data_flags()
@@ -31,12 +32,13 @@ def main(argv=None):
     import training
     results = {}
     for recipe in args.recipes or protocol["recipes"]:
+        overrides = {"epochs": args.epochs} if args.epochs else {}
         cfg = config.resolve(recipe=recipe, precision=args.precision, plots_dir=f"{common.RESULTS}/plots",
-                             model_dir=f"{common.RESULTS}/models/{args.protocol}_{recipe}", **flags)
+                             model_dir=f"{common.RESULTS}/models/{args.protocol}_{recipe}", **flags, **overrides)
         splits = imdb.load_splits(cfg, caps=protocol["caps"])
         started = time.time()
         record = training.run(cfg, splits=splits)
-        results[recipe] = {"test_accuracy": record["test_metrics"]["accuracy"],
+        results[recipe] = {"epochs": cfg.epochs, "test_accuracy": record["test_metrics"]["accuracy"],
                            "test_loss": record["test_metrics"]["loss"],
                            "best_epoch": record["best_epoch"], "epochs_run": len(record["history"]["loss"]),
                            "split_sizes": record["split_sizes"], "precision": record["precision"],
