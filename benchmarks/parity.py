@@ -1,0 +1,76 @@
+"""Does a trained checkpoint score the same under our pipeline, the tutorial's, and bfloat16?
+
+    python benchmarks/parity.py --model-dir benchmarks/results/models/compare_best
+
+Scores the first --reviews of the fixed test subset (seed 42) three ways, each in its own
+process since the precision rewrite is process-wide: our pipeline in float32 (sorted,
+padded per batch, batch 128), the tutorial's (in order, every review padded to the full
+length, batch 32) in float32, and ours with the bfloat16 rewrite.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import common
+
+WAYS = {"ours-fp32": ("fast", "float32"), "tutorial-fp32": ("tutorial", "float32"),
+        "ours-bf16": ("fast", "bfloat16")}
+
+
+def child(model_dir, reviews, pipeline, precision):
+    import numpy as np
+    import classifier
+    import config
+    import imdb
+    import inference
+    from runtime import tf
+    model, record, _ = inference.load_model(model_dir, precision)
+    cfg = config.resolve(**common.real_data_flags())
+    _, _, test = imdb.load_splits(cfg, with_train=False, caps=(0, 0, reviews))
+    classifier.logits_of(model, test.texts[:32], 128)  # warm up
+    started = time.perf_counter()
+    if pipeline == "fast":
+        logits = classifier.logits_of(model, test.texts, 128)
+    else:
+        logits = np.concatenate([
+            model.classify_tokens(model.preprocess(tf.constant([classifier.sanitize(t) for t in
+                                                                test.texts[i:i + 32]]))).numpy().reshape(-1)
+            for i in range(0, len(test), 32)])
+    seconds = time.perf_counter() - started
+    return {"accuracy": float(np.mean((logits >= 0) == test.labels)), "reviews_per_s": len(test) / seconds,
+            "seq_length": record["config"]["seq_length"], "reviews": len(test)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--reviews", type=int, default=1000)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print("CHILD " + json.dumps(child(args.model_dir, args.reviews, *args.child)), flush=True)
+        return None
+    results = {}
+    for name, (pipeline, precision) in WAYS.items():
+        run = subprocess.run([sys.executable, __file__, "--model-dir", args.model_dir, "--reviews",
+                              str(args.reviews), "--child", pipeline, precision], capture_output=True, text=True)
+        lines = [line for line in run.stdout.splitlines() if line.startswith("CHILD ")]
+        if run.returncode or not lines:
+            print(f"{name} failed:\n{run.stderr[-3000:]}")
+            continue
+        results[name] = json.loads(lines[-1][6:])
+        print(f"{name:<14} accuracy={results[name]['accuracy']:.4f} "
+              f"reviews/s={results[name]['reviews_per_s']:.1f}", flush=True)
+    if "ours-fp32" in results:
+        for name in ("tutorial-fp32", "ours-bf16"):
+            if name in results:
+                print(f"{name} - ours-fp32 = "
+                      f"{100 * (results[name]['accuracy'] - results['ours-fp32']['accuracy']):+.2f} points")
+    common.save_result("parity", {"machine": common.machine(), "model_dir": args.model_dir, "results": results})
+    return results
+
+
+if __name__ == "__main__":
+    main()
