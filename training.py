@@ -18,12 +18,15 @@ from runtime import keras, tf
 WINDOW_BATCHES = 16  # reviews are sorted by length within this many batches, then padded per batch
 
 
+def _examples(split):
+    """(text, label) pairs, the texts made valid UTF-8 for the tokenizer."""
+    return tf.data.Dataset.from_tensor_slices(([classifier.sanitize(t) for t in split.texts], split.labels))
+
+
 def token_dataset(split, text_to_tokens, batch_size, shuffle_seed=None):
     """(tokens, label) batches: tokenized once in a parallel map and cached as ids; within each
     window of batches, sorted by length so each batch is padded only to its longest review."""
-    dataset = tf.data.Dataset.from_tensor_slices(([classifier.sanitize(t) for t in split.texts],
-                                                  split.labels))
-    dataset = (dataset.batch(256)
+    dataset = (_examples(split).batch(256)
                .map(lambda texts, labels: (text_to_tokens(texts), labels),
                     num_parallel_calls=tf.data.AUTOTUNE)
                .unbatch().cache())
@@ -45,13 +48,11 @@ def token_dataset(split, text_to_tokens, batch_size, shuffle_seed=None):
 
 def text_dataset(split, batch_size, shuffle_seed=None):
     """The tutorial pipeline: raw-string batches, cached and prefetched."""
-    dataset = tf.data.Dataset.from_tensor_slices(([classifier.sanitize(t) for t in split.texts],
-                                                  split.labels))
-    dataset = dataset.cache()
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)
-        return dataset.batch(batch_size).repeat().prefetch(tf.data.AUTOTUNE)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = _examples(split).cache()
+    if shuffle_seed is None:
+        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).repeat().prefetch(tf.data.AUTOTUNE)  # fit counts steps per epoch
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
