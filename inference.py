@@ -134,7 +134,7 @@ def check_threshold(threshold):
 
 def evaluation_config(args):
     """The Config evaluate.py uses: the model's own recorded data settings, then the flags."""
-    _, record = _record_or_none(args.model_dir)
+    record = _recorded_run(args.model_dir or config.Config.model_dir)
     base = config.Config()
     if record:
         recorded = record.get("config", {})
@@ -145,13 +145,13 @@ def evaluation_config(args):
     return config.from_args(args, base)
 
 
-def _record_or_none(model_dir):
-    path = os.path.join(model_dir or config.Config.model_dir, classifier.RUN_RECORD)
+def _recorded_run(model_dir):
+    """The run record beside a saved model, or None if it can't be read (load() says why)."""
     try:
-        with open(path) as f:
-            return path, json.load(f)
+        with open(os.path.join(model_dir, classifier.RUN_RECORD)) as f:
+            return json.load(f)
     except (OSError, ValueError):
-        return path, None
+        return None
 
 
 def stdout_text():

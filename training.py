@@ -87,7 +87,7 @@ class Session:
     """Everything one training run builds, so tests and benchmarks can reach each part."""
 
     def __init__(self, cfg, log=print):
-        self.cfg, self.log = cfg, log
+        self.cfg = cfg
         self.precision = runtime.set_precision(cfg.precision)
         runtime.check_devices(cfg.require_gpu, log)
         self.strategy = runtime.make_strategy(cfg.strategy)
