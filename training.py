@@ -88,6 +88,7 @@ class Session:
 
     def __init__(self, cfg, log=print):
         self.cfg = cfg
+        keras.utils.set_random_seed(cfg.seed)  # the head's initial weights and dropout repeat run to run
         self.precision = runtime.set_precision(cfg.precision)
         runtime.check_devices(cfg.require_gpu, log)
         self.strategy = runtime.make_strategy(cfg.strategy)

@@ -184,14 +184,14 @@ print("ACCURACY", record["test_metrics"]["accuracy"])
 
 def test_mirrored_strategy_over_two_cpu_devices(flags):
     result = subprocess.run([sys.executable, "-c", MIRRORED.format(root=ROOT), *flags, *QUICK,
-                             "--strategy", "mirrored", "--epochs", "4", "--learning-rate", "5e-3"],
+                             "--strategy", "mirrored", "--epochs", "8", "--learning-rate", "5e-3"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     values = dict(line.split(" ", 1) for line in result.stdout.splitlines()
                   if line.split(" ")[0] in ("REPLICAS", "STEPS", "ACCURACY"))
     assert values["REPLICAS"] == "2"
     steps, _, train_size = values["STEPS"].split()
-    assert int(steps) == 4 * -(-int(train_size) // 16)  # global batch = 8 per replica x 2
+    assert int(steps) == 8 * -(-int(train_size) // 16)  # global batch = 8 per replica x 2
     assert float(values["ACCURACY"]) >= 0.75
     model_dir = flags[flags.index("--model-dir") + 1]
     import predict
