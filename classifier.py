@@ -227,7 +227,7 @@ class ExportedClassifier(tf.Module):
 
 def _swap_into_place(staging, target):
     """Replace target by staging with two renames; a crash between them is undone by recover()."""
-    previous = target.rstrip("/") + ".previous"
+    previous = cli.previous_model_dir(target)
     shutil.rmtree(previous, ignore_errors=True)
     if os.path.exists(target):
         os.rename(target, previous)
@@ -237,7 +237,7 @@ def _swap_into_place(staging, target):
 
 def recover_interrupted_save(model_dir):
     """If a save was killed between its two renames, put the previous model back."""
-    previous = model_dir.rstrip("/") + ".previous"
+    previous = cli.previous_model_dir(model_dir)
     if not os.path.exists(model_dir) and os.path.isfile(os.path.join(previous, "saved_model.pb")):
         os.rename(previous, model_dir)
 
@@ -249,8 +249,9 @@ def save(exported, model_dir, record, extra_files=None):
     parent = os.path.dirname(model_dir)
     os.makedirs(parent, exist_ok=True)
     recover_interrupted_save(model_dir)
-    cli.remove_leftovers(parent, f".{os.path.basename(model_dir)}.saving-")
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(model_dir)}.saving-", dir=parent)
+    staging_prefix = f".{os.path.basename(model_dir)}.saving-"
+    cli.remove_leftovers(parent, staging_prefix)  # what a killed save left behind
+    staging = tempfile.mkdtemp(prefix=staging_prefix, dir=parent)
     try:
         tf.saved_model.save(exported, staging)  # no optimizer: the tutorial's include_optimizer=False
         with open(os.path.join(staging, RUN_RECORD), "w") as f:

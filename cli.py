@@ -26,11 +26,15 @@ def run(main, argv=None):
     return 0
 
 
+def previous_model_dir(model_dir):
+    """Where a save parks the old model between its two renames."""
+    return model_dir.rstrip("/") + ".previous"
+
+
 def require_model_dir(model_dir):
     """ValueError unless model_dir holds a classifier saved by train.py (checked before
     TensorFlow loads, so the error comes at once)."""
-    previous = model_dir.rstrip("/") + ".previous"
-    if not os.path.isdir(model_dir) and not os.path.isdir(previous):
+    if not os.path.isdir(model_dir) and not os.path.isdir(previous_model_dir(model_dir)):
         raise ValueError(f"no model at --model-dir {model_dir}; train one with `python train.py "
                          f"--model-dir {model_dir}` or point at an existing one")
     if os.path.isdir(model_dir) and not all(
