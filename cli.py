@@ -1,16 +1,30 @@
-"""How every script ends: a result, or a one-line error that names the fix and a non-zero exit."""
+"""How every script ends: a result, or a one-line error that names the fix and a non-zero exit.
+
+Nothing here imports TensorFlow (its errors are recognised by class name), so flag errors stay instant.
+"""
 import os
 import shutil
 import sys
 
 RUN_RECORD = "run.json"  # written beside saved_model.pb by train.py
 
-EXIT_ERROR = 2
+EXIT_UNEXPECTED = 1  # a bug or something unforeseen: --debug shows where
+EXIT_ERROR = 2  # a problem the user can fix as the message says
 EXIT_INTERRUPTED = 130
+
+DEBUG_FLAG = "--debug"
+DEBUG_VARIABLE = "BERT_SUITE_DEBUG"
+# What train.py can lower when memory runs out; evaluate.py and predict.py name their own MEMORY_FLAGS.
+TRAINING_MEMORY_FLAGS = "--batch-size (training), --eval-batch-size (validation and test scoring) or --seq-length"
 
 
 def run(main, argv=None):
-    """Call main(argv); turn the errors a user can fix into one line on stderr and an exit code."""
+    """Call main(argv); end every error in one line on stderr and return the exit code.
+
+    0: done. 2 (EXIT_ERROR): a bad value, a file problem or out of memory, with the fix named.
+    130: interrupted. 1 (EXIT_UNEXPECTED): anything else, as `error: <Type>: <first line>`; with
+    --debug in argv (None = sys.argv[1:]) or BERT_SUITE_DEBUG=1 it is re-raised to show the traceback.
+    """
     try:
         main(argv)
     except ValueError as error:  # bad values: the message says what to do
@@ -20,10 +34,47 @@ def run(main, argv=None):
         print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": ")
               + " (check the path, its permissions and free space)", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted: nothing was overwritten; run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM/SIGINT that training checkpointed for
+        what = f"stopped by {interrupt}" if str(interrupt) else "interrupted: nothing was overwritten"
+        print(f"{what}; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as error:
+        if is_out_of_memory(error):
+            print(out_of_memory_line(error, memory_flags(main)), file=sys.stderr)
+            return EXIT_ERROR
+        if debug_requested(argv):
+            raise
+        print(unexpected_error_line(error), file=sys.stderr)
+        return EXIT_UNEXPECTED
     return 0
+
+
+def is_out_of_memory(error):
+    """True for TensorFlow's ResourceExhaustedError, found by name so TensorFlow need not be imported."""
+    return any(cls.__name__ == "ResourceExhaustedError" for cls in type(error).__mro__)
+
+
+def out_of_memory_line(error, flags):
+    # TensorFlow's message can start with "Graph execution error:"; the OOM line names shape and device.
+    detail = next((line.strip() for line in str(error).splitlines() if "OOM" in line), "")
+    return f"error: out of memory{f' ({detail})' if detail else ''}; lower {flags} and run again"
+
+
+def unexpected_error_line(error):
+    lines = str(error).strip().splitlines()
+    what = f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
+    return f"error: {what} (run again with {DEBUG_FLAG}, or {DEBUG_VARIABLE}=1, to see the traceback)"
+
+
+def memory_flags(main):
+    """The flags that lower memory use, as main's script names them in MEMORY_FLAGS."""
+    script = sys.modules.get(getattr(main, "__module__", None) or "")
+    return getattr(script, "MEMORY_FLAGS", TRAINING_MEMORY_FLAGS)
+
+
+def debug_requested(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    return DEBUG_FLAG in argv or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
 
 
 def previous_model_dir(model_dir):

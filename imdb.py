@@ -82,6 +82,43 @@ def download_archive(data_dir, url, md5=""):
     return path
 
 
+def extract_safely(archive, members, destination):
+    """Extract members into destination, refusing (ValueError) any that would write outside it."""
+    if hasattr(tarfile, "data_filter"):
+        try:
+            archive.extractall(destination, members=members, filter="data")
+        except tarfile.FilterError as error:
+            raise _unsafe_member(archive, error.tarinfo.name, str(error)) from None
+    else:  # Python < 3.9.17, 3.10.12 or 3.11.4: no filter= argument, so check each member by hand first
+        for member in members:
+            _check_member(archive, member)
+            member.mode &= 0o755  # as filter="data" does: no setuid, setgid or writable-by-others files
+        archive.extractall(destination, members=members)
+
+
+def _check_member(archive, member):
+    """ValueError for a member with an absolute path or '..', a link leading out, or a device file."""
+    if _leads_outside(member.name):
+        raise _unsafe_member(archive, member.name, "its path leads outside the folder it is extracted to")
+    if member.issym() or member.islnk():
+        # Only a target without '..' that is not absolute surely stays inside, even through other links.
+        if _leads_outside(member.linkname):
+            raise _unsafe_member(archive, member.name, f"it links to {member.linkname}, which may lead outside "
+                                 "the folder it is extracted to")
+    elif not (member.isfile() or member.isdir()):
+        raise _unsafe_member(archive, member.name, "it is a device file or pipe, not a file or folder")
+
+
+def _leads_outside(path):
+    parts = path.replace("\\", "/").split("/")
+    return os.path.isabs(path) or path.startswith(("/", "\\")) or ".." in parts
+
+
+def _unsafe_member(archive, name, reason):
+    return ValueError(f"{archive.name} holds an unsafe member {name!r} ({reason}), so it was not extracted; "
+                      "it is not the IMDB archive: delete it and check --dataset-url")
+
+
 def _extract(archive_path, data_dir):
     """Extract into a temporary folder beside the target and rename it into place when whole,
     leaving out train/unsup, which text_dataset_from_directory would count as a third class."""
@@ -92,7 +129,7 @@ def _extract(archive_path, data_dir):
         with tarfile.open(archive_path, "r:gz") as archive:
             members = [m for m in archive.getmembers()
                        if not m.name.replace("\\", "/").split("/")[1:3] == ["train", "unsup"]]
-            archive.extractall(staging, members=members, filter="data")
+            extract_safely(archive, members, staging)
         check_layout(os.path.join(staging, DATASET_NAME))
         os.rename(os.path.join(staging, DATASET_NAME), target)
     finally:

@@ -8,17 +8,18 @@ import sys
 
 import numpy as np
 
-import classifier
+import reporting
+import saving
+import scoring
 import config
 import imdb
-import reporting
 import runtime
 
 
 def load_model(model_dir, precision):
     """Set the precision rewrite, then load; returns (model, run record, precision in force)."""
     precision = runtime.set_precision(precision)
-    model, record = classifier.load(model_dir)
+    model, record = saving.load(model_dir)
     return model, record, precision
 
 
@@ -28,7 +29,7 @@ def evaluate(cfg, show_errors=0, threshold=0.5, log=print):
     model, record, precision = load_model(cfg.model_dir, cfg.precision)
     _, _, test = imdb.load_splits(cfg, with_train=False)
     log(f"Evaluating {cfg.model_dir} on {len(test):,} test reviews ({precision}) ...")
-    logits = classifier.logits_of(model, test.texts, cfg.eval_batch_size)
+    logits = scoring.logits_of(model, test.texts, cfg.eval_batch_size, progress=True)
     metrics = reporting.binary_metrics(test.labels, logits, threshold)
     prefix = os.path.basename(os.path.abspath(cfg.model_dir))
     metrics["plots"] = reporting.plot_evaluation(test.labels, logits, metrics, cfg.plots_dir, prefix)
@@ -46,7 +47,7 @@ def confident_errors(split, logits, threshold, count):
     """The count reviews the model got wrong with the most confidence."""
     if not count:
         return []
-    scores = classifier.sigmoid(logits)
+    scores = reporting.sigmoid(logits)
     wrong = np.nonzero((scores >= threshold).astype(int) != split.labels)[0]
     worst = wrong[np.argsort(-np.abs(scores[wrong] - 0.5), kind="stable")][:count]
     return [{"path": split.paths[i], "label": imdb.CLASS_NAMES[split.labels[i]],
@@ -84,8 +85,8 @@ def read_lines(path):
             stream.close()
 
 
-def predict(model, texts, batch_size):
-    """(text, score) pairs in input order, streamed window by window."""
+def predict(model, texts, batch_size, progress=False):
+    """(text, score) pairs in input order, streamed window by window; progress: a bar on stderr."""
     texts = iter(texts)
     pending = []
 
@@ -94,9 +95,9 @@ def predict(model, texts, batch_size):
             pending.append(text)
             yield text
 
-    for logits in classifier.score_texts(model, remember(), batch_size):
+    for logits in scoring.score_texts(model, remember(), batch_size, progress=progress):
         done, pending[:] = pending[:len(logits)], pending[len(logits):]
-        yield from zip(done, classifier.sigmoid(logits))
+        yield from zip(done, reporting.sigmoid(logits))
 
 
 def _as_text(text):
@@ -148,7 +149,7 @@ def evaluation_config(args):
 def _recorded_run(model_dir):
     """The run record beside a saved model, or None if it can't be read (load() says why)."""
     try:
-        with open(os.path.join(model_dir, classifier.RUN_RECORD)) as f:
+        with open(os.path.join(model_dir, saving.RUN_RECORD)) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None

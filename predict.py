@@ -10,6 +10,8 @@ import sys
 import cli
 import config
 
+MEMORY_FLAGS = "--batch-size"  # named by cli.run when memory runs out; the model fixes the sequence length
+
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -22,14 +24,22 @@ def parse(argv=None):
                         help="score at or above which a review is positive (default: 0.5)")
     parser.add_argument("--batch-size", dest="eval_batch_size", type=int, default=None, metavar="N",
                         help=f"reviews per batch (default: {config.Config.eval_batch_size})")
-    config.add_flags(parser, ["model_dir", "precision"])
+    config.add_flags(parser, ["model_dir", "precision", "debug"])
     return parser.parse_args(argv)
+
+
+def stdin_is_terminal():
+    """True when nothing is piped in, so reading standard input would wait for typing."""
+    return sys.stdin is None or sys.stdin.isatty()
 
 
 def main(argv=None):
     args = parse(argv)
     if args.sentences and args.file:
         raise ValueError("give reviews as arguments or with --file, not both")
+    if not args.sentences and not args.file and stdin_is_terminal():
+        raise ValueError("no reviews to score: give them as arguments (python predict.py \"Great film!\"), "
+                         "with --file PATH (one a line), or pipe them in (cat reviews.txt | python predict.py)")
     cfg = config.from_args(args)
     cli.require_model_dir(args.model_dir or config.Config.model_dir)
     import inference  # TensorFlow loads only once the flags are known to be good
@@ -38,7 +48,7 @@ def main(argv=None):
     texts = args.sentences or inference.read_lines(args.file or "-")
     writer = inference.Writer(args.format, threshold, inference.stdout_text())
     results = []
-    for text, score in inference.predict(model, texts, cfg.eval_batch_size):
+    for text, score in inference.predict(model, texts, cfg.eval_batch_size, progress=bool(args.file)):
         writer.write(text, score)
         results.append(float(score))
     return results

@@ -9,13 +9,18 @@ matplotlib.use("Agg")  # draw to files; works without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def sigmoid(logits):
+    """Probabilities from logits, in float64 so scores near 0 and 1 keep their order."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
 def binary_metrics(labels, logits, threshold=0.5):
     """Loss, accuracy, precision, recall, F1, ROC AUC and confusion matrix of logits vs 0/1 labels."""
     labels = np.asarray(labels, dtype=np.int64)
     logits = np.asarray(logits, dtype=np.float64)
     if len(labels) == 0:
         raise ValueError("no reviews to evaluate; check --data-dir and --max-examples")
-    scores = 1.0 / (1.0 + np.exp(-logits))
+    scores = sigmoid(logits)
     predicted = (scores >= threshold).astype(np.int64)
     tp = int(np.sum((predicted == 1) & (labels == 1)))
     tn = int(np.sum((predicted == 0) & (labels == 0)))
@@ -93,7 +98,7 @@ def plot_history(history, path, best_epoch=None):
 def plot_evaluation(labels, logits, metrics, plots_dir, prefix):
     """Confusion matrix, ROC curve and score histogram by true class; returns the paths."""
     labels = np.asarray(labels)
-    scores = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    scores = sigmoid(logits)
     paths = {}
 
     figure, axes = plt.subplots(figsize=(4.5, 4))

@@ -11,6 +11,7 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ start-up chatter out of the user's way
 
 import config  # noqa: E402
+import hardware  # noqa: E402
 
 os.environ.setdefault("TFHUB_CACHE_DIR", config.hub_cache_dir())  # persistent, unlike the default temp dir
 
@@ -36,29 +37,22 @@ if not hasattr(keras, "__internal__") or keras_version().startswith("3."):
                       "import runtime first or set TF_USE_LEGACY_KERAS=1")
 
 
-def cpu_supports_bfloat16():
-    """True on CPUs with AMX or AVX512-BF16, where oneDNN runs bfloat16 matmuls natively."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_precision(precision):
     """The precision 'auto' stands for on this machine (see README, Speed)."""
     if precision != "auto":
         return precision
     if tf.config.list_physical_devices("GPU"):
         return "float32"  # float16 is offered on GPUs, but not yet measured there
-    return "bfloat16" if cpu_supports_bfloat16() else "float32"
+    return "bfloat16" if hardware.cpu_supports_bfloat16() else "float32"
 
 
 def set_precision(precision):
     """Rewrite graphs to run matmuls in reduced precision; works on TF-Hub SavedModels,
     which ignore Keras mixed-precision policies. Returns the precision in force."""
     precision = resolve_precision(precision)
+    if precision == "float16" and not tf.config.list_physical_devices("GPU"):
+        raise ValueError("--precision float16 needs a GPU (CPUs run float16 slower than float32); "
+                         "use --precision auto or float32")
     tf.config.optimizer.set_experimental_options({
         "auto_mixed_precision_onednn_bfloat16": precision == "bfloat16",
         "auto_mixed_precision": precision == "float16",
@@ -92,15 +86,6 @@ def make_strategy(name):
             raise ValueError("--strategy multiworker reads the cluster from TF_CONFIG; set it on "
                              "every worker (see README)")
         return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "tpu":
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except (ValueError, tf.errors.OpError) as error:
-            raise ValueError(f"no TPU could be reached ({str(error).splitlines()[0]}); run on a TPU VM "
-                             "or pick another --strategy") from None
-        return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"unknown --strategy {name!r}; use one of {', '.join(config.STRATEGIES)}")
 
 

@@ -11,6 +11,7 @@ import cli
 import config
 
 TRAIN_FLAGS = [f.name for f in config.dataclasses.fields(config.Config)]
+MEMORY_FLAGS = cli.TRAINING_MEMORY_FLAGS  # named by cli.run when memory runs out
 
 
 def parse(argv=None):

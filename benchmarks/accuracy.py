@@ -21,7 +21,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", choices=PROTOCOLS, default="compare")
     parser.add_argument("--recipes", nargs="*", help="a subset of the protocol's recipes")
-    parser.add_argument("--precision", default="auto", help="passed to the suite (default: auto)")
+    parser.add_argument("--precision", help="passed to the suite (default: each recipe's own)")
     parser.add_argument("--epochs", type=int, help="override the recipes' epochs, to fit a time budget")
     args = parser.parse_args(argv)
     protocol = PROTOCOLS[args.protocol]
@@ -33,7 +33,9 @@ def main(argv=None):
     results = {}
     for recipe in args.recipes or protocol["recipes"]:
         overrides = {"epochs": args.epochs} if args.epochs else {}
-        cfg = config.resolve(recipe=recipe, precision=args.precision, plots_dir=f"{common.RESULTS}/plots",
+        if args.precision:
+            overrides["precision"] = args.precision
+        cfg = config.resolve(recipe=recipe, plots_dir=f"{common.RESULTS}/plots",
                              model_dir=f"{common.RESULTS}/models/{args.protocol}_{recipe}", **flags, **overrides)
         splits = imdb.load_splits(cfg, caps=protocol["caps"])
         started = time.time()

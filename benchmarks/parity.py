@@ -21,7 +21,8 @@ WAYS = {"ours-fp32": ("fast", "float32"), "tutorial-fp32": ("tutorial", "float32
 
 def child(model_dir, reviews, pipeline, precision):
     import numpy as np
-    import classifier
+    import scoring
+    import tokenization
     import config
     import imdb
     import inference
@@ -29,13 +30,13 @@ def child(model_dir, reviews, pipeline, precision):
     model, record, _ = inference.load_model(model_dir, precision)
     cfg = config.resolve(**common.real_data_flags())
     _, _, test = imdb.load_splits(cfg, with_train=False, caps=(0, 0, reviews))
-    classifier.logits_of(model, test.texts[:32], 128)  # warm up
+    scoring.logits_of(model, test.texts[:32], 128)  # warm up
     started = time.perf_counter()
     if pipeline == "fast":
-        logits = classifier.logits_of(model, test.texts, 128)
+        logits = scoring.logits_of(model, test.texts, 128)
     else:
         logits = np.concatenate([
-            model.classify_tokens(model.preprocess(tf.constant([classifier.sanitize(t) for t in
+            model.classify_tokens(model.preprocess(tf.constant([tokenization.sanitize(t) for t in
                                                                 test.texts[i:i + 32]]))).numpy().reshape(-1)
             for i in range(0, len(test), 32)])
     seconds = time.perf_counter() - started

@@ -30,7 +30,7 @@ def child(spec):
     import config
     import imdb
     import inference
-    import classifier
+    import scoring
     import training
     from runtime import keras, tf
 
@@ -69,7 +69,7 @@ def child(spec):
                                    for i in range(0, len(texts), 32)])
     else:
         def evaluate(split):
-            logits = classifier.logits_of(session.exported, split.texts, cfg.eval_batch_size)
+            logits = scoring.logits_of(session.exported, split.texts, cfg.eval_batch_size)
             return float(np.mean((logits >= 0) == split.labels))
 
         def predict(texts):

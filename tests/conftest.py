@@ -52,6 +52,6 @@ def trained(hub_models, archive_url, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_model(trained):
     """The trained classifier, reloaded from disk."""
-    import classifier
-    model, _ = classifier.load(trained[0]["--model-dir"])
+    import saving
+    model, _ = saving.load(trained[0]["--model-dir"])
     return model

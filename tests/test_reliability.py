@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import classifier
+import hub_models
+import saving
 import cli
 import imdb
 import inference
@@ -59,7 +60,7 @@ def test_killed_run_resumes_with_the_same_number_of_steps(flags, big_archive_url
     second = subprocess.run(PYTHON_TRAIN + argv, capture_output=True, text=True)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "Resuming the interrupted run" in second.stdout
-    record = classifier.load(model_dir)[1]
+    record = saving.load(model_dir)[1]
     steps_per_epoch = -(-record["split_sizes"]["train"] // 2)
     assert record["optimizer_steps"] == 2 * steps_per_epoch  # as many as an uninterrupted run
     assert len(record["history"]["loss"]) == 2
@@ -72,11 +73,11 @@ def test_kill_during_save_keeps_the_previous_model(flags, trained, tmp_path):
     model_dir = flags[flags.index("--model-dir") + 1]
     shutil.copytree(trained[0]["--model-dir"], model_dir)
     texts = tf.constant(["great film", "awful boring"])
-    before = classifier.load(model_dir)[0](texts).numpy()
+    before = saving.load(model_dir)[0](texts).numpy()
     parent = os.path.dirname(model_dir)
     run = start(flags + QUICK + ["--epochs", "1"])
     kill_when(run, lambda: glob.glob(f"{parent}/.imdb_bert.saving-*/variables"), "the save")
-    after = classifier.load(model_dir)[0](texts).numpy()
+    after = saving.load(model_dir)[0](texts).numpy()
     np.testing.assert_array_equal(after, before)
 
 
@@ -84,7 +85,7 @@ def test_interrupted_swap_is_recovered(trained, tmp_path):
     """A kill between the save's two renames leaves only model_dir.previous: it is put back."""
     model_dir = str(tmp_path / "imdb_bert")
     shutil.copytree(trained[0]["--model-dir"], model_dir + ".previous")
-    assert classifier.load(model_dir)[1]["config"]["seq_length"] == 64
+    assert saving.load(model_dir)[1]["config"]["seq_length"] == 64
     assert os.path.isdir(model_dir) and not os.path.exists(model_dir + ".previous")
 
 
@@ -141,11 +142,11 @@ def test_interrupted_extraction_leaves_no_dataset(tmp_path, monkeypatch):
 def test_incomplete_hub_cache_entry_is_removed(tmp_path, monkeypatch):
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
     handle = "http://127.0.0.1:9/models/bert/2"
-    entry = classifier._hub_cache_entry(handle)
+    entry = hub_models._hub_cache_entry(handle)
     os.makedirs(os.path.join(entry, "variables"))
     messages = []
     with pytest.raises(ValueError, match="offline"):
-        classifier.load_hub_model(handle, "--encoder", log=messages.append)
+        hub_models.load_hub_model(handle, "--encoder", log=messages.append)
     assert not os.path.exists(entry)
     assert "incomplete" in messages[0] and "downloading again" in messages[0]
 
@@ -157,7 +158,7 @@ def test_nan_loss_stops_training_and_keeps_the_old_model(flags, trained, capsys)
     fails_with(train.main, flags + QUICK + ["--learning-rate", "1e9"], capsys, "NaN", "lower --learning-rate",
                "unchanged")
     assert os.path.getmtime(os.path.join(model_dir, "saved_model.pb")) == before
-    classifier.load(model_dir)
+    saving.load(model_dir)
 
 
 # ---------------------------------------------------------------- bad input, tried and tabled

@@ -181,20 +181,27 @@ def test_help_shows_each_default(capsys):
     for flag, default in (("--seed", "42"), ("--data-dir", "'data'"), ("--recipe", "'best'"),
                           ("--model-dir", "'models/imdb_bert'"), ("--plots-dir", "'plots'")):
         assert flag in out and f"(default: {default})" in out, flag
-    for name in ("batch_size", "epochs", "learning_rate", "seq_length"):  # recipe-governed
-        per_recipe = "; ".join(f"{r}: {v[name]!r}" for r, v in config.RECIPES.items())
-        assert f"(default by --recipe: {per_recipe})" in out, name
-    assert "tutorial: 4" in out and "official: 3e-05" in out
+    # Each value once: the default (the best recipe), then what the other recipes change.
+    assert "--epochs EPOCHS early stopping usually ends sooner; 5 in the official and tutorial runs " \
+           "(default: 4; --recipe official: 5, tutorial: 5)" in out
+    assert "(default: 32; --recipe tutorial: 4)" in out  # batch size
+    assert "(default: 5e-05; --recipe official: 3e-05, tutorial: 3e-05)" in out
+
+
+def test_config_defaults_are_what_train_py_runs():
+    """What Config() says is what `python train.py` gets: the default recipe changes nothing."""
+    assert train.config.from_args(train.parse([])) == config.Config().validate()
+    assert config.RECIPES[config.Config().recipe] == {}
 
 
 def test_failed_save_keeps_the_previous_model(trained, monkeypatch, tmp_path):
     import shutil
     import tensorflow as tf
-    import classifier
+    import saving
     flags, _ = trained
     model_dir = tmp_path / "imdb_bert"
     shutil.copytree(flags["--model-dir"], model_dir)
-    model, record = classifier.load(str(model_dir))
+    model, record = saving.load(str(model_dir))
     before = model(tf.constant(["great film"])).numpy()
 
     def disk_full(obj, path, *args, **kwargs):
@@ -203,7 +210,7 @@ def test_failed_save_keeps_the_previous_model(trained, monkeypatch, tmp_path):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(tf.saved_model, "save", disk_full)
     with pytest.raises(OSError):
-        classifier.save(model, str(model_dir), record)
-    reloaded, _ = classifier.load(str(model_dir))
+        saving.save(model, str(model_dir), record)
+    reloaded, _ = saving.load(str(model_dir))
     np.testing.assert_array_equal(reloaded(tf.constant(["great film"])).numpy(), before)
     assert sorted(os.listdir(tmp_path)) == ["imdb_bert"]  # no half-written leftovers

@@ -1,0 +1,70 @@
+"""Scoring many texts with a classifier, streamed, batched by length, returned in input order."""
+import itertools
+import sys
+
+import numpy as np
+import tqdm
+
+import tokenization
+from runtime import tf
+
+
+def score_texts(model, texts, batch_size, window_batches=tokenization.WINDOW_BATCHES, progress=None):
+    """Logits for texts, in their order, one window of batch_size * window_batches texts at a time.
+
+    Within each window texts are tokenized in a parallel tf.data map and batched by
+    `tokenization.length_sorted_batches`, as training batches them; each logit goes back to its
+    text's place. `model` is a saving.ExportedClassifier or its reloaded SavedModel. progress:
+    if true, a bar on stderr counts the texts scored (a string names the bar).
+    """
+    with ProgressBar(texts, progress) as bar:
+        texts = iter(texts)
+        while True:
+            window = [tokenization.sanitize(text) for text in itertools.islice(texts, batch_size * window_batches)]
+            if not window:
+                return
+            if len(window) <= batch_size:  # one batch: no pipeline to set up, for low latency
+                logits = model.classify_tokens(tokenization.trim_padding(model.preprocess(tf.constant(window)))
+                                               ).numpy().reshape(-1)
+                bar.update(len(window))
+                yield logits
+                continue
+            examples = tf.data.Dataset.from_tensor_slices((window, tf.range(len(window))))
+            batches = tokenization.length_sorted_batches(tokenization.tokenized(examples, model.preprocess),
+                                                      batch_size, window_batches)
+            logits = np.empty(len(window), dtype=np.float32)
+            for tokens, positions in batches.prefetch(tf.data.AUTOTUNE):
+                logits[positions.numpy()] = model.classify_tokens(tokens).numpy().reshape(-1)
+                bar.update(len(positions))
+            yield logits
+
+
+class ProgressBar:
+    """A tqdm bar on stderr (stdout may carry results) counting texts scored, if progress is true (a
+    string names it). It appears with the first scored batch, so an error found before any scoring
+    (a binary file, no memory for one batch) is still the only line on stderr."""
+
+    def __init__(self, texts, progress):
+        self.progress, self.bar = progress, None
+        self.description = progress if isinstance(progress, str) else "Scoring"
+        self.total = len(texts) if hasattr(texts, "__len__") else None
+
+    def update(self, count):
+        if self.progress and self.bar is None:
+            self.bar = tqdm.tqdm(total=self.total, desc=self.description, unit=" texts", file=sys.stderr,
+                                 mininterval=0.5)
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *error):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def logits_of(model, texts, batch_size, progress=False):
+    """All logits of score_texts as one array."""
+    parts = list(score_texts(model, texts, batch_size, progress=progress))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)

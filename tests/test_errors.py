@@ -1,0 +1,286 @@
+"""Issue "One line for every error, found early", item 7: out of memory, unexpected errors, a waiting
+predict.py, progress on stderr, and safe extraction on every Python the suite supports."""
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+import cli
+import evaluate
+import imdb
+import predict
+import train
+from conftest import ROOT
+
+OOM_MESSAGE = ("Graph execution error:\n\nDetected at node 'encoder/add'\n"
+               "OOM when allocating tensor with shape[8,64]")
+DEBUG_HINT = "(run again with --debug, or BERT_SUITE_DEBUG=1, to see the traceback)"
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A folder that passes cli.require_model_dir; tests stub out the loading."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"")
+    (folder / cli.RUN_RECORD).write_text("{}")
+    return str(folder)
+
+
+@pytest.fixture(autouse=True)
+def no_debug_from_the_environment(monkeypatch):
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+
+
+def raising(error):
+    def fail(*args, **kwargs):
+        raise error
+    return fail
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def out_of_memory():
+    import tensorflow as tf
+    return tf.errors.ResourceExhaustedError(None, None, OOM_MESSAGE)
+
+
+# ---------------------------------------------------------------- out of memory
+
+@pytest.mark.parametrize("script", [evaluate, predict])
+def test_out_of_memory_in_scoring_names_batch_size(script, model_dir, monkeypatch, capsys):
+    import inference
+    monkeypatch.setattr(inference, "load_model", raising(out_of_memory()))
+    argv = ["--model-dir", model_dir] + (["great film"] if script is predict else [])
+    assert cli.run(script.main, argv) == cli.EXIT_ERROR
+    line = one_error_line(capsys)
+    assert "out of memory" in line and "OOM when allocating tensor with shape[8,64]" in line
+    assert "lower --batch-size" in line and "--eval-batch-size" not in line and "--seq-length" not in line
+
+
+def test_out_of_memory_mid_evaluation(model_dir, monkeypatch, capsys):
+    import inference
+    import scoring
+    monkeypatch.setattr(inference, "load_model", lambda *args: (None, {}, "float32"))
+    test = imdb.Split(["a review"], np.zeros(1, dtype=np.int32), ["0_1.txt"])
+    monkeypatch.setattr(imdb, "load_splits", lambda *args, **kwargs: (None, None, test))
+    monkeypatch.setattr(scoring, "logits_of", raising(out_of_memory()))
+    assert cli.run(evaluate.main, ["--model-dir", model_dir]) == cli.EXIT_ERROR
+    assert "lower --batch-size" in one_error_line(capsys)
+
+
+def test_out_of_memory_in_training_names_all_three_flags(monkeypatch, capsys):
+    import training
+    monkeypatch.setattr(training, "run", raising(out_of_memory()))
+    assert cli.run(train.main, []) == cli.EXIT_ERROR
+    line = one_error_line(capsys)
+    for flag in ("--batch-size", "--eval-batch-size", "--seq-length"):
+        assert flag in line, line
+
+
+def test_out_of_memory_is_known_by_name_without_tensorflow(capsys):
+    class ResourceExhaustedError(RuntimeError):
+        pass
+
+    def main(argv):
+        raise ResourceExhaustedError("OOM when allocating tensor")
+    assert cli.run(main, []) == cli.EXIT_ERROR
+    assert "out of memory" in one_error_line(capsys)
+
+
+# ---------------------------------------------------------------- unexpected errors
+
+@pytest.mark.parametrize("script", [evaluate, predict])
+def test_unexpected_error_is_one_line_pointing_at_debug(script, model_dir, monkeypatch, capsys):
+    import inference
+    monkeypatch.setattr(inference, "load_model", raising(RuntimeError("boom\nsecond line")))
+    argv = ["--model-dir", model_dir] + (["great film"] if script is predict else [])
+    assert cli.run(script.main, argv) == cli.EXIT_UNEXPECTED
+    assert one_error_line(capsys) == f"error: RuntimeError: boom {DEBUG_HINT}"
+
+
+@pytest.mark.parametrize("script", [evaluate, predict])
+def test_debug_flag_shows_the_traceback(script, model_dir, monkeypatch):
+    import inference
+    monkeypatch.setattr(inference, "load_model", raising(RuntimeError("boom")))
+    argv = ["--model-dir", model_dir, "--debug"] + (["great film"] if script is predict else [])
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.run(script.main, argv)
+
+
+def test_debug_variable_shows_the_traceback(model_dir, monkeypatch, capsys):
+    import inference
+    monkeypatch.setattr(inference, "load_model", raising(KeyError("saved_model")))
+    argv = ["--model-dir", model_dir, "great film"]
+    assert cli.run(predict.main, argv) == cli.EXIT_UNEXPECTED
+    assert one_error_line(capsys) == f"error: KeyError: 'saved_model' {DEBUG_HINT}"
+    monkeypatch.setenv(cli.DEBUG_VARIABLE, "1")
+    with pytest.raises(KeyError):
+        cli.run(predict.main, argv)
+
+
+# ---------------------------------------------------------------- predict.py with nothing to read
+
+class Terminal:
+    """Standard input as a terminal with a user who never types."""
+
+    def isatty(self):
+        return True
+
+    def __getattr__(self, name):
+        raise AssertionError(f"predict.py used stdin.{name} instead of saying how to pass reviews")
+
+
+def test_predict_with_a_terminal_on_stdin_says_how_to_pass_reviews(model_dir, monkeypatch, capsys):
+    import inference
+    monkeypatch.setattr(inference, "load_model", raising(AssertionError("the model was loaded")))
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    assert cli.run(predict.main, ["--model-dir", model_dir]) == cli.EXIT_ERROR
+    line = one_error_line(capsys)
+    for way in ("arguments", "--file", "pipe"):
+        assert way in line, line
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_predict_from_the_shell_with_a_terminal_does_not_wait(model_dir):
+    primary, terminal = os.openpty()
+    try:
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), "--model-dir", model_dir],
+                                stdin=terminal, capture_output=True, text=True, timeout=120)
+    finally:
+        os.close(primary)
+        os.close(terminal)
+    assert result.returncode == cli.EXIT_ERROR
+    assert len(result.stderr.strip().splitlines()) == 1 and "pipe" in result.stderr
+
+
+# ---------------------------------------------------------------- progress on stderr
+
+def test_predict_file_shows_progress_on_stderr_only(trained, tmp_path, capsys):
+    reviews = ["a great film", "an awful film", "fine"]
+    path = tmp_path / "reviews.txt"
+    path.write_text("\n".join(reviews) + "\n")
+    argv = ["--model-dir", trained[0]["--model-dir"], "--file", str(path), "--format", "jsonl"]
+    assert cli.run(predict.main, argv) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["text"] for line in captured.out.splitlines()] == reviews
+    assert "Scoring" in captured.err and "3 texts" in captured.err
+    assert "Scoring" not in captured.out
+
+
+def test_predict_arguments_show_no_progress(trained, capsys):
+    assert cli.run(predict.main, ["--model-dir", trained[0]["--model-dir"], "great", "awful"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 2 and captured.err == ""
+
+
+def test_logits_of_counts_texts_when_asked(trained_model, capsys):
+    import scoring
+    texts = [f"review number {i}" for i in range(10)]
+    quiet = scoring.logits_of(trained_model, texts, 4)
+    assert capsys.readouterr().err == ""
+    loud = scoring.logits_of(trained_model, texts, 4, progress=True)
+    captured = capsys.readouterr()
+    assert "10/10" in captured.err and captured.out == ""
+    assert (quiet == loud).all()
+
+
+def test_evaluate_shows_progress_on_stderr(trained, tmp_path, capsys):
+    import shutil
+    model_dir = str(tmp_path / "model")
+    shutil.copytree(trained[0]["--model-dir"], model_dir)  # evaluation.json is written beside it
+    argv = ["--model-dir", model_dir, "--plots-dir", str(tmp_path / "plots"), "--max-examples", "8"]
+    assert cli.run(evaluate.main, argv) == 0
+    captured = capsys.readouterr()
+    assert "Scoring" in captured.err and "8/8" in captured.err
+    assert "Scoring" not in captured.out and "Accuracy" in captured.out
+
+
+# ---------------------------------------------------------------- safe extraction
+
+def write_tar(path, *extra):
+    """A tiny aclImdb_v1.tar.gz with one review per split and label, then the extra TarInfo members."""
+    with tarfile.open(path, "w:gz") as archive:
+        for split in ("train", "test"):
+            for label in imdb.CLASS_NAMES:
+                info = tarfile.TarInfo(f"aclImdb/{split}/{label}/0_1.txt")
+                info.size = 4
+                archive.addfile(info, io.BytesIO(b"good"))
+        for info in extra:
+            archive.addfile(info, io.BytesIO(b"evil") if info.isfile() else None)
+    return str(path)
+
+
+def member(name, kind=tarfile.REGTYPE, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, linkname, 4 if kind == tarfile.REGTYPE else 0
+    return info
+
+
+@pytest.fixture(params=["data_filter", "without_filter"])
+def python_tarfile(request, monkeypatch):
+    """tarfile as this Python has it, then as Python 3.10.0-3.10.11 has it: no filter= argument."""
+    if request.param == "without_filter":
+        extractall = tarfile.TarFile.extractall
+
+        def old_extractall(self, path=".", members=None, *, numeric_owner=False):
+            return extractall(self, path, members, numeric_owner=numeric_owner, filter="fully_trusted")
+        monkeypatch.delattr(tarfile, "data_filter")
+        monkeypatch.setattr(tarfile.TarFile, "extractall", old_extractall)
+    return request.param
+
+
+def test_a_sound_archive_extracts(python_tarfile, tmp_path):
+    archive = write_tar(tmp_path / "aclImdb_v1.tar.gz")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    root = imdb._extract(archive, str(data_dir))
+    assert (tmp_path / "data" / "aclImdb" / "test" / "pos" / "0_1.txt").read_text() == "good"
+    assert os.listdir(data_dir) == ["aclImdb"] and root.endswith("aclImdb")
+
+
+UNSAFE = {"parent": member("../evil"),
+          "symlink_out": member("aclImdb/escape", tarfile.SYMTYPE, "../../evil"),
+          "absolute_symlink": member("aclImdb/escape", tarfile.SYMTYPE, "/etc/passwd"),
+          "hardlink_out": member("aclImdb/escape", tarfile.LNKTYPE, "../evil"),
+          "device": member("aclImdb/tty", tarfile.CHRTYPE)}
+
+
+@pytest.mark.parametrize("unsafe", UNSAFE, ids=list(UNSAFE))
+def test_an_unsafe_member_is_refused(python_tarfile, unsafe, tmp_path):
+    bad = UNSAFE[unsafe]
+    archive = write_tar(tmp_path / "aclImdb_v1.tar.gz", bad)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with pytest.raises(ValueError, match=f"unsafe member '{bad.name}'.*--dataset-url"):
+        imdb._extract(archive, str(data_dir))
+    assert os.listdir(data_dir) == []  # nothing extracted, no staging folder left
+    assert not (tmp_path / "evil").exists()
+
+
+def test_an_absolute_member_is_refused_without_filter(tmp_path, monkeypatch):
+    """filter="data" strips the leading '/', so only the hand check meets an absolute path."""
+    monkeypatch.delattr(tarfile, "data_filter")
+    archive = write_tar(tmp_path / "aclImdb_v1.tar.gz", member(str(tmp_path / "evil")))
+    with tarfile.open(archive) as opened, pytest.raises(ValueError, match="unsafe member"):
+        imdb.extract_safely(opened, opened.getmembers(), str(tmp_path / "data"))
+    assert not (tmp_path / "evil").exists()
+
+
+def test_unsafe_archive_from_the_command_line_is_one_line(model_dir, tmp_path, monkeypatch, capsys):
+    import inference
+    monkeypatch.setattr(inference, "load_model", lambda *args: (None, {}, "float32"))
+    archive = write_tar(tmp_path / "aclImdb_v1.tar.gz", member("../evil"))
+    argv = ["--model-dir", model_dir, "--data-dir", str(tmp_path / "data"), "--dataset-url", "file://" + archive]
+    assert cli.run(evaluate.main, argv) == cli.EXIT_ERROR
+    assert "unsafe member '../evil'" in one_error_line(capsys)
+    assert not (tmp_path / "evil").exists()

@@ -1,0 +1,220 @@
+"""Issue 9: a finished run is never lost, a resumed run is exact, early stopping survives a resume."""
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import config
+import imdb
+import saving
+import scoring
+import tiny_hub
+import train
+import training
+from conftest import QUICK, ROOT
+
+PROBE = ["great wonderful film", "awful boring mess", "a film", "great " * 30 + "awful"]
+
+
+def flag(flags, name):
+    return flags[flags.index(name) + 1]
+
+
+@pytest.fixture(autouse=True)
+def no_op_determinism_leak():
+    """--deterministic switches TensorFlow's op determinism on for the process; other tests don't want it."""
+    yield
+    from tensorflow.python.framework import config as tf_config
+    from runtime import keras
+    tf_config.disable_op_determinism()
+    keras.backend.experimental.disable_tf_random_generator()
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Counts training.fit calls and keeps the probe scores of the weights each fit left."""
+    calls = []
+    real_fit, real_logits_of = training.fit, scoring.logits_of
+
+    def counting_fit(session, *args, **kwargs):
+        summary = real_fit(session, *args, **kwargs)
+        calls.append({"summary": summary, "probe": real_logits_of(session.exported, PROBE, 8)})
+        return summary
+    monkeypatch.setattr(training, "fit", counting_fit)
+    return calls
+
+
+def saved_probe(model_dir):
+    return scoring.logits_of(saving.load(model_dir)[0], PROBE, 8)
+
+
+def expected_steps(record, epochs, batch_size):
+    return epochs * -(-record["split_sizes"]["train"] // batch_size)
+
+
+@pytest.mark.parametrize("failure", ["plots dir unwritable after training", "error in the test pass"])
+def test_a_failure_after_fit_loses_no_training(flags, fits, monkeypatch, capsys, failure):
+    import cli
+    import reporting
+    argv = flags + QUICK + ["--epochs", "2"]
+    plots_dir = flag(flags, "--plots-dir")
+    if failure == "error in the test pass":
+        def out_of_memory(*args, **kwargs):
+            import tensorflow as tf
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        monkeypatch.setattr(scoring, "logits_of", out_of_memory)
+    else:
+        real_plot = reporting.plot_history
+
+        def plots_dir_gone(history, path, best_epoch=None):
+            shutil.rmtree(plots_dir)
+            open(plots_dir, "w").close()  # a file where the folder was: nothing can be written there
+            return real_plot(history, path, best_epoch)
+        monkeypatch.setattr(reporting, "plot_history", plots_dir_gone)
+    assert cli.run(train.main, argv) != 0
+    assert len(fits) == 1 and not os.path.exists(flag(flags, "--model-dir"))
+    trained = fits[0]
+
+    monkeypatch.undo()
+    if os.path.isfile(plots_dir):
+        os.remove(plots_dir)
+    rerun_fits = []
+    monkeypatch.setattr(training, "fit", lambda *a, **k: rerun_fits.append(1))
+    capsys.readouterr()
+    record = train.main(argv)
+    assert rerun_fits == []  # not trained again
+    assert "Training finished in an earlier attempt" in capsys.readouterr().out
+    assert record["optimizer_steps"] == trained["summary"]["optimizer_steps"] == expected_steps(record, 2, 8)
+    np.testing.assert_allclose(saved_probe(flag(flags, "--model-dir")), trained["probe"], atol=1e-5)
+    assert not os.path.exists(flag(flags, "--model-dir") + ".training")
+
+
+def test_sigkill_in_the_test_pass_loses_no_training(flags, tmp_path, capsys):
+    argv = flags + QUICK + ["--epochs", "2"]
+    model_dir = flag(flags, "--model-dir")
+    log_path = tmp_path / "train.log"
+    with open(log_path, "w") as log:
+        run = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv], stdout=log,
+                               stderr=subprocess.STDOUT, env={**os.environ, "CI": "1"})
+        deadline = time.time() + 300
+        while "Scoring the test set" not in log_path.read_text():
+            assert run.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.01)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    assert not os.path.exists(model_dir)
+
+    # What the kept weights score, read straight from MODEL_DIR.training/ before the rerun.
+    import checkpoints
+    cfg = config.from_args(train.parse(argv))
+    session = training.Session(cfg, log=lambda *_: None)
+    checkpoints.WorkDir(model_dir).restore_trained(session.token_model)
+    kept = scoring.logits_of(session.exported, PROBE, 8)
+
+    record = train.main(argv)
+    assert "Training finished in an earlier attempt" in capsys.readouterr().out
+    assert record["optimizer_steps"] == expected_steps(record, 2, 8)
+    np.testing.assert_allclose(saved_probe(model_dir), kept, atol=1e-5)
+
+
+def rising_validation(cfg):
+    """IMDB splits whose validation set is the training set with every label flipped, so the
+    validation loss rises as the model learns: early stopping keeps epoch 1."""
+    train_split, _, test = imdb.load_splits(cfg)
+    flipped = imdb.Split(train_split.texts, 1 - train_split.labels, train_split.paths)
+    return train_split, flipped, test
+
+
+class KilledAfterEpoch(Exception):
+    pass
+
+
+@pytest.mark.parametrize("killed_after", [1, 2])
+def test_early_stopping_survives_a_resume(flags, monkeypatch, killed_after):
+    argv = flags + QUICK + ["--epochs", "4", "--early-stopping-patience", "1", "--deterministic"]
+    cfg = config.from_args(train.parse(argv))
+    uninterrupted = training.run(cfg, log=lambda *_: None, splits=rising_validation(cfg))
+    assert len(uninterrupted["history"]["loss"]) == 2 and uninterrupted["best_epoch"] == 1  # it stopped early
+    weights = [v.numpy() for v in saving.load(cfg.model_dir)[0].token_classifier.variables]
+    shutil.rmtree(cfg.model_dir)
+
+    from runtime import keras
+    real_callbacks = training.Session.callbacks
+
+    def killed(session, work_dir):  # a kill right after the epoch's checkpoint
+        class Kill(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch + 1 == killed_after:
+                    raise KilledAfterEpoch
+        return real_callbacks(session, work_dir) + [Kill()]
+    monkeypatch.setattr(training.Session, "callbacks", killed)
+    with pytest.raises(KilledAfterEpoch):
+        training.run(cfg, log=lambda *_: None, splits=rising_validation(cfg))
+    monkeypatch.undo()
+
+    resumed = training.run(cfg, log=lambda *_: None, splits=rising_validation(cfg))
+    assert resumed["history"]["loss"] == pytest.approx(uninterrupted["history"]["loss"])
+    assert resumed["best_epoch"] == uninterrupted["best_epoch"] == 1
+    assert resumed["optimizer_steps"] == uninterrupted["optimizer_steps"]
+    for after, before in zip(saving.load(cfg.model_dir)[0].token_classifier.variables, weights):
+        np.testing.assert_array_equal(after.numpy(), before)
+
+
+def test_deterministic_runs_give_identical_weights(flags):
+    argv = flags + QUICK + ["--epochs", "1", "--deterministic"]
+    model_dir = flag(flags, "--model-dir")
+    train.main(argv)
+    first = [v.numpy() for v in saving.load(model_dir)[0].token_classifier.variables]
+    train.main(argv)
+    second = [v.numpy() for v in saving.load(model_dir)[0].token_classifier.variables]
+    assert len(first) == len(second) > 0
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def bigger_archive_url(tmp_path_factory):
+    """Enough reviews that an epoch takes a few seconds: time to signal it mid-way."""
+    path = tmp_path_factory.mktemp("bigger") / "aclImdb_v1.tar.gz"
+    return "file://" + tiny_hub.write_archive(str(path), per_class=(200, 8))
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(flags, bigger_archive_url, capsys):
+    flags[flags.index("--dataset-url") + 1] = bigger_archive_url
+    argv = flags + QUICK + ["--epochs", "2", "--batch-size", "2", "--checkpoint-every", "10", "--deterministic"]
+    model_dir = flag(flags, "--model-dir")
+    run = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env={**os.environ, "CI": "1"})
+    deadline = time.time() + 300
+    while not glob.glob(f"{model_dir}.training/backup/**/checkpoint", recursive=True):
+        assert run.poll() is None and time.time() < deadline, run.stdout.read()[-3000:]
+        time.sleep(0.005)
+    signalled = time.time()
+    run.send_signal(signal.SIGTERM)
+    output = run.communicate(timeout=60)[0]
+    assert time.time() - signalled < 8, "SIGTERM should stop training within seconds"
+    assert run.returncode not in (0, -signal.SIGTERM), output[-3000:]
+    last_line = output.strip().splitlines()[-1]
+    assert "SIGTERM" in last_line and "checkpointed at step" in last_line and "again to resume" in last_line
+    stopped_at = int(last_line.split("checkpointed at step ")[1].split()[0])
+
+    import tensorflow as tf
+    latest = tf.train.latest_checkpoint(f"{model_dir}.training/backup/chief")
+    iterations = next(name for name, _ in tf.train.list_variables(latest)
+                      if name.startswith("model/optimizer/") and "iter" in name)
+    assert int(tf.train.load_checkpoint(latest).get_tensor(iterations)) == stopped_at
+
+    resumed = train.main(argv)
+    assert "Resuming the interrupted run" in capsys.readouterr().out
+    resumed_weights = [v.numpy() for v in saving.load(model_dir)[0].token_classifier.variables]
+    shutil.rmtree(model_dir)
+    uninterrupted = train.main(argv)
+    assert resumed["optimizer_steps"] == uninterrupted["optimizer_steps"] == expected_steps(resumed, 2, 2)
+    for after, before in zip(resumed_weights, saving.load(model_dir)[0].token_classifier.variables):
+        np.testing.assert_array_equal(after, before.numpy())

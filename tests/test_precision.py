@@ -1,0 +1,112 @@
+"""What --precision bfloat16, --jit-compile and head+tail truncation really do, shown on the tiny models."""
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import hardware
+import tiny_hub
+from conftest import QUICK, ROOT
+
+
+@pytest.fixture
+def float32_after():
+    """The precision is process-global: put float32 back for the tests that follow."""
+    import runtime
+    yield runtime
+    runtime.set_precision("float32")
+
+
+def test_bfloat16_rewrites_the_classifiers_matmuls(hub_models, float32_after):
+    """--precision bfloat16 really runs the model in bfloat16: logits move by bf16 rounding, not more."""
+    if not hardware.cpu_supports_bfloat16():
+        pytest.skip("this CPU has no AVX512-BF16/AMX: the rewrite does not run, so the test would prove nothing")
+    import modeling
+    runtime = float32_after
+    tf = runtime.tf
+    model = modeling.build_token_classifier(runtime.hub.load(hub_models[1]), 0.1, "pooled")
+    ids = np.random.default_rng(0).integers(5, len(tiny_hub.VOCAB), size=(4, 64))
+    tokens = {"input_word_ids": tf.constant(ids, tf.int32), "input_mask": tf.ones((4, 64), tf.int32),
+              "input_type_ids": tf.zeros((4, 64), tf.int32)}
+
+    def logits(precision):  # a fresh tf.function, so grappler sees the options in force now
+        assert runtime.set_precision(precision) == precision
+        return tf.function(lambda t: model(t, training=False))(tokens).numpy()
+
+    float32, bfloat16, float32_again = logits("float32"), logits("bfloat16"), logits("float32")
+    assert np.abs(float32_again - float32).max() < 1e-6  # float32 repeats itself: any change is the rewrite
+    difference = np.abs(bfloat16 - float32).max()
+    assert 1e-6 < difference < 5e-2, f"bfloat16 logits differ from float32 by {difference}"
+
+
+JIT_RUN = """
+import sys
+sys.path.insert(0, {root!r})
+import train
+import training
+models = []
+compile = training.Session.compile
+training.Session.compile = lambda session, steps: models.append(compile(session, steps)) or models[-1]
+train.main(sys.argv[1:])
+model = models[0]
+graphs = [f.graph.as_graph_def() for f in model.train_tf_function._list_all_concrete_functions()]
+marked = [f.signature.name for g in graphs for f in g.library.function
+          if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]
+print("JIT", model.jit_compile, "MARKED", " ".join(marked) or "-")
+"""
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "no-jit"])
+def test_jit_compile_xla_compiles_the_train_step(flags, jit):
+    """--jit-compile makes XLA compile the training step (and without it, XLA compiles nothing)."""
+    small = ["--epochs", "1", "--seq-length", "16", "--max-examples", "16"] + (["--jit-compile"] if jit else [])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0")  # lets TensorFlow log "Compiled cluster using XLA!"
+    result = subprocess.run([sys.executable, "-c", JIT_RUN.format(root=ROOT), *flags, *QUICK, *small],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jit_line = [line for line in result.stdout.splitlines() if line.startswith("JIT ")][-1].split()
+    assert jit_line[1] == str(jit)  # train.py compiled its model with jit_compile
+    assert ("run_step" in jit_line[3]) == jit  # its train step is marked for XLA ...
+    assert ("Compiled cluster using XLA!" in result.stderr) == jit  # ... and XLA compiled it
+
+
+@pytest.fixture(scope="module")
+def preprocessor(hub_models):
+    import runtime
+    return runtime.hub.load(hub_models[0])
+
+
+def review_and_pieces(preprocessor, words, seed=0):
+    """A review of `words` random vocabulary words (some split into 2 pieces), and its word-piece ids."""
+    import runtime
+    choices = [w for w in tiny_hub.VOCAB[5:] if not w.startswith("##")] + ["movies", "films"]
+    review = " ".join(random.Random(seed).choices(choices, k=words))
+    pieces = preprocessor.tokenize(runtime.tf.constant([review])).merge_dims(-2, -1)[0].numpy()
+    return review, pieces
+
+
+def test_head_tail_keeps_the_first_128_and_last_382_pieces(preprocessor):
+    """A long review at 512 tokens keeps exactly its first 128 and last 382 word pieces, in order."""
+    import tokenization
+    review, pieces = review_and_pieces(preprocessor, 1000)
+    assert len(pieces) > 1000
+    ids = tokenization.TextToTokens(preprocessor, 512, "head+tail")([review])["input_word_ids"].numpy()[0]
+    assert len(ids) == 512
+    assert ids[0] == tiny_hub.VOCAB.index("[CLS]") and ids[511] == tiny_hub.VOCAB.index("[SEP]")
+    assert list(ids[1:129]) == list(pieces[:128])
+    assert list(ids[129:511]) == list(pieces[-382:])
+
+
+def test_head_tail_keeps_a_short_review_whole(preprocessor):
+    """A review shorter than 510 word pieces is kept whole, then padded."""
+    import tokenization
+    review, pieces = review_and_pieces(preprocessor, 300)
+    assert len(pieces) < 510
+    tokens = tokenization.TextToTokens(preprocessor, 512, "head+tail")([review])
+    ids, mask = tokens["input_word_ids"].numpy()[0], tokens["input_mask"].numpy()[0]
+    n = len(pieces)
+    assert list(ids[1:n + 1]) == list(pieces)
+    assert ids[n + 1] == tiny_hub.VOCAB.index("[SEP]") and mask.sum() == n + 2 and not ids[n + 2:].any()

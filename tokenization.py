@@ -1,0 +1,94 @@
+"""Text -> BERT token ids: truncation of long texts, and length-sorted, per-batch-padded batches.
+
+Training, evaluation and prediction all batch token ids the same way (`length_sorted_batches`).
+"""
+from runtime import keras, tf
+
+TOKEN_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
+PAD_MULTIPLE = 16  # batches are padded to a multiple of this, which bounds how often graphs retrace
+WINDOW_BATCHES = 16  # texts are sorted by length within this many batches, then padded per batch
+HEAD_SHARE = 128 / 510  # Sun et al. (2019): the first 128 and last 382 of 510 review tokens
+
+
+class TextToTokens(tf.Module):
+    """Strings -> BERT inputs of seq_length, keeping the head, tail or head+tail of long texts,
+    via the preprocessor's tokenize + bert_pack_inputs (TF-Hub's way for other lengths)."""
+
+    def __init__(self, preprocessor, seq_length, truncation):
+        super().__init__()
+        self.preprocessor = preprocessor
+        self.seq_length = seq_length
+        self.truncation = truncation
+
+    def _keep(self, lengths):
+        """Start/limit ranges of the tokens to keep, per text."""
+        budget = self.seq_length - 2  # [CLS] and [SEP]
+        if self.truncation == "head":
+            return [(tf.zeros_like(lengths), tf.minimum(lengths, budget))]
+        if self.truncation == "tail":
+            return [(tf.maximum(lengths - budget, 0), lengths)]
+        head = tf.minimum(lengths, int(round(budget * HEAD_SHARE)))
+        tail = tf.minimum(lengths - head, budget - head)
+        return [(tf.zeros_like(lengths), head), (lengths - tail, lengths)]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def __call__(self, texts):
+        tokens = self.preprocessor.tokenize(texts).merge_dims(-2, -1)  # [batch, (word pieces)]
+        lengths = tokens.row_lengths()
+        keep = tf.concat([tf.ragged.range(start, limit) for start, limit in self._keep(lengths)], axis=1)
+        kept = tf.gather(tokens, keep, batch_dims=1)
+        # bert_pack_inputs takes [batch, (words), (pieces)]: make each kept piece a word.
+        words = kept.with_flat_values(tf.RaggedTensor.from_row_lengths(
+            kept.flat_values, tf.ones_like(kept.flat_values, dtype=kept.row_splits.dtype)))
+        packed = self.preprocessor.bert_pack_inputs([words], tf.constant(self.seq_length, tf.int32))
+        return {key: tf.cast(packed[key], tf.int32) for key in TOKEN_KEYS}
+
+
+class TextToTokensLayer(keras.layers.Layer):
+    """TextToTokens as a Keras layer, for the tutorial pipeline's string-input model."""
+
+    def __init__(self, text_to_tokens, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.text_to_tokens = text_to_tokens
+
+    def call(self, texts):
+        return self.text_to_tokens(tf.reshape(texts, [-1]))
+
+
+def round_up(value, multiple):
+    """The smallest multiple of `multiple` that is at least value (ints or int tensors)."""
+    return (value + multiple - 1) // multiple * multiple
+
+
+def trim_padding(tokens, multiple=PAD_MULTIPLE):
+    """Cut a padded batch to its longest text, rounded up to a multiple (never beyond its width)."""
+    longest = tf.reduce_max(tf.reduce_sum(tokens["input_mask"], axis=1))
+    width = tf.shape(tokens["input_mask"])[1]
+    keep = tf.minimum(width, round_up(longest, multiple))
+    return {key: value[:, :keep] for key, value in tokens.items()}
+
+
+def length_sorted_batches(examples, batch_size, window_batches=WINDOW_BATCHES):
+    """(tokens, y) examples -> batches of batch_size: within each window of window_batches
+    batches, sorted by length so each batch is padded only to its longest text."""
+    def sorted_window(tokens, extra):
+        order = tf.argsort(tf.reduce_sum(tokens["input_mask"], axis=1), stable=True)
+        window = tf.data.Dataset.from_tensor_slices(
+            ({key: tf.gather(value, order) for key, value in tokens.items()}, tf.gather(extra, order)))
+        return window.batch(batch_size).map(lambda t, y: (trim_padding(t), y))
+
+    return examples.batch(batch_size * window_batches).flat_map(sorted_window)
+
+
+def tokenized(examples, text_to_tokens):
+    """(text, y) examples -> (tokens, y), tokenized in a parallel map of 256-text batches."""
+    return (examples.batch(256)
+            .map(lambda texts, extra: (text_to_tokens(texts), extra), num_parallel_calls=tf.data.AUTOTUNE)
+            .unbatch())
+
+
+def sanitize(text):
+    """Bytes or str -> valid UTF-8 bytes, invalid sequences replaced, so the tokenizer never fails."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    return text.encode("utf-8", errors="replace")
