@@ -73,6 +73,9 @@ def check_devices(require_gpu=False, log=print):
     return gpus
 
 
+_multiworker_strategy = None
+
+
 def make_strategy(name):
     """The tf.distribute strategy for --strategy; 'default' is the single-device one."""
     if name == "default":
@@ -85,8 +88,23 @@ def make_strategy(name):
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multiworker reads the cluster from TF_CONFIG; set it on "
                              "every worker (see README)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        global _multiworker_strategy
+        if _multiworker_strategy is None:  # one per process: its collective runtime starts only once
+            _multiworker_strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        return _multiworker_strategy
     raise ValueError(f"unknown --strategy {name!r}; use one of {', '.join(config.STRATEGIES)}")
+
+
+def is_chief(strategy):
+    """Whether this worker writes the run's files: task "chief", or worker 0 when the cluster has
+    no chief (TensorFlow's rule); a single-machine strategy is its own chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (resolver.task_type == "worker" and resolver.task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict())
 
 
 def package_versions():

@@ -146,12 +146,40 @@ class Session:
 
 def run(cfg, log=print, splits=None):
     """Train, test, save, reload and compare; returns the run record. `splits` (train,
-    validation, test) replaces the IMDB splits cfg names, for benchmarks' fixed subsets."""
+    validation, test) replaces the IMDB splits cfg names, for benchmarks' fixed subsets.
+
+    With --strategy multiworker every worker runs all of it (fit, test and save take part in
+    collective ops, as TensorFlow's multi-worker guide asks), but only the chief writes
+    --model-dir, its work dir and the plots: the others write to a temporary folder they delete."""
+    if cfg.strategy != "multiworker":
+        return _run(cfg, log, splits)
+    strategy = runtime.make_strategy(cfg.strategy)  # first: no other TF op may run before it
+    if runtime.is_chief(strategy):
+        return _run(cfg, log, splits, strategy)
+    scratch = tempfile.mkdtemp(prefix="bert-worker-")
+    try:
+        name = os.path.basename(os.path.abspath(cfg.model_dir))
+        own = dataclasses.replace(cfg, model_dir=os.path.join(scratch, name), plots_dir=os.path.join(scratch, "plots"))
+        return _run(own, log, splits, strategy, chief_work_dir=checkpoints.WorkDir(cfg.model_dir))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
+    """run() on one worker: the chief's (or the only) one, or, given the chief's work dir, another."""
     started = time.time()
     # Fail now, not hours later: the model is saved beside --model-dir, then renamed into place.
     check_writable(os.path.dirname(os.path.abspath(cfg.model_dir)), "--model-dir", cfg.model_dir)
     check_writable(cfg.plots_dir, "--plots-dir")
     work_dir = checkpoints.WorkDir(cfg.model_dir).prepare(cfg, log)
+    if strategy is not None:
+        if chief_work_dir is None and splits is None:
+            imdb.prepare(cfg.data_dir, cfg.dataset_url, cfg.dataset_md5)
+        # The other workers wait here until the chief has prepared its work dir and the data, so
+        # they never race it; they find the data extracted (on a shared disk) or extract their own.
+        _barrier(strategy)
+        if chief_work_dir is not None:
+            _follow(chief_work_dir, work_dir)
     train, validation, test = splits or imdb.load_splits(cfg)
     log(f"IMDB: {len(train):,} training, {len(validation):,} validation, {len(test):,} test reviews")
     session = Session(cfg, log)
@@ -186,11 +214,28 @@ def run(cfg, log=print, splits=None):
                  "log.csv": work_dir.log})
     if cfg.tensorboard:
         shutil.copytree(os.path.join(work_dir.path, "tensorboard"), os.path.join(cfg.model_dir, "tensorboard"))
+    if strategy is not None:
+        _barrier(strategy)  # every worker is done with the chief's checkpoint before it goes
     work_dir.remove()  # the model is saved: nothing left to protect
     log(f"Saved model: {cfg.model_dir}")
 
     record["examples"] = compare_with_reloaded(session.exported, cfg.model_dir, log)
     return record
+
+
+def _barrier(strategy):
+    """Return once every worker has called it: an all-reduce needs them all."""
+    strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+def _follow(chief_work_dir, work_dir):
+    """Make a non-chief worker's work dir resume as the chief's does: from the chief's checkpoint
+    (Keras writes this worker's own to a temporary folder it deletes), and from copies of its
+    epoch log and trained weights."""
+    work_dir.backup = chief_work_dir.backup
+    if os.path.isdir(chief_work_dir.path):
+        shutil.copytree(chief_work_dir.path, work_dir.path, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("backup", "config.json", "tensorboard", "*.partial"))
 
 
 def fit(session, model, work_dir, train, validation, steps_per_epoch, log=print):

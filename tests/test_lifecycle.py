@@ -218,3 +218,60 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(flags, bigger_archive
     assert resumed["optimizer_steps"] == uninterrupted["optimizer_steps"] == expected_steps(resumed, 2, 2)
     for after, before in zip(resumed_weights, saving.load(model_dir)[0].token_classifier.variables):
         np.testing.assert_array_equal(after, before.numpy())
+
+
+def interrupted_after_first_epoch(flags, monkeypatch, argv):
+    """Run argv until its first epoch's checkpoint, as a kill there would leave it."""
+    from runtime import keras
+    real_callbacks = training.Session.callbacks
+
+    def killed(session, work_dir):
+        class Kill(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                raise KilledAfterEpoch
+        return real_callbacks(session, work_dir) + [Kill()]
+    monkeypatch.setattr(training.Session, "callbacks", killed)
+    with pytest.raises(KilledAfterEpoch):
+        train.main(argv)
+    monkeypatch.undo()
+
+
+def test_checkpoint_every_n_steps_also_checkpoints_each_epoch(flags, monkeypatch):
+    """With --checkpoint-every larger than an epoch, a kill after epoch 1 still resumes at epoch 2."""
+    import checkpoints
+    argv = flags + QUICK + ["--epochs", "2", "--checkpoint-every", "1000"]
+    interrupted_after_first_epoch(flags, monkeypatch, argv)
+    work_dir = checkpoints.WorkDir(flag(flags, "--model-dir"))
+    steps_per_epoch = 10  # 77 training reviews in batches of 8
+    assert work_dir.resume_position(steps_per_epoch) == (1, 0, False)
+    record = train.main(argv)
+    assert record["optimizer_steps"] == 2 * steps_per_epoch and len(record["history"]["loss"]) == 2
+
+
+def test_resume_ignores_settings_that_do_not_change_the_weights(flags, monkeypatch, capsys):
+    argv = flags + QUICK + ["--epochs", "2"]
+    interrupted_after_first_epoch(flags, monkeypatch, argv)
+    capsys.readouterr()
+    record = train.main(argv + ["--eval-batch-size", "7", "--tensorboard", "--checkpoint-every", "3",
+                                "--plots-dir", flag(flags, "--plots-dir") + "2"])
+    assert "Resuming the interrupted run" in capsys.readouterr().out
+    assert record["optimizer_steps"] == 20 and len(record["history"]["loss"]) == 2
+
+
+def test_resume_with_other_settings_stops_and_keeps_the_checkpoint(flags, monkeypatch, capsys):
+    import cli
+    argv = flags + QUICK + ["--epochs", "2"]
+    interrupted_after_first_epoch(flags, monkeypatch, argv)
+    work_dir = flag(flags, "--model-dir") + ".training"
+    before = sorted(glob.glob(f"{work_dir}/**", recursive=True))
+    capsys.readouterr()
+    code = cli.run(train.main, argv + ["--learning-rate", "1e-3", "--seq-length", "32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_ERROR and len(err) == 1
+    assert "--learning-rate 0.003 -> 0.001" in err[0] and "--seq-length 64 -> 32" in err[0]
+    assert "--restart" in err[0]
+    assert sorted(glob.glob(f"{work_dir}/**", recursive=True)) == before  # nothing thrown away
+
+    record = train.main(argv + ["--learning-rate", "1e-3", "--restart"])
+    assert "discarding the interrupted run" in capsys.readouterr().out
+    assert record["optimizer_steps"] == 20 and record["config"]["learning_rate"] == 1e-3

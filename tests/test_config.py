@@ -1,0 +1,56 @@
+"""Issue 9: conflicts and impossible precisions are refused before any data or model loads."""
+import os
+
+import pytest
+
+import config
+import hardware
+import train
+from test_suite import fails_with
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--recipe", "tutorial", "--schedule", "linear"], ["--optimizer tutorial-adamw", "--schedule constant"]),
+    (["--jit-compile", "--pipeline", "tutorial"], ["--jit-compile", "--pipeline fast"]),
+    (["--recipe", "tutorial", "--jit-compile"], ["--jit-compile", "--pipeline fast"]),
+])
+def test_conflicts_fail_before_data_or_model_load(argv, needles, tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    fails_with(train.main, argv + ["--data-dir", str(data_dir), "--dataset-url", "file:///nonexistent.tar.gz"],
+               capsys, *needles)
+    assert not data_dir.exists()  # refused before anything was downloaded or loaded
+
+
+def test_tfa_without_tensorflow_addons_fails_in_validate(monkeypatch):
+    real_find_spec = config.importlib.util.find_spec
+    monkeypatch.setattr(config.importlib.util, "find_spec",
+                        lambda name: None if name == "tensorflow_addons" else real_find_spec(name))
+    with pytest.raises(ValueError, match="requirements-tfa.txt"):
+        config.resolve(recipe="tutorial", optimizer="tfa")
+
+
+def test_bfloat16_on_a_cpu_without_it_is_refused(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_supports_bfloat16", lambda: False)
+    with pytest.raises(ValueError, match="AVX512-BF16 or AMX"):
+        config.resolve(precision="bfloat16")
+    assert config.resolve(precision="auto").precision == "auto"
+
+
+def test_float16_without_a_gpu_is_refused_and_float16_scales_the_loss():
+    import optimization
+    import runtime
+    if runtime.tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU, where float16 is allowed")
+    with pytest.raises(ValueError, match="needs a GPU"):
+        runtime.set_precision("float16")
+    optimizer = optimization.make_optimizer(config.resolve(), 100, precision="float16")
+    assert isinstance(optimizer, runtime.keras.mixed_precision.LossScaleOptimizer)
+    assert not isinstance(optimization.make_optimizer(config.resolve(), 100), runtime.keras.mixed_precision.LossScaleOptimizer)
+
+
+def test_precision_in_force_is_recorded(trained):
+    import json
+    flags, record = trained
+    assert record["precision"] == "float32"  # QUICK asks for float32
+    with open(os.path.join(flags["--model-dir"], "run.json")) as f:
+        assert json.load(f)["precision"] == "float32"
