@@ -66,26 +66,31 @@ class WorkDir:
         naming the differing flags, unless cfg.restart asks to discard it."""
         settings = dataclasses.asdict(cfg)
         settings_path = os.path.join(self.path, "config.json")
+        if os.path.isdir(self.path) and (cfg.restart or not self._holds_progress()):
+            if cfg.restart:
+                log(f"--restart: discarding the interrupted run in {self.path}")
+            shutil.rmtree(self.path)  # with nothing trained in it, there is nothing to lose
         if os.path.isdir(self.path):
             recorded = _read_json(settings_path) or {}
             differing = [name for name in settings if name not in SETTINGS_A_RESUME_IGNORES
                          and recorded.get(name, settings[name]) != settings[name]]
             if not recorded:
                 differing = ["(unreadable config.json)"]
-            if differing and not cfg.restart:
+            if differing:
                 flags = ", ".join(f"--{name.replace('_', '-')} {recorded.get(name)!r} -> {settings[name]!r}"
                                   for name in differing if name in recorded) or differing[0]
                 raise ValueError(f"{self.path} holds an interrupted run with other settings ({flags}); "
                                  "rerun with its settings to resume it, or add --restart to discard it "
                                  "and start over")
-            if differing:
-                log(f"--restart: discarding the interrupted run in {self.path}")
-                shutil.rmtree(self.path)
-            else:
-                log(f"Resuming the interrupted run from its checkpoint in {self.path}")
+            log(f"Resuming the interrupted run from its checkpoint in {self.path}")
         os.makedirs(self.path, exist_ok=True)
         _write_json(settings_path, settings)
         return self
+
+    def _holds_progress(self):
+        """Whether a previous attempt trained anything (a checkpoint or kept weights)."""
+        return (bool(tf.train.latest_checkpoint(os.path.join(self.backup, "chief")))
+                or os.path.isfile(self.trained_record))
 
     def resume_position(self, steps_per_epoch):
         """(epoch, step) where fit and its data resume, as Keras computes it from the backup, and
@@ -204,10 +209,9 @@ class Backup(keras.callbacks.BackupAndRestore):
 
     def on_train_batch_end(self, batch, logs=None):
         last = batch == self.params["steps"] - 1  # the epoch's end saves after validation instead
-        if self.stop_requested:
+        if self.stop_requested and not last:  # on the last batch, stop once validation has run
             self._backup(epoch=self._current_epoch, batch=batch)
-            raise Stopped(f"{self.stop_requested}, checkpointed at step "
-                              f"{int(self.model.optimizer.iterations.numpy())} in {self.backup_dir}")
+            self._stop()
         if self.every_steps and not last:
             self._batches_count += 1
             if self._batches_count >= self.every_steps:
@@ -219,6 +223,12 @@ class Backup(keras.callbacks.BackupAndRestore):
             self.early_stopping.remember(self.memory)
         self._training_state._ckpt_saved_batch.assign(self.params["steps"] - 1)
         self._backup(epoch=epoch, batch=self.params["steps"] - 1)
+        if self.stop_requested:
+            self._stop()
+
+    def _stop(self):
+        raise Stopped(f"{self.stop_requested}, checkpointed at step "
+                      f"{int(self.model.optimizer.iterations.numpy())} in {self.backup_dir}")
 
     def on_train_end(self, logs=None):
         self.restore_signal_handlers()

@@ -15,7 +15,7 @@ EXIT_INTERRUPTED = 130
 DEBUG_FLAG = "--debug"
 DEBUG_VARIABLE = "BERT_SUITE_DEBUG"
 # What train.py can lower when memory runs out; evaluate.py and predict.py name their own MEMORY_FLAGS.
-TRAINING_MEMORY_FLAGS = "--batch-size (training), --eval-batch-size (validation and test scoring) or --seq-length"
+TRAINING_MEMORY_FLAGS = "--batch-size (training and validation), --eval-batch-size (test scoring) or --seq-length"
 
 
 def run(main, argv=None):

@@ -95,7 +95,7 @@ class Config:
     # The training recipe; --recipe sets these as a group.
     recipe: str = _option("best", "named set of the options below; best = these defaults, official and "
                           "tutorial change the values their help lists")
-    epochs: int = _option(4, "early stopping usually ends sooner; 5 in the official and tutorial runs")
+    epochs: int = _option(4, "passes over the training data; early stopping usually ends sooner")
     batch_size: int = _option(32, "per device; 32 is the tutorial's and BERT's usual fine-tuning batch")
     learning_rate: float = _option(5e-5, "peak rate; BERT's paper picks among 5e-5, 3e-5, 2e-5, "
                                    "the highest measured best for this small model")

@@ -157,6 +157,8 @@ def run(cfg, log=print, splits=None):
     if runtime.is_chief(strategy):
         return _run(cfg, log, splits, strategy)
     scratch = tempfile.mkdtemp(prefix="bert-worker-")
+    log(f"Not the chief: this worker writes to {scratch} (deleted at the end); the chief writes "
+        f"{cfg.model_dir} and the plots")
     try:
         name = os.path.basename(os.path.abspath(cfg.model_dir))
         own = dataclasses.replace(cfg, model_dir=os.path.join(scratch, name), plots_dir=os.path.join(scratch, "plots"))
@@ -166,7 +168,7 @@ def run(cfg, log=print, splits=None):
 
 
 def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
-    """run() on one worker: the chief's (or the only) one, or, given the chief's work dir, another."""
+    """run() on one worker: the chief (or the only one), or, given chief_work_dir, another worker."""
     started = time.time()
     # Fail now, not hours later: the model is saved beside --model-dir, then renamed into place.
     check_writable(os.path.dirname(os.path.abspath(cfg.model_dir)), "--model-dir", cfg.model_dir)
@@ -175,8 +177,7 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
     if strategy is not None:
         if chief_work_dir is None and splits is None:
             imdb.prepare(cfg.data_dir, cfg.dataset_url, cfg.dataset_md5)
-        # The other workers wait here until the chief has prepared its work dir and the data, so
-        # they never race it; they find the data extracted (on a shared disk) or extract their own.
+        # The others wait for the chief's work dir and data, never racing it (unshared disk: own copy).
         _barrier(strategy)
         if chief_work_dir is not None:
             _follow(chief_work_dir, work_dir)
@@ -196,7 +197,7 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
     history, best_epoch = summary["history"], summary["best_epoch"]
 
     log("Scoring the test set ...")
-    test_logits = scoring.logits_of(session.exported, test.texts, cfg.eval_batch_size)
+    test_logits = scoring.logits_of(session.exported, test.texts, cfg.eval_batch_size, progress=True)
     metrics = reporting.binary_metrics(test.labels, test_logits)
     log(f"Test loss: {metrics['loss']:.4f}  accuracy: {metrics['accuracy']:.4f}")
 
@@ -212,7 +213,7 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
                 {"history.json": _write_json(os.path.join(work_dir.path, "history.json"), history),
                  "metrics.json": _write_json(os.path.join(work_dir.path, "metrics.json"), metrics),
                  "log.csv": work_dir.log})
-    if cfg.tensorboard:
+    if cfg.tensorboard and os.path.isdir(os.path.join(work_dir.path, "tensorboard")):
         shutil.copytree(os.path.join(work_dir.path, "tensorboard"), os.path.join(cfg.model_dir, "tensorboard"))
     if strategy is not None:
         _barrier(strategy)  # every worker is done with the chief's checkpoint before it goes
@@ -225,7 +226,9 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
 
 def _barrier(strategy):
     """Return once every worker has called it: an all-reduce needs them all."""
-    strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+    def all_reduce():
+        return tf.distribute.get_replica_context().all_reduce("SUM", tf.constant(1.0))
+    tf.function(lambda: strategy.run(all_reduce), autograph=False)()  # in a graph: eager is slow and warns
 
 
 def _follow(chief_work_dir, work_dir):
@@ -254,10 +257,9 @@ def fit(session, model, work_dir, train, validation, steps_per_epoch, log=print)
                   callbacks=callbacks, verbose=2 if os.environ.get("CI") else 1)
     finally:
         backup.restore_signal_handlers()
-    if non_finite.bad_step is not None:
-        work_dir.remove()  # diverged weights are worth nothing; the next run starts afresh
+    if non_finite.bad_step is not None:  # the checkpoints of earlier steps stay: nothing is deleted unasked
         raise ValueError(f"training diverged: the loss became NaN or infinite at step {non_finite.bad_step}; "
-                         f"lower --learning-rate (now {cfg.learning_rate}). No model was saved"
+                         f"lower --learning-rate (now {cfg.learning_rate}) and add --restart. No model was saved"
                          + (f"; the one in {cfg.model_dir} is unchanged" if os.path.exists(cfg.model_dir) else ""))
     history = _history_so_far(work_dir.log)
     early_stopping = callbacks[0] if isinstance(callbacks[0], checkpoints.ResumableEarlyStopping) else None

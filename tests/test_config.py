@@ -6,6 +6,7 @@ import pytest
 import config
 import hardware
 import train
+from conftest import QUICK
 from test_suite import fails_with
 
 
@@ -48,9 +49,12 @@ def test_float16_without_a_gpu_is_refused_and_float16_scales_the_loss():
     assert not isinstance(optimization.make_optimizer(config.resolve(), 100), runtime.keras.mixed_precision.LossScaleOptimizer)
 
 
-def test_precision_in_force_is_recorded(trained):
+def test_precision_in_force_is_recorded(flags):
+    """auto is recorded as what it resolved to on this machine, not as 'auto'."""
     import json
-    flags, record = trained
-    assert record["precision"] == "float32"  # QUICK asks for float32
-    with open(os.path.join(flags["--model-dir"], "run.json")) as f:
-        assert json.load(f)["precision"] == "float32"
+    import runtime
+    record = train.main(flags + QUICK[:-2] + ["--epochs", "1", "--precision", "auto"])
+    expected = "bfloat16" if hardware.cpu_supports_bfloat16() else "float32"
+    assert record["precision"] == runtime.resolve_precision("auto") == expected
+    with open(os.path.join(flags[flags.index("--model-dir") + 1], "run.json")) as f:
+        assert json.load(f)["precision"] == expected

@@ -101,7 +101,7 @@ def test_sigkill_in_the_test_pass_loses_no_training(flags, tmp_path, capsys):
     log_path = tmp_path / "train.log"
     with open(log_path, "w") as log:
         run = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv], stdout=log,
-                               stderr=subprocess.STDOUT, env={**os.environ, "CI": "1"})
+                               stderr=subprocess.STDOUT, env={**os.environ, "CI": "1", "PYTHONUNBUFFERED": "1"})
         deadline = time.time() + 300
         while "Scoring the test set" not in log_path.read_text():
             assert run.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]

@@ -182,7 +182,7 @@ def test_help_shows_each_default(capsys):
                           ("--model-dir", "'models/imdb_bert'"), ("--plots-dir", "'plots'")):
         assert flag in out and f"(default: {default})" in out, flag
     # Each value once: the default (the best recipe), then what the other recipes change.
-    assert "--epochs EPOCHS early stopping usually ends sooner; 5 in the official and tutorial runs " \
+    assert "--epochs EPOCHS passes over the training data; early stopping usually ends sooner " \
            "(default: 4; --recipe official: 5, tutorial: 5)" in out
     assert "(default: 32; --recipe tutorial: 4)" in out  # batch size
     assert "(default: 5e-05; --recipe official: 3e-05, tutorial: 3e-05)" in out
