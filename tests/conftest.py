@@ -23,6 +23,13 @@ def archive_url(tmp_path_factory):
     return "file://" + path
 
 
+@pytest.fixture(scope="session")
+def big_archive_url(tmp_path_factory):
+    """Enough reviews (400 to train on) that an epoch takes seconds: time to kill or signal it mid-way."""
+    path = tmp_path_factory.mktemp("big") / "aclImdb_v1.tar.gz"
+    return "file://" + tiny_hub.write_archive(str(path), per_class=(200, 8))
+
+
 @pytest.fixture
 def flags(hub_models, archive_url, tmp_path):
     """Command-line flags for a quick, offline training run in tmp_path."""

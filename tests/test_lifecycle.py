@@ -178,15 +178,8 @@ def test_deterministic_runs_give_identical_weights(flags):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.fixture(scope="module")
-def bigger_archive_url(tmp_path_factory):
-    """Enough reviews that an epoch takes a few seconds: time to signal it mid-way."""
-    path = tmp_path_factory.mktemp("bigger") / "aclImdb_v1.tar.gz"
-    return "file://" + tiny_hub.write_archive(str(path), per_class=(200, 8))
-
-
-def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(flags, bigger_archive_url, capsys):
-    flags[flags.index("--dataset-url") + 1] = bigger_archive_url
+def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(flags, big_archive_url, capsys):
+    flags[flags.index("--dataset-url") + 1] = big_archive_url
     argv = flags + QUICK + ["--epochs", "2", "--batch-size", "2", "--checkpoint-every", "10", "--deterministic"]
     model_dir = flag(flags, "--model-dir")
     run = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv], stdout=subprocess.PIPE,

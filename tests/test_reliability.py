@@ -41,13 +41,6 @@ def kill_when(process, ready, what, timeout=120):
     process.wait()
 
 
-@pytest.fixture(scope="module")
-def big_archive_url(tmp_path_factory):
-    """Enough reviews that training takes a few seconds, time to kill it mid-run."""
-    path = tmp_path_factory.mktemp("big") / "aclImdb_v1.tar.gz"
-    return "file://" + tiny_hub.write_archive(str(path), per_class=(200, 8))
-
-
 def test_killed_run_resumes_with_the_same_number_of_steps(flags, big_archive_url, tmp_path):
     flags[flags.index("--dataset-url") + 1] = big_archive_url
     argv = flags + QUICK + ["--epochs", "2", "--batch-size", "2", "--checkpoint-every", "25"]
