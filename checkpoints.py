@@ -6,6 +6,7 @@ log, and, once `fit` has returned, the trained weights. A rerun of the same comm
 from whatever is there; nothing here is deleted until the model is saved.
 """
 import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -16,10 +17,9 @@ import numpy as np
 
 from runtime import keras, tf
 
-try:  # where tf-keras keeps BackupAndRestore's training state
-    from tf_keras.src.distribute import worker_training_state
-except ImportError:  # TensorFlow 2.15's bundled Keras 2
-    from keras.src.distribute import worker_training_state
+# BackupAndRestore's training state, from the Keras package tf.keras is (tf_keras, or TF 2.15's keras).
+worker_training_state = importlib.import_module(
+    keras.callbacks.BackupAndRestore.__module__.split(".")[0] + ".src.distribute.worker_training_state")
 
 # Settings that change neither the weights nor the data a run trains on: a resume ignores them.
 SETTINGS_A_RESUME_IGNORES = ("eval_batch_size", "tensorboard", "plots_dir", "checkpoint_every", "restart",

@@ -66,6 +66,8 @@ SCHEDULES = ("constant", "linear")
 PIPELINES = ("fast", "tutorial")
 POOLINGS = ("pooled", "mean")
 OUTPUT_FORMATS = ("table", "jsonl", "csv")
+TASKS = ("auto", "binary", "multiclass", "multilabel")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 def _option(default, reason, choices=None):
@@ -86,6 +88,21 @@ class Config:
     dataset_md5: str = _option("", "checksum for a non-official --dataset-url; the official one is always verified")
     model_dir: str = _option("models/imdb_bert", "the saved classifier and its run record")
     plots_dir: str = _option("plots", "history and evaluation figures, as PNG")
+
+    # Your own data instead of IMDB (issue 10): a folder of class subfolders of .txt files, or a
+    # .csv, .tsv or .jsonl file.
+    train_data: str = _option("", "training data; empty = IMDB, downloaded as the tutorial does")
+    test_data: str = _option("", "test data, labelled like --train-data (required with it)")
+    validation_data: str = _option("", "validation data; empty = --validation-split of the training data")
+    text_column: str = _option("text", "the text's column or JSON field (a 0-based index with --no-header)")
+    label_column: str = _option("label", "the label's column or JSON field (a JSON list = several labels)")
+    label_separator: str = _option("", "splits a CSV/TSV label cell into several labels, e.g. '|'; "
+                                   "empty = one label a row")
+    no_header: bool = _option(False, "CSV/TSV files without a header row: columns are 0-based indexes")
+    task: str = _option("auto", "auto = decided from the data (and printed); binary keeps IMDB's Dense(1)",
+                        TASKS)
+    class_weight: str = _option("none", "balanced = weigh each class (or each label's positives) by its "
+                                "rarity, for imbalanced data", CLASS_WEIGHTS)
 
     # The data split, as in the tutorial.
     seed: int = _option(42, "the tutorial's seed: the same 80/20 split of train/ and the same shuffles")
@@ -172,6 +189,17 @@ class Config:
         self._validate_combinations()
         return self
 
+    def validate_training_data(self):
+        """What train.py needs of the data flags (evaluate.py takes --test-data alone)."""
+        if bool(self.train_data) != bool(self.test_data):
+            raise ValueError("--train-data and --test-data go together: give both (and optionally "
+                             "--validation-data), or neither for IMDB")
+        if self.validation_data and not self.train_data:
+            raise ValueError("--validation-data needs --train-data and --test-data")
+        if not self.train_data and self.task not in ("auto", "binary"):
+            raise ValueError(f"IMDB is a binary task; --task {self.task} needs your own --train-data and --test-data")
+        return self
+
     def _validate_combinations(self):
         """Settings that are fine alone but can't run together, or not on this machine."""
         if self.optimizer != "adamw" and self.schedule != "constant":
@@ -181,6 +209,10 @@ class Config:
             raise ValueError("--optimizer tfa needs tensorflow-addons, which only runs on TensorFlow 2.15: "
                              "in a Python 3.9-3.11 venv, `pip install -r requirements-tfa.txt` (see README), "
                              "or use --optimizer tutorial-adamw for the same semantics")
+        if self.no_header and not (self.text_column.isdigit() and self.label_column.isdigit()):
+            raise ValueError("with --no-header, --text-column and --label-column are 0-based column "
+                             f"indexes, e.g. --text-column 1 --label-column 0 (got {self.text_column!r}, "
+                             f"{self.label_column!r})")
         if self.jit_compile and self.pipeline == "tutorial":
             raise ValueError("--jit-compile can't compile the tutorial pipeline's string ops; "
                              "use --pipeline fast or drop --jit-compile")
@@ -230,7 +262,9 @@ def add_flags(parser, names, defaults=None):
         kwargs = dict(default=None, help=help_text, dest=name)
         if spec.metadata["choices"]:
             kwargs["choices"] = spec.metadata["choices"]
-        if isinstance(spec.default, bool):
+        if isinstance(spec.default, bool) and name.startswith("no_"):
+            kwargs.update(action="store_const", const=True)  # --no-header: argparse would read --no- as False
+        elif isinstance(spec.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = type(spec.default)

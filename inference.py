@@ -8,12 +8,14 @@ import sys
 
 import numpy as np
 
+import config
+import datasets
+import imdb
 import reporting
+import runtime
 import saving
 import scoring
-import config
-import imdb
-import runtime
+import tasks
 
 
 def load_model(model_dir, precision):
@@ -24,17 +26,27 @@ def load_model(model_dir, precision):
 
 
 def evaluate(cfg, show_errors=0, threshold=0.5, log=print):
-    """Metrics of the saved model in cfg.model_dir on the test split, written beside the model
-    as evaluation.json, with plots in cfg.plots_dir."""
+    """Metrics of the saved model in cfg.model_dir on its test data (IMDB's test split, or
+    --test-data), written beside the model as evaluation.json, with plots in cfg.plots_dir."""
     model, record, precision = load_model(cfg.model_dir, cfg.precision)
-    _, _, test = imdb.load_splits(cfg, with_train=False)
-    log(f"Evaluating {cfg.model_dir} on {len(test):,} test reviews ({precision}) ...")
+    task = task_of_record(record)
+    test = evaluation_split(cfg, task, log)
+    log(f"Evaluating {cfg.model_dir} on {len(test):,} test texts ({task.kind}, {precision}) ...")
     logits = scoring.logits_of(model, test.texts, cfg.eval_batch_size, progress=True)
-    metrics = reporting.binary_metrics(test.labels, logits, threshold)
+    metrics = task.report(test.labels, logits, threshold)
     prefix = os.path.basename(os.path.abspath(cfg.model_dir))
-    metrics["plots"] = reporting.plot_evaluation(test.labels, logits, metrics, cfg.plots_dir, prefix)
-    metrics["most_confident_errors"] = confident_errors(test, logits, threshold, show_errors)
+    if task.kind == "binary":
+        metrics["plots"] = reporting.plot_evaluation(test.labels, logits, metrics, cfg.plots_dir, prefix,
+                                                     task.label_names)
+    elif task.kind == "multiclass":
+        metrics["plots"] = reporting.plot_confusion(metrics["confusion_matrix"], task.label_names,
+                                                    cfg.plots_dir, prefix)
+    else:
+        metrics["plots"] = {}
+    metrics["most_confident_errors"] = confident_errors(task, test, task.probabilities(logits), threshold,
+                                                        show_errors)
     metrics["precision_mode"] = precision
+    metrics["task"] = {"kind": task.kind, "label_names": list(task.label_names)}
     try:
         with open(os.path.join(cfg.model_dir, "evaluation.json"), "w") as f:
             json.dump(metrics, f, indent=2)
@@ -43,27 +55,72 @@ def evaluate(cfg, show_errors=0, threshold=0.5, log=print):
     return metrics
 
 
-def confident_errors(split, logits, threshold, count):
-    """The count reviews the model got wrong with the most confidence."""
-    if not count:
+def evaluation_split(cfg, task, log=print):
+    """The labelled texts to evaluate on: --test-data against the model's label names, else IMDB's test split."""
+    if cfg.test_data:
+        split = datasets.load_split(cfg.test_data, task.label_names, task.kind, None, cfg.text_column,
+                                    cfg.label_column, cfg.label_separator or None, cfg.no_header, log)
+        if cfg.max_examples:
+            split = datasets.Split(split.texts[:cfg.max_examples], split.labels[:cfg.max_examples],
+                                   split.paths[:cfg.max_examples], split.label_names, split.task)
+        return split
+    if task.label_names != imdb.CLASS_NAMES:
+        raise ValueError(f"{cfg.model_dir} was not trained on IMDB (labels {', '.join(task.label_names)}); "
+                         "pass --test-data PATH with its labelled test data")
+    _, _, test = imdb.load_splits(cfg, with_train=False)
+    return test
+
+
+def confident_errors(task, split, probabilities, threshold, count):
+    """The count texts a single-label model got wrong with the most confidence."""
+    if not count or task.kind == "multilabel":
         return []
-    scores = reporting.sigmoid(logits)
-    wrong = np.nonzero((scores >= threshold).astype(int) != split.labels)[0]
-    worst = wrong[np.argsort(-np.abs(scores[wrong] - 0.5), kind="stable")][:count]
-    return [{"path": split.paths[i], "label": imdb.CLASS_NAMES[split.labels[i]],
-             "score": float(scores[i]), "text": split.texts[i]} for i in worst]
+    predicted = task.predicted_labels(probabilities, threshold)
+    wrong = np.nonzero(predicted != split.labels)[0]
+    if task.kind == "binary":
+        confidence = np.abs(probabilities[wrong] - 0.5)
+    else:
+        confidence = probabilities[wrong, predicted[wrong]]
+    worst = wrong[np.argsort(-confidence, kind="stable")][:count]
+    return [{"path": split.paths[i], "label": task.label_names[split.labels[i]],
+             "predicted": task.label_names[predicted[i]],
+             "score": float(probabilities[i] if task.kind == "binary" else probabilities[i, predicted[i]]),
+             "text": split.texts[i]} for i in worst]
 
 
 def format_metrics(metrics):
-    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
-    lines = [f"Loss: {metrics['loss']:.4f}",
-             f"Accuracy: {metrics['accuracy']:.4f}",
-             f"Precision: {metrics['precision']:.4f}  Recall: {metrics['recall']:.4f}  F1: {metrics['f1']:.4f}",
-             f"ROC AUC: {metrics['roc_auc']:.4f}",
-             f"Confusion matrix (rows true, columns predicted; neg, pos): [[{tn}, {fp}], [{fn}, {tp}]]"]
+    kind = metrics["task"]["kind"]
+    names = metrics["task"]["label_names"]
+    lines = [f"Loss: {metrics['loss']:.4f}"]
+    if kind == "binary":
+        (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+        lines += [f"Accuracy: {metrics['accuracy']:.4f}",
+                  f"Precision: {metrics['precision']:.4f}  Recall: {metrics['recall']:.4f}  F1: {metrics['f1']:.4f}",
+                  f"ROC AUC: {metrics['roc_auc']:.4f}",
+                  f"Confusion matrix (rows true, columns predicted; {names[0]}, {names[1]}): "
+                  f"[[{tn}, {fp}], [{fn}, {tp}]]"]
+    else:
+        if kind == "multiclass":
+            lines.append(f"Accuracy: {metrics['accuracy']:.4f}")
+        else:
+            lines.append(f"Subset accuracy: {metrics['subset_accuracy']:.4f}  "
+                         f"Hamming loss: {metrics['hamming_loss']:.4f}")
+        for average in ("macro", "micro", "weighted"):
+            scores = metrics[average]
+            lines.append(f"{average.capitalize()} precision: {scores['precision']:.4f}  recall: "
+                         f"{scores['recall']:.4f}  F1: {scores['f1']:.4f}")
+        lines.append(f"ROC AUC (one-vs-rest, macro): {metrics['roc_auc_ovr_macro']:.4f}")
+        lines.append(f"{'label':<20} precision  recall  F1      support")
+        for name, row in metrics["per_label"].items():
+            lines.append(f"{name[:20]:<20} {row['precision']:.4f}     {row['recall']:.4f}  {row['f1']:.4f}  "
+                         f"{row['support']}")
+        if kind == "multiclass":
+            lines.append(f"Confusion matrix (rows true, columns predicted; {', '.join(names)}): "
+                         f"{metrics['confusion_matrix']}")
     for error in metrics["most_confident_errors"]:
         snippet = " ".join(error["text"].split())[:100]
-        lines.append(f"  wrong, true {error['label']}, score {error['score']:.4f}: {snippet}")
+        lines.append(f"  wrong, true {error['label']}, predicted {error['predicted']} ({error['score']:.4f}): "
+                     f"{snippet}")
     for name, path in metrics["plots"].items():
         lines.append(f"Plot ({name.replace('_', ' ')}): {path}")
     return lines
@@ -85,8 +142,9 @@ def read_lines(path):
             stream.close()
 
 
-def predict(model, texts, batch_size, progress=False):
-    """(text, score) pairs in input order, streamed window by window; progress: a bar on stderr."""
+def predict(model, task, texts, batch_size, progress=False):
+    """(text, probabilities) pairs in input order, streamed window by window: a score for a binary
+    task, one probability per label otherwise; progress: a bar on stderr."""
     texts = iter(texts)
     pending = []
 
@@ -97,7 +155,13 @@ def predict(model, texts, batch_size, progress=False):
 
     for logits in scoring.score_texts(model, remember(), batch_size, progress=progress):
         done, pending[:] = pending[:len(logits)], pending[len(logits):]
-        yield from zip(done, reporting.sigmoid(logits))
+        yield from zip(done, task.probabilities(logits))
+
+
+def task_of_record(record):
+    """The Task a saved model was trained for (models from before issue 10: IMDB's neg/pos)."""
+    saved = record.get("task") or {"kind": "binary", "label_names": list(imdb.CLASS_NAMES)}
+    return tasks.Task(saved["kind"], tuple(saved["label_names"]))
 
 
 def _as_text(text):
@@ -105,32 +169,81 @@ def _as_text(text):
 
 
 class Writer:
-    """Writes scored texts as an aligned table, JSON Lines or CSV."""
+    """Writes each text's label(s) and probabilities as an aligned table, JSON Lines or CSV.
 
-    def __init__(self, output_format, threshold, stream=None):
-        self.format, self.threshold = output_format, threshold
+    binary: the positive label's score and the label it gives; multi-class: the top_k labels with
+    their probabilities; multi-label: every label at or over the threshold, and each label's probability.
+    """
+
+    def __init__(self, output_format, task, threshold=0.5, top_k=1, stream=None):
+        self.format, self.task, self.threshold, self.top_k = output_format, task, threshold, top_k
         self.stream = stream or sys.stdout
         self.csv = csv.writer(self.stream) if output_format == "csv" else None
         if self.csv:
-            self.csv.writerow(["text", "score", "label"])
+            self.csv.writerow(self._csv_header())
 
-    def write(self, text, score):
+    def _csv_header(self):
+        if self.task.kind == "binary":
+            return ["text", "score", "label"]
+        if self.task.kind == "multiclass":
+            return ["text"] + [f"{field}_{rank}" if rank > 1 else field for rank in range(1, self.top_k + 1)
+                               for field in ("label", "probability")]
+        return ["text", "labels"] + list(self.task.label_names)
+
+    def _labelled(self, probabilities):
+        """What the model says of one text, as a dict."""
+        names = self.task.label_names
+        if self.task.kind == "binary":
+            score = float(probabilities)
+            return {"score": round(score, 6), "label": names[int(score >= self.threshold)]}
+        if self.task.kind == "multiclass":
+            ranked = np.argsort(-probabilities, kind="stable")[:self.top_k]
+            top = [{"label": names[i], "probability": round(float(probabilities[i]), 6)} for i in ranked]
+            return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+        return {"labels": [name for name, p in zip(names, probabilities) if p >= self.threshold],
+                "probabilities": {name: round(float(p), 6) for name, p in zip(names, probabilities)}}
+
+    def write(self, text, probabilities):
         text = _as_text(text)
-        label = "positive" if score >= self.threshold else "negative"
+        result = self._labelled(probabilities)
         if self.format == "jsonl":
-            self.stream.write(json.dumps({"text": text, "score": round(float(score), 6), "label": label}) + "\n")
+            if self.task.kind == "multiclass" and self.top_k == 1:
+                result.pop("top_k")
+            self.stream.write(json.dumps({"text": text, **result}) + "\n")
         elif self.csv:
-            self.csv.writerow([text, f"{score:.6f}", label])
+            self.csv.writerow([text] + self._csv_fields(result))
         else:
             shown = " ".join(text.split())
             shown = shown if len(shown) <= 60 else shown[:59] + "…"
-            self.stream.write(reporting.format_scores([shown], [score], self.threshold)[0] + "\n")
+            self.stream.write(self._table_line(shown, result, probabilities) + "\n")
+
+    def _csv_fields(self, result):
+        if self.task.kind == "binary":
+            return [f"{result['score']:.6f}", result["label"]]
+        if self.task.kind == "multiclass":
+            return [value for entry in result["top_k"] for value in (entry["label"], f"{entry['probability']:.6f}")]
+        return ["|".join(result["labels"])] + [f"{p:.6f}" for p in result["probabilities"].values()]
+
+    def _table_line(self, shown, result, probabilities):
+        if self.task.kind == "binary":
+            return reporting.format_scores([shown], [float(probabilities)], self.threshold,
+                                           self.task.label_names)[0]
+        if self.task.kind == "multiclass":
+            labels = ", ".join(f"{entry['label']} ({entry['probability']:.4f})" for entry in result["top_k"])
+        else:
+            labels = ", ".join(f"{name} ({result['probabilities'][name]:.4f})" for name in result["labels"]) or "-"
+        return f"input: {shown:<30} : {labels}"
 
 
 def check_threshold(threshold):
     if not 0 <= threshold <= 1:
         raise ValueError(f"--threshold must be between 0 and 1, got {threshold}")
     return threshold
+
+
+# What evaluate.py takes from the model's run record unless flags say otherwise: where its test data is.
+EVALUATION_SETTINGS = ("data_dir", "dataset_url", "dataset_md5", "seed", "eval_batch_size", "plots_dir",
+                       "train_data", "test_data", "text_column", "label_column", "label_separator", "no_header")
 
 
 def evaluation_config(args):
@@ -141,8 +254,7 @@ def evaluation_config(args):
         recorded = record.get("config", {})
         known = {f.name for f in dataclasses.fields(config.Config)}
         base = dataclasses.replace(base, **{k: v for k, v in recorded.items()
-                                            if k in known and k in ("data_dir", "dataset_url", "dataset_md5",
-                                                                    "seed", "eval_batch_size", "plots_dir")})
+                                            if k in known and k in EVALUATION_SETTINGS})
     return config.from_args(args, base)
 
 

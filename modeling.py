@@ -11,8 +11,9 @@ class MaskedMean(keras.layers.Layer):
         return tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
-def build_token_classifier(encoder, dropout, pooling):
-    """BERT token ids -> encoder -> pooled vector -> Dropout -> Dense(1) logit."""
+def build_token_classifier(encoder, dropout, pooling, units=1):
+    """BERT token ids -> encoder -> pooled vector -> Dropout -> Dense(units) logits (the tutorial's
+    Dense(1) for binary tasks, one logit per label otherwise)."""
     inputs = {key: keras.Input(shape=(None,), dtype=tf.int32, name=key) for key in tokenization.TOKEN_KEYS}
     outputs = hub.KerasLayer(encoder, trainable=True, name="BERT_encoder")(inputs)
     if pooling == "pooled":
@@ -20,8 +21,8 @@ def build_token_classifier(encoder, dropout, pooling):
     else:
         net = MaskedMean(name="masked_mean")(outputs["sequence_output"], inputs["input_mask"])
     net = keras.layers.Dropout(dropout, name="dropout")(net)
-    logit = keras.layers.Dense(1, name="classifier")(net)
-    return keras.Model(inputs, logit, name="bert_token_classifier")
+    logits = keras.layers.Dense(units, name="classifier")(net)
+    return keras.Model(inputs, logits, name="bert_token_classifier")
 
 
 def build_text_classifier(text_to_tokens, token_classifier):

@@ -80,8 +80,9 @@ def plot_history(history, path, best_epoch=None):
     """The tutorial's two panels, loss and accuracy per epoch, with the kept epoch marked."""
     epochs = np.arange(1, len(history["loss"]) + 1)
     figure, (loss_axes, accuracy_axes) = plt.subplots(2, 1, figsize=(10, 6))
+    accuracy = "binary_accuracy" if "binary_accuracy" in history else "accuracy"  # multi-class: accuracy
     for axes, metric, title in ((loss_axes, "loss", "Training and validation loss"),
-                                (accuracy_axes, "binary_accuracy", "Training and validation accuracy")):
+                                (accuracy_axes, accuracy, "Training and validation accuracy")):
         axes.plot(epochs, history[metric], "r", label=f"Training {metric.split('_')[-1]}")
         if f"val_{metric}" in history:
             axes.plot(epochs, history[f"val_{metric}"], "b", label=f"Validation {metric.split('_')[-1]}")
@@ -95,7 +96,31 @@ def plot_history(history, path, best_epoch=None):
     return _save(figure, path)
 
 
-def plot_evaluation(labels, logits, metrics, plots_dir, prefix):
+def plot_confusion(matrix, label_names, plots_dir, prefix):
+    """An N x N confusion matrix as counts and as shares of each true label (rows sum to 1)."""
+    matrix = np.asarray(matrix)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    paths = {}
+    for name, values, text in (("confusion_matrix", matrix, lambda v: f"{v:,}"),
+                               ("confusion_matrix_normalised", shares, lambda v: f"{v:.2f}")):
+        size = 2.5 + 0.6 * len(label_names)
+        figure, axes = plt.subplots(figsize=(size + 1, size))
+        image = axes.imshow(values, cmap="Blues", vmin=0)
+        figure.colorbar(image, ax=axes)
+        for (row, column), value in np.ndenumerate(values):
+            axes.text(column, row, text(value), ha="center", va="center",
+                      color="white" if value > values.max() / 2 else "black")
+        ticks = range(len(label_names))
+        axes.set_xticks(ticks, label_names, rotation=45, ha="right")
+        axes.set_yticks(ticks, label_names)
+        axes.set_xlabel("Predicted")
+        axes.set_ylabel("True")
+        axes.set_title("Confusion matrix" + (" (share of each true label)" if name.endswith("normalised") else ""))
+        paths[name] = _save(figure, os.path.join(plots_dir, f"{prefix}_{name}.png"))
+    return paths
+
+
+def plot_evaluation(labels, logits, metrics, plots_dir, prefix, label_names=("neg", "pos")):
     """Confusion matrix, ROC curve and score histogram by true class; returns the paths."""
     labels = np.asarray(labels)
     scores = sigmoid(logits)
@@ -107,8 +132,8 @@ def plot_evaluation(labels, logits, metrics, plots_dir, prefix):
     for (row, column), count in np.ndenumerate(matrix):
         axes.text(column, row, f"{count:,}", ha="center", va="center",
                   color="white" if count > matrix.max() / 2 else "black")
-    axes.set_xticks([0, 1], ["neg", "pos"])
-    axes.set_yticks([0, 1], ["neg", "pos"])
+    axes.set_xticks([0, 1], label_names)
+    axes.set_yticks([0, 1], label_names)
     axes.set_xlabel("Predicted")
     axes.set_ylabel("True")
     axes.set_title(f"Confusion matrix (accuracy {metrics['accuracy']:.1%})")
@@ -126,8 +151,8 @@ def plot_evaluation(labels, logits, metrics, plots_dir, prefix):
 
     figure, axes = plt.subplots(figsize=(6, 4))
     bins = np.linspace(0, 1, 41)
-    axes.hist(scores[labels == 0], bins=bins, alpha=0.6, label="true neg")
-    axes.hist(scores[labels == 1], bins=bins, alpha=0.6, label="true pos")
+    axes.hist(scores[labels == 0], bins=bins, alpha=0.6, label=f"true {label_names[0]}")
+    axes.hist(scores[labels == 1], bins=bins, alpha=0.6, label=f"true {label_names[1]}")
     axes.axvline(metrics["threshold"], color="k", linestyle=":", label="threshold")
     axes.set_xlabel("Positive score")
     axes.set_ylabel("Reviews")
@@ -137,7 +162,25 @@ def plot_evaluation(labels, logits, metrics, plots_dir, prefix):
     return paths
 
 
-def format_scores(texts, scores, threshold=0.5):
-    """The tutorial's aligned lines: input, score and label."""
-    return [f"input: {text!s:<30} : score: {score:.6f} ({'positive' if score >= threshold else 'negative'})"
+def format_predictions(texts, probabilities, kind, label_names, threshold=0.5):
+    """Aligned lines per text: the tutorial's score line for a binary task, else the most likely
+    label (multi-class) or every label over the threshold (multi-label) with its probability."""
+    if kind == "binary":
+        return format_scores(texts, probabilities, threshold, label_names)
+    lines = []
+    for text, row in zip(texts, probabilities):
+        shown = " ".join(str(text).split())
+        shown = shown if len(shown) <= 30 else shown[:29] + "…"
+        if kind == "multiclass":
+            best = int(np.argmax(row))
+            labels = f"{label_names[best]} ({row[best]:.4f})"
+        else:
+            labels = ", ".join(f"{name} ({p:.4f})" for name, p in zip(label_names, row) if p >= threshold) or "-"
+        lines.append(f"input: {shown:<30} : {labels}")
+    return lines
+
+
+def format_scores(texts, scores, threshold=0.5, label_names=("neg", "pos")):
+    """The tutorial's aligned lines: input, score and the label it gives."""
+    return [f"input: {text!s:<30} : score: {score:.6f} ({label_names[int(score >= threshold)]})"
             for text, score in zip(texts, scores)]

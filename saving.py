@@ -12,11 +12,14 @@ RUN_RECORD = cli.RUN_RECORD
 
 
 class ExportedClassifier(tf.Module):
-    """What is saved: raw strings in, logits out, plus the two halves for fast batch scoring."""
+    """What is saved: raw strings in, logits out, plus the two halves for fast batch scoring, and
+    the task with its label names, so a saved model says what its outputs mean."""
 
-    def __init__(self, text_to_tokens, token_classifier):
+    def __init__(self, text_to_tokens, token_classifier, task):
         super().__init__()
         self.text_to_tokens = text_to_tokens
+        self.task_kind = tf.Variable(task.kind, trainable=False, name="task_kind")
+        self.label_names = tf.Variable(list(task.label_names), trainable=False, name="label_names")
         # A new, uncompiled model over the same layers, so the optimizer is not saved with it.
         self.token_classifier = keras.Model(token_classifier.inputs, token_classifier.outputs)
 

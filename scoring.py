@@ -10,7 +10,8 @@ from runtime import tf
 
 
 def score_texts(model, texts, batch_size, window_batches=tokenization.WINDOW_BATCHES, progress=None):
-    """Logits for texts, in their order, one window of batch_size * window_batches texts at a time.
+    """Logits for texts, in their order, one window of batch_size * window_batches texts at a time:
+    shape [texts] for a one-logit (binary) model, [texts, labels] otherwise.
 
     Within each window texts are tokenized in a parallel tf.data map and batched by
     `tokenization.length_sorted_batches`, as training batches them; each logit goes back to its
@@ -24,19 +25,27 @@ def score_texts(model, texts, batch_size, window_batches=tokenization.WINDOW_BAT
             if not window:
                 return
             if len(window) <= batch_size:  # one batch: no pipeline to set up, for low latency
-                logits = model.classify_tokens(tokenization.trim_padding(model.preprocess(tf.constant(window)))
-                                               ).numpy().reshape(-1)
+                logits = _squeezed(model.classify_tokens(
+                    tokenization.trim_padding(model.preprocess(tf.constant(window)))).numpy())
                 bar.update(len(window))
                 yield logits
                 continue
             examples = tf.data.Dataset.from_tensor_slices((window, tf.range(len(window))))
             batches = tokenization.length_sorted_batches(tokenization.tokenized(examples, model.preprocess),
                                                       batch_size, window_batches)
-            logits = np.empty(len(window), dtype=np.float32)
+            logits = None
             for tokens, positions in batches.prefetch(tf.data.AUTOTUNE):
-                logits[positions.numpy()] = model.classify_tokens(tokens).numpy().reshape(-1)
+                batch_logits = _squeezed(model.classify_tokens(tokens).numpy())
+                if logits is None:
+                    logits = np.empty((len(window),) + batch_logits.shape[1:], dtype=np.float32)
+                logits[positions.numpy()] = batch_logits
                 bar.update(len(positions))
             yield logits
+
+
+def _squeezed(logits):
+    """[n, 1] -> [n]: a binary model's one logit per text, as the tutorial's scores are."""
+    return logits.reshape(len(logits), -1)[:, 0] if logits.shape[-1] == 1 else logits
 
 
 class ProgressBar:

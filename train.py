@@ -35,7 +35,7 @@ def main(argv=None):
     if args.list_models:
         print("\n".join(list_models()))
         return config.BERT_ENCODERS
-    cfg = config.from_args(args)
+    cfg = config.from_args(args).validate_training_data()
     import training  # TensorFlow loads only once the flags are known to be good
     return training.run(cfg)
 

@@ -11,6 +11,7 @@ import numpy as np
 
 import checkpoints
 import config
+import datasets
 import hub_models
 import imdb
 import modeling
@@ -19,6 +20,7 @@ import reporting
 import runtime
 import saving
 import scoring
+import tasks
 import tokenization
 from runtime import keras, tf
 
@@ -80,8 +82,9 @@ def _record(cfg, splits, history, metrics, best_epoch, seconds):
 class Session:
     """Everything one training run builds, so tests and benchmarks can reach each part."""
 
-    def __init__(self, cfg, log=print):
+    def __init__(self, cfg, log=print, task=None):
         self.cfg = cfg
+        self.task = task or tasks.Task("binary", imdb.CLASS_NAMES)
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()  # same ops, same order, same results
             # Dropout draws from a generator whose state is a variable, so checkpoints resume it too.
@@ -100,13 +103,13 @@ class Session:
                              f"trained up to sequence length {longest}; use --seq-length {longest} or less")
         self.text_to_tokens = tokenization.TextToTokens(preprocessor, cfg.seq_length, cfg.truncation)
         with self.strategy.scope():
-            self.token_model = modeling.build_token_classifier(encoder, cfg.dropout, cfg.pooling)
+            self.token_model = modeling.build_token_classifier(encoder, cfg.dropout, cfg.pooling, self.task.units)
             self.text_model = modeling.build_text_classifier(self.text_to_tokens, self.token_model)
         if cfg.deterministic:  # create dropout's generator now, so a resume finds it to restore into
             with self.strategy.scope():
                 self.token_model({key: tf.zeros([1, 8], tf.int32) for key in tokenization.TOKEN_KEYS},
                                  training=True)
-        self.exported = saving.ExportedClassifier(self.text_to_tokens, self.token_model)
+        self.exported = saving.ExportedClassifier(self.text_to_tokens, self.token_model, self.task)
 
     def datasets(self, train, validation, skip_batches=0):
         """Training and validation batches; training's stream skips the batches a resumed run
@@ -119,13 +122,12 @@ class Session:
             validation_batches = token_dataset(validation, self.text_to_tokens, self.global_batch_size)
         return training_batches.skip(skip_batches), validation_batches
 
-    def compile(self, steps_per_epoch):
+    def compile(self, steps_per_epoch, positive_weights=None):
         cfg = self.cfg
         model = self.text_model if cfg.pipeline == "tutorial" else self.token_model
         with self.strategy.scope():
             model.compile(optimizer=optimization.make_optimizer(cfg, steps_per_epoch * cfg.epochs, self.precision),
-                          loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                          metrics=[keras.metrics.BinaryAccuracy(threshold=0.0)],  # on logits
+                          loss=self.task.loss(positive_weights), metrics=self.task.metrics(),
                           jit_compile=cfg.jit_compile)
         return model
 
@@ -175,21 +177,27 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
     check_writable(cfg.plots_dir, "--plots-dir")
     work_dir = checkpoints.WorkDir(cfg.model_dir).prepare(cfg, log)
     if strategy is not None:
-        if chief_work_dir is None and splits is None:
+        if chief_work_dir is None and splits is None and not cfg.train_data:
             imdb.prepare(cfg.data_dir, cfg.dataset_url, cfg.dataset_md5)
         # The others wait for the chief's work dir and data, never racing it (unshared disk: own copy).
         _barrier(strategy)
         if chief_work_dir is not None:
             _follow(chief_work_dir, work_dir)
-    train, validation, test = splits or imdb.load_splits(cfg)
-    log(f"IMDB: {len(train):,} training, {len(validation):,} validation, {len(test):,} test reviews")
-    session = Session(cfg, log)
+    train, validation, test = splits or load_data(cfg, log)
+    task = task_of(train)
+    log(f"{'Your data' if cfg.train_data else 'IMDB'}: {len(train):,} training, {len(validation):,} validation, "
+        f"{len(test):,} test texts; {task.kind}, labels {', '.join(task.label_names)}")
+    session = Session(cfg, log, task)
     steps_per_epoch = math.ceil(len(train) / session.global_batch_size)
-    model = session.compile(steps_per_epoch)
+    class_weight = task.balanced_weights(train.labels) if cfg.class_weight == "balanced" else None
+    if class_weight is not None:
+        log(f"Class weights (balanced): {class_weight if isinstance(class_weight, dict) else class_weight.round(3).tolist()}")
+    model = session.compile(steps_per_epoch, class_weight if task.kind == "multilabel" else None)
+    fit_class_weight = class_weight if task.kind != "multilabel" else None
 
     summary = work_dir.trained_summary()
     if summary is None:
-        summary = fit(session, model, work_dir, train, validation, steps_per_epoch, log)
+        summary = fit(session, model, work_dir, train, validation, steps_per_epoch, log, fit_class_weight)
     else:
         log(f"Training finished in an earlier attempt; restoring its weights from {work_dir.path} "
             "and going straight to test, plot and save.")
@@ -197,9 +205,16 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
     history, best_epoch = summary["history"], summary["best_epoch"]
 
     log("Scoring the test set ...")
-    test_logits = scoring.logits_of(session.exported, test.texts, cfg.eval_batch_size, progress=True)
-    metrics = reporting.binary_metrics(test.labels, test_logits)
-    log(f"Test loss: {metrics['loss']:.4f}  accuracy: {metrics['accuracy']:.4f}")
+    try:
+        test_logits = scoring.logits_of(session.exported, test.texts, cfg.eval_batch_size, progress=True)
+    except tf.errors.ResourceExhaustedError:
+        raise ValueError(f"out of memory scoring the test set; the trained weights are kept in {work_dir.path}: "
+                         f"run the same command with a lower --eval-batch-size (now {cfg.eval_batch_size}) "
+                         "to test and save them without training again") from None
+    metrics = task.report(test.labels, test_logits)
+    log(f"Test loss: {metrics['loss']:.4f}  " + ("  ".join(
+        f"{name.replace('_', ' ')}: {metrics[name]:.4f}" for name in ("accuracy", "subset_accuracy")
+        if name in metrics) + (f"  macro F1: {metrics['macro']['f1']:.4f}" if "macro" in metrics else "")))
 
     name = os.path.basename(os.path.abspath(cfg.model_dir))
     history_plot = reporting.plot_history(history, os.path.join(cfg.plots_dir, f"{name}_history.png"),
@@ -209,6 +224,7 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
                      best_epoch, summary["training_seconds"] + time.time() - started)
     record["precision"] = session.precision
     record["optimizer_steps"] = summary["optimizer_steps"]
+    record["task"] = {"kind": task.kind, "label_names": list(task.label_names)}
     saving.save(session.exported, cfg.model_dir, record,
                 {"history.json": _write_json(os.path.join(work_dir.path, "history.json"), history),
                  "metrics.json": _write_json(os.path.join(work_dir.path, "metrics.json"), metrics),
@@ -220,8 +236,29 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
     work_dir.remove()  # the model is saved: nothing left to protect
     log(f"Saved model: {cfg.model_dir}")
 
-    record["examples"] = compare_with_reloaded(session.exported, cfg.model_dir, log)
+    examples = config.EXAMPLE_SENTENCES if not cfg.train_data else [text[:200] for text in test.texts[:5]]
+    record["examples"] = compare_with_reloaded(session.exported, cfg.model_dir, task, examples, log)
     return record
+
+
+def load_data(cfg, log=print):
+    """(train, validation, test): the user's files (--train-data, --test-data), else IMDB as the
+    tutorial splits it."""
+    if not cfg.train_data:
+        return tuple(datasets.Split(s.texts, s.labels, s.paths, imdb.CLASS_NAMES, "binary")
+                     for s in imdb.load_splits(cfg))
+    splits = datasets.build_splits(
+        cfg.train_data, cfg.test_data, cfg.validation_data or None, cfg.validation_split, cfg.seed, cfg.task,
+        cfg.text_column, cfg.label_column, cfg.label_separator or None, cfg.no_header, log)
+    if not cfg.max_examples:
+        return splits
+    return tuple(datasets.Split(s.texts[:cfg.max_examples], s.labels[:cfg.max_examples],
+                                s.paths[:cfg.max_examples], s.label_names, s.task) for s in splits)
+
+
+def task_of(split):
+    """The Task a training split asks for (IMDB and benchmark splits are binary neg/pos)."""
+    return tasks.Task(getattr(split, "task", "binary"), tuple(getattr(split, "label_names", imdb.CLASS_NAMES)))
 
 
 def _barrier(strategy):
@@ -241,7 +278,7 @@ def _follow(chief_work_dir, work_dir):
                         ignore=shutil.ignore_patterns("backup", "config.json", "tensorboard", "*.partial"))
 
 
-def fit(session, model, work_dir, train, validation, steps_per_epoch, log=print):
+def fit(session, model, work_dir, train, validation, steps_per_epoch, log=print, class_weight=None):
     """model.fit from wherever the work dir's checkpoint left off; keeps the trained weights in the
     work dir and returns the summary (history, best epoch, optimizer steps) kept with them."""
     cfg = session.cfg
@@ -254,7 +291,7 @@ def fit(session, model, work_dir, train, validation, steps_per_epoch, log=print)
     try:
         model.fit(train_batches, validation_data=validation_batches, steps_per_epoch=steps_per_epoch,
                   epochs=epoch if stopped_early else cfg.epochs,  # early stopping had ended the run
-                  callbacks=callbacks, verbose=2 if os.environ.get("CI") else 1)
+                  callbacks=callbacks, class_weight=class_weight, verbose=2 if os.environ.get("CI") else 1)
     finally:
         backup.restore_signal_handlers()
     if non_finite.bad_step is not None:  # the checkpoints of earlier steps stay: nothing is deleted unasked
@@ -298,21 +335,20 @@ def _history_so_far(log_path):
     return {name: [float(r[name]) for r in ordered] for name in rows.dtype.names if name != "epoch"}
 
 
-def compare_with_reloaded(exported, model_dir, log=print):
-    """Score the tutorial's sentences with the in-memory and the reloaded model, side by side."""
+def compare_with_reloaded(exported, model_dir, task, texts=config.EXAMPLE_SENTENCES, log=print):
+    """Score the tutorial's sentences (or a few test texts) with the in-memory and the reloaded
+    model, side by side."""
     reloaded, _ = saving.load(model_dir)
-    sentences = tf.constant(config.EXAMPLE_SENTENCES)
-    in_memory = reporting.sigmoid(exported(sentences).numpy().reshape(-1))
-    from_disk = reporting.sigmoid(reloaded(sentences).numpy().reshape(-1))
-    log("Results from the model in memory:")
-    for line in reporting.format_scores(config.EXAMPLE_SENTENCES, in_memory):
-        log(line)
-    log("Results from the saved model:")
-    for line in reporting.format_scores(config.EXAMPLE_SENTENCES, from_disk):
-        log(line)
+    sentences = tf.constant(list(texts))
+    in_memory = task.probabilities(exported(sentences).numpy())
+    from_disk = task.probabilities(reloaded(sentences).numpy())
+    for title, probabilities in (("in memory", in_memory), ("saved", from_disk)):
+        log(f"Results from the {title} model:")
+        for line in reporting.format_predictions(texts, probabilities, task.kind, task.label_names):
+            log(line)
     difference = float(np.max(np.abs(in_memory - from_disk)))
     if difference > 1e-5:
         raise RuntimeError(f"the reloaded model scores differently (max difference {difference:.2e})")
     log(f"In-memory and reloaded scores agree (max difference {difference:.1e}).")
-    return {"sentences": list(config.EXAMPLE_SENTENCES), "in_memory": in_memory.tolist(),
+    return {"sentences": list(texts), "in_memory": in_memory.tolist(),
             "reloaded": from_disk.tolist()}

@@ -73,7 +73,7 @@ def child(spec):
             return float(np.mean((logits >= 0) == split.labels))
 
         def predict(texts):
-            return np.array([score for _, score in inference.predict(session.exported, texts, cfg.eval_batch_size)])
+            return np.array([score for _, score in inference.predict(session.exported, session.task, texts, cfg.eval_batch_size)])
     evaluate(warm)
     started = time.perf_counter()
     results["eval_accuracy"] = evaluate(eval_split)

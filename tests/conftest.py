@@ -10,6 +10,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_hub  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def float32_after_each_test():
+    """--precision is process-wide (a grappler rewrite): one test's bfloat16 must not leak into the next."""
+    yield
+    if "runtime" in sys.modules:
+        sys.modules["runtime"].set_precision("float32")
+
+
 @pytest.fixture(scope="session")
 def hub_models(tmp_path_factory):
     """(preprocessor dir, encoder dir) of the tiny TF-Hub-format models."""

@@ -77,7 +77,9 @@ def test_a_failure_after_fit_loses_no_training(flags, fits, monkeypatch, capsys,
             open(plots_dir, "w").close()  # a file where the folder was: nothing can be written there
             return real_plot(history, path, best_epoch)
         monkeypatch.setattr(reporting, "plot_history", plots_dir_gone)
-    assert cli.run(train.main, argv) != 0
+    assert cli.run(train.main, argv) == cli.EXIT_ERROR
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and (failure != "error in the test pass" or "lower --eval-batch-size" in error[0])
     assert len(fits) == 1 and not os.path.exists(flag(flags, "--model-dir"))
     trained = fits[0]
 
@@ -167,9 +169,11 @@ def test_early_stopping_survives_a_resume(flags, monkeypatch, killed_after):
 
 
 def test_deterministic_runs_give_identical_weights(flags):
+    from tensorflow.python.framework import config as tf_config
     argv = flags + QUICK + ["--epochs", "1", "--deterministic"]
     model_dir = flag(flags, "--model-dir")
     train.main(argv)
+    assert tf_config.is_op_determinism_enabled()  # what --deterministic switches on
     first = [v.numpy() for v in saving.load(model_dir)[0].token_classifier.variables]
     train.main(argv)
     second = [v.numpy() for v in saving.load(model_dir)[0].token_classifier.variables]
@@ -247,7 +251,9 @@ def test_resume_ignores_settings_that_do_not_change_the_weights(flags, monkeypat
     capsys.readouterr()
     record = train.main(argv + ["--eval-batch-size", "7", "--tensorboard", "--checkpoint-every", "3",
                                 "--plots-dir", flag(flags, "--plots-dir") + "2"])
-    assert "Resuming the interrupted run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Resuming the interrupted run" in out
+    assert "Epoch 1/2" not in out and "Epoch 2/2" in out  # only the second epoch was trained
     assert record["optimizer_steps"] == 20 and len(record["history"]["loss"]) == 2
 
 

@@ -23,6 +23,7 @@ import train
 from conftest import QUICK, ROOT
 from test_suite import fails_with
 
+BINARY = inference.task_of_record({})  # models trained on IMDB
 PYTHON_TRAIN = [sys.executable, os.path.join(ROOT, "train.py")]
 
 
@@ -159,19 +160,19 @@ def test_nan_loss_stops_training_and_keeps_the_old_model(flags, trained, capsys)
 @pytest.mark.parametrize("text", ["", "   \t ", "x" * 1_000_000, b"caf\xe9 \xff\xfe great".decode("latin-1"),
                                   "great \x00 film", "\u202e\u0000\U0001F600 awful"])
 def test_predict_scores_odd_texts(trained_model, text):
-    (_, score), = inference.predict(trained_model, [text], 16)
+    (_, score), = inference.predict(trained_model, BINARY, [text], 16)
     assert 0 <= score <= 1
 
 
 def test_predict_invalid_utf8_bytes(trained_model):
-    scores = [s for _, s in inference.predict(trained_model, [b"\xff\xfe\x80 great", b"awful"], 16)]
+    scores = [s for _, s in inference.predict(trained_model, BINARY, [b"\xff\xfe\x80 great", b"awful"], 16)]
     assert len(scores) == 2 and all(0 <= s <= 1 for s in scores)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.text(max_size=3000) | st.binary(max_size=500), min_size=1, max_size=6))
 def test_fuzz_predict_never_crashes(trained_model, texts):
-    results = list(inference.predict(trained_model, texts, 4))
+    results = list(inference.predict(trained_model, BINARY, texts, 4))
     assert [t for t, _ in results] == texts  # input order kept
     assert all(0 <= s <= 1 for _, s in results)
 

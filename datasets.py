@@ -1,0 +1,469 @@
+"""Your own data (issue 10): class folders, CSV, TSV and JSON Lines read into Splits with label names.
+
+read() turns one folder or file into texts, raw labels and where each text came from, reading the file
+once; build_splits() turns training, validation and test data into Splits whose labels index the
+training data's sorted label names, shuffled as text_dataset_from_directory(seed=...) shuffles.
+Bad data is a ValueError of one line naming the file, the line (or .txt file) and the fix.
+No TensorFlow here, so importing this is instant.
+"""
+import csv
+import dataclasses
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+TASKS = ("binary", "multiclass", "multilabel")
+TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+JSONL_SUFFIX = ".jsonl"
+TEXT_FILE_SUFFIX = ".txt"  # the only files text_dataset_from_directory reads from class folders
+RARE_CLASS_SHARE = 0.01
+NAMES_SHOWN = 20  # label names listed in one log line before "... and N more"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a non-UTF-8 byte
+
+
+@dataclass(frozen=True)
+class Split:
+    """Texts and their labels. For binary and multiclass, labels is int32 [n], indexes into label_names;
+    for multilabel, a float32 0/1 matrix [n, len(label_names)]. paths says where each text came from:
+    a .txt file, or "file:line" for a row of a CSV, TSV or JSON Lines file."""
+    texts: list[str]
+    labels: np.ndarray
+    paths: list[str]
+    label_names: tuple[str, ...]
+    task: str
+
+    def __len__(self):
+        return len(self.texts)
+
+
+# Reading one folder or file.
+
+def read(path, text_column="text", label_column="label", label_separator=None, no_header=False,
+         label_names=None, log=print):
+    """(texts, raw_labels, sources) of a folder of class subfolders of .txt files, or a .csv, .tsv or
+    .jsonl file, streamed once.
+
+    raw_labels holds a str per text, or a tuple of str where a text may have several labels (a JSON
+    list, or any label once label_separator is given); labels are stripped of surrounding spaces.
+    sources holds each text's .txt file, or "file:line" with the line its row starts on.
+    With no_header, text_column and label_column are 0-based column numbers ("0", "1").
+    label_names (the training data's) orders a folder's classes as text_dataset_from_directory's
+    class_names does, and makes any other label a ValueError.
+    Lines or files that are not valid UTF-8 are read with U+FFFD in place of the bad bytes and counted
+    in a warning passed to log.
+    """
+    if not os.path.exists(path):
+        raise ValueError(f"{path} does not exist; check the path")
+    if os.path.isdir(path):
+        if no_header:
+            raise ValueError(f"{path} is a folder of class subfolders, which has no columns: drop --no-header")
+        rows = _folder_rows(path, label_names, log)
+    else:
+        rows = _file_rows(path, text_column, label_column, no_header, log)
+    return _collect(path, rows, label_separator, label_names)
+
+
+def _collect(path, rows, label_separator, label_names):
+    """Check each (source, text, label) row and gather them into three lists."""
+    texts, labels, sources = [], [], []
+    known = None if label_names is None else set(label_names)
+    one_copy = {}  # one str (or tuple) object per distinct label, not one per row, for big files
+    for source, text, label in rows:
+        if not text.strip():
+            raise ValueError(f"{source}: the text is empty; fill it in or remove it")
+        label = _parsed_label(source, label, label_separator)
+        if known is not None:
+            _check_known(source, label, known, label_names)
+        texts.append(text)
+        labels.append(one_copy.setdefault(label, label))
+        sources.append(source)
+    if not texts:
+        raise ValueError(f"{path} holds no texts; check that it is the right file")
+    return texts, labels, sources
+
+
+def _parsed_label(source, label, separator):
+    """The label stripped, or a tuple of labels for a list or a separated string; ValueError if empty
+    or, in a list, repeated."""
+    if separator and isinstance(label, str):
+        label = tuple(label.split(separator))
+    if not isinstance(label, tuple):
+        label = label.strip()
+        if not label:
+            raise ValueError(f"{source}: the label is empty; fill it in or remove the row")
+        return label
+    label = tuple(name.strip() for name in label)
+    if "" in label:
+        raise ValueError(f"{source}: an empty label in {list(label)}; remove the extra separator or fill it in")
+    repeated = next((name for i, name in enumerate(label) if name in label[:i]), None)
+    if repeated is not None:
+        raise ValueError(f"{source}: the label {repeated!r} is listed twice in {list(label)}; list it once")
+    return label
+
+
+def _check_known(source, label, known, label_names):
+    for name in _as_tuple(label):
+        if name not in known:
+            raise ValueError(f"{source}: the label {name!r} never appears in the training data (its labels: "
+                             f"{_shown(label_names)}); correct it, or add texts with it to the training data")
+
+
+# Class folders, listed as text_dataset_from_directory lists them.
+
+def _folder_rows(path, label_names, log):
+    """(.txt file, text, class name) per file, class by class, each class's files as imdb.list_reviews
+    and text_dataset_from_directory list them."""
+    replaced = 0
+    for name in _class_folders(path, label_names):
+        files = _text_files(os.path.join(path, name))
+        if not files:
+            raise ValueError(f"{os.path.join(path, name)}: the class folder holds no {TEXT_FILE_SUFFIX} files; "
+                             "put its texts there or delete it")
+        for file in files:
+            text, had_bad_bytes = _read_text_file(file)
+            replaced += had_bad_bytes
+            yield file, text, name
+    if replaced:
+        log(f"warning: {path}: {replaced} file(s) were not valid UTF-8; their bad bytes were read as U+FFFD")
+
+
+def _class_folders(path, label_names):
+    """Subfolder names, sorted (hidden ones skipped) as text_dataset_from_directory finds classes;
+    with label_names, those first in their order, then any others (which _check_known refuses)."""
+    found = sorted(name for name in os.listdir(path)
+                   if os.path.isdir(os.path.join(path, name)) and not name.startswith("."))
+    if not found:
+        raise ValueError(f"{path} holds no class subfolders; put each class's {TEXT_FILE_SUFFIX} files in a "
+                         f"subfolder named after the class ({os.path.join(path, 'CLASS', '1.txt')}), or pass "
+                         "a .csv, .tsv or .jsonl file")
+    if label_names is None:
+        return found
+    return [name for name in label_names if name in found] + [name for name in found if name not in label_names]
+
+
+def _text_files(folder):
+    files = []
+    for walk_root, _, names in sorted(os.walk(folder), key=lambda entry: entry[0]):
+        files.extend(os.path.join(walk_root, name) for name in sorted(names)
+                     if name.lower().endswith(TEXT_FILE_SUFFIX))
+    return files
+
+
+def _read_text_file(path):
+    """(text, whether it had bytes that are not UTF-8), decoded as imdb reads a review."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace"), True
+
+
+# CSV, TSV and JSON Lines files.
+
+def _file_rows(path, text_column, label_column, no_header, log):
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in TABLE_DELIMITERS and suffix != JSONL_SUFFIX:
+        raise ValueError(f"{path}: can't read {suffix or 'a file without a suffix'}; pass a folder of class "
+                         "subfolders of .txt files, or a .csv, .tsv or .jsonl file")
+    _refuse_utf16(path)
+    lines = _decoded_lines(path, log)
+    if suffix == JSONL_SUFFIX:
+        if no_header:
+            raise ValueError(f"{path}: --no-header is for .csv and .tsv files; JSON Lines name their fields")
+        return _jsonl_rows(path, lines, text_column, label_column)
+    return _table_rows(path, lines, TABLE_DELIMITERS[suffix], text_column, label_column, no_header)
+
+
+def _refuse_utf16(path):
+    with open(path, "rb") as f:
+        if f.read(2) in UTF16_BOMS:
+            raise ValueError(f"{path}: the file is UTF-16, not UTF-8; save it as UTF-8 (in Excel: CSV UTF-8)")
+
+
+def _decoded_lines(path, log):
+    """The file's lines, a UTF-8 BOM dropped and line ends kept (newline="", so csv reads quoted
+    newlines); bytes that are not UTF-8 become U+FFFD, and how many lines had any is logged at the end."""
+    replaced = 0
+    # surrogateescape marks each bad byte, so exactly the lines that had one are counted and repaired.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        for line in f:
+            if _ESCAPED_BYTE.search(line):
+                replaced += 1
+                line = line.encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
+            yield line
+    if replaced:
+        log(f"warning: {path}: {replaced} line(s) were not valid UTF-8; their bad bytes were read as U+FFFD")
+
+
+def _table_rows(path, lines, delimiter, text_column, label_column, no_header):
+    """(file:line, text, label) per record of a CSV or TSV file, each checked to be as wide as the first."""
+    records = _csv_records(path, csv.reader(lines, dialect="excel", delimiter=delimiter))
+    first_line, first = next(records, (1, None))
+    if first is None:  # an empty file: _collect says it holds no texts
+        return
+    if no_header:
+        text_index = _numbered_column(path, first_line, first, text_column, "--text-column")
+        label_index = _numbered_column(path, first_line, first, label_column, "--label-column")
+        records = itertools.chain([(first_line, first)], records)
+    else:
+        text_index = _named_column(path, first, text_column, "--text-column")
+        label_index = _named_column(path, first, label_column, "--label-column")
+    first_row = "the first row" if no_header else "the header"
+    for line, fields in records:
+        if len(fields) != len(first):
+            raise ValueError(f"{path}:{line}: {len(fields)} fields where {first_row} has {len(first)}; put "
+                             f"double quotes around any field holding the delimiter ({delimiter!r}) or a "
+                             "newline, and give every row the same columns")
+        yield f"{path}:{line}", fields[text_index], fields[label_index]
+
+
+def _csv_records(path, reader):
+    """(line the record starts on, fields) per non-blank record, csv's own errors named by line."""
+    start = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ValueError(f"{path}:{start}: {error}; look for a double quote that is never closed") from None
+        if fields:
+            yield start, fields
+        start = reader.line_num + 1
+
+
+def _named_column(path, header, column, flag):
+    if column not in header:
+        raise ValueError(f"{path}:1: no column {column!r} in the header (columns found: "
+                         f"{', '.join(map(repr, header)) or 'none'}); name the right one with {flag}, or pass "
+                         "--no-header and column numbers if the file has no header row")
+    return header.index(column)
+
+
+def _numbered_column(path, line, first, column, flag):
+    if not str(column).isdigit():
+        raise ValueError(f"{path}: with --no-header, {flag} takes a 0-based column number such as 0, "
+                         f"not {column!r}")
+    if int(column) >= len(first):
+        raise ValueError(f"{path}:{line}: {flag} {column} is past the last column: the row has {len(first)} "
+                         f"(0 to {len(first) - 1})")
+    return int(column)
+
+
+def _jsonl_rows(path, lines, text_key, label_key):
+    """(file:line, text, label) per non-blank line of a JSON Lines file."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        source = f"{path}:{number}"
+        record = _json_object(source, line)
+        missing = [key for key in (text_key, label_key) if key not in record]
+        if missing:
+            flag = "--text-column" if missing[0] == text_key else "--label-column"
+            raise ValueError(f"{source}: no {missing[0]!r} field (fields found: "
+                             f"{', '.join(map(repr, record)) or 'none'}); name the right one with {flag}")
+        text = record[text_key]
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"{source}: the text must be a JSON string, not {json.dumps(text)[:40]}")
+        yield source, text or "", _json_label(source, record[label_key])
+
+
+def _json_object(source, line):
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source}: not valid JSON ({error.msg}, column {error.colno}); each line must be one "
+                         'JSON object such as {"text": "...", "label": "..."}') from None
+    if not isinstance(record, dict):
+        raise ValueError(f'{source}: a JSON {type(record).__name__}, not an object such as '
+                         '{"text": "...", "label": "..."}')
+    return record
+
+
+def _json_label(source, value):
+    """A str for a string, number or null (as ""), a tuple of them for a list."""
+    if isinstance(value, list):
+        return tuple(_json_scalar(source, item) for item in value)
+    return _json_scalar(source, value)
+
+
+def _json_scalar(source, value):
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)  # as the file spells it: 1, 2.5, true
+    raise ValueError(f"{source}: a label must be a string, a number or a list of them, "
+                     f"not {json.dumps(value)[:40]}")
+
+
+# Splits.
+
+def build_splits(train_path, test_path, validation_path=None, validation_split=0.2, seed=42, task="auto",
+                 text_column="text", label_column="label", label_separator=None, no_header=False, log=print):
+    """(train, validation, test) Splits whose labels index the training data's sorted label names.
+
+    Without validation_path, validation is the last int(validation_split * n) texts of the training
+    data after shuffling it as imdb.list_reviews and text_dataset_from_directory(seed=seed) do; every
+    split is shuffled so with the seed. task "auto" is multilabel if any text has a list of labels,
+    else binary for exactly 2 labels, else multiclass. Logs the task and each split's class counts,
+    and warns of texts in both training and test data and of classes under 1% of the training data.
+    """
+    if task not in ("auto",) + TASKS:
+        raise ValueError(f"unknown --task {task!r}; use auto, {', '.join(TASKS)}")
+    options = dict(text_column=text_column, label_column=label_column, label_separator=label_separator,
+                   no_header=no_header, log=log)
+    texts, raw_labels, sources = read(train_path, **options)
+    label_names = _label_names(raw_labels)
+    chosen = decide_task(task, raw_labels, label_names)
+    _check_training_labels(train_path, chosen, label_names)
+    log(_task_line(chosen, task, label_names, train_path))
+    training = _to_split(texts, raw_labels, sources, label_names, chosen, seed)
+    del texts, raw_labels, sources  # the unshuffled order's lists, 8 bytes a text each, are not needed again
+    if validation_path is None:
+        train, validation = _held_out(training, validation_split, train_path)
+    else:
+        train, validation = training, load_split(validation_path, label_names, chosen, seed, **options)
+    test = load_split(test_path, label_names, chosen, seed, **options)
+    for role, split in (("train", train), ("validation", validation), ("test", test)):
+        log(_counts_line(role, split))
+    _warn_rare_classes(training, train_path, log)
+    _warn_shared_texts(training, test, train_path, test_path, log)
+    return train, validation, test
+
+
+def load_split(path, label_names, task, seed=None, text_column="text", label_column="label",
+               label_separator=None, no_header=False, log=print):
+    """A Split of labelled data against known label names (a trained model's): ValueError naming the
+    row of any other label. Shuffled as text_dataset_from_directory(seed=seed) would; None keeps the order."""
+    texts, raw_labels, sources = read(path, text_column, label_column, label_separator, no_header,
+                                      label_names, log)
+    return _to_split(texts, raw_labels, sources, tuple(label_names), task, seed)
+
+
+def decide_task(task, raw_labels, label_names):
+    """The task itself, or for "auto": multilabel if any text has a tuple of labels, else binary for
+    exactly two label names, else multiclass."""
+    if task != "auto":
+        return task
+    if any(isinstance(label, tuple) for label in set(raw_labels)):
+        return "multilabel"
+    return "binary" if len(label_names) == 2 else "multiclass"
+
+
+def _label_names(raw_labels):
+    return tuple(sorted({name for label in set(raw_labels) for name in _as_tuple(label)}))
+
+
+def _check_training_labels(path, task, label_names):
+    if len(label_names) < 2:
+        only = f"only the label {label_names[0]!r}" if label_names else "no labels"
+        raise ValueError(f"{path}: the training data has {only}; a classifier needs texts of at least two "
+                         "classes: add texts of another class")
+    if task == "binary" and len(label_names) != 2:
+        raise ValueError(f"{path}: --task binary needs exactly 2 labels, but the training data has "
+                         f"{len(label_names)} ({_shown(label_names)}); use --task multiclass or auto")
+
+
+def _to_split(texts, raw_labels, sources, label_names, task, seed):
+    labels = _label_array(raw_labels, sources, label_names, task)
+    order = np.arange(len(texts))
+    if seed is not None:  # the permutation RandomState(seed).shuffle gives paths and labels alike
+        np.random.RandomState(seed).shuffle(order)
+    return Split([texts[i] for i in order], labels[order], [sources[i] for i in order], label_names, task)
+
+
+def _label_array(raw_labels, sources, label_names, task):
+    index = {name: i for i, name in enumerate(label_names)}
+    if task == "multilabel":
+        matrix = np.zeros((len(raw_labels), len(label_names)), dtype=np.float32)
+        for row, label in enumerate(raw_labels):
+            matrix[row, [index[name] for name in _as_tuple(label)]] = 1
+        return matrix
+    return np.fromiter((index[_single_label(source, label, task)] for source, label in zip(sources, raw_labels)),
+                       dtype=np.int32, count=len(raw_labels))
+
+
+def _single_label(source, label, task):
+    if not isinstance(label, tuple):
+        return label
+    if len(label) != 1:
+        raise ValueError(f"{source}: {len(label)} labels ({', '.join(label) or 'none'}), but --task {task} takes "
+                         "exactly one per text; use --task multilabel (or auto)")
+    return label[0]
+
+
+def _held_out(split, validation_split, train_path):
+    """(train, validation): validation is the last int(validation_split * n) texts, as imdb.load_splits cuts."""
+    count = int(validation_split * len(split))
+    if not 0 < validation_split < 1 or count == 0 or count == len(split):
+        raise ValueError(f"--validation-split {validation_split} of the {len(split)} texts in {train_path} "
+                         "leaves none for validation or none for training; pick a share between 0 and 1 that "
+                         "leaves some for each, or pass --validation-data")
+    return _rows(split, slice(None, -count)), _rows(split, slice(-count, None))
+
+
+def _rows(split, selection):
+    return dataclasses.replace(split, texts=split.texts[selection], labels=split.labels[selection],
+                               paths=split.paths[selection])
+
+
+# What is logged.
+
+def _task_line(task, requested, label_names, train_path):
+    how = "decided from the data" if requested == "auto" else "as asked"
+    kind = {"binary": "one of two labels per text", "multiclass": "one label per text",
+            "multilabel": "any number of labels per text"}[task]
+    return (f"task: {task} ({how}: {kind}); {len(label_names)} labels from {train_path}, in index order: "
+            f"{_shown(label_names)}")
+
+
+def class_counts(split):
+    """Texts per label name: for multilabel, the texts that have each label."""
+    if split.task == "multilabel":
+        return split.labels.sum(axis=0).astype(np.int64)
+    return np.bincount(split.labels, minlength=len(split.label_names))
+
+
+def _counts_line(role, split):
+    counts = class_counts(split)
+    listed = _shown([f"{name} {count}" for name, count in zip(split.label_names, counts)])
+    if split.task != "multilabel":
+        return f"{role}: {len(split)} texts: {listed}"
+    unlabelled = int((split.labels.sum(axis=1) == 0).sum())
+    return f"{role}: {len(split)} texts, {unlabelled} without any label; texts per label: {listed}"
+
+
+def _warn_rare_classes(split, train_path, log):
+    counts = class_counts(split)
+    rare = [f"{name} ({count} of {len(split)}, {count / len(split):.1%})"
+            for name, count in zip(split.label_names, counts) if count < RARE_CLASS_SHARE * len(split)]
+    if rare:
+        log(f"warning: {train_path}: under {RARE_CLASS_SHARE:.0%} of the training texts have the label "
+            f"{_shown(rare)}; the model may seldom predict it: add texts with it, or weight the classes")
+
+
+def _warn_shared_texts(training, test, train_path, test_path, log):
+    seen = set(training.texts)
+    shared = sum(text in seen for text in test.texts)
+    if shared:
+        log(f"warning: {shared} of the {len(test)} texts in {test_path} also appear in {train_path}; test "
+            "scores on them overstate how the model does on new texts: remove them from one of the two")
+
+
+def _shown(names):
+    names = list(names)
+    more = len(names) - NAMES_SHOWN
+    return ", ".join(names[:NAMES_SHOWN]) + (f", ... and {more} more" if more > 0 else "")
+
+
+def _as_tuple(label):
+    return label if isinstance(label, tuple) else (label,)

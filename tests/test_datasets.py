@@ -1,0 +1,404 @@
+"""datasets.py: class folders, CSV, TSV and JSON Lines; binary, multi-class and multi-label; bad data."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import datasets
+import imdb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write(folder, name, content):
+    """Write content (str as UTF-8, or bytes) to folder/name, making folders; return the path as str."""
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return str(path)
+
+
+def csv_of(rows, header="text,label"):
+    return header + "\n" + "".join(f"{text},{label}\n" for text, label in rows)
+
+
+def error_of(call, *args, **kwargs):
+    """The one-line message of the ValueError call(*args, **kwargs) raises."""
+    with pytest.raises(ValueError) as info:
+        call(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+def by_source(split):
+    """{source: label row} of a split, so shuffled splits can be checked row by row."""
+    return {path: label for path, label in zip(split.paths, split.labels)}
+
+
+# Files of train and test data for the task tests: 5 training texts leave 1 for validation at 0.2.
+BINARY = [("a great film", "pos"), ("a dull film", "neg"), ("loved it", "pos"), ("hated it", "neg"),
+          ("the best", "pos")]
+THREE_CLASSES = [("goal scored", "sports"), ("vote counted", "politics"), ("new chip", "tech"),
+                 ("match won", "sports"), ("bill passed", "politics"), ("fast phone", "tech")]
+
+
+# Formats.
+
+def test_reads_class_folders_in_text_dataset_from_directory_order(tmp_path):
+    root = tmp_path / "train"
+    write(root, "pos/b.txt", "good b")
+    write(root, "pos/a.TXT", "good a")
+    write(root, "pos/deeper/c.txt", "good c")
+    write(root, "pos/notes.md", "not a text")
+    write(root, "neg/z.txt", "bad z")
+    write(root, ".hidden/h.txt", "a hidden folder is no class")
+    texts, labels, sources = datasets.read(str(root))
+    assert texts == ["bad z", "good a", "good b", "good c"]
+    assert labels == ["neg", "pos", "pos", "pos"]
+    assert sources == [str(root / "neg/z.txt"), str(root / "pos/a.TXT"), str(root / "pos/b.txt"),
+                       str(root / "pos/deeper/c.txt")]
+
+
+def test_reads_csv_columns_by_name_in_any_order(tmp_path):
+    path = write(tmp_path, "data.csv", 'id,sentiment,review\n1,pos,"good, really"\n2,neg,bad\n')
+    texts, labels, sources = datasets.read(path, text_column="review", label_column="sentiment")
+    assert texts == ["good, really", "bad"]
+    assert labels == ["pos", "neg"]
+    assert sources == [f"{path}:2", f"{path}:3"]
+
+
+def test_reads_tsv(tmp_path):
+    path = write(tmp_path, "data.tsv", "label\ttext\npos\tgood, fine\nneg\tbad\n")
+    texts, labels, _ = datasets.read(path)
+    assert texts == ["good, fine", "bad"]
+    assert labels == ["pos", "neg"]
+
+
+def test_reads_jsonl_string_number_and_list_labels(tmp_path):
+    path = write(tmp_path, "data.jsonl", '{"text": "a", "label": "pos"}\n\n{"text": "b", "label": 3}\n'
+                                         '{"text": "c", "label": ["x", "y"]}\n{"text": "d", "label": []}\n')
+    texts, labels, sources = datasets.read(path)
+    assert texts == ["a", "b", "c", "d"]
+    assert labels == ["pos", "3", ("x", "y"), ()]
+    assert sources == [f"{path}:1", f"{path}:3", f"{path}:4", f"{path}:5"]
+
+
+def test_reads_headerless_tsv_by_column_number(tmp_path):
+    path = write(tmp_path, "sst.tsv", "1\tit is good\n0\tit is bad\n")
+    texts, labels, sources = datasets.read(path, text_column="1", label_column="0", no_header=True)
+    assert texts == ["it is good", "it is bad"]
+    assert labels == ["1", "0"]
+    assert sources == [f"{path}:1", f"{path}:2"]
+
+
+def test_csv_with_bom_and_quoted_newlines(tmp_path):
+    path = write(tmp_path, "excel.csv", b'\xef\xbb\xbftext,label\r\n"first line\r\nsecond line",pos\r\n'
+                                        b'"said ""hi""",neg\r\n')
+    texts, labels, sources = datasets.read(path)
+    assert texts == ["first line\r\nsecond line", 'said "hi"']
+    assert labels == ["pos", "neg"]
+    assert sources == [f"{path}:2", f"{path}:4"]  # the line each row starts on
+
+
+def test_identical_labels_are_one_object_not_one_per_row(tmp_path):
+    path = write(tmp_path, "data.csv", csv_of(BINARY))
+    _, labels, _ = datasets.read(path)
+    assert labels[0] is labels[2] is labels[4]
+
+
+def test_importing_does_not_import_tensorflow():
+    check = "import sys, datasets; assert not any(m.startswith('tensorflow') for m in sys.modules)"
+    subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True)
+
+
+# Tasks.
+
+def test_auto_binary_labels_index_the_sorted_names(tmp_path):
+    logs = []
+    train, validation, test = datasets.build_splits(
+        write(tmp_path, "train.csv", csv_of(BINARY)), write(tmp_path, "test.csv", csv_of([("ok", "neg")])),
+        log=logs.append)
+    assert (train.task, train.label_names) == ("binary", ("neg", "pos"))
+    assert train.labels.dtype == np.int32 and train.labels.shape == (4,)
+    labels = {**by_source(train), **by_source(validation)}
+    assert [labels[f"{tmp_path / 'train.csv'}:{line}"] for line in range(2, 7)] == [1, 0, 1, 0, 1]
+    assert test.labels.tolist() == [0] and test.label_names == ("neg", "pos")
+    assert not [line for line in logs if line.startswith("warning")], logs
+
+
+def test_auto_multiclass(tmp_path):
+    train, _, test = datasets.build_splits(
+        write(tmp_path, "train.tsv", csv_of(THREE_CLASSES).replace(",", "\t")),
+        write(tmp_path, "test.tsv", "text\tlabel\nelection\tpolitics\n"), log=[].append)
+    assert (train.task, train.label_names) == ("multiclass", ("politics", "sports", "tech"))
+    assert test.labels.tolist() == [0] and test.labels.dtype == np.int32
+
+
+def test_auto_multilabel_from_jsonl_lists(tmp_path):
+    train_path = write(tmp_path, "train.jsonl", "".join(
+        f'{{"text": "text {i}", "tags": {tags}}}\n'
+        for i, tags in enumerate(['["sports", "politics"]', "[]", '["tech"]', '"sports"', '["tech", "sports"]'])))
+    test_path = write(tmp_path, "test.jsonl", '{"text": "t", "tags": ["politics", "tech"]}\n')
+    train, validation, test = datasets.build_splits(train_path, test_path, label_column="tags", log=[].append)
+    assert (train.task, train.label_names) == ("multilabel", ("politics", "sports", "tech"))
+    assert train.labels.dtype == np.float32 and train.labels.shape == (4, 3)
+    labels = {source: row.tolist() for source, row in {**by_source(train), **by_source(validation)}.items()}
+    assert [labels[f"{train_path}:{line}"] for line in range(1, 6)] == [
+        [1, 1, 0], [0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1]]
+    assert test.labels.tolist() == [[1, 0, 1]]
+
+
+def test_multilabel_from_csv_with_label_separator(tmp_path):
+    rows = [("one", "a | b"), ("two", "c"), ("three", "b|c"), ("four", "a"), ("five", "c|a")]
+    train_path = write(tmp_path, "train.csv", csv_of(rows))
+    train, validation, test = datasets.build_splits(
+        train_path, write(tmp_path, "test.csv", csv_of([("six", "b|a")])), label_separator="|", log=[].append)
+    assert (train.task, train.label_names) == ("multilabel", ("a", "b", "c"))
+    labels = {source: row.tolist() for source, row in {**by_source(train), **by_source(validation)}.items()}
+    assert [labels[f"{train_path}:{line}"] for line in range(2, 7)] == [
+        [1, 1, 0], [0, 0, 1], [0, 1, 1], [1, 0, 0], [1, 0, 1]]
+    assert test.labels.tolist() == [[1, 1, 0]]
+
+
+def test_explicit_task_binary_refuses_three_labels(tmp_path):
+    train_path = write(tmp_path, "train.csv", csv_of(THREE_CLASSES))
+    message = error_of(datasets.build_splits, train_path, train_path, task="binary", log=[].append)
+    assert train_path in message and "exactly 2 labels" in message and "--task multiclass" in message
+
+
+def test_single_label_task_refuses_a_row_with_several_labels(tmp_path):
+    train_path = write(tmp_path, "train.jsonl", "".join(
+        f'{{"text": "{text}", "label": {label}}}\n' for text, label in
+        [("a", '"x"'), ("b", '"y"'), ("c", '["x", "y"]'), ("d", '"x"'), ("e", '"y"')]))
+    message = error_of(datasets.build_splits, train_path, train_path, task="multiclass", log=[].append)
+    assert f"{train_path}:3:" in message and "--task multilabel" in message
+
+
+def test_unknown_task_refused(tmp_path):
+    message = error_of(datasets.build_splits, "train.csv", "test.csv", task="regression")
+    assert "--task 'regression'" in message
+
+
+def test_logs_the_task_and_each_splits_class_counts_one_line_each(tmp_path):
+    logs = []
+    datasets.build_splits(write(tmp_path, "train.csv", csv_of(THREE_CLASSES * 2)),
+                          write(tmp_path, "test.csv", csv_of([("win", "sports"), ("poll", "politics")])),
+                          validation_split=0.5,
+                          log=logs.append)
+    assert logs[0].startswith("task: multiclass (decided from the data") and "politics, sports, tech" in logs[0]
+    assert logs[1].startswith("train: 6 texts: politics ") and logs[2].startswith("validation: 6 texts: ")
+    assert logs[3] == "test: 2 texts: politics 1, sports 1, tech 0"
+    assert len(logs) == 4
+
+
+# Splits.
+
+def aclimdb_like(root):
+    """train/ and test/ with neg/ and pos/ reviews, some in a nested folder, as imdb reads them."""
+    for split, count in (("train", 13), ("test", 5)):
+        for label in imdb.CLASS_NAMES:
+            for i in range(count):
+                nested = "more/" if i % 5 == 4 else ""
+                write(root, f"{split}/{label}/{nested}{i}_{i % 10 + 1}.txt", f"{split} {label} review {i}")
+    return str(root / "train"), str(root / "test")
+
+
+def test_folder_split_equals_the_imdb_split(tmp_path):
+    train_dir, test_dir = aclimdb_like(tmp_path / "aclImdb")
+    train, validation, test = datasets.build_splits(train_dir, test_dir, validation_split=0.2, seed=7,
+                                                    log=[].append)
+    paths, labels = imdb.list_reviews(train_dir, seed=7)
+    held_out = int(0.2 * len(paths))
+    assert (train.paths, validation.paths) == (paths[:-held_out], paths[-held_out:])
+    assert train.labels.tolist() == labels[:-held_out].tolist()
+    assert validation.labels.tolist() == labels[-held_out:].tolist()
+    test_paths, test_labels = imdb.list_reviews(test_dir, seed=7)
+    assert (test.paths, test.labels.tolist()) == (test_paths, test_labels.tolist())
+    assert train.label_names == imdb.CLASS_NAMES and train.task == "binary"
+    assert train.texts == [imdb._read_review(path) for path in train.paths]
+
+
+def test_a_validation_file_replaces_the_held_out_share(tmp_path):
+    train, validation, _ = datasets.build_splits(
+        write(tmp_path, "train.csv", csv_of(BINARY)), write(tmp_path, "test.csv", csv_of(BINARY[:2])),
+        validation_path=write(tmp_path, "validation.csv", csv_of([("fine", "pos"), ("poor", "neg")])),
+        log=[].append)
+    assert len(train) == 5 and sorted(validation.texts) == ["fine", "poor"]
+
+
+def test_validation_split_leaving_no_texts_refused(tmp_path):
+    train_path = write(tmp_path, "train.csv", csv_of(BINARY))
+    message = error_of(datasets.build_splits, train_path, train_path, validation_split=0.1, log=[].append)
+    assert "--validation-split 0.1" in message and train_path in message
+
+
+def test_load_split_keeps_file_order_without_a_seed(tmp_path):
+    path = write(tmp_path, "test.csv", csv_of(BINARY))
+    split = datasets.load_split(path, ("neg", "pos"), "binary")
+    assert split.texts == [text for text, _ in BINARY] and split.labels.tolist() == [1, 0, 1, 0, 1]
+
+
+# Bad data: one line naming the file and the line.
+
+def test_missing_text_column_lists_the_columns_found(tmp_path):
+    path = write(tmp_path, "train.csv", csv_of(BINARY, header="review,label"))
+    message = error_of(datasets.read, path)
+    assert f"{path}:1:" in message and "'text'" in message and "'review', 'label'" in message
+    assert "--text-column" in message
+
+
+def test_missing_label_field_in_jsonl_lists_the_fields_found(tmp_path):
+    path = write(tmp_path, "train.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "class": "y"}\n')
+    message = error_of(datasets.read, path)
+    assert f"{path}:2:" in message and "'label'" in message and "'text', 'class'" in message
+    assert "--label-column" in message
+
+
+def test_headerless_columns_must_be_numbers_within_the_row(tmp_path):
+    path = write(tmp_path, "sst.tsv", "1\tit is good\n")
+    assert "0-based column number" in error_of(datasets.read, path, no_header=True)
+    message = error_of(datasets.read, path, text_column="2", label_column="0", no_header=True)
+    assert f"{path}:1:" in message and "--text-column 2" in message
+
+
+def test_empty_text_named_by_line_or_file(tmp_path):
+    path = write(tmp_path, "train.csv", csv_of([("fine", "pos"), ("  ", "neg")]))
+    assert f"{path}:3: the text is empty" in error_of(datasets.read, path)
+    write(tmp_path, "folder/pos/1.txt", "fine")
+    empty = write(tmp_path, "folder/neg/2.txt", "")
+    assert f"{empty}: the text is empty" in error_of(datasets.read, str(tmp_path / "folder"))
+
+
+def test_empty_label_named_by_line(tmp_path):
+    path = write(tmp_path, "train.csv", csv_of([("fine", "pos"), ("bad", "")]))
+    assert f"{path}:3: the label is empty" in error_of(datasets.read, path)
+    path = write(tmp_path, "train.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": null}\n')
+    assert f"{path}:2: the label is empty" in error_of(datasets.read, path)
+
+
+def test_ragged_rows_named_by_line(tmp_path):
+    path = write(tmp_path, "train.csv", "text,label\nfine,pos\nnot, quoted,neg\n")
+    message = error_of(datasets.read, path)
+    assert f"{path}:3: 3 fields where the header has 2" in message and "double quotes" in message
+    path = write(tmp_path, "train.tsv", "good\tpos\nbad\n")
+    assert f"{path}:2: 1 fields where the first row has 2" in error_of(
+        datasets.read, path, text_column="0", label_column="1", no_header=True)
+
+
+def test_csv_errors_named_by_line(tmp_path):
+    path = write(tmp_path, "train.csv", 'text,label\nfine,pos\n"never closed,neg\n' + "x" * 200_000 + "\n")
+    message = error_of(datasets.read, path)
+    assert f"{path}:3:" in message and "field larger than field limit" in message
+
+
+def test_invalid_json_line_named(tmp_path):
+    path = write(tmp_path, "train.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", label: "y"}\n')
+    message = error_of(datasets.read, path)
+    assert f"{path}:2: not valid JSON" in message
+    path = write(tmp_path, "list.jsonl", '["a", "x"]\n')
+    assert f"{path}:1: a JSON list, not an object" in error_of(datasets.read, path)
+
+
+def test_duplicate_label_in_a_multilabel_row(tmp_path):
+    path = write(tmp_path, "train.jsonl", '{"text": "a", "label": ["x"]}\n{"text": "b", "label": ["y", "x", "y"]}\n')
+    assert f"{path}:2: the label 'y' is listed twice" in error_of(datasets.read, path)
+    path = write(tmp_path, "train.csv", csv_of([("a", "x|y"), ("b", "x| x")]))
+    assert f"{path}:3: the label 'x' is listed twice" in error_of(datasets.read, path, label_separator="|")
+
+
+def test_empty_label_between_separators(tmp_path):
+    path = write(tmp_path, "train.csv", csv_of([("a", "x||y")]))
+    assert f"{path}:2: an empty label in ['x', '', 'y']" in error_of(datasets.read, path, label_separator="|")
+
+
+def test_folder_without_class_subfolders(tmp_path):
+    folder = tmp_path / "flat"
+    write(folder, "1.txt", "a text not in a class folder")
+    assert f"{folder} holds no class subfolders" in error_of(datasets.read, str(folder))
+
+
+def test_empty_class_folder(tmp_path):
+    write(tmp_path, "train/pos/1.txt", "good")
+    write(tmp_path, "train/neg/readme.md", "no texts")
+    message = error_of(datasets.read, str(tmp_path / "train"))
+    assert f"{tmp_path / 'train' / 'neg'}: the class folder holds no .txt files" in message
+
+
+def test_only_one_class_in_training_data(tmp_path):
+    path = write(tmp_path, "train.csv", csv_of([("a", "pos"), ("b", "pos")]))
+    message = error_of(datasets.build_splits, path, path, log=[].append)
+    assert f"{path}: the training data has only the label 'pos'" in message
+
+
+def test_unseen_test_label_named_with_file_line_and_label(tmp_path):
+    train_path = write(tmp_path, "train.csv", csv_of(BINARY))
+    test_path = write(tmp_path, "test.csv", csv_of([("ok", "pos"), ("meh", "neutral")]))
+    message = error_of(datasets.build_splits, train_path, test_path, log=[].append)
+    assert f"{test_path}:3: the label 'neutral' never appears in the training data" in message
+
+
+def test_unseen_validation_label_and_test_class_folder(tmp_path):
+    train_path = write(tmp_path, "train.csv", csv_of(BINARY))
+    validation_path = write(tmp_path, "validation.jsonl", '{"text": "t", "label": ["pos", "mixed"]}\n')
+    message = error_of(datasets.build_splits, train_path, train_path, validation_path=validation_path,
+                       task="multilabel", log=[].append)
+    assert f"{validation_path}:1: the label 'mixed'" in message
+    write(tmp_path, "test/pos/1.txt", "good")
+    other = write(tmp_path, "test/other/1.txt", "who knows")
+    message = error_of(datasets.build_splits, train_path, str(tmp_path / "test"), log=[].append)
+    assert f"{other}: the label 'other' never appears" in message
+
+
+def test_utf16_file_refused(tmp_path):
+    path = write(tmp_path, "excel.tsv", "text\tlabel\ngood\tpos\n".encode("utf-16"))
+    assert f"{path}: the file is UTF-16" in error_of(datasets.read, path)
+
+
+def test_missing_path_unknown_suffix_and_empty_file(tmp_path):
+    assert "does not exist" in error_of(datasets.read, str(tmp_path / "nowhere.csv"))
+    path = write(tmp_path, "data.parquet", b"PAR1")
+    assert f"{path}: can't read .parquet" in error_of(datasets.read, path)
+    for name in ("empty.csv", "header.csv", "blank.jsonl"):
+        path = write(tmp_path, name, "text,label\n" if name == "header.csv" else "\n")
+        assert f"{path} holds no texts" in error_of(datasets.read, path)
+
+
+# Warnings.
+
+def test_texts_in_both_train_and_test_warned_with_the_count(tmp_path):
+    logs = []
+    train_path = write(tmp_path, "train.csv", csv_of(BINARY))
+    test_path = write(tmp_path, "test.csv", csv_of([BINARY[0], ("new", "neg"), BINARY[3]]))
+    datasets.build_splits(train_path, test_path, log=logs.append)
+    assert f"warning: 2 of the 3 texts in {test_path} also appear in {train_path}" in logs[-1]
+
+
+def test_class_under_one_percent_warned(tmp_path):
+    logs = []
+    rows = [(f"a{i}", "a") for i in range(100)] + [(f"b{i}", "b") for i in range(99)] + [("c0", "c")]
+    train_path = write(tmp_path, "train.csv", csv_of(rows))
+    datasets.build_splits(train_path, write(tmp_path, "test.csv", csv_of([("x", "a")])), log=logs.append)
+    warnings = [line for line in logs if line.startswith("warning")]
+    assert len(warnings) == 1 and train_path in warnings[0] and "c (1 of 200, 0.5%)" in warnings[0]
+    assert "a (" not in warnings[0] and "b (" not in warnings[0]
+
+
+def test_invalid_utf8_replaced_and_lines_counted(tmp_path):
+    logs = []
+    path = write(tmp_path, "train.csv", b"text,label\nfine,a\nbad \xff here,b\nalso \xed\xa0\x80 bad,a\nok,b\n")
+    texts, _, _ = datasets.read(path, log=logs.append)
+    assert texts == ["fine", "bad \ufffd here", "also \ufffd\ufffd\ufffd bad", "ok"]
+    assert logs == [f"warning: {path}: 2 line(s) were not valid UTF-8; their bad bytes were read as U+FFFD"]
+
+
+def test_invalid_utf8_files_counted_in_a_folder(tmp_path):
+    logs = []
+    write(tmp_path, "train/pos/1.txt", b"caf\xe9")
+    write(tmp_path, "train/neg/1.txt", "caf\u00e9")
+    texts, _, _ = datasets.read(str(tmp_path / "train"), log=logs.append)
+    assert texts == ["caf\u00e9", "caf\ufffd"]
+    assert logs == [f"warning: {tmp_path / 'train'}: 1 file(s) were not valid UTF-8; their bad bytes were read "
+                    "as U+FFFD"]

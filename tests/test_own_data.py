@@ -1,0 +1,196 @@
+"""Issue 10: the user's own data (CSV, TSV, JSON Lines, class folders), multi-class and multi-label,
+through train.py, evaluate.py and predict.py."""
+import csv
+import json
+import os
+import random
+
+import pytest
+
+import evaluate
+import predict
+import train
+from conftest import QUICK
+from tiny_hub import FILLER_WORDS, NEGATIVE_WORDS, POSITIVE_WORDS
+
+FAST = QUICK + ["--epochs", "8", "--learning-rate", "5e-3"]
+
+
+def sentiment_text(kind, rng):
+    """A text whose class shows in its words: positive, negative, or neither (neutral)."""
+    words = [rng.choice(FILLER_WORDS) for _ in range(rng.randint(3, 8))]
+    cues = {"positive": POSITIVE_WORDS, "negative": NEGATIVE_WORDS, "neutral": []}[kind]
+    words += [rng.choice(cues) for _ in range(rng.randint(1, 3))] if cues else []
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def multiclass_rows(count, seed):
+    rng = random.Random(seed)
+    kinds = ["positive", "negative", "neutral"]
+    return [(sentiment_text(kinds[i % 3], rng), kinds[i % 3]) for i in range(count)]
+
+
+def write_csv(path, rows, header=("id", "text", "label")):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for number, (text, label) in enumerate(rows):
+            writer.writerow([number, text, label])
+    return str(path)
+
+
+def model_flags(flags):
+    return ["--model-dir", flags[flags.index("--model-dir") + 1]]
+
+
+@pytest.fixture(scope="module")
+def multiclass_run(hub_models, tmp_path_factory):
+    """A multi-class model trained from CSV files, as a user would."""
+    tmp = tmp_path_factory.mktemp("multiclass")
+    train_csv = write_csv(tmp / "train.csv", multiclass_rows(150, 1))
+    test_csv = write_csv(tmp / "test.csv", multiclass_rows(45, 2))
+    flags = ["--encoder", hub_models[1], "--preprocessor", hub_models[0], "--model-dir", str(tmp / "model"),
+             "--plots-dir", str(tmp / "plots"), "--train-data", train_csv, "--test-data", test_csv]
+    return flags, train.main(flags + FAST)
+
+
+def test_multiclass_from_csv_learns_and_records_its_labels(multiclass_run):
+    flags, record = multiclass_run
+    assert record["task"] == {"kind": "multiclass", "label_names": ["negative", "neutral", "positive"]}
+    assert record["split_sizes"] == {"train": 120, "validation": 30, "test": 45}
+    assert record["test_metrics"]["accuracy"] >= 0.8
+    import saving
+    model, _ = saving.load(flags[flags.index("--model-dir") + 1])
+    assert [name.decode() for name in model.label_names.numpy()] == ["negative", "neutral", "positive"]
+
+
+def test_evaluate_multiclass_needs_only_the_model_dir(multiclass_run, capsys):
+    flags, record = multiclass_run
+    metrics = evaluate.main(model_flags(flags))
+    out = capsys.readouterr().out
+    assert metrics["accuracy"] == pytest.approx(record["test_metrics"]["accuracy"])
+    assert len(metrics["confusion_matrix"]) == 3 and sum(map(sum, metrics["confusion_matrix"])) == 45
+    assert {"macro", "micro", "weighted", "per_label", "roc_auc_ovr_macro"} <= set(metrics)
+    assert "Macro precision" in out and "neutral" in out
+    for name in ("confusion_matrix", "confusion_matrix_normalised"):
+        with open(metrics["plots"][name], "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(flags[flags.index("--model-dir") + 1], "evaluation.json")) as f:
+        assert json.load(f)["task"]["kind"] == "multiclass"
+
+
+def test_predict_multiclass_top_k_in_input_order(multiclass_run, capsys):
+    flags, _ = multiclass_run
+    texts = ["great wonderful film", "awful boring plot", "the movie was a film"]
+    results = predict.main(model_flags(flags) + ["--format", "jsonl", "--top-k", "2", *texts])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["text"] for row in rows] == texts
+    assert [row["label"] for row in rows] == ["positive", "negative", "neutral"]
+    for row, probabilities in zip(rows, results):
+        assert len(row["top_k"]) == 2 and row["top_k"][0]["label"] == row["label"]
+        assert row["top_k"][0]["probability"] >= row["top_k"][1]["probability"]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+    predict.main(model_flags(flags) + ["--format", "csv", "--top-k", "2", *texts])
+    lines = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert lines[0] == ["text", "label", "probability", "label_2", "probability_2"]
+    assert [line[1] for line in lines[1:]] == ["positive", "negative", "neutral"]
+
+
+def test_top_k_beyond_the_labels_is_refused(multiclass_run, capsys):
+    from test_suite import fails_with
+    flags, _ = multiclass_run
+    fails_with(predict.main, model_flags(flags) + ["--top-k", "4", "great"], capsys, "--top-k", "3 labels")
+
+
+def multilabel_rows(count, seed):
+    """Texts with positive words are 'good', with negative words 'bad'; some both, some neither."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        good, bad = i % 4 in (0, 2), i % 4 in (1, 2)
+        words = [rng.choice(FILLER_WORDS) for _ in range(rng.randint(3, 8))]
+        words += [rng.choice(POSITIVE_WORDS)] * good + [rng.choice(NEGATIVE_WORDS)] * bad
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "labels": ["good"] * good + ["bad"] * bad})
+    return rows
+
+
+def test_multilabel_from_json_lines(hub_models, tmp_path, capsys):
+    for name, rows in (("train", multilabel_rows(160, 3)), ("test", multilabel_rows(40, 4))):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    flags = ["--encoder", hub_models[1], "--preprocessor", hub_models[0], "--model-dir", str(tmp_path / "model"),
+             "--plots-dir", str(tmp_path / "plots"), "--train-data", str(tmp_path / "train.jsonl"),
+             "--test-data", str(tmp_path / "test.jsonl"), "--label-column", "labels"]
+    record = train.main(flags + FAST)
+    assert record["task"] == {"kind": "multilabel", "label_names": ["bad", "good"]}
+    assert record["test_metrics"]["subset_accuracy"] >= 0.7
+    metrics = evaluate.main(model_flags(flags))
+    assert {"subset_accuracy", "hamming_loss", "micro", "macro", "per_label"} <= set(metrics)
+    capsys.readouterr()
+    texts = ["great film awful plot", "the movie was a film", "wonderful"]
+    predict.main(model_flags(flags) + ["--format", "jsonl", *texts])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["text"] for row in rows] == texts
+    assert [sorted(row["labels"]) for row in rows] == [["bad", "good"], [], ["good"]]
+    assert all(set(row["probabilities"]) == {"bad", "good"} for row in rows)
+
+
+def write_class_folders(root, rows):
+    for text, label in rows:
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{len(os.listdir(folder))}.txt").write_text(text)
+    return str(root)
+
+
+def write_headerless_tsv(path, rows):
+    with open(path, "w") as f:
+        f.writelines(f"{label}\t{text}\n" for text, label in rows)  # label first, as many public TSVs
+    return str(path)
+
+
+@pytest.mark.parametrize("layout", ["class folders", "headerless TSV"])
+def test_class_folders_and_headerless_tsv(hub_models, tmp_path, layout):
+    if layout == "class folders":
+        data = [write_class_folders(tmp_path / name, multiclass_rows(count, seed))
+                for name, count, seed in (("train", 90, 5), ("test", 30, 6))]
+        extra = []
+    else:
+        data = [write_headerless_tsv(tmp_path / f"{name}.tsv", multiclass_rows(count, seed))
+                for name, count, seed in (("train", 90, 5), ("test", 30, 6))]
+        extra = ["--no-header", "--text-column", "1", "--label-column", "0"]
+    record = train.main(["--encoder", hub_models[1], "--preprocessor", hub_models[0],
+                         "--model-dir", str(tmp_path / "model"), "--plots-dir", str(tmp_path / "plots"),
+                         "--train-data", data[0], "--test-data", data[1], *extra] + QUICK + ["--epochs", "1"])
+    assert record["task"]["label_names"] == ["negative", "neutral", "positive"]
+    assert record["split_sizes"] == {"train": 72, "validation": 18, "test": 30}
+
+
+def imbalanced_rows(count, seed, minority_share=0.05):
+    """Binary data, 95/5 by default: the minority shows in its words, but is rarely seen."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        minority = rng.random() < minority_share
+        words = [rng.choice(FILLER_WORDS) for _ in range(rng.randint(3, 8))]
+        words += [rng.choice(NEGATIVE_WORDS if minority else POSITIVE_WORDS) for _ in range(2)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), "rare" if minority else "common"))
+    return rows
+
+
+def test_balanced_class_weight_raises_the_minority_recall(hub_models, tmp_path):
+    train_csv = write_csv(tmp_path / "train.csv", imbalanced_rows(1000, 7))
+    test_csv = write_csv(tmp_path / "test.csv", imbalanced_rows(400, 8, minority_share=0.5))
+    matrices = {}
+    for weighting in ("none", "balanced"):
+        record = train.main(["--encoder", hub_models[1], "--preprocessor", hub_models[0],
+                             "--model-dir", str(tmp_path / weighting), "--plots-dir", str(tmp_path / "plots"),
+                             "--train-data", train_csv, "--test-data", test_csv, "--class-weight", weighting]
+                            + QUICK + ["--epochs", "1", "--learning-rate", "1e-3", "--clip-norm", "0"])
+        matrices[weighting] = record["test_metrics"]["confusion_matrix"]
+    # label names sort as ("common", "rare"): "rare" is the positive class, row 1 of the matrix
+    rare_recall = {k: m[1][1] / max(m[1][0] + m[1][1], 1) for k, m in matrices.items()}
+    assert rare_recall["balanced"] > rare_recall["none"] + 0.1, rare_recall

@@ -1,0 +1,78 @@
+"""Issue 10: each task's metrics agree with scikit-learn's on random predictions."""
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+import tasks
+
+NAMES = ("anger", "joy", "fear", "surprise")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_multiclass_report_matches_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, size=300)
+    logits = rng.normal(size=(300, 4)) + 1.5 * np.eye(4)[labels] * rng.random((300, 1))
+    task = tasks.Task("multiclass", NAMES)
+    report = task.report(labels, logits)
+    probabilities = task.probabilities(logits)
+    predicted = probabilities.argmax(axis=1)
+    assert report["accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
+    assert report["loss"] == pytest.approx(skm.log_loss(labels, probabilities, labels=[0, 1, 2, 3]))
+    for average in ("macro", "micro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(labels, predicted, average=average, zero_division=0)
+        assert report[average] == pytest.approx({"precision": p, "recall": r, "f1": f}), average
+    p, r, f, s = skm.precision_recall_fscore_support(labels, predicted, zero_division=0)
+    assert [report["per_label"][n]["f1"] for n in NAMES] == pytest.approx(f)
+    assert [report["per_label"][n]["support"] for n in NAMES] == list(s)
+    assert report["confusion_matrix"] == skm.confusion_matrix(labels, predicted).tolist()
+    assert report["roc_auc_ovr_macro"] == pytest.approx(
+        skm.roc_auc_score(labels, probabilities, multi_class="ovr", average="macro"))
+
+
+def test_multiclass_with_a_class_never_predicted():
+    labels = np.array([0, 1, 2, 2])
+    logits = np.array([[5, 0, 0], [0, 5, 0], [0, 5, 0], [0, 5, 0]], dtype=float)
+    report = tasks.Task("multiclass", NAMES[:3]).report(labels, logits)
+    p, r, f, _ = skm.precision_recall_fscore_support(labels, logits.argmax(1), average="macro", zero_division=0)
+    assert report["macro"] == pytest.approx({"precision": p, "recall": r, "f1": f})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_multilabel_report_matches_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((200, 4)) < 0.3).astype(int)
+    logits = rng.normal(size=(200, 4)) + 2.0 * (labels - 0.5) * rng.random((200, 1))
+    task = tasks.Task("multilabel", NAMES)
+    report = task.report(labels, logits, threshold=0.5)
+    probabilities = task.probabilities(logits)
+    predicted = (probabilities >= 0.5).astype(int)
+    assert report["subset_accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
+    assert report["hamming_loss"] == pytest.approx(skm.hamming_loss(labels, predicted))
+    for average in ("macro", "micro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(labels, predicted, average=average, zero_division=0)
+        assert report[average] == pytest.approx({"precision": p, "recall": r, "f1": f}), average
+    _, _, f, s = skm.precision_recall_fscore_support(labels, predicted, zero_division=0)
+    assert [report["per_label"][n]["f1"] for n in NAMES] == pytest.approx(f)
+    assert report["roc_auc_ovr_macro"] == pytest.approx(skm.roc_auc_score(labels, probabilities, average="macro"))
+    expected_loss = np.mean(-(labels * np.log(probabilities) + (1 - labels) * np.log(1 - probabilities)))
+    assert report["loss"] == pytest.approx(expected_loss)
+
+
+def test_binary_keeps_the_tutorials_single_logit():
+    task = tasks.Task("binary", ("neg", "pos"))
+    assert task.units == 1
+    logits = np.array([[-2.0], [0.0], [3.0]])
+    np.testing.assert_allclose(task.probabilities(logits), 1 / (1 + np.exp(-logits.reshape(-1))))
+    assert task.predicted_labels(task.probabilities(logits)).tolist() == [0, 1, 1]
+    assert tasks.Task("multiclass", NAMES).units == 4 and tasks.Task("multilabel", NAMES).units == 4
+
+
+@pytest.mark.parametrize("kind, names, needle", [
+    ("binary", ("a", "b", "c"), "--task multiclass"),
+    ("multiclass", ("a",), "at least 2"),
+    ("regression", ("a", "b"), "unknown task"),
+])
+def test_bad_tasks_are_refused(kind, names, needle):
+    with pytest.raises(ValueError, match=needle):
+        tasks.Task(kind, names)
