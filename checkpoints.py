@@ -87,6 +87,22 @@ class WorkDir:
         _write_json(settings_path, settings)
         return self
 
+    def check_data(self, fingerprint):
+        """Refuse to resume on other data than the interrupted run's (its label names and split sizes)."""
+        path = os.path.join(self.path, "data.json")
+        recorded = _read_json(path)
+        if recorded and recorded != fingerprint and self._holds_progress():
+            differing = ", ".join(f"{key} {recorded.get(key)} -> {fingerprint[key]}" for key in fingerprint
+                                  if recorded.get(key) != fingerprint[key])
+            raise ValueError(f"{self.path} holds an interrupted run on other data ({differing}); rerun with "
+                             "its data to resume it, or add --restart to discard it and start over")
+        _write_json(path, fingerprint)
+
+    def discard_if_empty(self):
+        """Remove the folder if no attempt trained anything in it (e.g. the data was refused)."""
+        if not self._holds_progress():
+            shutil.rmtree(self.path, ignore_errors=True)
+
     def _holds_progress(self):
         """Whether a previous attempt trained anything (a checkpoint or kept weights)."""
         return (bool(tf.train.latest_checkpoint(os.path.join(self.backup, "chief")))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+csv.field_size_limit(2 ** 31 - 1)  # a document may be far longer than csv's default 128 KiB field
+
 TASKS = ("binary", "multiclass", "multilabel")
 TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 JSONL_SUFFIX = ".jsonl"
@@ -92,7 +94,7 @@ def _parsed_label(source, label, separator):
     """The label stripped, or a tuple of labels for a list or a separated string; ValueError if empty
     or, in a list, repeated."""
     if separator and isinstance(label, str):
-        label = tuple(label.split(separator))
+        label = tuple(label.split(separator)) if label.strip() else ()  # an empty cell: no labels
     if not isinstance(label, tuple):
         label = label.strip()
         if not label:
@@ -101,6 +103,9 @@ def _parsed_label(source, label, separator):
     label = tuple(name.strip() for name in label)
     if "" in label:
         raise ValueError(f"{source}: an empty label in {list(label)}; remove the extra separator or fill it in")
+    if len(label) > 2 and set(label) <= {"0", "1"}:
+        raise ValueError(f"{source}: {list(label)} looks like a 0/1 vector; list the label names a text "
+                         "has instead, e.g. [\"sports\", \"politics\"]")
     repeated = next((name for i, name in enumerate(label) if name in label[:i]), None)
     if repeated is not None:
         raise ValueError(f"{source}: the label {repeated!r} is listed twice in {list(label)}; list it once")

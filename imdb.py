@@ -12,6 +12,7 @@ import cli
 import config
 
 CLASS_NAMES = ("neg", "pos")  # label 0 and 1, sorted as text_dataset_from_directory sorts them
+DISPLAY_NAMES = ("negative", "positive")  # how predictions name them
 ARCHIVE_NAME = "aclImdb_v1.tar.gz"
 DATASET_NAME = "aclImdb"
 

@@ -58,7 +58,7 @@ def evaluate(cfg, show_errors=0, threshold=0.5, log=print):
 def evaluation_split(cfg, task, log=print):
     """The labelled texts to evaluate on: --test-data against the model's label names, else IMDB's test split."""
     if cfg.test_data:
-        split = datasets.load_split(cfg.test_data, task.label_names, task.kind, None, cfg.text_column,
+        split = datasets.load_split(cfg.test_data, task.label_names, task.kind, cfg.seed, cfg.text_column,
                                     cfg.label_column, cfg.label_separator or None, cfg.no_header, log)
         if cfg.max_examples:
             split = datasets.Split(split.texts[:cfg.max_examples], split.labels[:cfg.max_examples],
@@ -164,6 +164,11 @@ def task_of_record(record):
     return tasks.Task(saved["kind"], tuple(saved["label_names"]))
 
 
+def display_names(task):
+    """Label names as predict.py prints them: IMDB's neg/pos folders as the words it always printed."""
+    return imdb.DISPLAY_NAMES if task.label_names == imdb.CLASS_NAMES else task.label_names
+
+
 def _as_text(text):
     return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
 
@@ -192,7 +197,7 @@ class Writer:
 
     def _labelled(self, probabilities):
         """What the model says of one text, as a dict."""
-        names = self.task.label_names
+        names = display_names(self.task)
         if self.task.kind == "binary":
             score = float(probabilities)
             return {"score": round(score, 6), "label": names[int(score >= self.threshold)]}
@@ -227,7 +232,7 @@ class Writer:
     def _table_line(self, shown, result, probabilities):
         if self.task.kind == "binary":
             return reporting.format_scores([shown], [float(probabilities)], self.threshold,
-                                           self.task.label_names)[0]
+                                           display_names(self.task))[0]
         if self.task.kind == "multiclass":
             labels = ", ".join(f"{entry['label']} ({entry['probability']:.4f})" for entry in result["top_k"])
         else:
@@ -244,6 +249,8 @@ def check_threshold(threshold):
 # What evaluate.py takes from the model's run record unless flags say otherwise: where its test data is.
 EVALUATION_SETTINGS = ("data_dir", "dataset_url", "dataset_md5", "seed", "eval_batch_size", "plots_dir",
                        "train_data", "test_data", "text_column", "label_column", "label_separator", "no_header")
+# How the recorded test file is read: not inherited when --test-data names another file.
+READING_SETTINGS = ("text_column", "label_column", "label_separator", "no_header")
 
 
 def evaluation_config(args):
@@ -254,7 +261,8 @@ def evaluation_config(args):
         recorded = record.get("config", {})
         known = {f.name for f in dataclasses.fields(config.Config)}
         base = dataclasses.replace(base, **{k: v for k, v in recorded.items()
-                                            if k in known and k in EVALUATION_SETTINGS})
+                                            if k in known and k in EVALUATION_SETTINGS
+                                            and not (args.test_data and k in READING_SETTINGS)})
     return config.from_args(args, base)
 
 

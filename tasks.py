@@ -129,7 +129,11 @@ class Task:
     def report(self, labels, logits, threshold=0.5):
         """The evaluation metrics of logits against true labels."""
         if self.kind == "binary":
-            return reporting.binary_metrics(labels, logits, threshold)
+            report = reporting.binary_metrics(labels, logits, threshold)
+            matrix = np.asarray(report["confusion_matrix"])
+            counts = (np.diag(matrix), matrix.sum(axis=0), matrix.sum(axis=1))
+            # Both classes' scores too: on imbalanced data the second label's alone can mislead.
+            return {**report, **averaged_scores(*counts), "per_label": _per_label_table(self.label_names, *counts)}
         probabilities = self.probabilities(logits)
         if self.kind == "multiclass":
             return self._multiclass_report(np.asarray(labels, dtype=np.int64), probabilities)

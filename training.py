@@ -183,8 +183,14 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
         _barrier(strategy)
         if chief_work_dir is not None:
             _follow(chief_work_dir, work_dir)
-    train, validation, test = splits or load_data(cfg, log)
+    try:
+        train, validation, test = splits or load_data(cfg, log)
+    except BaseException:
+        work_dir.discard_if_empty()  # refused data leaves nothing behind
+        raise
     task = task_of(train)
+    work_dir.check_data({"label_names": list(task.label_names), "task": task.kind,
+                         "split_sizes": [len(train), len(validation), len(test)]})
     log(f"{'Your data' if cfg.train_data else 'IMDB'}: {len(train):,} training, {len(validation):,} validation, "
         f"{len(test):,} test texts; {task.kind}, labels {', '.join(task.label_names)}")
     session = Session(cfg, log, task)
@@ -344,7 +350,9 @@ def compare_with_reloaded(exported, model_dir, task, texts=config.EXAMPLE_SENTEN
     from_disk = task.probabilities(reloaded(sentences).numpy())
     for title, probabilities in (("in memory", in_memory), ("saved", from_disk)):
         log(f"Results from the {title} model:")
-        for line in reporting.format_predictions(texts, probabilities, task.kind, task.label_names):
+        for line in reporting.format_predictions(texts, probabilities, task.kind,
+                                                 imdb.DISPLAY_NAMES if task.label_names == imdb.CLASS_NAMES
+                                                 else task.label_names):
             log(line)
     difference = float(np.max(np.abs(in_memory - from_disk)))
     if difference > 1e-5:

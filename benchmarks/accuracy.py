@@ -63,8 +63,8 @@ def main(argv=None):
 
 
 def write_ratings_csvs(flags, caps, out_dir):
-    """train/validation/test CSVs of (text, rating class) from the real reviews, split as the
-    compare protocol splits them (the tutorial's seed-42 shuffle of train/, then test/)."""
+    """train/validation/test CSVs of (text, rating class) from the real reviews: the first 2,000 and
+    the next 500 of train/ in the tutorial's seed-42 shuffle, and the first 2,500 of test/ in it."""
     import csv
     import imdb
     root = imdb.prepare(flags["data_dir"], flags["dataset_url"])

@@ -66,7 +66,7 @@ def test_prediction_formats_keep_input_order(trained, tmp_path, capsys, output_f
     if output_format == "jsonl":
         rows = [json.loads(line) for line in out.splitlines()]
         assert [r["text"] for r in rows] == texts
-        assert [r["label"] for r in rows] == ["pos" if s >= 0.6 else "neg" for s in scores]
+        assert [r["label"] for r in rows] == ["positive" if s >= 0.6 else "negative" for s in scores]
     elif output_format == "csv":
         rows = list(csv.DictReader(io.StringIO(out)))
         assert [r["text"] for r in rows] == texts

@@ -5,6 +5,7 @@ import json
 import os
 import random
 
+import numpy as np
 import pytest
 
 import evaluate
@@ -194,3 +195,66 @@ def test_balanced_class_weight_raises_the_minority_recall(hub_models, tmp_path):
     # label names sort as ("common", "rare"): "rare" is the positive class, row 1 of the matrix
     rare_recall = {k: m[1][1] / max(m[1][0] + m[1][1], 1) for k, m in matrices.items()}
     assert rare_recall["balanced"] > rare_recall["none"] + 0.1, rare_recall
+
+
+def test_tutorial_pipeline_and_balanced_weights_hold_for_multiclass_and_multilabel(hub_models, tmp_path):
+    train_csv = write_csv(tmp_path / "train.csv", multiclass_rows(60, 9))
+    test_csv = write_csv(tmp_path / "test.csv", multiclass_rows(15, 10))
+    common = ["--encoder", hub_models[1], "--preprocessor", hub_models[0], "--plots-dir", str(tmp_path / "plots")]
+    record = train.main(common + ["--model-dir", str(tmp_path / "tutorial"), "--train-data", train_csv,
+                                  "--test-data", test_csv, "--recipe", "tutorial", "--epochs", "1",
+                                  "--seq-length", "32", "--class-weight", "balanced"])
+    assert record["config"]["pipeline"] == "tutorial" and record["task"]["kind"] == "multiclass"
+    assert np.isfinite(record["test_metrics"]["loss"])
+    rows = multilabel_rows(60, 11)
+    with open(tmp_path / "train.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    record = train.main(common + ["--model-dir", str(tmp_path / "multilabel"), "--train-data",
+                                  str(tmp_path / "train.jsonl"), "--test-data", str(tmp_path / "train.jsonl"),
+                                  "--label-column", "labels", "--class-weight", "balanced"] + QUICK
+                        + ["--epochs", "1"])
+    assert record["task"]["kind"] == "multilabel" and np.isfinite(record["test_metrics"]["loss"])
+
+
+def test_resume_on_other_data_is_refused(hub_models, tmp_path, monkeypatch, capsys):
+    import cli
+    from test_lifecycle import interrupted_after_first_epoch
+    train_csv = write_csv(tmp_path / "train.csv", multiclass_rows(60, 12))
+    argv = ["--encoder", hub_models[1], "--preprocessor", hub_models[0], "--model-dir", str(tmp_path / "model"),
+            "--plots-dir", str(tmp_path / "plots"), "--train-data", train_csv,
+            "--test-data", write_csv(tmp_path / "test.csv", multiclass_rows(15, 13))] + QUICK + ["--epochs", "2"]
+    interrupted_after_first_epoch(None, monkeypatch, argv)
+    write_csv(tmp_path / "train.csv", multiclass_rows(60, 12) + [("a brand new kind", "sarcastic")] * 3)
+    capsys.readouterr()
+    assert cli.run(train.main, argv) == cli.EXIT_ERROR
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "other data" in error[0] and "sarcastic" in error[0] and "--restart" in error[0]
+    assert os.path.isdir(str(tmp_path / "model") + ".training")  # nothing thrown away
+
+
+def test_models_saved_before_tasks_still_predict_positive_and_negative(trained, tmp_path, capsys):
+    import shutil
+    model_dir = str(tmp_path / "old_model")
+    shutil.copytree(trained[0]["--model-dir"], model_dir)
+    with open(os.path.join(model_dir, "run.json")) as f:
+        record = json.load(f)
+    del record["task"]
+    with open(os.path.join(model_dir, "run.json"), "w") as f:
+        json.dump(record, f)
+    scores = predict.main(["--model-dir", model_dir, "--format", "jsonl", "great wonderful", "awful boring"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["label"] for row in rows] == ["positive" if s >= 0.5 else "negative" for s in scores]
+
+
+def test_multilabel_csv_cells_long_texts_and_0_1_vectors(tmp_path):
+    import datasets
+    path = tmp_path / "tags.csv"
+    long_text = "great " * 40_000  # 240,000 characters: beyond csv's default field limit
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["text", "label"], [long_text, "a|b"], ["no tags at all", ""], ["x", "b"]])
+    texts, labels, _ = datasets.read(str(path), label_separator="|")
+    assert len(texts[0]) == len(long_text) and labels == [("a", "b"), (), ("b",)]
+    with open(tmp_path / "vectors.jsonl", "w") as f:
+        f.write(json.dumps({"text": "x", "label": [0, 1, 1]}) + "\n")
+    with pytest.raises(ValueError, match="0/1 vector"):
+        datasets.read(str(tmp_path / "vectors.jsonl"))

@@ -76,3 +76,17 @@ def test_binary_keeps_the_tutorials_single_logit():
 def test_bad_tasks_are_refused(kind, names, needle):
     with pytest.raises(ValueError, match=needle):
         tasks.Task(kind, names)
+
+
+def test_binary_report_also_scores_both_classes():
+    """On imbalanced binary data, the minority's F1 and the macro average are there, not only label 1's."""
+    rng = np.random.default_rng(3)
+    labels = (rng.random(300) < 0.1).astype(int)
+    logits = rng.normal(size=300) + 2 * labels
+    report = tasks.Task("binary", ("abuse", "normal")).report(labels, logits)
+    predicted = (1 / (1 + np.exp(-logits)) >= 0.5).astype(int)
+    p, r, f, _ = skm.precision_recall_fscore_support(labels, predicted, average="macro", zero_division=0)
+    assert report["macro"] == pytest.approx({"precision": p, "recall": r, "f1": f})
+    _, _, f, _ = skm.precision_recall_fscore_support(labels, predicted, zero_division=0)
+    assert [report["per_label"][n]["f1"] for n in ("abuse", "normal")] == pytest.approx(f)
+    assert report["f1"] == pytest.approx(f[1])  # the tutorial-style keys stay
