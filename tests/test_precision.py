@@ -49,7 +49,7 @@ import train
 import training
 models = []
 compile = training.Session.compile
-training.Session.compile = lambda session, steps: models.append(compile(session, steps)) or models[-1]
+training.Session.compile = lambda session, *args: models.append(compile(session, *args)) or models[-1]
 train.main(sys.argv[1:])
 model = models[0]
 graphs = [f.graph.as_graph_def() for f in model.train_tf_function._list_all_concrete_functions()]
