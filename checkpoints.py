@@ -31,7 +31,7 @@ def work_dir_of(model_dir):
     return os.path.abspath(model_dir).rstrip("/") + ".training"
 
 
-def _write_json(path, value):
+def write_json(path, value):
     """Write JSON beside its final name and rename it into place, so a kill never leaves half a file."""
     with open(path + ".partial", "w") as f:
         json.dump(value, f, indent=2)
@@ -84,7 +84,7 @@ class WorkDir:
                                  "and start over")
             log(f"Resuming the interrupted run from its checkpoint in {self.path}")
         os.makedirs(self.path, exist_ok=True)
-        _write_json(settings_path, settings)
+        write_json(settings_path, settings)
         return self
 
     def check_data(self, fingerprint):
@@ -96,7 +96,7 @@ class WorkDir:
                                   if recorded.get(key) != fingerprint[key])
             raise ValueError(f"{self.path} holds an interrupted run on other data ({differing}); rerun with "
                              "its data to resume it, or add --restart to discard it and start over")
-        _write_json(path, fingerprint)
+        write_json(path, fingerprint)
 
     def discard_if_empty(self):
         """Remove the folder if no attempt trained anything in it (e.g. the data was refused)."""
@@ -127,7 +127,7 @@ class WorkDir:
     def keep_trained(self, model, summary):
         """Write the trained weights, then (last, as the commit) the summary of the fit."""
         tf.train.Checkpoint(model=model).write(self.trained_weights)
-        _write_json(self.trained_record, summary)
+        write_json(self.trained_record, summary)
 
     def trained_summary(self):
         """The fit summary if a previous attempt finished training, else None."""

@@ -1,6 +1,5 @@
 """Fine-tuning, end to end: data, model, fit, test, save, reload. train.py is a thin shell over this."""
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -232,8 +231,8 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
     record["optimizer_steps"] = summary["optimizer_steps"]
     record["task"] = {"kind": task.kind, "label_names": list(task.label_names)}
     saving.save(session.exported, cfg.model_dir, record,
-                {"history.json": _write_json(os.path.join(work_dir.path, "history.json"), history),
-                 "metrics.json": _write_json(os.path.join(work_dir.path, "metrics.json"), metrics),
+                {"history.json": checkpoints.write_json(os.path.join(work_dir.path, "history.json"), history),
+                 "metrics.json": checkpoints.write_json(os.path.join(work_dir.path, "metrics.json"), metrics),
                  "log.csv": work_dir.log})
     if cfg.tensorboard and os.path.isdir(os.path.join(work_dir.path, "tensorboard")):
         shutil.copytree(os.path.join(work_dir.path, "tensorboard"), os.path.join(cfg.model_dir, "tensorboard"))
@@ -323,12 +322,6 @@ def check_writable(directory, flag, value=None):
     except OSError as error:
         raise ValueError(f"{flag} {value or directory}: {directory} is not writable ({error.strerror}); "
                          "pick a folder you can write to") from None
-
-
-def _write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
-    return path
 
 
 def _history_so_far(log_path):
