@@ -108,6 +108,12 @@ class Task:
         counts = np.bincount(labels.astype(np.int64), minlength=len(self.label_names))
         return {k: float(len(labels) / (len(counts) * count)) if count else 1.0 for k, count in enumerate(counts)}
 
+    def class_weighting(self, labels):
+        """'balanced' weights as (fit's class_weight, the loss's positive weights): Keras' class_weight
+        for single-label tasks; the loss for multi-label, where class_weight can't weigh several labels a row."""
+        weights = self.balanced_weights(labels)
+        return (None, weights) if self.kind == "multilabel" else (weights, None)
+
     def metrics(self):
         from runtime import keras
         if self.kind == "multiclass":

@@ -194,11 +194,13 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
         f"{len(test):,} test texts; {task.kind}, labels {', '.join(task.label_names)}")
     session = Session(cfg, log, task)
     steps_per_epoch = math.ceil(len(train) / session.global_batch_size)
-    class_weight = task.balanced_weights(train.labels) if cfg.class_weight == "balanced" else None
-    if class_weight is not None:
-        log(f"Class weights (balanced): {class_weight if isinstance(class_weight, dict) else class_weight.round(3).tolist()}")
-    model = session.compile(steps_per_epoch, class_weight if task.kind == "multilabel" else None)
-    fit_class_weight = class_weight if task.kind != "multilabel" else None
+    fit_class_weight, positive_weights = (task.class_weighting(train.labels) if cfg.class_weight == "balanced"
+                                          else (None, None))
+    if fit_class_weight is not None:
+        log(f"Class weights (balanced): {fit_class_weight}")
+    if positive_weights is not None:
+        log(f"Positive weights per label (balanced): {positive_weights.round(3).tolist()}")
+    model = session.compile(steps_per_epoch, positive_weights)
 
     summary = work_dir.trained_summary()
     if summary is None:

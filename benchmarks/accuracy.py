@@ -28,6 +28,8 @@ def main(argv=None):
     parser.add_argument("--recipes", nargs="*", help="a subset of the protocol's recipes")
     parser.add_argument("--precision", help="passed to the suite (default: each recipe's own)")
     parser.add_argument("--epochs", type=int, help="override the recipes' epochs, to fit a time budget")
+    parser.add_argument("--class-weight", choices=("none", "balanced"), help="passed to the suite")
+    parser.add_argument("--early-stopping-patience", type=int, help="passed to the suite (0 = keep the last epoch)")
     args = parser.parse_args(argv)
     protocol = PROTOCOLS[args.protocol]
     flags = common.real_data_flags()
@@ -39,9 +41,7 @@ def main(argv=None):
         return ratings(args, flags)
     results = {}
     for recipe in args.recipes or protocol["recipes"]:
-        overrides = {"epochs": args.epochs} if args.epochs else {}
-        if args.precision:
-            overrides["precision"] = args.precision
+        overrides = suite_overrides(args)
         cfg = config.resolve(recipe=recipe, plots_dir=f"{common.RESULTS}/plots",
                              model_dir=f"{common.RESULTS}/models/{args.protocol}_{recipe}", **flags, **overrides)
         splits = imdb.load_splits(cfg, caps=protocol["caps"])
@@ -60,6 +60,12 @@ def main(argv=None):
         gain = results["best"]["test_accuracy"] - results["official"]["test_accuracy"]
         print(f"best - official = {100 * gain:+.1f} points")
     return results
+
+
+def suite_overrides(args):
+    """The suite settings given on this command line, over the recipe's own."""
+    names = ("epochs", "precision", "class_weight", "early_stopping_patience")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def write_ratings_csvs(flags, caps, out_dir):
@@ -118,9 +124,7 @@ def ratings(args, flags):
     caps = PROTOCOLS["ratings"]["caps"]
     files = write_ratings_csvs(flags, caps, os.path.join(common.RESULTS, "ratings"))
     baselines = classical_baselines(files)
-    overrides = {"epochs": args.epochs} if args.epochs else {}
-    if args.precision:
-        overrides["precision"] = args.precision
+    overrides = suite_overrides(args)
     model_dir = os.path.join(common.RESULTS, "models", "ratings_best")
     cfg = config.resolve(recipe="best", train_data=files["train"], test_data=files["test"],
                          validation_data=files["validation"], model_dir=model_dir,
@@ -131,7 +135,7 @@ def ratings(args, flags):
     evaluation = inference.evaluate(cfg)  # the confusion matrix PNGs, from the saved model
     ours = {"macro_f1": record["test_metrics"]["macro"]["f1"], "accuracy": record["test_metrics"]["accuracy"],
             "confusion_matrix": record["test_metrics"]["confusion_matrix"], "plots": evaluation["plots"],
-            "precision": record["precision"], "best_epoch": record["best_epoch"],
+            "precision": record["precision"], "best_epoch": record["best_epoch"], "overrides": overrides,
             "epochs_run": len(record["history"]["loss"]), "wall_seconds": round(time.time() - started)}
     result = {"machine": common.machine(), "split_sizes": record["split_sizes"],
               "label_names": record["task"]["label_names"], "suite_best": ours, **baselines}
