@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 
 import hardware
@@ -153,6 +154,21 @@ class Config:
                             "with other settings (deleting its checkpoint)")
     debug: bool = _option(False, "on an unexpected error, show the whole traceback (or set BERT_SUITE_DEBUG=1)")
 
+    # Serving (serve.py): TensorFlow Serving's REST API, with concurrent requests batched.
+    host: str = _option("127.0.0.1", "only this machine can connect; 0.0.0.0 = every interface (put a proxy "
+                        "or firewall in front)")
+    port: int = _option(8501, "TensorFlow Serving's REST port, so its clients need no change")
+    model_name: str = _option("", "the NAME in /v1/models/NAME:predict; empty = the model dir's base name")
+    serve_batch_size: int = _option(32, "most texts one model call scores, gathered from concurrent "
+                                    "requests; 1 = no batching (one text per call)")
+    batch_timeout_ms: float = _option(5.0, "longest a text waits for others to share its model call: small "
+                                      "against a call's tens of milliseconds")
+    max_request_bytes: int = _option(4 * 2**20, "larger request bodies get 413 without being kept in memory")
+    max_text_chars: int = _option(100_000, "longer texts get 400: IMDB's longest review has ~14k characters, "
+                                  "and BERT reads only --seq-length tokens of a text")
+    drain_timeout_s: float = _option(30.0, "on SIGTERM, how long in-flight requests may run before they are "
+                                     "cut off (Kubernetes' default grace period)")
+
     def encoder_handle(self):
         return self.encoder or BERT_ENCODERS[self.bert_model]
 
@@ -166,7 +182,8 @@ class Config:
                              "for the names, or pass --encoder and --preprocessor")
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown --recipe {self.recipe!r}; use one of {', '.join(RECIPES)}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "serve_batch_size", "max_request_bytes",
+                     "max_text_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("max_examples", "checkpoint_every", "early_stopping_patience"):
@@ -186,8 +203,19 @@ class Config:
         if self.seq_length < MIN_SEQ_LENGTH:
             raise ValueError(f"Cannot use --seq-length {self.seq_length}: [CLS] and [SEP] alone take 2 "
                              f"tokens; use at least {MIN_SEQ_LENGTH}")
+        self._validate_serving()
         self._validate_combinations()
         return self
+
+    def _validate_serving(self):
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"--port must be between 1 and 65535 (TensorFlow Serving's REST port is 8501), "
+                             f"got {self.port}")
+        if self.batch_timeout_ms < 0 or self.drain_timeout_s < 0:
+            raise ValueError("--batch-timeout-ms and --drain-timeout-s must be 0 or more")
+        if self.model_name and not MODEL_NAME_PATTERN.fullmatch(self.model_name):
+            raise ValueError(f"--model-name {self.model_name!r} can't be part of a URL path; use letters, "
+                             "digits, '.', '_' and '-'")
 
     def validate_training_data(self):
         """What train.py needs of the data flags (evaluate.py takes --test-data alone)."""
@@ -222,6 +250,11 @@ class Config:
 
 
 MIN_SEQ_LENGTH = 8
+# What a model's name in /v1/models/NAME may hold: no '/' or ':', which the URL's paths use.
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Config fields only serve.py reads: train.py offers no flags for them.
+SERVING_FIELDS = ("host", "port", "model_name", "serve_batch_size", "batch_timeout_ms", "max_request_bytes",
+                  "max_text_chars", "drain_timeout_s")
 
 # Named recipes: what each changes from the Config defaults above (which are `best`, the best
 # measured here: README, benchmarks/accuracy.py); explicit flags override a recipe.
@@ -240,8 +273,12 @@ RECIPES = {
 }
 
 
+# Fields whose flag is not their name: serve.py's --batch-size, the one batch size it has.
+FLAG_NAMES = {"serve_batch_size": "batch-size"}
+
+
 def _flag(name):
-    return name.replace("_", "-")
+    return FLAG_NAMES.get(name, name.replace("_", "-"))
 
 
 def add_flags(parser, names, defaults=None):

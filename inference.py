@@ -173,6 +173,30 @@ def _as_text(text):
     return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
 
 
+def labelled(task, probabilities, threshold=0.5, top_k=1):
+    """What the model says of one text, as a dict: binary, the positive label's score and the label it
+    gives; multi-class, the top label and its probability, and the top_k; multi-label, every label at or
+    over the threshold, and each label's probability."""
+    names = display_names(task)
+    if task.kind == "binary":
+        score = float(probabilities)
+        return {"score": round(score, 6), "label": names[int(score >= threshold)]}
+    if task.kind == "multiclass":
+        ranked = np.argsort(-probabilities, kind="stable")[:top_k]
+        top = [{"label": names[i], "probability": round(float(probabilities[i]), 6)} for i in ranked]
+        return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+    return {"labels": [name for name, p in zip(names, probabilities) if p >= threshold],
+            "probabilities": {name: round(float(p), 6) for name, p in zip(names, probabilities)}}
+
+
+def json_result(task, probabilities, threshold=0.5, top_k=1):
+    """One text's result as predict.py's JSON Lines and serve.py's predictions give it (without the text)."""
+    result = labelled(task, probabilities, threshold, top_k)
+    if task.kind == "multiclass" and top_k == 1:
+        result.pop("top_k")  # the top label is already there
+    return result
+
+
 class Writer:
     """Writes each text's label(s) and probabilities as an aligned table, JSON Lines or CSV.
 
@@ -195,27 +219,14 @@ class Writer:
                                for field in ("label", "probability")]
         return ["text", "labels"] + list(self.task.label_names)
 
-    def _labelled(self, probabilities):
-        """What the model says of one text, as a dict."""
-        names = display_names(self.task)
-        if self.task.kind == "binary":
-            score = float(probabilities)
-            return {"score": round(score, 6), "label": names[int(score >= self.threshold)]}
-        if self.task.kind == "multiclass":
-            ranked = np.argsort(-probabilities, kind="stable")[:self.top_k]
-            top = [{"label": names[i], "probability": round(float(probabilities[i]), 6)} for i in ranked]
-            return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
-        return {"labels": [name for name, p in zip(names, probabilities) if p >= self.threshold],
-                "probabilities": {name: round(float(p), 6) for name, p in zip(names, probabilities)}}
-
     def write(self, text, probabilities):
         text = _as_text(text)
-        result = self._labelled(probabilities)
         if self.format == "jsonl":
-            if self.task.kind == "multiclass" and self.top_k == 1:
-                result.pop("top_k")
+            result = json_result(self.task, probabilities, self.threshold, self.top_k)
             self.stream.write(json.dumps({"text": text, **result}) + "\n")
-        elif self.csv:
+            return
+        result = labelled(self.task, probabilities, self.threshold, self.top_k)
+        if self.csv:
             self.csv.writerow([text] + self._csv_fields(result))
         else:
             shown = " ".join(text.split())
@@ -244,6 +255,17 @@ def check_threshold(threshold):
     if not 0 <= threshold <= 1:
         raise ValueError(f"--threshold must be between 0 and 1, got {threshold}")
     return threshold
+
+
+def check_top_k(task, top_k):
+    """ValueError unless --top-k suits the model: only multi-class models rank labels."""
+    if top_k != 1 and task.kind != "multiclass":
+        raise ValueError(f"--top-k is for multi-class models; this one is {task.kind}: "
+                         + ("use --threshold" if task.kind == "multilabel" else "drop --top-k"))
+    if not 1 <= top_k <= len(task.label_names):
+        raise ValueError(f"--top-k must be between 1 and the model's {len(task.label_names)} labels, "
+                         f"got {top_k}")
+    return top_k
 
 
 # What evaluate.py takes from the model's run record unless flags say otherwise: where its test data is.

@@ -49,12 +49,7 @@ def main(argv=None):
     threshold = inference.check_threshold(args.threshold)
     model, record, _ = inference.load_model(cfg.model_dir, cfg.precision)
     task = inference.task_of_record(record)
-    if args.top_k != 1 and task.kind != "multiclass":
-        raise ValueError(f"--top-k is for multi-class models; this one is {task.kind}: "
-                         + ("use --threshold" if task.kind == "multilabel" else "drop --top-k"))
-    if not 1 <= args.top_k <= len(task.label_names):
-        raise ValueError(f"--top-k must be between 1 and the model's {len(task.label_names)} labels, "
-                         f"got {args.top_k}")
+    inference.check_top_k(task, args.top_k)
     texts = args.sentences or inference.read_lines(args.file or "-")
     writer = inference.Writer(args.format, task, threshold, args.top_k, inference.stdout_text())
     results = []

@@ -11,13 +11,27 @@ from runtime import keras, tf
 RUN_RECORD = cli.RUN_RECORD
 
 
+SERVING_SIGNATURE = "serving_default"  # the signature TF Serving and saved_model_cli run by default
+
+
+def probabilities_tensor(kind, logits):
+    """tasks.Task.probabilities as graph ops, for saved signatures: binary: the sigmoid of the one
+    logit, [batch]; multi-class: softmax, [batch, labels]; multi-label: a sigmoid per label."""
+    logits = tf.cast(logits, tf.float32)
+    if kind == "binary":
+        return tf.sigmoid(tf.reshape(logits, [-1]))
+    return tf.nn.softmax(logits, axis=-1) if kind == "multiclass" else tf.sigmoid(logits)
+
+
 class ExportedClassifier(tf.Module):
     """What is saved: raw strings in, logits out, plus the two halves for fast batch scoring, and
-    the task with its label names, so a saved model says what its outputs mean."""
+    the task with its label names, so a saved model says what its outputs mean. Its `serve`
+    is the serving_default signature: texts in, probabilities and label names out."""
 
     def __init__(self, text_to_tokens, token_classifier, task):
         super().__init__()
         self.text_to_tokens = text_to_tokens
+        self._kind = task.kind  # fixes the probabilities' graph when `serve` is traced
         self.task_kind = tf.Variable(task.kind, trainable=False, name="task_kind")
         self.label_names = tf.Variable(list(task.label_names), trainable=False, name="label_names")
         # A new, uncompiled model over the same layers, so the optimizer is not saved with it.
@@ -34,6 +48,21 @@ class ExportedClassifier(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def __call__(self, texts):
         return self.classify_tokens(tokenization.trim_padding(self.preprocess(texts)))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def serve(self, text):
+        probabilities = probabilities_tensor(self._kind, self(text))
+        # One row of names per text, so TF Serving's row format ("instances") accepts the outputs.
+        names = tf.tile(self.label_names[None, :], [tf.shape(text)[0], 1])
+        return {"probabilities": probabilities, "label_names": names}
+
+
+def serving_signatures(exported):
+    """The signatures to save: a new classifier's `serve`; a reloaded one keeps what it was saved with."""
+    if isinstance(exported, ExportedClassifier):
+        return {SERVING_SIGNATURE: exported.serve}
+    saved = getattr(exported, "signatures", {})
+    return {SERVING_SIGNATURE: saved[SERVING_SIGNATURE]} if SERVING_SIGNATURE in saved else None
 
 
 def _swap_into_place(staging, target):
@@ -53,27 +82,35 @@ def recover_interrupted_save(model_dir):
         os.rename(previous, model_dir)
 
 
-def save(exported, model_dir, record, extra_files=None):
-    """Write the SavedModel and its run record to a temporary folder beside model_dir and
-    rename it into place only when complete, so a failed save never costs the old model."""
-    model_dir = os.path.abspath(model_dir)
-    parent = os.path.dirname(model_dir)
+def write_atomically(target, write):
+    """Call write(folder) on a temporary folder beside target and rename it into place only when
+    complete, so a failed write never costs what target held; returns target's absolute path."""
+    target = os.path.abspath(target)
+    parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    recover_interrupted_save(model_dir)
-    staging_prefix = f".{os.path.basename(model_dir)}.saving-"
+    recover_interrupted_save(target)
+    staging_prefix = f".{os.path.basename(target)}.saving-"
     cli.remove_leftovers(parent, staging_prefix)  # what a killed save left behind
     staging = tempfile.mkdtemp(prefix=staging_prefix, dir=parent)
     try:
-        tf.saved_model.save(exported, staging)  # no optimizer: the tutorial's include_optimizer=False
+        write(staging)
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def save(exported, model_dir, record, extra_files=None):
+    """Write the SavedModel, with its serving_default signature, and its run record atomically."""
+    def write(staging):
+        # No optimizer (the tutorial's include_optimizer=False).
+        tf.saved_model.save(exported, staging, signatures=serving_signatures(exported))
         with open(os.path.join(staging, RUN_RECORD), "w") as f:
             json.dump(record, f, indent=2)
         for name, source in (extra_files or {}).items():
             shutil.copy(source, os.path.join(staging, name))
-        _swap_into_place(staging, model_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return model_dir
+    return write_atomically(model_dir, write)
 
 
 def load(model_dir):

@@ -10,7 +10,8 @@ import sys
 import cli
 import config
 
-TRAIN_FLAGS = [f.name for f in config.dataclasses.fields(config.Config)]
+TRAIN_FLAGS = [f.name for f in config.dataclasses.fields(config.Config)
+               if f.name not in config.SERVING_FIELDS]
 MEMORY_FLAGS = cli.TRAINING_MEMORY_FLAGS  # named by cli.run when memory runs out
 
 

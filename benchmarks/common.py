@@ -1,4 +1,5 @@
-"""What the benchmarks share: the real IMDB archive, the MiniLM stand-in, and result files."""
+"""What the benchmarks share: the real IMDB archive, the MiniLM stand-in, result files, and
+measuring a configuration in a process of its own."""
 import importlib.util
 import json
 import os
@@ -49,3 +50,19 @@ def save_result(name, result):
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     return path
+
+
+def run_child(script, spec):
+    """Run `python script --child SPEC` in a process of its own (own memory, threads and framework)
+    and return the figures it reported with report_child; None, after printing its error, if it failed."""
+    run = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("CHILD ")]
+    if run.returncode or not lines:
+        print(f"{spec['name']} failed:\n{run.stderr[-3000:]}", flush=True)
+        return None
+    return json.loads(lines[-1][6:])
+
+
+def report_child(figures):
+    """What a child process prints for run_child to read."""
+    print("CHILD " + json.dumps(figures), flush=True)

@@ -12,8 +12,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import common
@@ -25,7 +23,8 @@ LATENCY_CALLS = 50
 
 
 def child(spec):
-    """Measure one configuration; returns a dict of figures."""
+    """Measure one configuration; returns a dict of figures. spec may lower train_steps and
+    eval_reviews (for a quick run) and set predict=False to measure training and evaluation only."""
     import numpy as np
     import config
     import imdb
@@ -37,12 +36,16 @@ def child(spec):
     cfg = config.resolve(recipe="official", seq_length=spec["seq_length"], pipeline=spec["pipeline"],
                          precision=spec["precision"], jit_compile=spec.get("jit", False),
                          truncation="head", **common.real_data_flags())
-    train_split, _, test = imdb.load_splits(cfg, caps=(TRAIN_STEPS * cfg.batch_size, 1, PREDICT_REVIEWS))
+    train_steps = spec.get("train_steps", TRAIN_STEPS)
+    eval_reviews = spec.get("eval_reviews", EVAL_REVIEWS)
+    measure_predict = spec.get("predict", True)
+    test_cap = max(eval_reviews, PREDICT_REVIEWS if measure_predict else 64)
+    train_split, _, test = imdb.load_splits(cfg, caps=(train_steps * cfg.batch_size, 1, test_cap))
     session = training.Session(cfg, log=lambda *_: None)
     results = {"precision": session.precision}
 
     train_ds, _ = session.datasets(train_split, train_split)
-    model = session.compile(TRAIN_STEPS)
+    model = session.compile(train_steps)
     epoch_times = []
 
     class Timer(keras.callbacks.Callback):
@@ -51,11 +54,11 @@ def child(spec):
 
         def on_epoch_end(self, epoch, logs=None):
             epoch_times.append(time.perf_counter() - self.started)
-    model.fit(train_ds, epochs=2, steps_per_epoch=TRAIN_STEPS, callbacks=[Timer()], verbose=0)
-    results["train_reviews_per_s"] = TRAIN_STEPS * cfg.batch_size / epoch_times[1]
+    model.fit(train_ds, epochs=2, steps_per_epoch=train_steps, callbacks=[Timer()], verbose=0)
+    results["train_reviews_per_s"] = train_steps * cfg.batch_size / epoch_times[1]
     results["train_first_epoch_s"] = epoch_times[0]
 
-    eval_split = imdb.Split(test.texts[:EVAL_REVIEWS], test.labels[:EVAL_REVIEWS], test.paths[:EVAL_REVIEWS])
+    eval_split = imdb.Split(test.texts[:eval_reviews], test.labels[:eval_reviews], test.paths[:eval_reviews])
     warm = imdb.Split(test.texts[:64], test.labels[:64], test.paths[:64])
     if spec["pipeline"] == "tutorial":
         # The tutorial: model.evaluate on string batches of 32, the preprocessor inside the model.
@@ -77,7 +80,10 @@ def child(spec):
     evaluate(warm)
     started = time.perf_counter()
     results["eval_accuracy"] = evaluate(eval_split)
-    results["eval_reviews_per_s"] = EVAL_REVIEWS / (time.perf_counter() - started)
+    results["eval_reviews_per_s"] = eval_reviews / (time.perf_counter() - started)
+    if not measure_predict:
+        results["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        return results
 
     predict(test.texts[:1])
     latencies = []
@@ -113,18 +119,15 @@ def main(argv=None):
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("CHILD " + json.dumps(child(json.loads(args.child))), flush=True)
+        common.report_child(child(json.loads(args.child)))
         return None
     common.real_data_flags()  # build MiniLM and check the data before the children start
     results = {}
     for spec in configurations(args.seq_lengths):
-        run = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                             text=True)
-        lines = [line for line in run.stdout.splitlines() if line.startswith("CHILD ")]
-        if run.returncode or not lines:
-            print(f"{spec['name']} failed:\n{run.stderr[-3000:]}", flush=True)
+        figures = common.run_child(__file__, spec)
+        if figures is None:
             continue
-        results[spec["name"]] = json.loads(lines[-1][6:])
+        results[spec["name"]] = figures
         baseline = results.get(f"tutorial@{spec['seq_length']}")
         row = results[spec["name"]]
         cells = []

@@ -1,0 +1,162 @@
+"""Where the time goes: one evaluation and one training step of the fast pipeline, split into parts.
+
+    python benchmarks/profiling.py                       # 128 and 512 tokens, the precision `auto` picks
+    python benchmarks/profiling.py --seq-lengths 512 --precision float32
+    python benchmarks/profiling.py --threads 1,2         # TensorFlow's inter-op,intra-op threads
+
+Same configuration, reviews and batch sizes as benchmarks/speed.py (MiniLM, `official` recipe's
+head truncation, batch 32 to train and 128 to evaluate). Each part is timed alone, warmed up, on the
+same data, after materializing what feeds it:
+  tokenization     strings -> token ids (the preprocessor's tokenize + truncation + packing)
+  input pipeline   the rest of tf.data: sorting by length, batching, per-batch padding
+  encoder          the BERT encoder (forward for evaluation; forward, backward and update for training)
+  head             pooling, dropout and the Dense layer, on encoder outputs of the same shape
+The encoder is the model's time less the head's. Shares are of the sum of the parts.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import common
+
+EVAL_REVIEWS = 512
+EVAL_BATCH = 128
+TRAIN_STEPS = 8
+REPEATS = 3  # each part is timed this many times after a warm-up; the fastest counts
+
+
+def fastest(work, repeats=REPEATS):
+    """Seconds of the fastest of `repeats` runs of work(), after one warm-up run."""
+    work()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def child(spec):
+    import numpy as np
+    if spec.get("threads"):
+        import runtime
+        inter, intra = spec["threads"]
+        runtime.tf.config.threading.set_inter_op_parallelism_threads(inter)
+        runtime.tf.config.threading.set_intra_op_parallelism_threads(intra)
+    import config
+    import imdb
+    import scoring
+    import tokenization
+    import training
+    from runtime import keras, tf
+
+    cfg = config.resolve(recipe="official", seq_length=spec["seq_length"], pipeline="fast",
+                         precision=spec["precision"], truncation="head", **common.real_data_flags())
+    train_split, _, test = imdb.load_splits(cfg, caps=(TRAIN_STEPS * cfg.batch_size, 1, EVAL_REVIEWS))
+    session = training.Session(cfg, log=lambda *_: None)
+    model, exported = session.token_model, session.exported
+    texts = [tokenization.sanitize(text) for text in test.texts[:EVAL_REVIEWS]]
+    hidden = model.get_layer("classifier").kernel.shape[0]
+    head_layers = [model.get_layer(name) for name in ("dropout", "classifier")]
+
+    def head(batch, seq_width, training_step):
+        """The head's own layers on a random encoder output of the batch's shape."""
+        pooled = tf.random.normal([batch, hidden])
+        if cfg.pooling == "mean":
+            sequence = tf.random.normal([batch, seq_width, hidden])
+            pooled = tf.reduce_mean(sequence, axis=1)
+        net = pooled
+        for layer in head_layers:
+            net = layer(net, training=training_step)
+        return net
+
+    # Evaluation, tokenization included, as scoring.score_texts runs it.
+    figures = {"end_to_end_eval_s": fastest(lambda: list(scoring.score_texts(exported, texts, EVAL_BATCH)))}
+    figures["tokenization_eval_s"] = fastest(lambda: [
+        exported.preprocess(tf.constant(texts[i:i + 256]))["input_word_ids"].numpy()
+        for i in range(0, len(texts), 256)])
+
+    def eval_batches():
+        examples = tf.data.Dataset.from_tensor_slices((texts, tf.range(len(texts))))
+        return list(tokenization.length_sorted_batches(tokenization.tokenized(examples, exported.preprocess),
+                                                       EVAL_BATCH))
+    figures["input_pipeline_eval_s"] = fastest(eval_batches) - figures["tokenization_eval_s"]
+    batches = eval_batches()
+    figures["model_eval_s"] = fastest(lambda: [exported.classify_tokens(tokens).numpy() for tokens, _ in batches])
+    eval_head = tf.function(lambda b, w: head(b, w, False), reduce_retracing=True)
+    figures["head_eval_s"] = fastest(lambda: [eval_head(tf.constant(len(p)), tf.shape(t["input_mask"])[1]).numpy()
+                                              for t, p in batches])
+    figures["encoder_eval_s"] = figures["model_eval_s"] - figures["head_eval_s"]
+    figures["eval_widths"] = [int(t["input_mask"].shape[1]) for t, _ in batches]
+
+    # Training: TRAIN_STEPS steps of batch 32, as benchmarks/speed.py measures them.
+    train_ds, _ = session.datasets(train_split, train_split)
+    train_ds = train_ds.take(TRAIN_STEPS)
+    figures["input_pipeline_train_s"] = fastest(lambda: [b for b in train_ds])
+    texts_train = [tokenization.sanitize(text) for text in train_split.texts[:TRAIN_STEPS * cfg.batch_size]]
+    figures["tokenization_train_s"] = fastest(lambda: [
+        exported.preprocess(tf.constant(texts_train[i:i + 256]))["input_word_ids"].numpy()
+        for i in range(0, len(texts_train), 256)])
+    figures["input_pipeline_train_s"] -= figures["tokenization_train_s"]
+    train_batches = [b for b in train_ds]
+    model = session.compile(TRAIN_STEPS)
+    figures["model_train_s"] = fastest(lambda: [model.train_on_batch(tokens, labels) for tokens, labels in train_batches])
+    head_variables = [v for layer in head_layers for v in layer.trainable_variables]
+    optimizer = keras.optimizers.Adam(1e-5)
+
+    @tf.function(reduce_retracing=True)
+    def head_step(b, w):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.cast(head(b, w, True), tf.float32) ** 2)
+        optimizer.apply_gradients(zip(tape.gradient(loss, head_variables), head_variables))
+    figures["head_train_s"] = fastest(lambda: [head_step(tf.constant(cfg.batch_size), tf.shape(t["input_mask"])[1])
+                                               for t, _ in train_batches])
+    figures["encoder_train_s"] = figures["model_train_s"] - figures["head_train_s"]
+    figures["precision"] = session.precision
+    return figures
+
+
+PARTS = ("tokenization", "input_pipeline", "encoder", "head")
+
+
+def shares(figures, phase):
+    seconds = {part: max(figures[f"{part}_{phase}_s"], 0.0) for part in PARTS}
+    total = sum(seconds.values())
+    return {part: seconds[part] / total for part in PARTS}, total
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-lengths", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--threads", help="inter,intra: TensorFlow's thread pools (default: TensorFlow's choice)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print("CHILD " + json.dumps(child(json.loads(args.child))), flush=True)
+        return None
+    common.real_data_flags()
+    threads = [int(n) for n in args.threads.split(",")] if args.threads else None
+    results = {}
+    for seq_length in args.seq_lengths:
+        spec = dict(seq_length=seq_length, precision=args.precision, threads=threads)
+        run = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+        lines = [line for line in run.stdout.splitlines() if line.startswith("CHILD ")]
+        if run.returncode or not lines:
+            print(f"seq {seq_length} failed:\n{run.stderr[-3000:]}", flush=True)
+            continue
+        figures = results[seq_length] = json.loads(lines[-1][6:])
+        for phase, label in (("eval", f"evaluation of {EVAL_REVIEWS} reviews"), ("train", f"{TRAIN_STEPS} training steps")):
+            part_shares, total = shares(figures, phase)
+            print(f"seq={seq_length} {figures['precision']} {label}: {total:.2f} s in parts; "
+                  + ", ".join(f"{part} {100 * share:.1f}%" for part, share in part_shares.items()), flush=True)
+        print(f"seq={seq_length} end-to-end evaluation {figures['end_to_end_eval_s']:.2f} s "
+              f"({EVAL_REVIEWS / figures['end_to_end_eval_s']:.1f} reviews/s)", flush=True)
+    common.save_result("profile", {"machine": common.machine(), "threads": threads, "results": results})
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Serving throughput and latency of serve.py, with server-side batching on and off, on real reviews.
+
+    python benchmarks/serving.py                     # 1, 8 and 32 clients; about 10 minutes on 2 cores
+    python benchmarks/serving.py --requests 96       # a quick look
+    python benchmarks/serving.py --seq-length 64     # shorter texts: model calls cost less, batching gains more
+
+The model: the MiniLM stand-in fine-tuned by train.py on 64 reviews for one epoch (--recipe
+official: the first --seq-length tokens, 128 by default), trained once into
+benchmarks/results/models/serving_minilm_seqN; speed doesn't depend on how well it classifies.
+For each setting, serve.py runs in its own process with its defaults (precision auto,
+--batch-timeout-ms 5) and --batch-size 32 (batching on) or 1 (off: one text per model call). For each number of clients, that many threads each send
+one IMDB test review per request on a keep-alive connection, after an untimed warm-up, until
+--requests requests are answered: throughput = requests / wall time, and p50/p99 of each
+request's latency. Mean batch = texts scored / model calls, as serve.py's /healthz counts them.
+The last lines, `serving-ratio clients=C batching=X`, are batching's throughput over no batching's.
+"""
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import common
+
+TRAIN_REVIEWS = 64
+REVIEWS = 2000  # distinct test reviews the clients cycle through
+WARM_UP_REQUESTS = 256  # untimed, at the most clients, so each batch shape has been run once
+SETTINGS = {"on": 32, "off": 1}  # --batch-size of each setting
+STARTUP_SECONDS = 300
+
+
+def train_model(seq_length):
+    """The benchmark's model, trained the first time."""
+    model_dir = os.path.join(common.RESULTS, "models", f"serving_minilm_seq{seq_length}")
+    if os.path.isfile(os.path.join(model_dir, "run.json")):
+        return model_dir
+    flags = common.real_data_flags()
+    command = [sys.executable, os.path.join(common.ROOT, "train.py"), "--recipe", "official", "--epochs", "1",
+               "--max-examples", str(TRAIN_REVIEWS), "--seq-length", str(seq_length), "--model-dir", model_dir,
+               "--checkpoint-every", "0", "--plots-dir", os.path.join(common.RESULTS, "plots", "serving")]
+    for name, value in flags.items():
+        command += [f"--{name.replace('_', '-')}", value]
+    print(f"Training the benchmark's model into {model_dir} ...", flush=True)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return model_dir
+
+
+def test_reviews(count):
+    import config
+    import imdb
+    _, _, test = imdb.load_splits(config.resolve(**common.real_data_flags()), with_train=False,
+                                  caps=(0, 0, count))
+    return test.texts
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """serve.py in its own process, stopped with SIGTERM as a service manager stops it."""
+
+    def __init__(self, model_dir, batch_size, log_path):
+        self.port = free_port()
+        self.path = f"/v1/models/{os.path.basename(model_dir)}:predict"
+        self.log = open(log_path, "w")
+        self.process = subprocess.Popen([sys.executable, os.path.join(common.ROOT, "serve.py"), "--model-dir",
+                                         model_dir, "--port", str(self.port), "--batch-size", str(batch_size)],
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                sys.exit(f"serve.py did not start; see {log_path}")
+            try:
+                self.health()
+                return
+            except OSError:
+                time.sleep(0.5)
+
+    def health(self):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request("GET", "/healthz")
+            return json.loads(connection.getresponse().read())
+        finally:
+            connection.close()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(120)
+        self.log.close()
+
+
+def load(server, reviews, clients, requests):
+    """requests one-review requests from clients threads: (seconds, latencies, failures)."""
+    latencies, failures = [], []
+    share = [requests // clients + (i < requests % clients) for i in range(clients)]
+
+    def client(number):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+        for i in range(share[number]):
+            body = json.dumps({"instances": [reviews[(number * 7919 + i) % len(reviews)]]})
+            started = time.perf_counter()
+            try:
+                connection.request("POST", server.path, body, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                answer = response.read()
+                if response.status != 200 or len(json.loads(answer)["predictions"]) != 1:
+                    failures.append(f"{response.status}: {answer[:200]!r}")
+            except (OSError, http.client.HTTPException, ValueError) as error:
+                failures.append(repr(error))
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+            latencies.append(time.perf_counter() - started)
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(number,)) for number in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, latencies, failures
+
+
+def percentile(values, share):
+    return statistics.quantiles(values, n=100, method="inclusive")[share - 1] if len(values) > 1 else values[0]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=1024, help="timed requests per setting and client count")
+    parser.add_argument("--seq-length", type=int, default=128, help="tokens per review the model reads")
+    args = parser.parse_args(argv)
+    model_dir = train_model(args.seq_length)
+    reviews = test_reviews(REVIEWS)
+    results = {}
+    for setting, batch_size in SETTINGS.items():
+        server = Server(model_dir, batch_size, os.path.join(common.RESULTS, f"serving-{setting}.log"))
+        try:
+            load(server, reviews, max(args.clients), min(WARM_UP_REQUESTS, 8 * max(args.clients)))
+            for clients in args.clients:
+                before = server.health()
+                seconds, latencies, failures = load(server, reviews, clients, args.requests)
+                after = server.health()
+                calls = after["model_calls"] - before["model_calls"]
+                row = {"batch_size": batch_size, "clients": clients, "requests": len(latencies),
+                       "failures": len(failures), "reviews_per_s": len(latencies) / seconds,
+                       "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99),
+                       "mean_batch": (after["texts_scored"] - before["texts_scored"]) / max(calls, 1)}
+                results[f"{setting}@{clients}"] = row
+                print(f"batching {setting:<3} (--batch-size {batch_size:>2})  clients {clients:>2}  "
+                      f"{row['reviews_per_s']:7.1f} reviews/s  p50 {row['p50_ms']:7.1f} ms  "
+                      f"p99 {row['p99_ms']:7.1f} ms  mean batch {row['mean_batch']:5.1f}"
+                      + (f"  FAILED {len(failures)}: {failures[0]}" if failures else ""), flush=True)
+                common.save_result("serving", {"machine": common.machine(), "requests": args.requests,
+                                               "seq_length": args.seq_length, "results": results})
+        finally:
+            server.stop()
+    for clients in args.clients:
+        on, off = results.get(f"on@{clients}"), results.get(f"off@{clients}")
+        if on and off:
+            print(f"serving-ratio clients={clients} batching={on['reviews_per_s'] / off['reviews_per_s']:.2f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

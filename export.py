@@ -1,0 +1,38 @@
+"""Export a saved classifier for runtimes without TF Text (stock TF Serving, TF.js, ...).
+
+    python export.py --model-dir models/imdb_bert --out exports/imdb_bert_core --format core-ops
+
+core-ops: a SavedModel whose graph uses only core TensorFlow ops, taking token ids (input_word_ids,
+input_mask, input_type_ids) and returning probabilities, with vocab.txt, tokenizer.json (how the
+model tokenizes), labels.json/labels.txt and client_example.py, which tokenizes the same way and
+calls it locally or through TF Serving's REST API.
+"""
+import argparse
+import sys
+
+import cli
+import config
+
+FORMATS = ("core-ops",)
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="the new folder to write the export to (refused if it holds anything)")
+    parser.add_argument("--format", choices=FORMATS, default="core-ops",
+                        help="core-ops: token ids in, probabilities out, no TF Text ops (default: core-ops)")
+    config.add_flags(parser, ["model_dir", "debug"])
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    model_dir = cli.require_model_dir(args.model_dir or config.Config.model_dir)
+    import exporting  # TensorFlow loads only once the flags are known to be good
+    return exporting.export_core_ops(model_dir, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

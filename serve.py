@@ -1,0 +1,54 @@
+"""Serve a saved classifier over HTTP with TensorFlow Serving's REST API, batching concurrent requests.
+
+    python serve.py --model-dir models/imdb_bert --port 8501
+    curl -d '{"instances": ["The movie was great!"]}' http://127.0.0.1:8501/v1/models/imdb_bert:predict
+    python serve.py --batch-size 1     # no batching: one text per model call
+
+SIGTERM or Ctrl-C stops it: no new connections, the requests in flight are answered, then it exits 0.
+"""
+import argparse
+import sys
+
+import cli
+import config
+
+MEMORY_FLAGS = "--batch-size"  # named by cli.run when memory runs out; the model fixes the sequence length
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="binary: score at or above which a text gets the second label (IMDB: pos); "
+                             "multi-label: probability at or above which a label is given (default: 0.5)")
+    parser.add_argument("--top-k", type=int, default=1, metavar="K",
+                        help="multi-class: give the K most likely labels (default: 1)")
+    config.add_flags(parser, ["model_dir", "model_name", "host", "port", "serve_batch_size", "batch_timeout_ms",
+                              "max_request_bytes", "max_text_chars", "drain_timeout_s", "precision", "debug"])
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    cfg = config.from_args(args)
+    cli.require_model_dir(cfg.model_dir)
+    import serving  # FastAPI and uvicorn; TensorFlow waits for Servable.load
+    name = serving.model_name(cfg)
+    sock = serving.bind(cfg.host, cfg.port)
+    try:
+        servable = serving.Servable.load(cfg, args.threshold, args.top_k, log=_log)
+        _log(f"Serving {name} at http://{cfg.host}:{cfg.port}/v1/models/{name}:predict; up to "
+             f"{cfg.serve_batch_size} texts per model call, gathered for at most {cfg.batch_timeout_ms:g} ms")
+        serving.serve(serving.create_app(servable, name, cfg), sock, cfg)
+    finally:
+        sock.close()
+    _log(f"Stopped serving {name}.")
+    return name
+
+
+def _log(line):
+    print(line, file=sys.stderr, flush=True)  # stdout stays free; a service manager logs stderr
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
