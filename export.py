@@ -4,8 +4,9 @@
 
 core-ops: a SavedModel whose graph uses only core TensorFlow ops, taking token ids (input_word_ids,
 input_mask, input_type_ids) and returning probabilities, with vocab.txt, tokenizer.json (how the
-model tokenizes), labels.json/labels.txt and client_example.py, which tokenizes the same way and
-calls it locally or through TF Serving's REST API.
+model tokenizes, checked on probe texts), labels.json/labels.txt (the names predict.py prints) and
+client_example.py, which tokenizes the same way in plain Python (no TF Text) and scores locally or
+through TF Serving's REST API. --out must be a new or empty folder; nothing else is touched.
 """
 import argparse
 import sys
@@ -20,7 +21,7 @@ def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="the new folder to write the export to (refused if it holds anything)")
+                        help="the new (or empty) folder to write the export to (refused if it holds anything)")
     parser.add_argument("--format", choices=FORMATS, default="core-ops",
                         help="core-ops: token ids in, probabilities out, no TF Text ops (default: core-ops)")
     config.add_flags(parser, ["model_dir", "debug"])

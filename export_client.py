@@ -1,10 +1,11 @@
 """Score texts with a core-ops export of a BERT classifier (written by export.py as client_example.py).
 
-The export takes token ids, so the client tokenizes: with the export's vocab.txt and the settings in
-tokenizer.json it reproduces the classifier's own preprocessing (WordPiece, lower-casing, [CLS] and
-[SEP], and the same truncation of long texts), then scores locally or asks TF Serving.
+The export takes token ids, so this client tokenizes, in plain Python: with the export's vocab.txt and
+the settings in tokenizer.json it makes the ids the classifier's own preprocessing makes (BERT's basic
+tokenizer and WordPiece, [CLS] and [SEP], the same truncation of long texts), then scores them locally
+(needs tensorflow, not tensorflow-text) or asks TF Serving (needs nothing but Python's standard library).
+It prints a JSON line per text, as `predict.py --format jsonl` does.
 
-    pip install tensorflow tensorflow-text   # the tokenizer; the export itself needs no TF Text
     python client_example.py "The movie was great!" "The movie was terrible..."
     python client_example.py --request "The movie was great!" > request.json   # TF Serving's REST body
     curl -d @request.json http://localhost:8501/v1/models/bert_classifier:predict
@@ -13,22 +14,61 @@ tokenizer.json it reproduces the classifier's own preprocessing (WordPiece, lowe
 import argparse
 import json
 import os
+import sys
+import unicodedata
 import urllib.request
-
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOKEN_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 
+# What ICU's NFKC_Casefold (TF Text's case_fold_utf8) deletes: Unicode's Default_Ignorable_Code_Point.
+DEFAULT_IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+                     (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+                     (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8),
+                     (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+# CJK ideographs, each a word of its own (BERT's _is_chinese_char).
+CJK = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+       (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+WHITESPACE = " \t\n\f\r"
+
+
+def _in(ranges, char):
+    code = ord(char)
+    return any(low <= code <= high for low, high in ranges)
+
+
+def is_punctuation(char):
+    """BERT's punctuation: all non-alphanumeric ASCII, and Unicode's P* categories."""
+    code = ord(char)
+    return (33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126
+            or unicodedata.category(char).startswith("P"))
+
+
+def case_fold(text):
+    """NFKC_Casefold, as ICU (TF Text's case_fold_utf8) does it: compatibility forms, case folded,
+    default-ignorable characters (soft hyphens, zero-width joiners, ...) removed."""
+    text = "".join(char for char in text if not _in(DEFAULT_IGNORABLE, char))
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
 
 class Tokenizer:
-    """Texts -> the export's inputs: int32 arrays of [texts, seq_length], as the classifier makes them."""
+    """Texts -> the export's inputs: lists of seq_length int ids per text, as the classifier makes them.
 
-    def __init__(self, vocab_file, lower_case, seq_length, truncation, head_tokens, cls_id, sep_id, pad_id=0):
-        import tensorflow as tf
-        import tensorflow_text  # any WordPiece tokenizer with this vocabulary and casing would do
-        self.tf = tf
-        self.tokenizer = tensorflow_text.BertTokenizer(vocab_file, lower_case=lower_case, token_out_type=tf.int32)
+    BERT's tokenizer as TF Text's BertTokenizer runs it (google-research/bert's tokenization.py, with
+    TF Text's differences): uncased vocabularies are case-folded, NFD-normalized and stripped of accents;
+    control and format characters become spaces; words split at whitespace, each punctuation mark and
+    each CJK ideograph is a word of its own; then greedy longest-match-first WordPiece ('##' marks a
+    word's continuation), a word it cannot cover, or one over max_word_bytes UTF-8 bytes, being [UNK].
+    """
+
+    def __init__(self, vocab_file, lower_case, seq_length, truncation, head_tokens, cls_id, sep_id, pad_id=0,
+                 unk_token="[UNK]", max_word_bytes=100):
+        self.vocab = {}
+        with open(vocab_file, encoding="utf-8") as f:
+            for number, line in enumerate(f):
+                self.vocab.setdefault(line.rstrip("\n"), number)
+        self.lower_case, self.max_word_bytes = lower_case, max_word_bytes
+        self.unk_id = self.vocab[unk_token]
         self.seq_length, self.truncation, self.head_tokens = seq_length, truncation, head_tokens
         self.cls_id, self.sep_id, self.pad_id = cls_id, sep_id, pad_id
 
@@ -36,9 +76,53 @@ class Tokenizer:
     def of_export(cls, export_dir=HERE):
         with open(os.path.join(export_dir, "tokenizer.json")) as f:
             settings = json.load(f)
-        return cls(os.path.join(export_dir, "vocab.txt"), settings["lower_case"], settings["seq_length"],
-                   settings["truncation"], settings["head_tokens"], settings["cls_id"], settings["sep_id"],
-                   settings["pad_id"])
+        return cls(os.path.join(export_dir, "vocab.txt"), **settings)
+
+    def words(self, text):
+        """The basic tokenizer: text -> words and punctuation marks."""
+        if self.lower_case:
+            text = unicodedata.normalize("NFD", case_fold(text))
+            text = "".join(char for char in text if unicodedata.category(char) != "Mn")
+        words, word = [], []
+        for char in text:
+            if unicodedata.category(char) in ("Cc", "Cf") or char in WHITESPACE:
+                split, keep = True, False
+            else:
+                split = keep = is_punctuation(char) or _in(CJK, char)
+            if not split:
+                word.append(char)
+                continue
+            if word:
+                words.append("".join(word))
+                word = []
+            if keep:
+                words.append(char)
+        if word:
+            words.append("".join(word))
+        return words
+
+    def wordpiece(self, word):
+        """A word's ids, longest vocabulary piece first; [UNK] if it can't be covered or is too long."""
+        if len(word.encode("utf-8")) > self.max_word_bytes:
+            return [self.unk_id]
+        ids, start = [], 0
+        while start < len(word):
+            for end in range(len(word), start, -1):
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self.vocab:
+                    ids.append(self.vocab[piece])
+                    start = end
+                    break
+            else:
+                return [self.unk_id]
+        return ids
+
+    def pieces(self, text):
+        """A text's word-piece ids, before truncation."""
+        if isinstance(text, bytes):  # as the suite reads texts: invalid UTF-8 replaced, never an error
+            text = text.decode("utf-8", errors="replace")
+        text = text.encode("utf-8", errors="replace").decode("utf-8")
+        return [piece for word in self.words(text) for piece in self.wordpiece(word)]
 
     def keep(self, pieces):
         """The word pieces a long text keeps: its head, its tail, or head_tokens of the head and the rest
@@ -53,29 +137,28 @@ class Tokenizer:
         return pieces[:head] + pieces[len(pieces) - tail:]
 
     def __call__(self, texts):
-        encoded = [t.encode("utf-8", errors="replace") if isinstance(t, str) else t for t in texts]
-        pieces = self.tokenizer.tokenize(self.tf.constant(encoded, self.tf.string)).merge_dims(-2, -1).to_list()
-        ids = np.full((len(texts), self.seq_length), self.pad_id, dtype=np.int32)
-        mask = np.zeros((len(texts), self.seq_length), dtype=np.int32)
-        for row, text_pieces in enumerate(pieces):
-            packed = [self.cls_id] + self.keep(text_pieces) + [self.sep_id]
-            ids[row, :len(packed)] = packed
-            mask[row, :len(packed)] = 1
-        return {"input_word_ids": ids, "input_mask": mask, "input_type_ids": np.zeros_like(ids)}
+        tokens = {key: [] for key in TOKEN_KEYS}
+        for text in texts:
+            packed = [self.cls_id] + self.keep(self.pieces(text)) + [self.sep_id]
+            padding = self.seq_length - len(packed)
+            tokens["input_word_ids"].append(packed + [self.pad_id] * padding)
+            tokens["input_mask"].append([1] * len(packed) + [0] * padding)
+            tokens["input_type_ids"].append([0] * self.seq_length)
+        return tokens
 
 
 def rest_request(tokens):
     """TF Serving's REST predict body, one instance per text."""
-    count = len(tokens["input_word_ids"])
     return {"signature_name": "serving_default",
-            "instances": [{key: tokens[key][i].tolist() for key in TOKEN_KEYS} for i in range(count)]}
+            "instances": [dict(zip(TOKEN_KEYS, row)) for row in zip(*(tokens[key] for key in TOKEN_KEYS))]}
 
 
 def score_locally(tokens, export_dir=HERE):
-    """Probabilities from the export loaded in this process."""
+    """Probabilities from the export loaded in this process (needs tensorflow, not tensorflow-text)."""
     import tensorflow as tf
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
-    return serve(**{key: tf.constant(value) for key, value in tokens.items()})["probabilities"].numpy()
+    outputs = serve(**{key: tf.constant(value, tf.int32) for key, value in tokens.items()})
+    return outputs["probabilities"].numpy().tolist()
 
 
 def score_on_server(tokens, url):
@@ -84,17 +167,22 @@ def score_on_server(tokens, url):
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request) as response:
         predictions = json.load(response)["predictions"]
-    return np.array([p["probabilities"] if isinstance(p, dict) else p for p in predictions])
+    return [p["probabilities"] if isinstance(p, dict) else p for p in predictions]
 
 
-def labelled(probabilities, task, names, threshold=0.5):
-    """What the scores say, as predict.py says it: binary: the second label's score; otherwise each label's."""
+def labelled(probabilities, task, names, threshold=0.5, top_k=1):
+    """One text's result as predict.py --format jsonl gives it (after the text): binary: the second
+    label's score and the label given; multi-class: the top label and its probability (and the top_k);
+    multi-label: the labels at or over the threshold, and each label's probability."""
     if task == "binary":
-        return {"score": round(float(probabilities), 6), "label": names[int(probabilities >= threshold)]}
-    scores = {name: round(float(p), 6) for name, p in zip(names, probabilities)}
-    best = [names[int(np.argmax(probabilities))]] if task == "multiclass" else [
-        name for name, p in zip(names, probabilities) if p >= threshold]
-    return {"labels": best, "probabilities": scores}
+        return {"score": round(float(probabilities), 6), "label": names[int(float(probabilities) >= threshold)]}
+    if task == "multiclass":
+        ranked = sorted(range(len(names)), key=lambda i: -probabilities[i])[:top_k]  # stable, as predict.py
+        top = [{"label": names[i], "probability": round(float(probabilities[i]), 6)} for i in ranked]
+        result = {"label": top[0]["label"], "probability": top[0]["probability"]}
+        return {**result, "top_k": top} if top_k > 1 else result
+    return {"labels": [name for name, p in zip(names, probabilities) if p >= threshold],
+            "probabilities": {name: round(float(p), 6) for name, p in zip(names, probabilities)}}
 
 
 def main(argv=None):
@@ -103,6 +191,11 @@ def main(argv=None):
     parser.add_argument("--export-dir", default=HERE, help="the export (default: this file's folder)")
     parser.add_argument("--request", action="store_true", help="print TF Serving's REST request and stop")
     parser.add_argument("--server", metavar="URL", help="score with TF Serving at URL instead of locally")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="binary: score at or above which a text gets the second label; multi-label: "
+                             "probability at or above which a label is given (default: 0.5)")
+    parser.add_argument("--top-k", type=int, default=1, metavar="K",
+                        help="multi-class: also list the K most likely labels (default: 1)")
     args = parser.parse_args(argv)
     tokens = Tokenizer.of_export(args.export_dir)(args.texts)
     if args.request:
@@ -111,8 +204,10 @@ def main(argv=None):
     probabilities = score_on_server(tokens, args.server) if args.server else score_locally(tokens, args.export_dir)
     with open(os.path.join(args.export_dir, "labels.json")) as f:
         labels = json.load(f)
-    results = [{"text": text, **labelled(p, labels["task"], labels["label_names"])}
+    results = [{"text": text, **labelled(p, labels["task"], labels["display_names"], args.threshold, args.top_k)}
                for text, p in zip(args.texts, probabilities)]
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")  # as predict.py: never fail on what the terminal can't show
     for result in results:
         print(json.dumps(result))
     return results

@@ -3,15 +3,17 @@ loads (stock TF Serving, TF.js's converter, ...), with what a client needs to to
 
 The full SavedModel tokenizes inside its graph with TF Text ops, which stock TF Serving lacks; the
 token classifier behind it (the TF-Hub encoder and the head) uses core ops only, so it is exported
-alone and the client tokenizes with the same vocabulary and settings (see export_client.py).
+alone and the client tokenizes in plain Python with the same vocabulary and settings (see
+export_client.py, copied into the export as client_example.py). The settings are not taken on trust:
+the exporter finds those with which the client reproduces the model's own token ids on probe texts,
+and refuses to export if none does.
 """
 import itertools
 import json
 import os
 import random
+import secrets
 import shutil
-
-import numpy as np
 
 import export_client
 import inference
@@ -20,6 +22,8 @@ import tokenization
 from runtime import tf
 
 TRUNCATIONS = ("head", "tail", "head+tail")
+FILES = ("saved_model.pb", "variables/", "vocab.txt", "tokenizer.json", "labels.json", "labels.txt",
+         "client_example.py")
 
 
 class CoreOpsClassifier(tf.Module):
@@ -41,39 +45,89 @@ class CoreOpsClassifier(tf.Module):
 
 
 def require_new_folder(out):
-    """ValueError if out holds anything: an export never replaces files."""
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise ValueError(f"--out {out} already exists and is not empty; give a new folder (nothing was "
-                         "overwritten)")
+    """ValueError unless out is free: absent, or an empty folder (not a link). An export never
+    replaces anything."""
+    if os.path.islink(out) or (os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out))):
+        raise ValueError(f"--out {out} already exists and is not an empty folder; give a new folder "
+                         "(nothing was overwritten)")
     return out
 
 
+def write_new_folder(out, write):
+    """Call write(folder) on a new folder beside out, then rename it to out: out must not exist, or
+    be an empty folder, then as now. Nothing else is touched (no out.previous, no leftovers): if out
+    was filled meanwhile, the export is discarded and ValueError says so. Returns out's absolute path."""
+    out = os.path.abspath(out)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".{os.path.basename(out)}.export-{secrets.token_hex(6)}")
+    os.mkdir(staging)  # not mkdtemp: the export gets the umask's permissions, so a server can read it
+    try:
+        write(staging)
+        require_new_folder(out)
+        try:
+            if os.path.isdir(out):
+                os.rmdir(out)  # only ever an empty folder: fails if anything is in it
+            os.rename(staging, out)  # fails if out appeared meanwhile and holds anything
+        except OSError as error:
+            raise ValueError(f"--out {out} was filled while exporting ({error.strerror}); give a new folder "
+                             "(nothing was overwritten, the export was discarded)") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def bfloat16_nodes(export_dir):
+    """The nodes of a SavedModel's graphs (and their functions) that compute or cast to bfloat16."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    bf16 = tf.bfloat16.as_datatype_enum
+    found = []
+    for graph in (meta.graph_def for meta in saved.meta_graphs):
+        nodes = itertools.chain(graph.node, *(function.node_def for function in graph.library.function))
+        for node in nodes:
+            if any(value.type == bf16 or bf16 in value.list.type or value.tensor.dtype == bf16
+                   for value in node.attr.values()):
+                found.append(f"{node.op}:{node.name}")
+    return found
+
+
 def export_core_ops(model_dir, out, log=print):
-    """Write the core-ops export of the classifier in model_dir to out (atomically); returns what
-    was written: the folder, the tokenizer settings, the task."""
-    require_new_folder(out)
+    """Write the core-ops export of the classifier in model_dir to the new folder out; returns what
+    was written: the folder, the tokenizer settings, the task and its display names."""
+    require_new_folder(out)  # at once, not after the slow load (and again before the rename)
     model, record = saving.load(model_dir)
     task = inference.task_of_record(record)
+    names = list(inference.display_names(task))  # as predict.py prints them (IMDB: negative, positive)
     settings, vocab_file = tokenizer_settings(model, model_dir, record)
     module = CoreOpsClassifier(model.classify_tokens, task.kind)
+    bfloat16 = []
 
     def write(staging):
         tf.saved_model.save(module, staging, signatures={saving.SERVING_SIGNATURE: module.serve})
+        bfloat16.extend(bfloat16_nodes(staging))
         shutil.copy(vocab_file, os.path.join(staging, "vocab.txt"))
         with open(os.path.join(staging, "tokenizer.json"), "w") as f:
             json.dump(settings, f, indent=2)
         with open(os.path.join(staging, "labels.json"), "w") as f:
-            json.dump({"task": task.kind, "label_names": list(task.label_names)}, f, indent=2)
+            json.dump({"task": task.kind, "label_names": list(task.label_names), "display_names": names}, f,
+                      indent=2)
         with open(os.path.join(staging, "labels.txt"), "w") as f:
-            f.write("".join(f"{name}\n" for name in task.label_names))
+            f.write("".join(f"{name}\n" for name in names))
         shutil.copy(export_client.__file__, os.path.join(staging, "client_example.py"))
 
-    out = saving.write_atomically(out, write)
-    log(f"Core-ops export of {model_dir} ({task.kind}: {', '.join(task.label_names)}) written to {out}: "
+    out = write_new_folder(out, write)
+    if bfloat16:
+        log(f"warning: the export's graph computes in bfloat16 ({len(bfloat16)} ops, e.g. {bfloat16[0]}); "
+            "its scores may differ from predict.py --precision float32 by bfloat16's rounding")
+    log(f"Core-ops export of {model_dir} ({task.kind}: {', '.join(names)}) written to {out}: "
         "saved_model.pb (serving_default: input_word_ids, input_mask, input_type_ids -> probabilities, "
-        "logits), vocab.txt, tokenizer.json, labels.json, labels.txt, client_example.py")
-    return {"out": out, "format": "core-ops", "tokenizer": settings,
-            "task": {"kind": task.kind, "label_names": list(task.label_names)}}
+        "logits), vocab.txt, tokenizer.json, labels.json, labels.txt, client_example.py (needs no TF Text)")
+    return {"out": out, "format": "core-ops", "tokenizer": settings, "bfloat16_ops": len(bfloat16),
+            "task": {"kind": task.kind, "label_names": list(task.label_names), "display_names": names}}
 
 
 def tokenizer_settings(model, model_dir, record):
@@ -82,20 +136,30 @@ def tokenizer_settings(model, model_dir, record):
     empty = model.preprocess(tf.constant([""]))["input_word_ids"].numpy()[0]
     seq_length = len(empty)
     base = {"seq_length": seq_length, "cls_id": int(empty[0]), "sep_id": int(empty[1]), "pad_id": 0,
-            "head_tokens": int(round((seq_length - 2) * tokenization.HEAD_SHARE))}
+            "head_tokens": int(round((seq_length - 2) * tokenization.HEAD_SHARE)), "unk_token": "[UNK]",
+            "max_word_bytes": 100}  # TF Text's BertTokenizer's default
     recorded = record.get("config", {}).get("truncation")
     truncations = sorted(TRUNCATIONS, key=lambda t: t != recorded)  # the recorded one first
+    closest = None  # (probes reproduced, the first probe that was not)
     for vocab_file in vocabulary_candidates(model_dir):
-        probes = probe_texts(vocab_file, seq_length)
-        expected = {key: value.numpy() for key, value in model.preprocess(tf.constant(probes)).items()}
+        try:
+            probes = probe_texts(vocab_file, seq_length)
+        except (ValueError, UnicodeDecodeError):
+            continue  # not a BERT vocabulary
+        expected = {key: value.numpy().tolist() for key, value in model.preprocess(tf.constant(probes)).items()}
         for lower_case, truncation in itertools.product((True, False), truncations):
             settings = {**base, "lower_case": lower_case, "truncation": truncation}
             tokens = export_client.Tokenizer(vocab_file, **settings)(probes)
-            if all(np.array_equal(tokens[key], expected[key]) for key in tokenization.TOKEN_KEYS):
+            same = [all(tokens[key][i] == expected[key][i] for key in tokenization.TOKEN_KEYS)
+                    for i in range(len(probes))]
+            if all(same):
                 return settings, vocab_file
-    raise ValueError(f"{model_dir}: no vocabulary among its assets reproduces its tokenization with a "
-                     "WordPiece (BERT) tokenizer, so a core-ops export could not tokenize like it; "
-                     "serve the full model with a TF Serving build that includes TF Text")
+            if closest is None or sum(same) > closest[0]:
+                closest = (sum(same), probes[same.index(False)])
+    differs = f" (at best, it differs on {closest[1][:60]!r})" if closest else ""
+    raise ValueError(f"{model_dir}: no vocabulary among its assets lets the export's client reproduce its "
+                     f"tokenization with a BERT WordPiece tokenizer{differs}, so a core-ops export could not "
+                     "tokenize like it; serve the full model with a TF Serving build that includes TF Text")
 
 
 def vocabulary_candidates(model_dir):
@@ -107,15 +171,32 @@ def vocabulary_candidates(model_dir):
 
 
 def probe_texts(vocab_file, seq_length, seed=0):
-    """Texts that tell the tokenizer settings apart: capitalised and accented words (casing),
-    punctuation, an empty text, and texts longer than seq_length (truncation)."""
+    """Short texts that tell tokenizers apart (casing, accents and compatibility forms, CJK, emoji,
+    control, format and unusual space characters, punctuation, literal special tokens, words at
+    WordPiece's length limit, an empty text), and texts longer than seq_length (truncation)."""
     with open(vocab_file, encoding="utf-8") as f:
-        words = [line.strip() for line in f if line.strip().isalpha() and line.strip().isascii()]
-    if not words:
-        raise ValueError(f"{vocab_file} has no plain words, so it is not a BERT vocabulary")
+        vocab = [line.rstrip("\n") for line in f]
+    words = [w for w in vocab if w.isalpha() and w.isascii() and w.islower()]
+    if not words or "[UNK]" not in vocab:
+        raise ValueError(f"{vocab_file} has no [UNK] or no plain words, so it is not a BERT vocabulary")
     rng = random.Random(seed)
     common = words[:200]
+    w, v = max(words[:50], key=len), words[-1]
+    vowel = next((i for i, c in enumerate(w) if c in "aeiou"), 0)
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) for c in w)
+    suffixes = [s[2:] for s in vocab if s.startswith("##") and s[2:].isalpha() and s[2:].isascii()]
+    long_words = []
+    if suffixes:  # a word WordPiece covers, at and just over TF Text's 100-byte limit
+        tail = min(suffixes, key=len) * 100
+        long_words = [(w + tail)[:100], (w + tail)[:101]]
     long_text = " ".join(rng.choice(common) for _ in range(3 * seq_length))
-    return ["", " ".join(w.upper() for w in common[:8]), " ".join(w.capitalize() for w in common[-8:]),
-            "Café, naïve résumé! (It's) 3.5 stars...", long_text, long_text.title(),
+    return ["", " ".join(x.upper() for x in common[:4]), " ".join(x.capitalize() for x in common[-4:]),
+            w[:vowel] + w[vowel] + "\u0301" + w[vowel + 1:], w[:vowel] + "\u00e9" + w[vowel + 1:], w.upper() + "\u0300",
+            "Café, naïve résumé! (It's) 3.5 stars...", fullwidth, f"{w}ﬁ ① ß Straße İ ǅ K Σας",
+            f"{w} 电影很好看 {v}", f"映画が{w}好き", f"{w} 영화 ไทย عربي", f"{w}😀 {v} 👍🏽 ❤️ 🇫🇷",
+            f"{w}\x00{v}\x07{w}", f"{w}\t{v}\n{w}\r{v}\x0b{w}\x0c{v}", f"{w}\u00ad{v} {w}\u200b{v}",
+            f"{w}\u200d{v} \ufeff{w} {v}\u2028{w}", f"{w}\x7f{v}\x85{w}\u0600{v}",
+            f"{w}\u00a0{v}\u3000{w}\u2003{v}", "[MASK] [SEP] [CLS]", f"[UNK] {w}[PAD] [unused0]",
+            f"“{w}” ‘{v}’ — {w}… ¿{v}? «{w}»", "$5.00 @user #tag ~`^|\\ a/b-c_d", f"{w}\ufffd{v}",
+            *long_words, long_text, long_text.title(),
             " ".join(rng.choice(common) for _ in range(seq_length - 4)) + " !"]

@@ -1,7 +1,6 @@
 """Issue: serving. The saved model's serving_default signature (run with saved_model_cli), and
 export.py's core-ops export for runtimes without TF Text ops."""
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,10 +20,11 @@ LONG_TEXT = " ".join(["great"] + ["the movie was a film"] * 40 + ["awful"])  # l
 SAVED_MODEL_CLI = [sys.executable, "-c", "import sys, tensorflow_text; from tensorflow.python.tools import "
                    "saved_model_cli; sys.argv[0] = 'saved_model_cli'; sys.exit(saved_model_cli.main())"]
 
-# Run in a fresh process that never imports tensorflow_text: score token ids with each export and
-# list the ops of each SavedModel that this process's TensorFlow does not register.
+# Run in a fresh process that never imports tensorflow_text: each export's client_example.py
+# tokenizes texts and scores them (as it prints them); each export scores given token ids; and the ops
+# of each SavedModel that this process's TensorFlow does not register are listed.
 CORE_ONLY_CHECK = r"""
-import json, sys
+import contextlib, importlib.util, io, json, sys
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
@@ -42,17 +42,45 @@ def ops_outside_core(model_dir):
             ops |= {node.op for node in function.node_def}
     return sorted(op for op in ops - functions if op_def_registry.get(op) is None), len(ops)
 
+def client_of(export_dir):
+    spec = importlib.util.spec_from_file_location("client_example", export_dir + "/client_example.py")
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+    return client
+
 job = json.load(open(sys.argv[1]))
-result = {"scores": {}, "outside_core": {}, "op_count": {}}
+result = {"scores": {}, "outside_core": {}, "op_count": {}, "client_tokens": {}, "client_lines": {}}
 for name, case in job["exports"].items():
     serve = tf.saved_model.load(case["dir"]).signatures["serving_default"]
     outputs = serve(**{key: tf.constant(np.array(value, np.int32)) for key, value in case["tokens"].items()})
     result["scores"][name] = outputs["probabilities"].numpy().tolist()
+    client = client_of(case["dir"])
+    result["client_tokens"][name] = client.Tokenizer.of_export(case["dir"])(job["texts"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        client.main(["--export-dir", case["dir"], *case["argv"], *job["texts"]])
+    result["client_lines"][name] = printed.getvalue().splitlines()
 for name, model_dir in job["ops_of"].items():
     result["outside_core"][name], result["op_count"][name] = ops_outside_core(model_dir)
 result["tensorflow_text_imported"] = "tensorflow_text" in sys.modules
 print(json.dumps(result))
 """
+# The client's REST paths in a process where numpy and tensorflow can't even be imported.
+STDLIB_ONLY_CLIENT = r"""
+import runpy, sys
+sys.modules["numpy"] = sys.modules["tensorflow"] = sys.modules["tensorflow_text"] = None
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+# Texts on which a client must tokenize as the model does: casing, accents, compatibility forms, CJK,
+# emoji, control, format and odd space characters, literal special tokens, long words and texts.
+VARIED = TEXTS + [
+    "GREAT Movie, Wonderful ACTING", "the MOVIE was Très wonderful", "café ÉCOLE naïve", "ｇｒｅａｔ ﬁlm",
+    "电影 great 很好", "映画 was 최고 awful", "great😀 movie 👍🏽 ❤️", "great\x00movie\tfilm\nplot\r!",
+    "soft\u00adly great\u200bmovie zero\u200dwidth \ufeffawful", "great\u00a0movie\u3000plot",
+    "[MASK] great [SEP] film [CLS]",
+    "[UNK] awful [PAD]", "“great” — ‘awful’… ¿plot? ¡story!", "great" + "s" * 95, "great" + "s" * 96,
+    "the Straße İstanbul ß", "great\ufffdfilm", LONG_TEXT, LONG_TEXT.upper(), "great " * 30 + "awful " * 30]
 
 
 def run_quietly(command, **kwargs):
@@ -65,32 +93,61 @@ def binary_dir(trained):
     return trained[0]["--model-dir"]
 
 
-@pytest.fixture(scope="module")
-def multiclass_dir(hub_models, tmp_path_factory):
-    """A multi-class classifier saved as train.py saves it, untrained: these tests compare outputs,
-    not accuracy, and its head+tail truncation is the one the binary model lacks."""
+def untrained_classifier(directory, preprocessor, encoder, task, truncation, precision="float32"):
+    """A classifier saved as train.py saves it, untrained: these tests compare outputs, not accuracy."""
     import config
+    import runtime
     import saving
-    import tasks
     import training
-    cfg = config.resolve(preprocessor=hub_models[0], encoder=hub_models[1], seq_length=24,
-                         truncation="head+tail", precision="float32")
-    task = tasks.Task("multiclass", ("negative", "neutral", "positive"))
+    cfg = config.resolve(preprocessor=preprocessor, encoder=encoder, seq_length=24, truncation=truncation,
+                         precision=precision)
     session = training.Session(cfg, log=lambda *args: None, task=task)
     record = {"config": dataclasses.asdict(cfg), "task": {"kind": task.kind, "label_names": list(task.label_names)}}
-    return saving.save(session.exported, str(tmp_path_factory.mktemp("multiclass") / "model"), record)
+    try:
+        return saving.save(session.exported, str(directory / "model"), record)
+    finally:
+        runtime.set_precision("float32")  # process-wide: not for the rest of the test that made it
 
 
 @pytest.fixture(scope="module")
-def exports(binary_dir, multiclass_dir, tmp_path_factory):
-    """{name: (model dir, core-ops export dir, export.py's result)} for both classifiers."""
+def multiclass_dir(hub_models, tmp_path_factory):
+    """A multi-class classifier with the head+tail truncation the binary model lacks."""
+    import tasks
+    return untrained_classifier(tmp_path_factory.mktemp("multiclass"), *hub_models,
+                                tasks.Task("multiclass", ("negative", "neutral", "positive")), "head+tail")
+
+
+@pytest.fixture(scope="module")
+def cased_dir(hub_models, tmp_path_factory):
+    """A multi-label classifier with a cased preprocessor and tail truncation, built (as train.py
+    --precision bfloat16 builds it) under the bfloat16 rewrite."""
+    import tasks
+    import tiny_hub
+    root = tmp_path_factory.mktemp("cased")
+    preprocessor = tiny_hub.save_preprocessor(str(root / "hub"), lower_case=False)
+    task = tasks.Task("multilabel", ("action", "comedy", "drama"))
+    return untrained_classifier(root, preprocessor, hub_models[1], task, "tail", precision="bfloat16")
+
+
+@pytest.fixture(scope="module")
+def exports(binary_dir, multiclass_dir, cased_dir, tmp_path_factory):
+    """{name: (model dir, core-ops export dir, export.py's result)}. Beside the binary one, a folder
+    of the user's own named like a save's parked model (OUT.previous); the multi-class one goes to an
+    empty folder that already exists."""
     root = tmp_path_factory.mktemp("exports")
+    (root / "binary.previous").mkdir()
+    (root / "binary.previous" / "mine.txt").write_text("mine")
+    (root / "multiclass").mkdir()
     result = {}
-    for name, model_dir in (("binary", binary_dir), ("multiclass", multiclass_dir)):
+    for name, model_dir in (("binary", binary_dir), ("multiclass", multiclass_dir), ("cased", cased_dir)):
         out = str(root / name)
         result[name] = (model_dir, out, export.main(["--model-dir", model_dir, "--out", out,
                                                       "--format", "core-ops"]))
     return result
+
+
+# The client's flags that change its output, with predict.py's of the same name.
+LABELLING = {"binary": ["--threshold", "0.4"], "multiclass": ["--top-k", "2"], "cased": ["--threshold", "0.45"]}
 
 
 def predicted(model_dir, texts, capsys):
@@ -98,6 +155,33 @@ def predicted(model_dir, texts, capsys):
     results = predict.main(["--model-dir", model_dir, "--format", "jsonl", "--precision", "float32", *texts])
     capsys.readouterr()
     return np.array(results)
+
+
+def predicted_lines(model_dir, texts, capsys, flags=()):
+    """What predict.py --format jsonl prints for texts, parsed."""
+    capsys.readouterr()
+    predict.main(["--model-dir", model_dir, "--format", "jsonl", "--precision", "float32", *flags, *texts])
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def assert_same_results(lines, expected, what):
+    """JSON results alike: texts and labels exactly, probabilities and scores to 1e-5."""
+    assert len(lines) == len(expected), what
+    for line, want in zip(lines, expected):
+        got = json.loads(line) if isinstance(line, str) else line
+        assert got.keys() == want.keys(), (what, got, want)
+        for key, value in want.items():
+            if key in ("score", "probability"):
+                assert abs(got[key] - value) <= 1e-5, (what, got, want)
+            elif key == "probabilities":
+                assert got[key].keys() == value.keys(), (what, got, want)
+                np.testing.assert_allclose(list(got[key].values()), list(value.values()), atol=1e-5, err_msg=what)
+            elif key == "top_k":
+                assert [e["label"] for e in got[key]] == [e["label"] for e in value], (what, got, want)
+                np.testing.assert_allclose([e["probability"] for e in got[key]],
+                                           [e["probability"] for e in value], atol=1e-5, err_msg=what)
+            else:
+                assert got[key] == value, (what, key, got, want)
 
 
 def full_model_scores(model_dir, texts):
@@ -148,15 +232,20 @@ def test_saved_model_cli_shows_and_runs_the_signature(binary_dir, capsys):
     np.testing.assert_allclose(scores, predicted(binary_dir, texts, capsys), atol=1e-5)
 
 
-def test_core_ops_export_scores_like_the_full_model_without_tf_text(exports, tmp_path):
-    job = {"exports": {}, "ops_of": {}}
-    expected = {}
+def test_core_ops_export_and_its_client_work_without_tf_text(exports, tmp_path, capsys):
+    """In a process that never imports tensorflow_text: the export scores as the full model does, its
+    client tokenizes varied texts into the model's own ids and prints what predict.py prints, and its
+    graph holds only ops core TensorFlow registers (which the full model's does not)."""
+    job = {"exports": {}, "ops_of": {}, "texts": VARIED}
+    expected, expected_tokens = {}, {}  # the full model's probabilities and token ids
     for name, (model_dir, out, result) in exports.items():
-        assert result["format"] == "core-ops" and result["task"]["kind"] == name
-        assert {"saved_model.pb", "vocab.txt", "tokenizer.json", "labels.json", "labels.txt",
-                "client_example.py"} <= set(os.listdir(out))
-        tokens, expected[name] = full_model_scores(model_dir, TEXTS + [LONG_TEXT])
-        job["exports"][name] = {"dir": out, "tokens": {key: value.tolist() for key, value in tokens.items()}}
+        assert result["format"] == "core-ops" and result["task"]["kind"] == {"cased": "multilabel"}.get(name, name)
+        written = {"saved_model.pb", "variables", "vocab.txt", "tokenizer.json", "labels.json", "labels.txt",
+                   "client_example.py"}
+        assert written <= set(os.listdir(out)) <= written | {"fingerprint.pb", "assets"}
+        tokens, expected[name] = full_model_scores(model_dir, VARIED)
+        expected_tokens[name] = {key: value.tolist() for key, value in tokens.items()}
+        job["exports"][name] = {"dir": out, "tokens": expected_tokens[name], "argv": LABELLING[name]}
         job["ops_of"][f"{name} export"] = out
     job["ops_of"]["full model"] = exports["binary"][0]
     with open(tmp_path / "job.json", "w") as f:
@@ -167,43 +256,104 @@ def test_core_ops_export_scores_like_the_full_model_without_tf_text(exports, tmp
     assert checked.returncode == 0, checked.stderr[-3000:]
     result = json.loads(checked.stdout.strip().splitlines()[-1])
     assert result["tensorflow_text_imported"] is False
-    for name in exports:
+    for name, (model_dir, out, _) in exports.items():
         np.testing.assert_allclose(result["scores"][name], expected[name], atol=1e-5)
         assert result["outside_core"][f"{name} export"] == [] and result["op_count"][f"{name} export"] > 20
+        for key, value in expected_tokens[name].items():
+            for text, made, want in zip(VARIED, result["client_tokens"][name][key], value):
+                assert made == want, f"{name} {key} {text!r}"
+        assert_same_results(result["client_lines"][name], predicted_lines(model_dir, VARIED, capsys, LABELLING[name]),
+                            name)
     # The check can fail: the full model's graph holds TF Text ops that core TensorFlow lacks.
     assert {"CaseFoldUTF8", "WordpieceTokenizeWithOffsets"} <= set(result["outside_core"]["full model"])
 
 
-def load_client(out):
-    spec = importlib.util.spec_from_file_location(f"client_{os.path.basename(out)}",
-                                                  os.path.join(out, "client_example.py"))
-    client = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(client)
-    return client
-
-
-def test_client_example_tokenizes_and_scores_as_the_model_does(exports, capsys):
-    texts = TEXTS + [LONG_TEXT, LONG_TEXT.upper(), "great " * 30 + "awful " * 30]
+def test_export_writes_the_settings_and_names_the_model_uses(exports):
+    import exporting
+    expected = {"binary": (True, "head", ["negative", "positive"]),
+                "multiclass": (True, "head+tail", ["negative", "neutral", "positive"]),
+                "cased": (False, "tail", ["action", "comedy", "drama"])}
     for name, (model_dir, out, result) in exports.items():
-        assert result["tokenizer"]["truncation"] == {"binary": "head", "multiclass": "head+tail"}[name]
-        assert result["tokenizer"]["lower_case"] is True
-        client = load_client(out)
+        lower_case, truncation, names = expected[name]
+        with open(os.path.join(out, "tokenizer.json")) as f:
+            settings = json.load(f)
+        assert settings == result["tokenizer"]
+        assert (settings["lower_case"], settings["truncation"], settings["seq_length"]) == (
+            lower_case, truncation, {"binary": 64}.get(name, 24))
+        with open(os.path.join(out, "labels.json")) as f:
+            labels = json.load(f)
+        assert labels["display_names"] == names == result["task"]["display_names"]  # IMDB's neg/pos as predict.py says
+        with open(os.path.join(out, "labels.txt")) as f:
+            assert f.read().splitlines() == names
+        # The bfloat16 rewrite is grappler's, at run time: a model built under it exports a float32 graph.
+        assert result["bfloat16_ops"] == 0 and exporting.bfloat16_nodes(out) == []
+
+
+def test_bfloat16_in_a_graph_is_found(tmp_path):
+    """The control for the check above: a graph that does compute in bfloat16 is caught."""
+    import exporting
+    from runtime import tf
+
+    class Half(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def __call__(self, x):
+            return tf.cast(tf.cast(x, tf.bfloat16) * 2, tf.float32)
+
+    module = Half()
+    tf.saved_model.save(module, str(tmp_path), signatures=module.__call__)
+    assert exporting.bfloat16_nodes(str(tmp_path))
+
+
+def test_client_rest_paths_need_only_the_standard_library(exports, capsys):
+    """--request and --server in a process where numpy and tensorflow can't be imported, against a
+    stand-in for TF Serving's REST predict API (row format) that runs the export's signature."""
+    import http.server
+    import threading
+    from runtime import tf
+    texts = ["The movie was great!", "awful boring plot", "Café ÉCOLE 电影 😀", LONG_TEXT]
+    for name, (model_dir, out, _) in exports.items():
+        serve = tf.saved_model.load(out).signatures["serving_default"]
+
+        class Serving(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                assert self.path == "/v1/models/core:predict" and body["signature_name"] == "serving_default"
+                columns = {key: tf.constant([row[key] for row in body["instances"]], tf.int32)
+                           for key in ("input_word_ids", "input_mask", "input_type_ids")}
+                outputs = {key: value.numpy().tolist() for key, value in serve(**columns).items()}
+                rows = [dict(zip(outputs, values)) for values in zip(*outputs.values())]
+                answer = json.dumps({"predictions": rows}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Serving)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            client = [sys.executable, "-c", STDLIB_ONLY_CLIENT, os.path.join(out, "client_example.py")]
+            url = f"http://127.0.0.1:{server.server_address[1]}/v1/models/core"
+            scored = run_quietly(client + ["--server", url, *LABELLING[name], *texts])
+            requested = run_quietly(client + ["--request", *texts])
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert scored.returncode == 0, scored.stderr[-2000:]
+        assert_same_results(scored.stdout.splitlines(), predicted_lines(model_dir, texts, capsys, LABELLING[name]),
+                            name)
+        assert requested.returncode == 0, requested.stderr[-2000:]
+        request = json.loads(requested.stdout)
         tokens, _ = full_model_scores(model_dir, texts)
-        made = client.Tokenizer.of_export(out)(texts)
+        assert request["signature_name"] == "serving_default"
         for key, value in tokens.items():
-            np.testing.assert_array_equal(made[key], value, err_msg=f"{name} {key}")
-        results = client.main(["--export-dir", out, *texts])
-        scores = [row["score"] for row in results] if name == "binary" else [
-            list(row["probabilities"].values()) for row in results]
-        np.testing.assert_allclose(scores, predicted(model_dir, texts, capsys), atol=2e-6)  # printed to 6 places
-        client.main(["--export-dir", out, "--request", "great film", "awful"])
-        request = json.loads(capsys.readouterr().out)
-        assert request["signature_name"] == "serving_default" and len(request["instances"]) == 2
-        assert set(request["instances"][0]) == {"input_word_ids", "input_mask", "input_type_ids"}
+            assert [instance[key] for instance in request["instances"]] == value.tolist()
 
 
 def test_client_truncates_as_the_suite_does(hub_models):
-    """Each truncation, not only the two the exported models use, against tokenization.TextToTokens."""
+    """Each truncation, not only those the exported models use, against tokenization.TextToTokens."""
     import export_client
     import tokenization
     from runtime import tf
@@ -230,6 +380,29 @@ def test_tokenizer_settings_are_found_not_trusted(multiclass_dir):
     assert os.path.basename(vocab_file) == "vocab.txt"
 
 
+class TokensOnly:
+    """What tokenizer_settings reads of a saved classifier: its preprocess."""
+
+    def __init__(self, preprocessor_dir, seq_length=16, truncation="head"):
+        import tokenization
+        from runtime import tf
+        self.preprocess = tokenization.TextToTokens(tf.saved_model.load(preprocessor_dir), seq_length, truncation)
+
+
+def test_a_tokenizer_the_client_cannot_mimic_is_refused_in_one_line(hub_models, tmp_path):
+    """A cased preprocessor that NFKC-normalizes (full-width letters become ASCII) is neither of the
+    client's tokenizers: the probes catch it. The stock tiny preprocessor is the control."""
+    import exporting
+    import tiny_hub
+    settings, _ = exporting.tokenizer_settings(TokensOnly(hub_models[0]), hub_models[0], {})
+    assert settings["lower_case"] is True and settings["truncation"] == "head"
+    nfkc = tiny_hub.save_preprocessor(str(tmp_path / "nfkc"), lower_case=False, normalization_form="NFKC")
+    with pytest.raises(ValueError) as refused:
+        exporting.tokenizer_settings(TokensOnly(nfkc), nfkc, {})
+    message = str(refused.value)
+    assert "\n" not in message and "could not tokenize like it" in message and "TF Text" in message
+
+
 def test_bad_exports_are_refused_in_one_line(binary_dir, tmp_path, capsys):
     not_a_model = tmp_path / "not_a_model"
     not_a_model.mkdir()
@@ -246,3 +419,51 @@ def test_bad_exports_are_refused_in_one_line(binary_dir, tmp_path, capsys):
     assert os.listdir(taken) == ["keep.txt"] and (taken / "keep.txt").read_text() == "mine"
     with pytest.raises(SystemExit):  # argparse: --out is required
         export.main(["--model-dir", binary_dir])
+
+
+def test_an_export_touches_nothing_else(exports):
+    """A folder named like a save's parked model (OUT.previous) is the user's: an export leaves it be,
+    and leaves no staging folders behind."""
+    root = os.path.dirname(exports["binary"][1])
+    assert (open(os.path.join(root, "binary.previous", "mine.txt")).read()) == "mine"
+    assert sorted(os.listdir(root)) == ["binary", "binary.previous", "cased", "multiclass"]
+
+
+def test_a_folder_filled_during_the_export_is_left_alone(binary_dir, tmp_path, capsys, monkeypatch):
+    """--out empty when checked, then filled while the model loads: refused in one line, untouched."""
+    import saving
+    out = tmp_path / "out"
+    out.mkdir()
+    load = saving.load
+
+    def slow_load(model_dir):
+        (out / "keep.txt").write_text("mine")  # someone else writes there meanwhile
+        return load(model_dir)
+
+    monkeypatch.setattr(saving, "load", slow_load)
+    assert cli.run(export.main, ["--model-dir", binary_dir, "--out", str(out)]) == cli.EXIT_ERROR
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "--out" in error and len(error.strip().splitlines()) == 1
+    assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # the staging folder is gone
+
+
+def test_the_final_rename_never_replaces_a_filled_folder(tmp_path, monkeypatch):
+    """Even when out fills after the last check, the rename fails rather than replace it."""
+    import exporting
+    out = tmp_path / "out"
+
+    def write(staging):
+        with open(os.path.join(staging, "saved_model.pb"), "w") as f:
+            f.write("export")
+        out.mkdir(exist_ok=True)
+        (out / "keep.txt").write_text("mine")
+
+    monkeypatch.setattr(exporting, "require_new_folder", lambda folder: folder)  # the race: after the check
+    with pytest.raises(ValueError) as refused:
+        exporting.write_new_folder(str(out), write)
+    assert "filled while exporting" in str(refused.value) and "\n" not in str(refused.value)
+    assert os.listdir(out) == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["out"]
+    monkeypatch.undo()
+    fresh = exporting.write_new_folder(str(tmp_path / "new" / "export"), lambda staging: None)
+    assert os.path.isdir(fresh) and sorted(os.listdir(tmp_path / "new")) == ["export"]

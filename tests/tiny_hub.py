@@ -26,13 +26,17 @@ WIDTH = 32
 
 
 class TinyPreprocessor(tf.Module):
-    def __init__(self, vocab_file, seq_length=128):
+    """lower_case and tokenizer_options (e.g. normalization_form) go to TF Text's BertTokenizer:
+    the uncased default is bert_en_uncased_preprocess's; lower_case=False is a cased preprocessor's."""
+
+    def __init__(self, vocab_file, seq_length=128, lower_case=True, **tokenizer_options):
         super().__init__()
         self.vocab_file = tf.saved_model.Asset(vocab_file)
         table = tf.lookup.StaticVocabularyTable(
             tf.lookup.TextFileInitializer(vocab_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
                                           tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER), num_oov_buckets=1)
-        self.tokenizer = text.BertTokenizer(table, lower_case=True, token_out_type=tf.int32)
+        self.tokenizer = text.BertTokenizer(table, lower_case=lower_case, token_out_type=tf.int32,
+                                            **tokenizer_options)
         self.seq_length = seq_length
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -56,6 +60,18 @@ class TinyPreprocessor(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def __call__(self, sentences):
         return self._pack([self.tokenizer.tokenize(sentences)], self.seq_length)
+
+
+def save_preprocessor(directory, lower_case=True, **tokenizer_options):
+    """Write another tiny preprocessor (same vocabulary, so it suits the tiny encoder) to directory,
+    e.g. a cased one (lower_case=False); return its path."""
+    os.makedirs(directory, exist_ok=True)
+    vocab_file = os.path.join(directory, "vocab.txt")
+    with open(vocab_file, "w") as f:
+        f.write("\n".join(VOCAB) + "\n")
+    preprocess = os.path.join(directory, "preprocess")
+    tf.saved_model.save(TinyPreprocessor(vocab_file, lower_case=lower_case, **tokenizer_options), preprocess)
+    return preprocess
 
 
 def build_encoder(layers=2, width=WIDTH, heads=2, seed=0):
