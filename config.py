@@ -168,6 +168,15 @@ class Config:
                                   "and BERT reads only --seq-length tokens of a text")
     drain_timeout_s: float = _option(30.0, "on SIGTERM, how long in-flight requests may run before they are "
                                      "cut off (Kubernetes' default grace period)")
+    max_texts_per_request: int = _option(256, "requests with more texts get 400: TF Serving clients send small "
+                                         "batches, and bulk scoring is predict.py --file's job")
+    max_queued_texts: int = _option(2048, "texts waiting for a model call; past it a request gets 503 at once, "
+                                    "as TF Serving's max_enqueued_batches does, instead of a long wait")
+
+    # How a model's probabilities become labels (predict.py and serve.py).
+    threshold: float = _option(0.5, "binary: score at or above which a text gets the second label (IMDB: pos); "
+                               "multi-label: probability at or above which a label is given")
+    top_k: int = _option(1, "multi-class: give the K most likely labels, each with its probability")
 
     def encoder_handle(self):
         return self.encoder or BERT_ENCODERS[self.bert_model]
@@ -183,12 +192,14 @@ class Config:
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown --recipe {self.recipe!r}; use one of {', '.join(RECIPES)}")
         for name in ("epochs", "batch_size", "eval_batch_size", "serve_batch_size", "max_request_bytes",
-                     "max_text_chars"):
+                     "max_text_chars", "max_texts_per_request", "max_queued_texts", "top_k"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"--{flag_name(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("max_examples", "checkpoint_every", "early_stopping_patience"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+                raise ValueError(f"--{flag_name(name)} must be 0 or more, got {getattr(self, name)}")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if not 0 < self.validation_split < 1:
             raise ValueError(f"--validation-split must be between 0 and 1 (the tutorial uses 0.2), "
                              f"got {self.validation_split}")
@@ -213,6 +224,10 @@ class Config:
                              f"got {self.port}")
         if self.batch_timeout_ms < 0 or self.drain_timeout_s < 0:
             raise ValueError("--batch-timeout-ms and --drain-timeout-s must be 0 or more")
+        if self.max_queued_texts < self.max_texts_per_request:
+            raise ValueError(f"--max-queued-texts {self.max_queued_texts} is below --max-texts-per-request "
+                             f"{self.max_texts_per_request}, so the largest requests could never be queued; "
+                             "raise it or lower --max-texts-per-request")
         if self.model_name and not MODEL_NAME_PATTERN.fullmatch(self.model_name):
             raise ValueError(f"--model-name {self.model_name!r} can't be part of a URL path; use letters, "
                              "digits, '.', '_' and '-'")
@@ -252,9 +267,12 @@ class Config:
 MIN_SEQ_LENGTH = 8
 # What a model's name in /v1/models/NAME may hold: no '/' or ':', which the URL's paths use.
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# Config fields only serve.py reads: train.py offers no flags for them.
+# Config fields that turn a saved model's probabilities into labels: predict.py's and serve.py's.
+LABELLING_FIELDS = ("threshold", "top_k")
+# Config fields only serve.py (and, for LABELLING_FIELDS, predict.py) reads: train.py offers no flags for them.
 SERVING_FIELDS = ("host", "port", "model_name", "serve_batch_size", "batch_timeout_ms", "max_request_bytes",
-                  "max_text_chars", "drain_timeout_s")
+                  "max_text_chars", "drain_timeout_s", "max_texts_per_request", "max_queued_texts",
+                  *LABELLING_FIELDS)
 
 # Named recipes: what each changes from the Config defaults above (which are `best`, the best
 # measured here: README, benchmarks/accuracy.py); explicit flags override a recipe.
@@ -277,8 +295,10 @@ RECIPES = {
 FLAG_NAMES = {"serve_batch_size": "batch-size"}
 
 
-def _flag(name):
+def flag_name(name):
+    """The command-line flag of a Config field, without its leading --: serve_batch_size -> batch-size."""
     return FLAG_NAMES.get(name, name.replace("_", "-"))
+
 
 
 def add_flags(parser, names, defaults=None):
@@ -306,7 +326,7 @@ def add_flags(parser, names, defaults=None):
         else:
             kwargs["type"] = type(spec.default)
             kwargs["metavar"] = name.upper()
-        parser.add_argument(f"--{_flag(name)}", **kwargs)
+        parser.add_argument(f"--{flag_name(name)}", **kwargs)
     return parser
 
 

@@ -20,14 +20,9 @@ def parse(argv=None):
     parser.add_argument("--file", metavar="PATH", help="score each line of PATH ('-' = standard input)")
     parser.add_argument("--format", choices=config.OUTPUT_FORMATS, default="table",
                         help="table (aligned, as the tutorial prints), jsonl or csv (default: table)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="binary: score at or above which a text gets the second label (IMDB: pos); "
-                             "multi-label: probability at or above which a label is given (default: 0.5)")
-    parser.add_argument("--top-k", type=int, default=1, metavar="K",
-                        help="multi-class: show the K most likely labels (default: 1)")
     parser.add_argument("--batch-size", dest="eval_batch_size", type=int, default=None, metavar="N",
                         help=f"reviews per batch (default: {config.Config.eval_batch_size})")
-    config.add_flags(parser, ["model_dir", "precision", "debug"])
+    config.add_flags(parser, ["model_dir", *config.LABELLING_FIELDS, "precision", "debug"])
     return parser.parse_args(argv)
 
 
@@ -46,12 +41,11 @@ def main(argv=None):
     cfg = config.from_args(args)
     cli.require_model_dir(args.model_dir or config.Config.model_dir)
     import inference  # TensorFlow loads only once the flags are known to be good
-    threshold = inference.check_threshold(args.threshold)
     model, record, _ = inference.load_model(cfg.model_dir, cfg.precision)
     task = inference.task_of_record(record)
-    inference.check_top_k(task, args.top_k)
+    inference.check_top_k(task, cfg.top_k)
     texts = args.sentences or inference.read_lines(args.file or "-")
-    writer = inference.Writer(args.format, task, threshold, args.top_k, inference.stdout_text())
+    writer = inference.Writer(args.format, task, cfg.threshold, cfg.top_k, inference.stdout_text())
     results = []
     for text, probabilities in inference.predict(model, task, texts, cfg.eval_batch_size,
                                                  progress=bool(args.file)):

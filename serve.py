@@ -4,7 +4,9 @@
     curl -d '{"instances": ["The movie was great!"]}' http://127.0.0.1:8501/v1/models/imdb_bert:predict
     python serve.py --batch-size 1     # no batching: one text per model call
 
-SIGTERM or Ctrl-C stops it: no new connections, the requests in flight are answered, then it exits 0.
+SIGTERM or Ctrl-C stops it: no new connections, the requests in flight and queued are answered, then it
+exits 0; if --drain-timeout-s passes first, the requests left are cut off and it exits 2, saying so.
+The request and answer shapes, routes and limits: serving.py's docstring.
 """
 import argparse
 import sys
@@ -18,13 +20,9 @@ MEMORY_FLAGS = "--batch-size"  # named by cli.run when memory runs out; the mode
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="binary: score at or above which a text gets the second label (IMDB: pos); "
-                             "multi-label: probability at or above which a label is given (default: 0.5)")
-    parser.add_argument("--top-k", type=int, default=1, metavar="K",
-                        help="multi-class: give the K most likely labels (default: 1)")
     config.add_flags(parser, ["model_dir", "model_name", "host", "port", "serve_batch_size", "batch_timeout_ms",
-                              "max_request_bytes", "max_text_chars", "drain_timeout_s", "precision", "debug"])
+                              "max_request_bytes", "max_text_chars", "max_texts_per_request", "max_queued_texts",
+                              "drain_timeout_s", *config.LABELLING_FIELDS, "precision", "debug"])
     return parser.parse_args(argv)
 
 
@@ -36,7 +34,7 @@ def main(argv=None):
     name = serving.model_name(cfg)
     sock = serving.bind(cfg.host, cfg.port)
     try:
-        servable = serving.Servable.load(cfg, args.threshold, args.top_k, log=_log)
+        servable = serving.Servable.load(cfg, log=_log)
         _log(f"Serving {name} at http://{cfg.host}:{cfg.port}/v1/models/{name}:predict; up to "
              f"{cfg.serve_batch_size} texts per model call, gathered for at most {cfg.batch_timeout_ms:g} ms")
         serving.serve(serving.create_app(servable, name, cfg), sock, cfg)

@@ -2,23 +2,46 @@
 
     POST /v1/models/NAME[/versions/1]:predict   {"instances": [...]} -> {"predictions": [...]}
                                                 {"inputs": [...]}    -> {"outputs": {...}}
-    GET  /v1/models/NAME[/versions/1]           model_version_status, plus the run record
-    GET  /v1/models/NAME[/versions/1]/metadata  the signature: input "text", the outputs
-    GET  /healthz                               200 once the model is loaded and warmed up, with
-                                                the model calls made and texts scored so far
+    GET  /v1/models/NAME[/versions/1]           TensorFlow Serving's model_version_status, exactly
+    GET  /v1/models/NAME[/versions/1]/metadata  TensorFlow Serving's signature_def of serving_default
+    GET  /v1/models/NAME[/versions/1]/record    not TensorFlow Serving's: the task, --threshold, --top-k
+                                                and the run record the model was saved with
+    GET  /healthz                               200 once the model is loaded and warmed up, with the
+                                                model calls made and texts scored, queued and dropped;
+                                                503 if the Batcher has died
 
-Errors are TensorFlow Serving's `{"error": "..."}` with a 4xx status. Texts from concurrent
-requests share model calls (`Batcher`), scored one call at a time in a worker thread by the
-suite's fast path (scoring.logits_of: each call padded to its longest text). TensorFlow loads
-only in `Servable.load`, so flag and port errors come at once.
+A text is a JSON string or TensorFlow Serving's {"b64": "..."} (its decoded bytes are the text),
+given as itself or as {"text": ...} in the row format. Each prediction holds the saved model's
+serving_default outputs, `probabilities` (binary: the positive label's, a number; otherwise one
+per label) and `label_names`, plus the label fields predict.py's --format jsonl writes (binary:
+score and label; multi-class: label and probability, and top_k with --top-k over 1; multi-label:
+labels); the columnar format answers each of them as a list, one value per text.
+
+The status and metadata answers have TensorFlow Serving's exact shapes: strict clients parse them.
+Metadata describes every output that is a dense tensor with its dtype and shape (batch = -1) and
+the saved signature's tensor names; top_k and labels, lists whose length varies, are not tensors
+and are left out, as is TensorFlow Serving's "@type" (its REST handler unpacks the Any holding the
+SignatureDefMap, so its answer has none either). The run record, which TensorFlow Serving has no
+place for, is under /record.
+
+Errors are TensorFlow Serving's `{"error": "..."}`: 4xx for the request's fault, 503 when the
+queue is full (--max-queued-texts, as TensorFlow Serving's max_enqueued_batches) or the Batcher
+has died, 500 when a model call fails. Texts from concurrent requests share model calls
+(`Batcher`), scored one call at a time in a worker thread by the suite's fast path
+(scoring.logits_of: each call padded to its longest text). TensorFlow loads only in
+`Servable.load`, so flag and port errors come at once.
 """
 import asyncio
+import base64
+import binascii
+import collections
 import concurrent.futures
 import contextlib
 import json
 import os
 import signal
 import socket
+import sys
 
 import fastapi
 import uvicorn
@@ -32,6 +55,7 @@ MODEL_VERSION = "1"  # one model, served as the version TensorFlow Serving gives
 SIGNATURE = "serving_default"
 INPUT_NAME = "text"  # as the exported SavedModel's serving_default names its input
 DRAIN_SECONDS = 5.0  # how long an over-size body is read and dropped, so its client sees the 413
+CLIENT_GONE = 499  # nginx's status for a client that closed its connection before the answer
 JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
               bool: "true/false", type(None): "null"}
 
@@ -73,100 +97,228 @@ def bind(host, port):
 
 
 class Servable:
-    """The loaded model and what its answers say: texts -> one JSON result each, as predict.py's
-    --format jsonl gives them."""
+    """The loaded model and what its answers say: texts (str or bytes) -> one JSON result each."""
 
-    def __init__(self, model, record, task, threshold, top_k, batch_size):
+    def __init__(self, model, record, task, threshold, top_k, batch_size, tensor_names=None):
         self.model, self.record, self.task = model, record, task
         self.threshold, self.top_k, self.batch_size = threshold, top_k, batch_size
+        self.tensor_names = tensor_names or {}  # serving_default's input/output -> its graph tensor
 
     @classmethod
-    def load(cls, cfg, threshold, top_k, log=print):
+    def load(cls, cfg, log=print):
         import inference  # TensorFlow loads here, once the flags and the port are known to be good
-        inference.check_threshold(threshold)
         model, record, precision = inference.load_model(cfg.model_dir, cfg.precision)
         task = inference.task_of_record(record)
-        inference.check_top_k(task, top_k)
-        servable = cls(model, record, task, threshold, top_k, cfg.serve_batch_size)
+        inference.check_top_k(task, cfg.top_k)
+        servable = cls(model, record, task, cfg.threshold, cfg.top_k, cfg.serve_batch_size,
+                       signature_tensor_names(cfg.model_dir))
         servable.score(["A warm-up review, so the first request is not the one that waits."])
         log(f"Loaded {cfg.model_dir} ({task.kind}: {', '.join(task.label_names)}; {precision})")
         return servable
 
     def score(self, texts):
         """One JSON result per text; a model call per batch_size texts (one call from the Batcher)."""
-        import inference
         import scoring
         logits = scoring.logits_of(self.model, texts, self.batch_size)
-        return [inference.json_result(self.task, probabilities, self.threshold, self.top_k)
-                for probabilities in self.task.probabilities(logits)]
+        return [self.result(probabilities) for probabilities in self.task.probabilities(logits)]
+
+    def result(self, probabilities):
+        """serving_default's outputs for one text, then predict.py's --format jsonl fields."""
+        import inference
+        import numpy as np
+        result = inference.json_result(self.task, probabilities, self.threshold, self.top_k)
+        result.pop("probabilities", None)  # multi-label's {name: probability}: given as the signature's list
+        values = np.atleast_1d(np.asarray(probabilities, dtype=np.float32)).tolist()
+        values = [float(f"{value:.7g}") for value in values]  # float32's digits, not float64's noise
+        return {**result, "probabilities": values[0] if self.task.kind == "binary" else values,
+                "label_names": list(self.task.label_names)}
+
+
+def signature_tensor_names(model_dir):
+    """{input or output name: graph tensor name} of the SavedModel's serving_default, as TensorFlow
+    Serving's metadata names them; {} for a model saved without that signature."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(model_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    signatures = saved.meta_graphs[0].signature_def if saved.meta_graphs else {}
+    if SIGNATURE not in signatures:
+        return {}
+    signature = signatures[SIGNATURE]
+    return {name: info.name for infos in (signature.inputs, signature.outputs) for name, info in infos.items()}
+
+
+class Job:
+    """One request's texts in the Batcher: taken into model calls a few at a time, its results
+    collected in order; `future` gets them all, or the first failure."""
+
+    def __init__(self, texts, future):
+        self.texts, self.future = texts, future
+        self.results = [None] * len(texts)
+        self.next = 0  # the first text not yet taken into a model call
+        self.unanswered = len(texts)
+
+    @property
+    def waiting(self):
+        return len(self.texts) - self.next
+
+
+class ClientGone(Exception):
+    """The client hung up while its texts waited."""
 
 
 class Batcher:
     """Gathers texts from concurrent requests into model calls of up to batch_size texts.
 
-    A call starts when batch_size texts wait, or timeout_s after the first of them arrived; texts
-    that arrive while the worker thread scores a batch wait for the next call, so under load
-    batches fill without waiting. batch_size 1 = one text per call.
+    A call starts when batch_size texts wait, or timeout_s after the worker found the first of
+    them waiting; texts that arrive while the worker thread scores a batch wait for the next call,
+    so under load batches fill without waiting. batch_size 1 = one text per call.
+
+    Each request is queued as one Job, and calls take texts from the waiting jobs in turn (one text
+    from each, round and round), so a large request shares every call with the small ones that
+    come after it instead of holding them back until it is done. At most max_queued texts wait:
+    past that, a request is refused (503) at once. A request that fails (its model call raised) or
+    is abandoned (its client hung up, or its handler was cancelled) has its waiting texts taken out
+    of the queue; a call already holding some of them scores them and drops their results.
     """
 
-    def __init__(self, score, batch_size, timeout_s):
+    def __init__(self, score, batch_size, timeout_s, max_queued=None):
         self.score_batch, self.batch_size, self.timeout_s = score, batch_size, timeout_s
-        self.queue = asyncio.Queue()
+        self.max_queued = max_queued
+        self.jobs = collections.deque()  # jobs with texts not yet taken, in turn order
+        self.queued = 0  # texts waiting in self.jobs
+        self.arrived = asyncio.Event()
         self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")  # one call at a time
         self.task = None
         self.calls = self.texts = 0  # model calls made and texts scored, for /healthz
+        self.dropped = 0  # texts taken out of the queue unscored: their request failed or was abandoned
 
     def start(self):
         self.task = asyncio.get_running_loop().create_task(self._run())
+        self.task.add_done_callback(self._died)
+
+    def failure(self):
+        """Why the Batcher can score nothing more (a one-line reason), or None while it runs."""
+        if self.task is None:
+            return "the batcher has not started"
+        if not self.task.done():
+            return None
+        if self.task.cancelled():
+            return "the batcher has stopped"
+        error = self.task.exception()
+        return f"the batcher died: {type(error).__name__}: {_first_line(error)}"
+
+    def _died(self, task):
+        """When the worker loop ends (a bug, or close()), the requests still waiting get a 503."""
+        reason = self.failure()
+        if not task.cancelled():
+            print(f"error: {reason}; /healthz now answers 503, restart the server", file=sys.stderr, flush=True)
+        for job in list(self.jobs):
+            if not job.future.done():
+                job.future.set_exception(RequestError(503, f"{reason}; retry on another server"))
+            self._drop(job)
 
     async def close(self):
         """Stop once every queued text is scored (uvicorn has drained the requests by now)."""
-        while not self.queue.empty() and not self.task.done():
+        while self.queued and not self.task.done():
             await asyncio.sleep(0.01)
         self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await asyncio.wait({self.task})  # raises nothing: a death was reported when it happened
         self.worker.shutdown(wait=True)
 
-    async def score(self, texts):
-        """The results of texts, in order, scored among other requests' texts."""
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in texts]
-        for text, future in zip(texts, futures):
-            self.queue.put_nowait((text, future))
-        return await asyncio.gather(*futures)
+    async def score(self, texts, gone=None):
+        """The results of texts, in order, scored among other requests' texts. gone: a function
+        whose awaitable returns if the client hangs up, whereupon the texts still waiting are
+        dropped and ClientGone is raised. RequestError (503) if the queue is full or the Batcher
+        has died."""
+        reason = self.failure()
+        if reason:
+            raise RequestError(503, f"{reason}; retry on another server")
+        if self.max_queued is not None and self.queued + len(texts) > self.max_queued:
+            raise RequestError(503, f"the server is busy: {self.queued:,} texts wait for the model and "
+                                    f"{len(texts):,} more would pass --max-queued-texts {self.max_queued:,}; "
+                                    "retry shortly")
+        job = Job(texts, asyncio.get_running_loop().create_future())
+        self.jobs.append(job)
+        self.queued += len(texts)
+        self.arrived.set()
+        try:
+            if gone is None:
+                return await job.future
+            watcher = asyncio.ensure_future(gone())
+            try:
+                await asyncio.wait({job.future, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watcher.cancel()
+            if job.future.done():
+                return job.future.result()
+            raise ClientGone()
+        finally:
+            self._drop(job)  # on failure, hang-up or cancellation: its waiting texts go unscored
 
-    async def _next_batch(self):
+    def _drop(self, job):
+        if not job.future.done():
+            job.future.cancel()
+        elif not job.future.cancelled():
+            job.future.exception()  # retrieved: asyncio logs no "exception was never retrieved"
+        if job.waiting:
+            self.queued -= job.waiting
+            self.dropped += job.waiting
+            job.next = len(job.texts)
+            self.jobs.remove(job)
+
+    def _take(self):
+        """Up to batch_size (job, index) pairs, a text from each waiting job in turn."""
+        batch = []
+        while self.jobs and len(batch) < self.batch_size:
+            job = self.jobs.popleft()
+            batch.append((job, job.next))
+            job.next += 1
+            self.queued -= 1
+            if job.waiting:
+                self.jobs.append(job)
+        return batch
+
+    async def _gather(self):
+        """Wait for texts, then for batch_size of them or timeout_s, whichever comes first."""
         loop = asyncio.get_running_loop()
-        batch = [await self.queue.get()]
+        while not self.queued:
+            self.arrived.clear()
+            await self.arrived.wait()
         deadline = loop.time() + self.timeout_s
-        while len(batch) < self.batch_size:
-            if not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-                continue
-            try:  # a get() cut short by the timeout leaves its item queued
-                batch.append(await asyncio.wait_for(self.queue.get(), max(deadline - loop.time(), 0)))
-            except asyncio.TimeoutError:
-                break
-        return [(text, future) for text, future in batch if not future.done()]  # done = its request gave up
+        while 0 < self.queued < self.batch_size and loop.time() < deadline:
+            self.arrived.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), deadline - loop.time())
 
     async def _run(self):
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
+            await self._gather()
+            batch = self._take()
             if not batch:
-                continue
+                continue  # the waiting texts' requests gave up
             self.calls, self.texts = self.calls + 1, self.texts + len(batch)
             try:
-                results = await loop.run_in_executor(self.worker, self.score_batch, [text for text, _ in batch])
-            except Exception as error:  # the requests concerned get a 500; the server goes on
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
+                results = await loop.run_in_executor(self.worker, self.score_batch,
+                                                     [job.texts[i] for job, i in batch])
+            except Exception as error:  # its requests get a 500 and drop their other texts; the server goes on
+                for job in {job: None for job, _ in batch}:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+                    self._drop(job)
                 continue
-            for (_, future), result in zip(batch, results):
-                if not future.done():
-                    future.set_result(result)
+            for (job, i), result in zip(batch, results):
+                if job.future.done():
+                    continue  # failed or abandoned meanwhile
+                job.results[i] = result
+                job.unanswered -= 1
+                if not job.unanswered:
+                    job.future.set_result(job.results)
+
+
+def _first_line(error):
+    return (str(error).strip().splitlines() or [""])[0]
 
 
 # ---------------------------------------------------------------- requests
@@ -192,7 +344,7 @@ async def read_body(request, limit):
                 raise too_large
             chunks.append(chunk)
     except ClientDisconnect:
-        raise RequestError(400, "the client disconnected before the end of the request body") from None
+        raise RequestError(CLIENT_GONE, "the client disconnected before the end of the request body") from None
     return b"".join(chunks)
 
 
@@ -202,6 +354,13 @@ async def _drain(stream):
             pass
     with contextlib.suppress(asyncio.TimeoutError, ClientDisconnect):
         await asyncio.wait_for(read_to_the_end(), DRAIN_SECONDS)
+
+
+async def hung_up(request):
+    """Returns once the client has closed its connection. The body is read by now, so the server
+    (uvicorn) answers receive() only with http.disconnect, when the connection is lost."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def parse_json(body):
@@ -220,11 +379,15 @@ def parse_json(body):
                                 f"column {error.colno}") from None
     except RecursionError:
         raise RequestError(400, "the request body's JSON is nested too deeply") from None
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits())
+        raise RequestError(400, f"the request body's JSON has a number of over {sys.get_int_max_str_digits():,} "
+                                "digits; send texts as JSON strings") from None
 
 
-def texts_of_request(payload, max_text_chars):
+def texts_of_request(payload, max_text_chars, max_texts):
     """(texts, columnar) of a predict request in TensorFlow Serving's row ("instances": each a text
-    or {"text": ...}) or columnar ("inputs": a list of texts or {"text": [...]}) format."""
+    or {"text": ...}) or columnar ("inputs": a list of texts or {"text": [...]}) format; a text is
+    a string, or {"b64": ...} for its bytes."""
     if not isinstance(payload, dict):
         raise RequestError(400, f'the request must be a JSON object like {{"instances": ["a review"]}}, '
                                 f"got {_json_type(payload)}")
@@ -242,7 +405,7 @@ def texts_of_request(payload, max_text_chars):
     columnar = "inputs" in payload
     key = "inputs" if columnar else "instances"
     values = payload[key]
-    if columnar and isinstance(values, dict):
+    if columnar and isinstance(values, dict) and not _is_b64(values):
         if set(values) != {INPUT_NAME}:
             raise RequestError(400, f'"inputs" as an object takes the one input "{INPUT_NAME}", got '
                                     f"{', '.join(map(json.dumps, values)) or 'none'}")
@@ -251,23 +414,39 @@ def texts_of_request(payload, max_text_chars):
         raise RequestError(400, f'"{key}" must be a list of texts, got {_json_type(values)}')
     if not values:
         raise RequestError(400, f'"{key}" is empty; send at least one text')
+    if len(values) > max_texts:
+        raise RequestError(400, f'"{key}" has {len(values):,} texts, over --max-texts-per-request {max_texts:,}; '
+                                "send fewer per request (predict.py --file scores many)")
     texts = [_text_of(f"{key}[{i}]", value, rows=not columnar) for i, value in enumerate(values)]
     for i, text in enumerate(texts):
         if len(text) > max_text_chars:
-            raise RequestError(400, f"{key}[{i}] has {len(text):,} characters, over --max-text-chars "
-                                    f"{max_text_chars:,}; send it shorter")
+            raise RequestError(400, f"{key}[{i}] has {len(text):,} {'bytes' if isinstance(text, bytes) else 'characters'}"
+                                    f", over --max-text-chars {max_text_chars:,}; send it shorter")
     return texts, columnar
 
 
+def _is_b64(value):
+    return isinstance(value, dict) and set(value) == {"b64"}
+
+
 def _text_of(where, value, rows):
-    if rows and isinstance(value, dict):  # TensorFlow Serving's row format with named inputs
+    if rows and isinstance(value, dict) and not _is_b64(value):  # the row format with named inputs
         if set(value) != {INPUT_NAME}:
             raise RequestError(400, f'{where} must have the one input "{INPUT_NAME}", got '
                                     f"{', '.join(map(json.dumps, value)) or 'none'}")
         where, value = f"{where}.{INPUT_NAME}", value[INPUT_NAME]
+    if _is_b64(value):
+        encoded = value["b64"]
+        try:
+            if not isinstance(encoded, str):
+                raise ValueError(f"got {_json_type(encoded)}, not a string")
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise RequestError(400, f"{where}.b64 is not base64 ({error}); give the text's bytes in "
+                                    "standard base64") from None
     if not isinstance(value, str):
-        raise RequestError(400, f"{where} must be a text (a JSON string)"
-                                + (f' or {{"{INPUT_NAME}": "..."}}' if rows else "") + f", got {_json_type(value)}")
+        raise RequestError(400, f'{where} must be a text (a JSON string or {{"b64": "..."}})'
+                                + (f' or {{"{INPUT_NAME}": ...}}' if rows else "") + f", got {_json_type(value)}")
     return value
 
 
@@ -283,41 +462,43 @@ def as_columns(results):
 
 # ---------------------------------------------------------------- the app
 
-def model_status(record):
-    """TensorFlow Serving's GetModelStatusResponse, with the run record the model was saved with."""
+def model_status():
+    """TensorFlow Serving's GetModelStatusResponse, exactly (strict clients parse it)."""
     return {"model_version_status": [{"version": MODEL_VERSION, "state": "AVAILABLE",
-                                      "status": {"error_code": "OK", "error_message": ""}}],
-            "run_record": record}
+                                      "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+def output_specs(task):
+    """(dtype, dims) of each prediction output that is a dense tensor, batch first (-1): the saved
+    serving_default's two, then predict.py's fields; top_k and multi-label's labels vary in length."""
+    labels = len(task.label_names)
+    specs = {"probabilities": ("DT_FLOAT", [-1] if task.kind == "binary" else [-1, labels]),
+             "label_names": ("DT_STRING", [-1, labels])}
+    if task.kind == "binary":
+        specs.update(score=("DT_FLOAT", [-1]), label=("DT_STRING", [-1]))
+    elif task.kind == "multiclass":
+        specs.update(label=("DT_STRING", [-1]), probability=("DT_FLOAT", [-1]))
+    return specs
 
 
 def model_metadata(name, servable):
-    """TensorFlow Serving's GetModelMetadataResponse: the predict signature's input and outputs."""
-    outputs = as_columns(_sample_results(servable))
+    """TensorFlow Serving's GetModelMetadataResponse, as its REST API prints it."""
+    names = servable.tensor_names
+    outputs = {output: _tensor_info(names.get(output, ""), dtype, dims)
+               for output, (dtype, dims) in output_specs(servable.task).items()}
     return {"model_spec": {"name": name, "signature_name": "", "version": MODEL_VERSION},
             "metadata": {"signature_def": {"signature_def": {SIGNATURE: {
-                "inputs": {INPUT_NAME: _tensor_info(INPUT_NAME, "DT_STRING", [-1])},
-                "outputs": {output: _tensor_info(output, *_spec_of(values[0]))
-                            for output, values in outputs.items()},
-                "method_name": "tensorflow/serving/predict"}}}},
-            "task": {"kind": servable.task.kind, "label_names": list(servable.task.label_names)}}
+                "inputs": {INPUT_NAME: _tensor_info(names.get(INPUT_NAME, ""), "DT_STRING", [-1])},
+                "outputs": outputs,
+                "method_name": "tensorflow/serving/predict"}}}}}
 
 
-def _sample_results(servable):
-    """One made-up result, to read the outputs' names and types from."""
-    import inference
-    import numpy as np
-    probabilities = np.float64(0.5) if servable.task.kind == "binary" else np.full(servable.task.units, 0.5)
-    return [inference.json_result(servable.task, probabilities, servable.threshold, servable.top_k)]
-
-
-def _spec_of(value):
-    if isinstance(value, float):
-        return "DT_FLOAT", [-1]
-    if isinstance(value, str):
-        return "DT_STRING", [-1]
-    if isinstance(value, dict):  # a probability per label name
-        return "DT_FLOAT", [-1, len(value)]
-    return "DT_STRING", [-1, -1]  # labels given, or the top-k objects
+def model_record(name, servable):
+    """What TensorFlow Serving has no answer for: the task, the labelling flags, the run record."""
+    task = servable.task
+    return {"model_spec": {"name": name, "version": MODEL_VERSION},
+            "task": {"kind": task.kind, "label_names": list(task.label_names)},
+            "threshold": servable.threshold, "top_k": servable.top_k, "run_record": servable.record}
 
 
 def _tensor_info(name, dtype, dims):
@@ -326,8 +507,9 @@ def _tensor_info(name, dtype, dims):
 
 
 def create_app(servable, name, cfg):
-    """The FastAPI app serving servable as NAME; its lifespan runs the Batcher."""
-    batcher = Batcher(servable.score, cfg.serve_batch_size, cfg.batch_timeout_ms / 1000)
+    """The FastAPI app serving servable as NAME; its lifespan runs the Batcher (app.state.batcher).
+    app.state.cut_off counts the requests cancelled unanswered (a drain that timed out)."""
+    batcher = Batcher(servable.score, cfg.serve_batch_size, cfg.batch_timeout_ms / 1000, cfg.max_queued_texts)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -337,6 +519,7 @@ def create_app(servable, name, cfg):
 
     app = fastapi.FastAPI(title=f"{name} (TensorFlow Serving REST API)", lifespan=lifespan,
                           docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.batcher, app.state.cut_off = batcher, 0
 
     def check_servable(requested, version=None):
         if requested != name or version not in (None, MODEL_VERSION):
@@ -345,9 +528,15 @@ def create_app(servable, name, cfg):
 
     async def predict(request, requested, version=None):
         check_servable(requested, version)
-        payload = parse_json(await read_body(request, cfg.max_request_bytes))
-        texts, columnar = texts_of_request(payload, cfg.max_text_chars)
-        results = await batcher.score(texts)
+        try:
+            payload = parse_json(await read_body(request, cfg.max_request_bytes))
+            texts, columnar = texts_of_request(payload, cfg.max_text_chars, cfg.max_texts_per_request)
+            results = await batcher.score(texts, lambda: hung_up(request))
+        except ClientGone:
+            raise RequestError(CLIENT_GONE, "the client disconnected; its texts were not scored") from None
+        except asyncio.CancelledError:  # uvicorn cut the request off: the drain timed out
+            app.state.cut_off += 1
+            raise
         # TensorFlow Serving answers row requests with "predictions" (an object per text, as the model
         # has several named outputs) and columnar ones with "outputs" (a list per output); so do we.
         return JSONResponse({"outputs": as_columns(results)} if columnar else {"predictions": results})
@@ -363,12 +552,12 @@ def create_app(servable, name, cfg):
     @app.get("/v1/models/{requested}")
     async def status_latest(requested: str):
         check_servable(requested)
-        return model_status(servable.record)
+        return model_status()
 
     @app.get("/v1/models/{requested}/versions/{version}")
     async def status_version(requested: str, version: str):
         check_servable(requested, version)
-        return model_status(servable.record)
+        return model_status()
 
     @app.get("/v1/models/{requested}/metadata")
     async def metadata_latest(requested: str):
@@ -380,9 +569,22 @@ def create_app(servable, name, cfg):
         check_servable(requested, version)
         return model_metadata(name, servable)
 
+    @app.get("/v1/models/{requested}/record")
+    async def record_latest(requested: str):
+        check_servable(requested)
+        return model_record(name, servable)
+
+    @app.get("/v1/models/{requested}/versions/{version}/record")
+    async def record_version(requested: str, version: str):
+        check_servable(requested, version)
+        return model_record(name, servable)
+
     @app.get("/healthz")
     async def health():
-        return {"status": "ok", "model": name, "model_calls": batcher.calls, "texts_scored": batcher.texts}
+        failure = batcher.failure()
+        body = {"status": "unavailable" if failure else "ok", "model": name, "model_calls": batcher.calls,
+                "texts_scored": batcher.texts, "texts_queued": batcher.queued, "texts_dropped": batcher.dropped}
+        return JSONResponse({**body, "error": failure} if failure else body, status_code=503 if failure else 200)
 
     @app.exception_handler(RequestError)
     async def refused(request, error):
@@ -395,17 +597,23 @@ def create_app(servable, name, cfg):
 
     @app.exception_handler(Exception)
     async def failed(request, error):  # e.g. out of memory in a model call; uvicorn logs the traceback
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return JSONResponse({"error": f"internal error: {type(error).__name__}: {first_line}"}, status_code=500)
+        return JSONResponse({"error": f"internal error: {type(error).__name__}: {_first_line(error)}"},
+                            status_code=500)
 
     return app
 
 
+def uvicorn_server(app, cfg):
+    """The uvicorn server that runs app: quiet but for warnings, draining for cfg.drain_timeout_s."""
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                         timeout_graceful_shutdown=cfg.drain_timeout_s))
+
+
 def serve(app, sock, cfg):
     """Serve app on the bound socket until SIGTERM or SIGINT; then stop taking connections, answer
-    the requests in flight (for up to cfg.drain_timeout_s) and return."""
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                           timeout_graceful_shutdown=cfg.drain_timeout_s))
+    the requests in flight and queued (for up to cfg.drain_timeout_s) and return. ValueError if
+    the drain timed out and requests were cut off unanswered."""
+    server = uvicorn_server(app, cfg)
     # uvicorn re-raises the signal it drained for once it is done; here that means a normal exit.
     stops = (signal.SIGTERM, signal.SIGINT)
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in stops}
@@ -414,4 +622,8 @@ def serve(app, sock, cfg):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if app.state.cut_off:
+        raise ValueError(f"{app.state.cut_off} request(s) were still running after --drain-timeout-s "
+                         f"{cfg.drain_timeout_s:g} and were cut off unanswered; allow a longer drain "
+                         "(and as long a grace period in the service manager)")
     return server

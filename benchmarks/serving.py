@@ -18,15 +18,15 @@ import argparse
 import http.client
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
 
-import common
+import common  # noqa: I001  (puts the repository on sys.path)
+import config
+import serving_client
 
 TRAIN_REVIEWS = 64
 REVIEWS = 2000  # distinct test reviews the clients cycle through
@@ -45,60 +45,27 @@ def train_model(seq_length):
                "--max-examples", str(TRAIN_REVIEWS), "--seq-length", str(seq_length), "--model-dir", model_dir,
                "--checkpoint-every", "0", "--plots-dir", os.path.join(common.RESULTS, "plots", "serving")]
     for name, value in flags.items():
-        command += [f"--{name.replace('_', '-')}", value]
+        command += [f"--{config.flag_name(name)}", value]
     print(f"Training the benchmark's model into {model_dir} ...", flush=True)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return model_dir
 
 
 def test_reviews(count):
-    import config
     import imdb
     _, _, test = imdb.load_splits(config.resolve(**common.real_data_flags()), with_train=False,
                                   caps=(0, 0, count))
     return test.texts
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """serve.py in its own process, stopped with SIGTERM as a service manager stops it."""
+class Server(serving_client.ServerProcess):
+    """serve.py in its own process with --batch-size batch_size; the benchmark ends if it won't start."""
 
     def __init__(self, model_dir, batch_size, log_path):
-        self.port = free_port()
-        self.path = f"/v1/models/{os.path.basename(model_dir)}:predict"
-        self.log = open(log_path, "w")
-        self.process = subprocess.Popen([sys.executable, os.path.join(common.ROOT, "serve.py"), "--model-dir",
-                                         model_dir, "--port", str(self.port), "--batch-size", str(batch_size)],
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                sys.exit(f"serve.py did not start; see {log_path}")
-            try:
-                self.health()
-                return
-            except OSError:
-                time.sleep(0.5)
-
-    def health(self):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            connection.request("GET", "/healthz")
-            return json.loads(connection.getresponse().read())
-        finally:
-            connection.close()
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(120)
-        self.log.close()
+            super().__init__(model_dir, log_path, "--batch-size", str(batch_size), startup_seconds=STARTUP_SECONDS)
+        except RuntimeError as error:
+            sys.exit(f"{str(error).splitlines()[0]} see {log_path}")
 
 
 def load(server, reviews, clients, requests):
@@ -107,12 +74,12 @@ def load(server, reviews, clients, requests):
     share = [requests // clients + (i < requests % clients) for i in range(clients)]
 
     def client(number):
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+        connection = http.client.HTTPConnection(serving_client.HOST, server.port, timeout=600)
         for i in range(share[number]):
             body = json.dumps({"instances": [reviews[(number * 7919 + i) % len(reviews)]]})
             started = time.perf_counter()
             try:
-                connection.request("POST", server.path, body, {"Content-Type": "application/json"})
+                connection.request("POST", server.predict_path, body, {"Content-Type": "application/json"})
                 response = connection.getresponse()
                 answer = response.read()
                 if response.status != 200 or len(json.loads(answer)["predictions"]) != 1:
@@ -120,7 +87,7 @@ def load(server, reviews, clients, requests):
             except (OSError, http.client.HTTPException, ValueError) as error:
                 failures.append(repr(error))
                 connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+                connection = http.client.HTTPConnection(serving_client.HOST, server.port, timeout=600)
             latencies.append(time.perf_counter() - started)
         connection.close()
 

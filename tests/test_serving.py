@@ -1,16 +1,21 @@
-"""serve.py: TensorFlow Serving's REST API over real HTTP, batching, bad requests, SIGTERM.
+"""serve.py: TensorFlow Serving's REST API over real HTTP, batching, limits, failures, SIGTERM.
 
-Most tests share one server process (started with the trained tiny model on a free port of
-127.0.0.1); the SIGTERM test starts its own, since it stops it.
+Three kinds of server: one `python serve.py` process with the trained tiny model, shared by the
+protocol tests; the app over a fake model call (recording its batches, held back by a gate, failing
+on "boom") served by uvicorn in a thread of this process, for batching, hang-ups and failures
+without timing guesses; and serve.py's own main over a fake slow model in a process of its own,
+for what SIGTERM does (no TensorFlow, so it starts in a second or two).
 """
 import asyncio
+import base64
+import concurrent.futures
+import gc
 import io
 import json
 import os
 import random
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -21,14 +26,18 @@ import requests
 
 import cli
 import config
+import predict
 import serve
+import serving
+import tasks
 import train
-from conftest import ROOT
+from serving_client import HOST, ServerProcess
 from tiny_hub import FILLER_WORDS, NEGATIVE_WORDS, POSITIVE_WORDS
 
 STARTUP_SECONDS = 180  # TensorFlow's import and the model's load, on a busy machine
 BATCH_SIZE = 8
 MAX_REQUEST_BYTES = 2_000_000  # over a 1 MB text, so that one meets --max-text-chars instead
+LABEL_NAMES = ["neg", "pos"]  # the tiny IMDB model's, as its serving_default signature returns them
 
 
 def review(rng):
@@ -41,51 +50,6 @@ TEXTS = ["The movie was great!", "The movie was terrible...", "", "ÇA ÉTAIT G�
          *(review(random.Random(seed)) for seed in range(20))]
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`python serve.py` in a subprocess, its stderr in a log file."""
-
-    def __init__(self, model_dir, log_path, *flags):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.predict_url = f"{self.url}/v1/models/imdb_bert:predict"
-        self.log_path = log_path
-        with open(log_path, "w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, os.path.join(ROOT, "serve.py"), "--model-dir", model_dir, "--port", str(self.port),
-                 "--precision", "float32", *flags], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            assert self.process.poll() is None, f"serve.py exited:\n{self.log()}"
-            assert time.monotonic() < deadline, f"serve.py did not start in {STARTUP_SECONDS} s:\n{self.log()}"
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=5).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.2)
-
-    def log(self):
-        with open(self.log_path) as f:
-            return f.read()[-5000:]
-
-    def health(self):
-        return requests.get(f"{self.url}/healthz", timeout=10).json()
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @pytest.fixture(scope="module")
 def model_dir(trained):
     return trained[0]["--model-dir"]
@@ -93,17 +57,17 @@ def model_dir(trained):
 
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    running = Server(model_dir, str(tmp_path_factory.mktemp("serve") / "serve.log"), "--batch-size",
-                     str(BATCH_SIZE), "--max-request-bytes", str(MAX_REQUEST_BYTES))
+    running = ServerProcess(model_dir, str(tmp_path_factory.mktemp("serve") / "serve.log"), "--precision",
+                            "float32", "--batch-size", str(BATCH_SIZE), "--max-request-bytes",
+                            str(MAX_REQUEST_BYTES), startup_seconds=STARTUP_SECONDS)
     yield running
-    running.stop()
-    assert running.process.returncode == 0, running.log()
+    assert running.stop() == 0, running.log()
+    assert "Traceback" not in running.log(100_000), running.log()
 
 
 @pytest.fixture(scope="module")
 def expected(model_dir):
     """predict.py's score of each text, in this process."""
-    import predict
     scores = predict.main(["--model-dir", model_dir, "--precision", "float32", *TEXTS])
     return dict(zip(TEXTS, scores))
 
@@ -111,8 +75,11 @@ def expected(model_dir):
 def check_predictions(predictions, texts, expected):
     assert len(predictions) == len(texts)
     for prediction, text in zip(predictions, texts):
+        assert set(prediction) == {"score", "label", "probabilities", "label_names"}, prediction
         assert prediction["score"] == pytest.approx(expected[text], abs=1e-6), text
+        assert prediction["probabilities"] == pytest.approx(expected[text], abs=1e-6), text
         assert prediction["label"] == ("positive" if expected[text] >= 0.5 else "negative"), text
+        assert prediction["label_names"] == LABEL_NAMES
 
 
 def predict_ok(server, expected, texts=TEXTS[:3], session=requests):
@@ -121,48 +88,77 @@ def predict_ok(server, expected, texts=TEXTS[:3], session=requests):
     check_predictions(answer.json()["predictions"], texts, expected)
 
 
+def b64(text):
+    return {"b64": base64.b64encode(text.encode()).decode()}
+
+
 # ---------------------------------------------------------------- the protocol
 
 def test_row_format_answers_predictions_as_predict_py_scores(server, expected):
-    rows = [text if i % 2 else {"text": text} for i, text in enumerate(TEXTS)]  # both row forms
+    forms = [lambda t: t, lambda t: {"text": t}, b64, lambda t: {"text": b64(t)}]  # TF Serving's text forms
+    rows = [forms[i % len(forms)](text) for i, text in enumerate(TEXTS)]
     answer = requests.post(server.predict_url, json={"instances": rows}, timeout=60)
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
     assert set(answer.json()) == {"predictions"}
     check_predictions(answer.json()["predictions"], TEXTS, expected)  # more texts than --batch-size, too
 
 
-@pytest.mark.parametrize("inputs", [TEXTS[:5], {"text": TEXTS[:5]}])
+@pytest.mark.parametrize("inputs", [TEXTS[:5], {"text": TEXTS[:5]}, {"text": [b64(text) for text in TEXTS[:5]]}])
 def test_columnar_format_answers_outputs_as_tf_serving_does(server, expected, inputs):
     answer = requests.post(f"{server.url}/v1/models/imdb_bert/versions/1:predict",
                            json={"inputs": inputs, "signature_name": "serving_default"}, timeout=60)
     assert answer.status_code == 200, answer.text
     outputs = answer.json()["outputs"]
-    assert set(outputs) == {"score", "label"}
-    check_predictions([{"score": s, "label": label} for s, label in zip(outputs["score"], outputs["label"])],
-                      TEXTS[:5], expected)
+    assert set(outputs) == {"score", "label", "probabilities", "label_names"}
+    check_predictions([dict(zip(outputs, values)) for values in zip(*outputs.values())], TEXTS[:5], expected)
 
 
-def test_model_status_metadata_and_health(server, model_dir):
+def test_status_is_tf_servings_exactly_and_the_record_has_its_own_route(server, model_dir):
     status = requests.get(f"{server.url}/v1/models/imdb_bert", timeout=10)
     assert status.status_code == 200
+    assert status.json() == {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {
+        "error_code": "OK", "error_message": ""}}]}
+    assert requests.get(f"{server.url}/v1/models/imdb_bert/versions/1", timeout=10).json() == status.json()
     with open(os.path.join(model_dir, cli.RUN_RECORD)) as f:
         record = json.load(f)
-    assert status.json() == {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {
-        "error_code": "OK", "error_message": ""}}], "run_record": record}
-    assert requests.get(f"{server.url}/v1/models/imdb_bert/versions/1", timeout=10).json() == status.json()
+    assert requests.get(f"{server.url}/v1/models/imdb_bert/record", timeout=10).json() == {
+        "model_spec": {"name": "imdb_bert", "version": "1"},
+        "task": {"kind": "binary", "label_names": LABEL_NAMES}, "threshold": 0.5, "top_k": 1, "run_record": record}
+    health = server.health()
+    assert health["status"] == "ok" and health["texts_queued"] == 0
+
+
+def test_metadata_describes_the_saved_signature_and_the_label_fields(server, model_dir):
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(model_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    signature = saved.meta_graphs[0].signature_def["serving_default"]
     metadata = requests.get(f"{server.url}/v1/models/imdb_bert/metadata", timeout=10).json()
+    assert set(metadata) == {"model_spec", "metadata"}
     assert metadata["model_spec"] == {"name": "imdb_bert", "signature_name": "", "version": "1"}
-    signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
-    assert signature["inputs"]["text"]["dtype"] == "DT_STRING"
-    assert {name: spec["dtype"] for name, spec in signature["outputs"].items()} == {
-        "score": "DT_FLOAT", "label": "DT_STRING"}
-    assert server.health()["status"] == "ok"
+    assert set(metadata["metadata"]) == {"signature_def"}
+    served = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert served["method_name"] == "tensorflow/serving/predict"
+    for kind in ("inputs", "outputs"):
+        for name, info in getattr(signature, kind).items():  # what TF Serving would say of the SavedModel
+            assert served[kind][name] == {
+                "dtype": types_pb2.DataType.Name(info.dtype), "name": info.name,
+                "tensor_shape": {"dim": [{"size": str(d.size), "name": ""} for d in info.tensor_shape.dim],
+                                 "unknown_rank": False}}, name
+    assert {name: (spec["dtype"], [int(d["size"]) for d in spec["tensor_shape"]["dim"]])
+            for name, spec in served["outputs"].items()} == {
+        "probabilities": ("DT_FLOAT", [-1]), "label_names": ("DT_STRING", [-1, 2]),
+        "score": ("DT_FLOAT", [-1]), "label": ("DT_STRING", [-1])}
+    assert requests.get(f"{server.url}/v1/models/imdb_bert/versions/1/metadata", timeout=10).json() == metadata
 
 
 @pytest.mark.parametrize("method, path, status, needle", [
     ("post", "/v1/models/other:predict", 404, "Servable not found for request: Latest(other)"),
     ("post", "/v1/models/imdb_bert/versions/7:predict", 404, "Specific(imdb_bert, 7)"),
     ("get", "/v1/models/other", 404, "Servable not found"),
+    ("get", "/v1/models/other/record", 404, "Servable not found"),
     ("get", "/v1/nothing", 404, "Not Found"),
     ("put", "/v1/models/imdb_bert:predict", 405, "Method Not Allowed"),
 ])
@@ -191,9 +187,11 @@ BIG = json.dumps({"instances": ["great " * (MAX_REQUEST_BYTES // 6)]}).encode()
     pytest.param(b'{"instances": []}', 400, '"instances" is empty', id="no instances"),
     pytest.param(b'{"inputs": {"text": []}}', 400, '"inputs.text" is empty', id="no inputs"),
     pytest.param(b'{"instances": ["great", 3]}', 400, "instances[1] must be a text", id="a number"),
+    pytest.param(b'{"instances": [' + b"9" * 5000 + b"]}", 400, "a number of over 4,300 digits", id="a huge number"),
     pytest.param(b'{"instances": [{"review": "great"}]}', 400, 'instances[0] must have the one input "text"',
                  id="unknown input"),
     pytest.param(b'{"instances": [{"text": null}]}', 400, "instances[0].text must be a text", id="null text"),
+    pytest.param(b'{"instances": [{"b64": "not base64!"}]}', 400, "instances[0].b64 is not base64", id="bad b64"),
     pytest.param(b'{"inputs": {"words": ["great"]}}', 400, 'takes the one input "text"', id="unknown column"),
     pytest.param(b'{"instances": ["a"], "inputs": ["b"]}', 400, "not both", id="both formats"),
     pytest.param(b'{"texts": ["great"]}', 400, 'unknown key(s) "texts"', id="unknown key"),
@@ -204,22 +202,32 @@ BIG = json.dumps({"instances": ["great " * (MAX_REQUEST_BYTES // 6)]}).encode()
     pytest.param(b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply", id="deep nesting"),
     pytest.param(json.dumps({"instances": ["great", "a" * 2**20]}).encode(), 400,
                  "instances[1] has 1,048,576 characters, over --max-text-chars 100,000", id="a 1 MB text"),
+    pytest.param(json.dumps({"instances": [""] * 257}).encode(), 400,
+                 '"instances" has 257 texts, over --max-texts-per-request 256', id="too many texts"),
+    pytest.param(b'{"instances": [' + b'"",' * 600_000 + b'""]}', 400, "has 600,001 texts, over",
+                 id="2 MB of empty texts"),
     pytest.param(BIG, 413, "over --max-request-bytes 2,000,000", id="too large"),
     pytest.param(lambda: chunks_of(BIG), 413, "over --max-request-bytes 2,000,000", id="too large, chunked"),
 ])
 def test_bad_requests_get_a_4xx_naming_the_problem_and_the_next_is_served(server, expected, body, status,
                                                                           needle):
+    before = server.health()
     answer = requests.post(server.predict_url, data=body() if callable(body) else body, timeout=60)
     assert answer.status_code == status, answer.text
     assert needle in answer.json()["error"]
+    assert server.health()["texts_scored"] == before["texts_scored"]  # refused before any model call
     predict_ok(server, expected)
 
 
-def test_a_client_that_hangs_up_mid_body_does_not_stall_the_server(server, expected):
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+def test_a_client_stalled_mid_body_holds_no_one_up_and_its_hang_up_is_no_error(server, expected):
+    before = server.health()
+    with socket.create_connection((HOST, server.port), timeout=10) as sock:
         sock.sendall(b"POST /v1/models/imdb_bert:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
                      b'{"instances": ["gre')
-    predict_ok(server, expected)
+        predict_ok(server, expected)  # answered while that body is still unfinished
+    predict_ok(server, expected)  # and after its client hung up mid-body
+    assert server.health()["texts_scored"] - before["texts_scored"] == 6
+    assert "Traceback" not in server.log(100_000) and "Exception in ASGI" not in server.log(100_000), server.log()
 
 
 # ---------------------------------------------------------------- batching under load
@@ -251,86 +259,172 @@ def test_eight_concurrent_clients_get_every_answer_right_and_share_model_calls(s
     assert texts / calls > 1.5, f"{calls} model calls for {texts} texts: concurrent requests were not batched"
 
 
-# ---------------------------------------------------------------- stopping
+# ---------------------------------------------------------------- the app over a fake model, in this process
 
-def test_sigterm_answers_the_request_in_flight_then_exits_0(model_dir, tmp_path):
-    server = Server(model_dir, str(tmp_path / "serve.log"), "--batch-size", "4")
-    try:
-        texts = [review(random.Random(seed)) for seed in range(3000)]  # seconds of model calls
-        answers = []
-        sender = threading.Thread(target=lambda: answers.append(
-            requests.post(server.predict_url, json={"instances": texts}, timeout=120)))
-        sender.start()
-        deadline = time.monotonic() + 60
-        while server.health()["texts_scored"] == 0:  # the request is being scored
-            assert time.monotonic() < deadline and sender.is_alive(), server.log()
-            time.sleep(0.02)
-        server.process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        sender.join(120)
-        assert answers and answers[0].status_code == 200, server.log()
-        assert len(answers[0].json()["predictions"]) == len(texts)
-        assert server.process.wait(60) == 0, server.log()
-        assert time.monotonic() - signalled < 60
-        assert "Stopped serving imdb_bert." in server.log()
-        with pytest.raises(requests.ConnectionError):
-            requests.get(f"{server.url}/healthz", timeout=10)
-    finally:
-        server.stop()
+class FakeModelCall:
+    """Servable.score's stand-in: records each batch; waits while `gate` is clear; fails on "boom"."""
 
+    def __init__(self):
+        self.batches, self.gate = [], threading.Event()
+        self.gate.set()
 
-# ---------------------------------------------------------------- the parts, in this process
-
-def test_batcher_splits_large_requests_gathers_small_ones_and_survives_a_failed_call():
-    import serving
-    batch_sizes = []
-
-    def score(texts):
-        batch_sizes.append(len(texts))
+    def __call__(self, texts):
+        self.batches.append(list(texts))
+        assert self.gate.wait(30), "the test never opened the gate"
         if "boom" in texts:
             raise RuntimeError("model call failed")
-        return [text.upper() for text in texts]
+        return [{"echo": text} for text in texts]
 
-    async def requests_at_once():
-        batcher = serving.Batcher(score, batch_size=4, timeout_s=0.05)
-        batcher.start()
-        answers = await asyncio.gather(batcher.score(list("abcdefghij")), batcher.score(["x", "y"]),
-                                       batcher.score(["boom"]), return_exceptions=True)
-        answers.append(await batcher.score(["after"]))
-        await batcher.close()
-        return answers
-
-    many, few, failed, after = asyncio.run(requests_at_once())
-    assert many == list("ABCDEFGHIJ") and few == ["X", "Y"] and after == ["AFTER"]
-    assert isinstance(failed, RuntimeError)
-    assert max(batch_sizes) == 4 and sum(batch_sizes) == 14 and len(batch_sizes) == 5
+    def scored(self):
+        return [text for batch in self.batches for text in batch]
 
 
-@pytest.mark.parametrize("kind, top_k", [("multiclass", 1), ("multiclass", 2), ("multilabel", 1)])
-def test_other_tasks_answer_what_predict_py_jsonl_writes(kind, top_k, monkeypatch):
-    import inference
-    import scoring
-    import serving
-    import tasks
-    task = tasks.Task(kind, ("anger", "joy", "fear"))
-    logits = np.array([[2.0, 0.0, -1.0], [-1.0, 0.5, 3.0]])
-    monkeypatch.setattr(scoring, "logits_of", lambda model, texts, batch_size: logits[:len(texts)])
-    results = serving.Servable(None, {}, task, 0.5, top_k, batch_size=8).score(["a", "b"])
-    jsonl = io.StringIO()
-    writer = inference.Writer("jsonl", task, 0.5, top_k, jsonl)
-    for text, probabilities in zip("ab", task.probabilities(logits)):
-        writer.write(text, probabilities)
-    assert [{"text": text, **result} for text, result in zip("ab", results)] == [
-        json.loads(line) for line in jsonl.getvalue().splitlines()]
-    columns = serving.as_columns(results)
-    assert list(columns) == list(results[0]) and all(len(values) == 2 for values in columns.values())
+class InProcessServer:
+    """serving.create_app over FakeModelCall, served by uvicorn in a thread on a free port."""
+
+    def __init__(self, **settings):
+        self.model_call = FakeModelCall()
+        cfg = config.resolve(**{"serve_batch_size": 4, "batch_timeout_ms": 20.0, "max_texts_per_request": 8,
+                                "max_queued_texts": 16, **settings})
+        servable = serving.Servable(None, {}, tasks.Task("binary", tuple(LABEL_NAMES)), 0.5, 1, 4)
+        servable.score = self.model_call
+        self.app = serving.create_app(servable, "fake", cfg)
+        sock = serving.bind(HOST, 0)
+        self.port = sock.getsockname()[1]
+        self.predict_url = f"http://{HOST}:{self.port}/v1/models/fake:predict"
+        self.server = serving.uvicorn_server(self.app, cfg)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+
+    def post(self, texts):
+        return requests.post(self.predict_url, json={"instances": texts}, timeout=60)
+
+    def health(self):
+        answer = requests.get(f"http://{HOST}:{self.port}/healthz", timeout=10)
+        return answer.status_code, answer.json()
+
+    def wait_for(self, condition, what):
+        deadline = time.monotonic() + 20
+        while not condition(self.health()[1]):
+            assert time.monotonic() < deadline, f"{what}: {self.health()}"
+            time.sleep(0.01)
+
+    def hold_the_model(self, pool):
+        """Close the gate and start a one-text request whose model call then waits: its future."""
+        calls = self.health()[1]["model_calls"]
+        self.model_call.gate.clear()
+        first = pool.submit(self.post, ["first"])
+        self.wait_for(lambda health: health["model_calls"] == calls + 1, "the first call did not start")
+        return first
+
+    def stop(self):
+        self.model_call.gate.set()
+        self.server.should_exit = True
+        self.thread.join(30)
 
 
-# ---------------------------------------------------------------- flags, before any model loads
+@pytest.fixture(scope="module")
+def fake():
+    running = InProcessServer()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def pool():
+    with concurrent.futures.ThreadPoolExecutor(4) as threads:
+        yield threads
+
+
+def test_texts_of_two_requests_share_one_model_call(fake, pool):
+    first = fake.hold_the_model(pool)
+    two, one = pool.submit(fake.post, ["b1", "b2"]), pool.submit(fake.post, ["c"])
+    fake.wait_for(lambda health: health["texts_queued"] == 3, "the two requests were not queued")
+    fake.model_call.gate.set()
+    assert [answer.result(30).json() for answer in (first, two, one)] == [
+        {"predictions": [{"echo": text} for text in texts]} for texts in (["first"], ["b1", "b2"], ["c"])]
+    assert sorted(fake.model_call.batches[-1]) == ["b1", "b2", "c"]
+
+
+def test_a_client_that_hangs_up_while_its_texts_wait_has_them_dropped_unscored(fake, pool):
+    first = fake.hold_the_model(pool)
+    _, before = fake.health()
+    body = json.dumps({"instances": ["gone1", "gone2", "gone3"]}).encode()
+    with socket.create_connection((HOST, fake.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/models/fake:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        fake.wait_for(lambda health: health["texts_queued"] == 3, "the request was not queued")
+    fake.wait_for(lambda health: health["texts_queued"] == 0, "the hang-up was not noticed")
+    fake.model_call.gate.set()
+    assert first.result(30).status_code == 200
+    _, after = fake.health()
+    assert after["texts_dropped"] - before["texts_dropped"] == 3
+    assert after["texts_scored"] == before["texts_scored"]
+    assert not any(text.startswith("gone") for text in fake.model_call.scored())
+
+
+def test_a_failed_model_call_answers_500_drops_the_rest_of_its_request_and_the_next_is_served(fake):
+    _, before = fake.health()
+    answer = fake.post(["boom", "b", "c", "d", "e", "f"])
+    assert answer.status_code == 500
+    assert answer.json() == {"error": "internal error: RuntimeError: model call failed"}
+    assert fake.model_call.batches[-1] == ["boom", "b", "c", "d"]  # e and f were never scored
+    _, after = fake.health()
+    assert after["texts_dropped"] - before["texts_dropped"] == 2 and after["texts_queued"] == 0
+    assert fake.post(["next"]).json() == {"predictions": [{"echo": "next"}]}
+
+
+def test_a_full_queue_answers_503_at_once(fake, pool):
+    first = fake.hold_the_model(pool)
+    queued = [pool.submit(fake.post, [f"q{i}"] * 8) for i in range(2)]  # --max-queued-texts 16
+    fake.wait_for(lambda health: health["texts_queued"] == 16, "the queue did not fill")
+    refused = fake.post(["one more"])
+    assert refused.status_code == 503
+    assert "--max-queued-texts 16" in refused.json()["error"] and "retry" in refused.json()["error"]
+    fake.model_call.gate.set()
+    assert all(answer.result(30).status_code == 200 for answer in [first, *queued])
+
+
+def test_a_dead_batcher_makes_healthz_and_predict_answer_503():
+    broken = InProcessServer()
+    try:
+        def bug():
+            raise RuntimeError("a bug in the batcher")
+
+        broken.app.state.batcher._take = bug
+        answer = broken.post(["a"])
+        assert answer.status_code == 503 and "the batcher died: RuntimeError: a bug" in answer.json()["error"]
+        status, health = broken.health()
+        assert status == 503 and health["status"] == "unavailable" and "a bug" in health["error"]
+        assert broken.post(["b"]).status_code == 503
+    finally:
+        broken.stop()
+
+
+# ---------------------------------------------------------------- stopping: serve.py over a fake slow model
+
+FAKE_SERVE = """
+import sys, time
+import cli, serve, serving, tasks
+
+class SlowServable(serving.Servable):
+    def score(self, texts):  # a model call without TensorFlow
+        time.sleep(0.2)
+        return [{"score": 0.5} for _ in texts]
+
+serving.Servable.load = classmethod(lambda cls, cfg, log=print: SlowServable(
+    None, {}, tasks.Task("binary", ("neg", "pos")), cfg.threshold, cfg.top_k, cfg.serve_batch_size))
+sys.exit(cli.run(serve.main))
+"""
+
 
 @pytest.fixture
 def fake_model_dir(tmp_path):
-    """A folder that passes cli.require_model_dir; these tests fail before it is loaded."""
+    """A folder that passes cli.require_model_dir; it is never loaded."""
     folder = tmp_path / "imdb_bert"
     folder.mkdir()
     (folder / "saved_model.pb").write_bytes(b"")
@@ -338,11 +432,158 @@ def fake_model_dir(tmp_path):
     return str(folder)
 
 
+def fake_serve(fake_model_dir, *flags):
+    return ServerProcess(fake_model_dir, os.path.join(os.path.dirname(fake_model_dir), "serve.log"), *flags,
+                         command=[sys.executable, "-c", FAKE_SERVE], startup_seconds=60)
+
+
+def wait_for(server, condition, what):
+    deadline = time.monotonic() + 20
+    while not condition(server.health()):
+        assert time.monotonic() < deadline, f"{what}: {server.log()}"
+        time.sleep(0.02)
+
+
+def test_sigterm_refuses_new_connections_answers_the_queued_request_then_exits_0(fake_model_dir, pool):
+    # A text waits up to 3 s for others to share its model call: queued, not started, when SIGTERM comes.
+    server = fake_serve(fake_model_dir, "--batch-size", "4", "--batch-timeout-ms", "3000")
+    try:
+        answer = pool.submit(requests.post, server.predict_url, json={"instances": ["a", "b"]}, timeout=60)
+        wait_for(server, lambda health: health["texts_queued"] == 2 and health["model_calls"] == 0,
+                 "the request was not queued")
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 2.5
+        while True:
+            try:
+                socket.create_connection((HOST, server.port), timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "still taking connections after SIGTERM"
+            time.sleep(0.02)
+        assert not answer.done(), "the request was answered before the listener closed"
+        assert answer.result(30).status_code == 200, server.log()
+        assert answer.result().json() == {"predictions": [{"score": 0.5}] * 2}
+        assert server.process.wait(30) == 0, server.log()
+        assert server.log().strip().endswith("Stopped serving imdb_bert.")
+    finally:
+        server.stop()
+
+
+def test_a_drain_that_times_out_cuts_requests_off_and_exits_2_saying_so(fake_model_dir, pool):
+    server = fake_serve(fake_model_dir, "--batch-size", "4", "--batch-timeout-ms", "60000", "--drain-timeout-s", "0.5")
+    try:
+        answer = pool.submit(requests.post, server.predict_url, json={"instances": ["a"]}, timeout=60)
+        wait_for(server, lambda health: health["texts_queued"] == 1, "the request was not queued")
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == cli.EXIT_ERROR, server.log()
+        assert server.log().strip().splitlines()[-1] == (
+            "error: 1 request(s) were still running after --drain-timeout-s 0.5 and were cut off unanswered; "
+            "allow a longer drain (and as long a grace period in the service manager)")
+        try:  # uvicorn answers a request it cancelled with a plain 500, or the connection just closes
+            assert answer.result(30).status_code == 500
+        except requests.ConnectionError:
+            pass
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- the parts, in this process
+
+def test_batcher_takes_a_text_from_each_waiting_request_in_turn():
+    batches, gate = [], threading.Event()
+
+    def score(texts):
+        batches.append(list(texts))
+        gate.wait(10)
+        return [text.upper() for text in texts]
+
+    async def requests_at_once():
+        batcher = serving.Batcher(score, batch_size=4, timeout_s=0.05, max_queued=100)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.score(["first"]))
+        while not batches:
+            await asyncio.sleep(0.01)
+        large = asyncio.ensure_future(batcher.score(list("abcdefghij")))
+        small = asyncio.ensure_future(batcher.score(["x", "y"]))
+        await asyncio.sleep(0.05)
+        gate.set()
+        answers = await asyncio.gather(first, large, small)
+        await batcher.close()
+        return answers
+
+    assert asyncio.run(requests_at_once()) == [["FIRST"], list("ABCDEFGHIJ"), ["X", "Y"]]
+    # The small request rides in the first call after it came, not after the large one's three.
+    assert batches == [["first"], ["a", "x", "b", "y"], list("cdef"), list("ghij")]
+
+
+def test_a_failed_call_fails_its_request_drops_its_other_texts_and_leaves_nothing_unretrieved():
+    batches, problems = [], []
+
+    def score(texts):
+        batches.append(list(texts))
+        if "boom" in texts:
+            raise RuntimeError("model call failed")
+        return [text.upper() for text in texts]
+
+    async def run():
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: problems.append(context["message"]))
+        batcher = serving.Batcher(score, batch_size=4, timeout_s=0.01, max_queued=100)
+        batcher.start()
+        failed = await asyncio.gather(batcher.score(["boom", *"bcdefgh"]), return_exceptions=True)
+        after = await batcher.score(["after"])
+        await batcher.close()
+        gc.collect()
+        return failed[0], after, batcher.dropped
+
+    failed, after, dropped = asyncio.run(run())
+    assert isinstance(failed, RuntimeError) and after == ["AFTER"] and dropped == 4
+    assert batches == [["boom", "b", "c", "d"], ["after"]]
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("kind, top_k", [("multiclass", 1), ("multiclass", 2), ("multilabel", 1)])
+def test_other_tasks_answer_the_signature_outputs_and_what_predict_py_jsonl_writes(kind, top_k, monkeypatch):
+    import inference
+    import scoring
+    task = tasks.Task(kind, ("anger", "joy", "fear"))
+    logits = np.array([[2.0, 0.0, -1.0], [-1.0, 0.5, 3.0]])
+    monkeypatch.setattr(scoring, "logits_of", lambda model, texts, batch_size: logits[:len(texts)])
+    servable = serving.Servable(None, {}, task, 0.5, top_k, batch_size=8)
+    results = servable.score(["a", "b"])
+    jsonl = io.StringIO()
+    writer = inference.Writer("jsonl", task, 0.5, top_k, jsonl)
+    probabilities = task.probabilities(logits)
+    for text, row in zip("ab", probabilities):
+        writer.write(text, row)
+    for result, line, row in zip(results, jsonl.getvalue().splitlines(), probabilities):
+        written = json.loads(line)
+        del written["text"]
+        written.pop("probabilities", None)  # multi-label's {name: p}: the signature's list instead
+        assert {k: v for k, v in result.items() if k not in ("probabilities", "label_names")} == written
+        assert result["probabilities"] == pytest.approx(row.tolist(), abs=1e-6)
+        assert result["label_names"] == ["anger", "joy", "fear"]
+    columns = serving.as_columns(results)
+    assert list(columns) == list(results[0]) and all(len(values) == 2 for values in columns.values())
+    outputs = serving.model_metadata("m", servable)["metadata"]["signature_def"]["signature_def"][
+        "serving_default"]["outputs"]
+    for name, spec in outputs.items():  # each described output has the shape it says, batch first
+        dims = [int(d["size"]) for d in spec["tensor_shape"]["dim"]]
+        assert np.array(columns[name]).shape == (2, *dims[1:]), name
+    assert set(outputs) == {"probabilities", "label_names"} | ({"label", "probability"} if kind == "multiclass"
+                                                                 else set())
+
+
+# ---------------------------------------------------------------- flags, before any model loads
+
 @pytest.mark.parametrize("flags, needle", [
     (["--port", "0"], "--port must be between 1 and 65535"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--batch-timeout-ms", "-1"], "--batch-timeout-ms and --drain-timeout-s must be 0 or more"),
     (["--max-request-bytes", "0"], "--max-request-bytes must be at least 1"),
+    (["--max-texts-per-request", "0"], "--max-texts-per-request must be at least 1"),
+    (["--max-queued-texts", "100"], "--max-queued-texts 100 is below --max-texts-per-request 256"),
+    (["--threshold", "1.5"], "--threshold must be between 0 and 1"),
+    (["--top-k", "0"], "--top-k must be at least 1"),
     (["--model-name", "a/b"], "can't be part of a URL path"),
 ])
 def test_bad_flags_fail_at_once(fake_model_dir, flags, needle, capsys):
@@ -352,14 +593,21 @@ def test_bad_flags_fail_at_once(fake_model_dir, flags, needle, capsys):
 
 def test_a_port_in_use_fails_before_the_model_loads(fake_model_dir, capsys):
     with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
+        busy.bind((HOST, 0))
         busy.listen()
         port = busy.getsockname()[1]
         assert cli.run(serve.main, ["--model-dir", fake_model_dir, "--port", str(port)]) == cli.EXIT_ERROR
     assert f"can't listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
-def test_train_py_has_no_serving_flags():
+def test_labelling_flags_come_from_config_for_predict_and_serve_and_not_train():
+    for parse in (predict.parse, serve.parse):
+        args = parse(["--threshold", "0.7", "--top-k", "2"])
+        assert (args.threshold, args.top_k) == (0.7, 2)
+        defaults = config.from_args(parse([]))
+        assert (defaults.threshold, defaults.top_k) == (config.Config.threshold, config.Config.top_k) == (0.5, 1)
     assert all(name not in train.TRAIN_FLAGS for name in config.SERVING_FIELDS)
-    with pytest.raises(SystemExit):
-        train.parse(["--port", "8501"])
+    assert set(config.LABELLING_FIELDS) <= set(config.SERVING_FIELDS)
+    for flag in ("--port", "--threshold"):
+        with pytest.raises(SystemExit):
+            train.parse([flag, "1"])
