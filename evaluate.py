@@ -16,14 +16,12 @@ def parse(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_flags(parser, ["model_dir", "test_data", "text_column", "label_column", "label_separator",
                               "no_header", "data_dir", "dataset_url", "dataset_md5", "max_examples",
-                              "plots_dir", "precision", "debug"])
+                              "plots_dir", "precision", "threshold", "debug"])
     parser.add_argument("--batch-size", dest="eval_batch_size", type=int, default=None, metavar="N",
                         help=f"reviews per batch (default: {config.Config.eval_batch_size}; "
                              "independent of training's)")
     parser.add_argument("--show-errors", type=int, default=0, metavar="K",
                         help="list the K most confidently wrong reviews (default: 0)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="score at or above which a review "
-                        "counts as positive (default: 0.5)")
     return parser.parse_args(argv)
 
 
@@ -34,7 +32,7 @@ def main(argv=None):
     cfg = inference.evaluation_config(args)
     if args.show_errors < 0:
         raise ValueError(f"--show-errors must be 0 or more, got {args.show_errors}")
-    metrics = inference.evaluate(cfg, args.show_errors, inference.check_threshold(args.threshold))
+    metrics = inference.evaluate(cfg, args.show_errors, cfg.threshold)
     print("\n".join(inference.format_metrics(metrics)))
     return metrics
 

@@ -251,12 +251,6 @@ class Writer:
         return f"input: {shown:<30} : {labels}"
 
 
-def check_threshold(threshold):
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"--threshold must be between 0 and 1, got {threshold}")
-    return threshold
-
-
 def check_top_k(task, top_k):
     """ValueError unless --top-k suits the model: only multi-class models rank labels."""
     if top_k != 1 and task.kind != "multiclass":

@@ -284,3 +284,12 @@ def test_unsafe_archive_from_the_command_line_is_one_line(model_dir, tmp_path, m
     assert cli.run(evaluate.main, argv) == cli.EXIT_ERROR
     assert "unsafe member '../evil'" in one_error_line(capsys)
     assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize("script", [evaluate, predict])
+def test_a_threshold_outside_0_1_is_refused_before_the_model_loads(script, model_dir, monkeypatch, capsys):
+    import inference
+    monkeypatch.setattr(inference, "load_model", raising(AssertionError("the model must not load")))
+    argv = ["--model-dir", model_dir, "--threshold", "1.5"] + (["great film"] if script is predict else [])
+    assert cli.run(script.main, argv) == cli.EXIT_ERROR
+    assert one_error_line(capsys) == "error: --threshold must be between 0 and 1, got 1.5"
