@@ -28,6 +28,7 @@ import cli
 import config
 import predict
 import serve
+import batching
 import serving
 import tasks
 import train
@@ -498,7 +499,7 @@ def test_batcher_takes_a_text_from_each_waiting_request_in_turn():
         return [text.upper() for text in texts]
 
     async def requests_at_once():
-        batcher = serving.Batcher(score, batch_size=4, timeout_s=0.05, max_queued=100)
+        batcher = batching.Batcher(score, batch_size=4, timeout_s=0.05, max_queued=100)
         batcher.start()
         first = asyncio.ensure_future(batcher.score(["first"]))
         while not batches:
@@ -527,7 +528,7 @@ def test_a_failed_call_fails_its_request_drops_its_other_texts_and_leaves_nothin
 
     async def run():
         asyncio.get_running_loop().set_exception_handler(lambda loop, context: problems.append(context["message"]))
-        batcher = serving.Batcher(score, batch_size=4, timeout_s=0.01, max_queued=100)
+        batcher = batching.Batcher(score, batch_size=4, timeout_s=0.01, max_queued=100)
         batcher.start()
         failed = await asyncio.gather(batcher.score(["boom", *"bcdefgh"]), return_exceptions=True)
         after = await batcher.score(["after"])
