@@ -24,6 +24,7 @@ import common
 EVAL_REVIEWS = 512
 EVAL_BATCH = 128
 TRAIN_STEPS = 8
+XLA_WIDTHS = (64, 128, 256, 512)
 REPEATS = 3  # each part is timed this many times after a warm-up; the fastest counts
 
 
@@ -90,6 +91,18 @@ def child(spec):
                                               for t, p in batches])
     figures["encoder_eval_s"] = figures["model_eval_s"] - figures["head_eval_s"]
     figures["eval_widths"] = [int(t["input_mask"].shape[1]) for t, _ in batches]
+    # Candidate: XLA for scoring, each batch padded up to one of a few fixed widths, so it compiles
+    # at most len(XLA_WIDTHS) times; timed after those compiles, against model_eval_s.
+    widths = [w for w in XLA_WIDTHS if w < cfg.seq_length] + [cfg.seq_length]
+    xla_classify = tf.function(lambda tokens: model(tokens, training=False), jit_compile=True)
+
+    def padded(tokens):
+        width = next(w for w in widths if w >= tokens["input_mask"].shape[1])
+        extra = width - tokens["input_mask"].shape[1]
+        return {key: tf.pad(value, [[0, 0], [0, extra]]) for key, value in tokens.items()}
+    xla_batches = [padded(tokens) for tokens, _ in batches]
+    figures["model_eval_xla_s"] = fastest(lambda: [xla_classify(tokens).numpy() for tokens in xla_batches])
+    figures["xla_widths"] = widths
 
     # Training: TRAIN_STEPS steps of batch 32, as benchmarks/speed.py measures them.
     train_ds, _ = session.datasets(train_split, train_split)
@@ -152,6 +165,9 @@ def main(argv=None):
             part_shares, total = shares(figures, phase)
             print(f"seq={seq_length} {figures['precision']} {label}: {total:.2f} s in parts; "
                   + ", ".join(f"{part} {100 * share:.1f}%" for part, share in part_shares.items()), flush=True)
+        print(f"seq={seq_length} model part of evaluation: {figures['model_eval_s']:.2f} s as it runs, "
+              f"{figures['model_eval_xla_s']:.2f} s with XLA at widths {figures['xla_widths']} "
+              f"({figures['model_eval_s'] / figures['model_eval_xla_s']:.2f}x)", flush=True)
         print(f"seq={seq_length} end-to-end evaluation {figures['end_to_end_eval_s']:.2f} s "
               f"({EVAL_REVIEWS / figures['end_to_end_eval_s']:.1f} reviews/s)", flush=True)
     common.save_result("profile", {"machine": common.machine(), "threads": threads, "results": results})
