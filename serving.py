@@ -352,7 +352,10 @@ def create_app(servable, name, cfg):
             which = f"Latest({requested})" if version is None else f"Specific({requested}, {version})"
             raise RequestError(404, f"Servable not found for request: {which}")
 
-    async def predict(request, requested, version=None):
+    # Each route also answers under /versions/1, as TensorFlow Serving's do; version is None without it.
+    @app.post("/v1/models/{requested}:predict")
+    @app.post("/v1/models/{requested}/versions/{version}:predict")
+    async def predict(requested: str, request: fastapi.Request, version: str | None = None):
         check_servable(requested, version)
         try:
             payload = parse_json(await read_body(request, cfg.max_request_bytes))
@@ -367,41 +370,21 @@ def create_app(servable, name, cfg):
         # has several named outputs) and columnar ones with "outputs" (a list per output); so do we.
         return JSONResponse({"outputs": as_columns(results)} if columnar else {"predictions": results})
 
-    @app.post("/v1/models/{requested}:predict")
-    async def predict_latest(requested: str, request: fastapi.Request):
-        return await predict(request, requested)
-
-    @app.post("/v1/models/{requested}/versions/{version}:predict")
-    async def predict_version(requested: str, version: str, request: fastapi.Request):
-        return await predict(request, requested, version)
-
     @app.get("/v1/models/{requested}")
-    async def status_latest(requested: str):
-        check_servable(requested)
-        return model_status()
-
     @app.get("/v1/models/{requested}/versions/{version}")
-    async def status_version(requested: str, version: str):
+    async def status(requested: str, version: str | None = None):
         check_servable(requested, version)
         return model_status()
 
     @app.get("/v1/models/{requested}/metadata")
-    async def metadata_latest(requested: str):
-        check_servable(requested)
-        return model_metadata(name, servable)
-
     @app.get("/v1/models/{requested}/versions/{version}/metadata")
-    async def metadata_version(requested: str, version: str):
+    async def metadata(requested: str, version: str | None = None):
         check_servable(requested, version)
         return model_metadata(name, servable)
 
     @app.get("/v1/models/{requested}/record")
-    async def record_latest(requested: str):
-        check_servable(requested)
-        return model_record(name, servable)
-
     @app.get("/v1/models/{requested}/versions/{version}/record")
-    async def record_version(requested: str, version: str):
+    async def record(requested: str, version: str | None = None):
         check_servable(requested, version)
         return model_record(name, servable)
 

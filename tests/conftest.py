@@ -70,3 +70,12 @@ def trained_model(trained):
     import saving
     model, _ = saving.load(trained[0]["--model-dir"])
     return model
+
+
+def unloadable_model_dir(folder):
+    """A folder that passes cli.require_model_dir, for tests that stub out loading the model."""
+    import cli
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"")
+    (folder / cli.RUN_RECORD).write_text("{}")
+    return str(folder)

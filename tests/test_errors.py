@@ -15,7 +15,7 @@ import evaluate
 import imdb
 import predict
 import train
-from conftest import ROOT
+from conftest import ROOT, unloadable_model_dir
 
 OOM_MESSAGE = ("Graph execution error:\n\nDetected at node 'encoder/add'\n"
                "OOM when allocating tensor with shape[8,64]")
@@ -25,11 +25,7 @@ DEBUG_HINT = "(run again with --debug, or BERT_SUITE_DEBUG=1, to see the traceba
 @pytest.fixture
 def model_dir(tmp_path):
     """A folder that passes cli.require_model_dir; tests stub out the loading."""
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "saved_model.pb").write_bytes(b"")
-    (folder / cli.RUN_RECORD).write_text("{}")
-    return str(folder)
+    return unloadable_model_dir(tmp_path / "model")
 
 
 @pytest.fixture(autouse=True)

@@ -30,6 +30,7 @@ import predict
 import serve
 import batching
 import serving
+from conftest import unloadable_model_dir
 import tasks
 import train
 from serving_client import HOST, ServerProcess
@@ -426,11 +427,7 @@ sys.exit(cli.run(serve.main))
 @pytest.fixture
 def fake_model_dir(tmp_path):
     """A folder that passes cli.require_model_dir; it is never loaded."""
-    folder = tmp_path / "imdb_bert"
-    folder.mkdir()
-    (folder / "saved_model.pb").write_bytes(b"")
-    (folder / cli.RUN_RECORD).write_text("{}")
-    return str(folder)
+    return unloadable_model_dir(tmp_path / "imdb_bert")
 
 
 def fake_serve(fake_model_dir, *flags):
