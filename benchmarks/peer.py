@@ -93,8 +93,8 @@ def peer_child(spec):
     import contextlib
     import sys
 
-    # A script in benchmarks/ may be named like a standard module (profile.py hides the `profile`
-    # that torch's cProfile imports): import torch without this folder on the path.
+    # A script in benchmarks/ named like a standard module would hide it from torch's imports (a
+    # profile.py hid the `profile` that cProfile imports): import torch without this folder on the path.
     sys.path[:] = [path for path in sys.path if os.path.abspath(path or os.curdir) != common.HERE]
     import numpy as np
     import torch
