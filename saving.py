@@ -82,35 +82,29 @@ def recover_interrupted_save(model_dir):
         os.rename(previous, model_dir)
 
 
-def write_atomically(target, write):
-    """Call write(folder) on a temporary folder beside target and rename it into place only when
-    complete, so a failed write never costs what target held; returns target's absolute path."""
-    target = os.path.abspath(target)
-    parent = os.path.dirname(target)
+def save(exported, model_dir, record, extra_files=None):
+    """Write the SavedModel, with its serving_default signature, and its run record to a temporary
+    folder beside model_dir and rename it into place only when complete, so a failed save never
+    costs the old model."""
+    model_dir = os.path.abspath(model_dir)
+    parent = os.path.dirname(model_dir)
     os.makedirs(parent, exist_ok=True)
-    recover_interrupted_save(target)
-    staging_prefix = f".{os.path.basename(target)}.saving-"
+    recover_interrupted_save(model_dir)
+    staging_prefix = f".{os.path.basename(model_dir)}.saving-"
     cli.remove_leftovers(parent, staging_prefix)  # what a killed save left behind
     staging = tempfile.mkdtemp(prefix=staging_prefix, dir=parent)
     try:
-        write(staging)
-        _swap_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
-def save(exported, model_dir, record, extra_files=None):
-    """Write the SavedModel, with its serving_default signature, and its run record atomically."""
-    def write(staging):
         # No optimizer (the tutorial's include_optimizer=False).
         tf.saved_model.save(exported, staging, signatures=serving_signatures(exported))
         with open(os.path.join(staging, RUN_RECORD), "w") as f:
             json.dump(record, f, indent=2)
         for name, source in (extra_files or {}).items():
             shutil.copy(source, os.path.join(staging, name))
-    return write_atomically(model_dir, write)
+        _swap_into_place(staging, model_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return model_dir
 
 
 def load(model_dir):
