@@ -15,8 +15,6 @@ The encoder is the model's time less the head's. Shares are of the sum of the pa
 """
 import argparse
 import json
-import subprocess
-import sys
 import time
 
 import common
@@ -148,19 +146,17 @@ def main(argv=None):
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("CHILD " + json.dumps(child(json.loads(args.child))), flush=True)
+        common.report_child(child(json.loads(args.child)))
         return None
     common.real_data_flags()
     threads = [int(n) for n in args.threads.split(",")] if args.threads else None
     results = {}
     for seq_length in args.seq_lengths:
-        spec = dict(seq_length=seq_length, precision=args.precision, threads=threads)
-        run = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-        lines = [line for line in run.stdout.splitlines() if line.startswith("CHILD ")]
-        if run.returncode or not lines:
-            print(f"seq {seq_length} failed:\n{run.stderr[-3000:]}", flush=True)
+        spec = dict(name=f"seq {seq_length}", seq_length=seq_length, precision=args.precision, threads=threads)
+        figures = common.run_child(__file__, spec)
+        if figures is None:
             continue
-        figures = results[seq_length] = json.loads(lines[-1][6:])
+        results[seq_length] = figures
         for phase, label in (("eval", f"evaluation of {EVAL_REVIEWS} reviews"), ("train", f"{TRAIN_STEPS} training steps")):
             part_shares, total = shares(figures, phase)
             print(f"seq={seq_length} {figures['precision']} {label}: {total:.2f} s in parts; "
