@@ -38,7 +38,6 @@ def fastest(work, repeats=REPEATS):
 
 
 def child(spec):
-    import numpy as np
     if spec.get("threads"):
         import runtime
         inter, intra = spec["threads"]
