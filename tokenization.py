@@ -1,12 +1,14 @@
 """Text -> BERT token ids: truncation of long texts, and length-sorted, per-batch-padded batches.
 
-Training, evaluation and prediction all batch token ids the same way (`length_sorted_batches`).
+Training (`length_sorted_batches`, in tf.data) and scoring (`scoring.score_texts`, in NumPy) batch
+token ids the same way: sorted by length within windows, each batch padded to its longest text.
 """
 from runtime import keras, tf
 
 TOKEN_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 PAD_MULTIPLE = 16  # batches are padded to a multiple of this, which bounds how often graphs retrace
 WINDOW_BATCHES = 16  # texts are sorted by length within this many batches, then padded per batch
+TOKENIZE_BATCH = 256  # texts per tokenizer call: large enough to amortize the call, small enough to stream
 HEAD_SHARE = 128 / 510  # Sun et al. (2019): the first 128 and last 382 of 510 review tokens
 
 
@@ -81,8 +83,8 @@ def length_sorted_batches(examples, batch_size, window_batches=WINDOW_BATCHES):
 
 
 def tokenized(examples, text_to_tokens):
-    """(text, y) examples -> (tokens, y), tokenized in a parallel map of 256-text batches."""
-    return (examples.batch(256)
+    """(text, y) examples -> (tokens, y), tokenized in a parallel map of TOKENIZE_BATCH-text batches."""
+    return (examples.batch(TOKENIZE_BATCH)
             .map(lambda texts, extra: (text_to_tokens(texts), extra), num_parallel_calls=tf.data.AUTOTUNE)
             .unbatch())
 

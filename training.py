@@ -30,7 +30,7 @@ def _examples(split):
 
 def token_dataset(split, text_to_tokens, batch_size, shuffle_seed=None):
     """(tokens, label) batches: tokenized once in a parallel map and cached as ids, then batched
-    by length as scoring batches (tokenization.length_sorted_batches)."""
+    by length (tokenization.length_sorted_batches), as scoring batches them."""
     dataset = tokenization.tokenized(_examples(split), text_to_tokens).cache()
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)

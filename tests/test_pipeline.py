@@ -106,6 +106,35 @@ def test_score_does_not_depend_on_batch_mates(trained_model):
     np.testing.assert_allclose(scoring.logits_of(trained_model, mates, 8)[3], alone, atol=1e-5)
 
 
+def test_scoring_sorts_by_length_and_pads_each_batch_to_its_longest(trained_model):
+    """What makes scoring fast: within a window, batches of similar length, each padded only to its
+    longest text; and each logit still lands at its own text's place."""
+    import scoring
+    import tokenization
+
+    class Recording:
+        def __init__(self, model):
+            self.preprocess, self.model, self.batches = model.preprocess, model, []
+
+        def classify_tokens(self, tokens):
+            self.batches.append(tokens["input_mask"].numpy())
+            return self.model.classify_tokens(tokens)
+
+    texts = [("great " if i % 2 else "awful ") * ((i * 7) % 45 + 1) for i in range(40)]
+    recording = Recording(trained_model)
+    logits = scoring.logits_of(recording, texts, 8)
+    assert [len(mask) for mask in recording.batches] == [8] * 5  # one window of 40 texts
+    previous_longest = 0
+    for mask in recording.batches:
+        lengths = mask.sum(axis=1)
+        assert mask.shape[1] % tokenization.PAD_MULTIPLE == 0
+        assert lengths.max() <= mask.shape[1] < lengths.max() + tokenization.PAD_MULTIPLE
+        assert lengths.min() >= previous_longest  # sorted: no batch starts below the last one's longest
+        previous_longest = lengths.max()
+    alone = [scoring.logits_of(trained_model, [text], 8)[0] for text in texts[:6]]
+    np.testing.assert_allclose(logits[:6], alone, atol=1e-5)
+
+
 def test_in_memory_and_reloaded_models_score_many_texts_alike(trained, trained_model):
     """Many windows of batches, through the in-memory model as train.py scores the test set."""
     import training
