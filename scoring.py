@@ -26,16 +26,9 @@ def score_texts(model, texts, batch_size, window_batches=tokenization.WINDOW_BAT
             window = [tokenization.sanitize(text) for text in itertools.islice(texts, batch_size * window_batches)]
             if not window:
                 return
-            tokens = _tokens_of(model, window)
-            lengths = tokens["input_mask"].sum(axis=1)
-            order = np.argsort(lengths, kind="stable")
             logits = None
-            for start in range(0, len(window), batch_size):
-                rows = order[start:start + batch_size]
-                width = min(tokens["input_mask"].shape[1],
-                            tokenization.round_up(int(lengths[rows].max()), tokenization.PAD_MULTIPLE))
-                batch_logits = _squeezed(model.classify_tokens(
-                    {key: tf.constant(value[rows, :width]) for key, value in tokens.items()}).numpy())
+            for rows, tokens in sorted_batches(tokens_of(model, window), batch_size):
+                batch_logits = _squeezed(model.classify_tokens(tokens).numpy())
                 if logits is None:
                     logits = np.empty((len(window),) + batch_logits.shape[1:], dtype=np.float32)
                 logits[rows] = batch_logits
@@ -43,7 +36,19 @@ def score_texts(model, texts, batch_size, window_batches=tokenization.WINDOW_BAT
             yield logits
 
 
-def _tokens_of(model, texts):
+def sorted_batches(tokens, batch_size):
+    """(rows, batch) pairs over a window's token ids (NumPy arrays): rows sorted by length, each
+    batch a dict of tensors padded only to its longest text, rounded up to PAD_MULTIPLE."""
+    lengths = tokens["input_mask"].sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = min(tokens["input_mask"].shape[1],
+                    tokenization.round_up(int(lengths[rows].max()), tokenization.PAD_MULTIPLE))
+        yield rows, {key: tf.constant(value[rows, :width]) for key, value in tokens.items()}
+
+
+def tokens_of(model, texts):
     """Token ids of texts as NumPy arrays, tokenized tokenization.TOKENIZE_BATCH texts a call."""
     parts = [model.preprocess(tf.constant(texts[start:start + tokenization.TOKENIZE_BATCH]))
              for start in range(0, len(texts), tokenization.TOKENIZE_BATCH)]

@@ -8,13 +8,20 @@ Same configuration, reviews and batch sizes as benchmarks/speed.py (MiniLM, `off
 head truncation, batch 32 to train and 128 to evaluate). Each part is timed alone, warmed up, on the
 same data, after materializing what feeds it:
   tokenization     strings -> token ids (the preprocessor's tokenize + truncation + packing)
-  input pipeline   the rest of tf.data: sorting by length, batching, per-batch padding
+  input pipeline   the rest of scoring.score_texts (training: of tf.data): sorting by length, batching, per-batch padding
   encoder          the BERT encoder (forward for evaluation; forward, backward and update for training)
   head             pooling, dropout and the Dense layer, on encoder outputs of the same shape
 The encoder is the model's time less the head's. Shares are of the sum of the parts.
+
+Then TensorFlow's profiler traces the model's part of that evaluation and those training steps op by
+op: the time in each op type (summed over threads) and its share, grouped into matrix multiplies,
+element-wise and normalization ops, layout ops (transposes, reshapes, slices) and casts.
 """
 import argparse
+import collections
+import glob
 import json
+import tempfile
 import time
 
 import common
@@ -24,6 +31,54 @@ EVAL_BATCH = 128
 TRAIN_STEPS = 8
 XLA_WIDTHS = (64, 128, 256, 512)
 REPEATS = 3  # each part is timed this many times after a warm-up; the fastest counts
+TOP_OPS = 12  # op types listed per traced phase
+# Op types by kind; oneDNN's kernels (_Mkl...) count as the op they implement.
+OP_KINDS = {
+    "matrix multiplies": ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum", "FusedMatMul",
+                          "FusedBatchMatMulV2", "NativeFusedMatMul"),
+    "layout": ("Transpose", "Reshape", "StridedSlice", "Slice", "ConcatV2", "Pack", "GatherV2", "ResourceGather",
+               "Pad", "Tile", "ExpandDims", "Squeeze"),
+    "casts": ("Cast",),
+}
+CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall", "While", "If", "StatelessIf", "StatelessWhile")
+
+
+def op_seconds(work):
+    """{op type: seconds summed over threads} of one traced run of work(), from TensorFlow's profiler."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    from runtime import tf
+    registered = set(dir(tf.raw_ops))
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            work()
+        finally:
+            tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as trace:
+            space.ParseFromString(trace.read())
+    seconds = collections.Counter()
+    for plane in space.planes:
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                op_type = names.get(event.metadata_id, "").rpartition(":")[2]
+                kernel = op_type.removeprefix("_Mkl").removeprefix("_")
+                if (op_type in registered or kernel in registered or op_type.startswith("_Mkl")) \
+                        and kernel not in CALL_OPS:
+                    seconds[kernel] += event.duration_ps / 1e12
+    return seconds
+
+
+def op_kinds(seconds):
+    """Shares of the traced op time by kind, and the TOP_OPS op types' own shares."""
+    total = sum(seconds.values())
+    kinds = collections.Counter()
+    for op_type, spent in seconds.items():
+        kind = next((kind for kind, members in OP_KINDS.items() if op_type in members), "element-wise and normalization")
+        kinds[kind] += spent / total
+    return {"kinds": dict(kinds), "top": {op: spent / total for op, spent in seconds.most_common(TOP_OPS)},
+            "traced_op_s": total}
 
 
 def fastest(work, repeats=REPEATS):
@@ -72,21 +127,16 @@ def child(spec):
 
     # Evaluation, tokenization included, as scoring.score_texts runs it.
     figures = {"end_to_end_eval_s": fastest(lambda: list(scoring.score_texts(exported, texts, EVAL_BATCH)))}
-    figures["tokenization_eval_s"] = fastest(lambda: [
-        exported.preprocess(tf.constant(texts[i:i + 256]))["input_word_ids"].numpy()
-        for i in range(0, len(texts), 256)])
-
-    def eval_batches():
-        examples = tf.data.Dataset.from_tensor_slices((texts, tf.range(len(texts))))
-        return list(tokenization.length_sorted_batches(tokenization.tokenized(examples, exported.preprocess),
-                                                       EVAL_BATCH))
-    figures["input_pipeline_eval_s"] = fastest(eval_batches) - figures["tokenization_eval_s"]
-    batches = eval_batches()
+    figures["tokenization_eval_s"] = fastest(lambda: scoring.tokens_of(exported, texts))
+    tokens = scoring.tokens_of(exported, texts)
+    figures["input_pipeline_eval_s"] = fastest(lambda: list(scoring.sorted_batches(tokens, EVAL_BATCH)))
+    batches = [(batch, rows) for rows, batch in scoring.sorted_batches(tokens, EVAL_BATCH)]
     figures["model_eval_s"] = fastest(lambda: [exported.classify_tokens(tokens).numpy() for tokens, _ in batches])
     eval_head = tf.function(lambda b, w: head(b, w, False), reduce_retracing=True)
     figures["head_eval_s"] = fastest(lambda: [eval_head(tf.constant(len(p)), tf.shape(t["input_mask"])[1]).numpy()
                                               for t, p in batches])
     figures["encoder_eval_s"] = figures["model_eval_s"] - figures["head_eval_s"]
+    figures["ops_eval"] = op_kinds(op_seconds(lambda: [exported.classify_tokens(t).numpy() for t, _ in batches]))
     figures["eval_widths"] = [int(t["input_mask"].shape[1]) for t, _ in batches]
     # Candidate: XLA for scoring, each batch padded up to one of a few fixed widths, so it compiles
     # at most len(XLA_WIDTHS) times; timed after those compiles, against model_eval_s.
@@ -124,6 +174,7 @@ def child(spec):
     figures["head_train_s"] = fastest(lambda: [head_step(tf.constant(cfg.batch_size), tf.shape(t["input_mask"])[1])
                                                for t, _ in train_batches])
     figures["encoder_train_s"] = figures["model_train_s"] - figures["head_train_s"]
+    figures["ops_train"] = op_kinds(op_seconds(lambda: [model.train_on_batch(t, y) for t, y in train_batches]))
     figures["precision"] = session.precision
     return figures
 
@@ -163,6 +214,11 @@ def main(argv=None):
         print(f"seq={seq_length} model part of evaluation: {figures['model_eval_s']:.2f} s as it runs, "
               f"{figures['model_eval_xla_s']:.2f} s with XLA at widths {figures['xla_widths']} "
               f"({figures['model_eval_s'] / figures['model_eval_xla_s']:.2f}x)", flush=True)
+        for phase in ("eval", "train"):
+            ops = figures[f"ops_{phase}"]
+            print(f"seq={seq_length} ops of {phase}, by kind: "
+                  + ", ".join(f"{kind} {100 * share:.1f}%" for kind, share in sorted(ops["kinds"].items(), key=lambda kv: -kv[1]))
+                  + "; top op types: " + ", ".join(f"{op} {100 * share:.1f}%" for op, share in ops["top"].items()), flush=True)
         print(f"seq={seq_length} end-to-end evaluation {figures['end_to_end_eval_s']:.2f} s "
               f"({EVAL_REVIEWS / figures['end_to_end_eval_s']:.1f} reviews/s)", flush=True)
     common.save_result("profile", {"machine": common.machine(), "threads": threads, "results": results})

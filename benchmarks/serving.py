@@ -13,6 +13,11 @@ one IMDB test review per request on a keep-alive connection, after an untimed wa
 --requests requests are answered: throughput = requests / wall time, and p50/p99 of each
 request's latency. Mean batch = texts scored / model calls, as serve.py's /healthz counts them.
 The last lines, `serving-ratio clients=C batching=X`, are batching's throughput over no batching's.
+
+First, the ceiling: the same model scores CEILING_REVIEWS of the same reviews in a process of its
+own without a server (scoring.logits_of, as predict.py does), one text a call and 32 a call. Their
+ratio is the most any server-side batching could give on this machine; the line
+`serving-ceiling batching=X` prints it.
 """
 import argparse
 import http.client
@@ -33,6 +38,7 @@ REVIEWS = 2000  # distinct test reviews the clients cycle through
 WARM_UP_REQUESTS = 256  # untimed, at the most clients, so each batch shape has been run once
 SETTINGS = {"on": 32, "off": 1}  # --batch-size of each setting
 STARTUP_SECONDS = 300
+CEILING_REVIEWS = 256  # reviews the model scores alone, per setting, after a warm-up of the same
 
 
 def train_model(seq_length):
@@ -100,6 +106,22 @@ def load(server, reviews, clients, requests):
     return time.perf_counter() - started, latencies, failures
 
 
+def ceiling(spec):
+    """Reviews/s of the model alone at each setting's texts per call: what the server's calls can reach."""
+    import inference
+    import scoring
+    import tokenization
+    model, _, precision = inference.load_model(spec["model_dir"], "auto")
+    reviews = [tokenization.sanitize(text) for text in test_reviews(REVIEWS)[:CEILING_REVIEWS]]
+    figures = {"precision": precision}
+    for setting, batch_size in SETTINGS.items():
+        scoring.logits_of(model, reviews, batch_size)
+        started = time.perf_counter()
+        scoring.logits_of(model, reviews, batch_size)
+        figures[setting] = len(reviews) / (time.perf_counter() - started)
+    return figures
+
+
 def percentile(values, share):
     return statistics.quantiles(values, n=100, method="inclusive")[share - 1] if len(values) > 1 else values[0]
 
@@ -109,10 +131,19 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=1024, help="timed requests per setting and client count")
     parser.add_argument("--seq-length", type=int, default=128, help="tokens per review the model reads")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        common.report_child(ceiling(json.loads(args.child)))
+        return None
     model_dir = train_model(args.seq_length)
     reviews = test_reviews(REVIEWS)
     results = {}
+    alone = common.run_child(__file__, {"name": "model alone", "model_dir": model_dir})
+    if alone:
+        results["model_alone"] = alone
+        print(f"model alone ({alone['precision']}, no server): {alone['on']:.1f} reviews/s at 32 texts a call, "
+              f"{alone['off']:.1f} at one text a call", flush=True)
     for setting, batch_size in SETTINGS.items():
         server = Server(model_dir, batch_size, os.path.join(common.RESULTS, f"serving-{setting}.log"))
         try:
@@ -139,6 +170,8 @@ def main(argv=None):
         on, off = results.get(f"on@{clients}"), results.get(f"off@{clients}")
         if on and off:
             print(f"serving-ratio clients={clients} batching={on['reviews_per_s'] / off['reviews_per_s']:.2f}")
+    if alone:
+        print(f"serving-ceiling batching={alone['on'] / alone['off']:.2f}")
     return results
 
 
