@@ -50,8 +50,9 @@ def run(main, argv=None):
 
 
 def is_out_of_memory(error):
-    """True for TensorFlow's ResourceExhaustedError, found by name so TensorFlow need not be imported."""
-    return any(cls.__name__ == "ResourceExhaustedError" for cls in type(error).__mro__)
+    """True for TensorFlow's ResourceExhaustedError (found by name so TensorFlow need not be imported)
+    and for Python's MemoryError (NumPy's arrays of token ids and logits)."""
+    return isinstance(error, MemoryError) or any(cls.__name__ == "ResourceExhaustedError" for cls in type(error).__mro__)
 
 
 def out_of_memory_line(error, flags):

@@ -6,7 +6,6 @@ import numpy as np
 import tqdm
 
 import tokenization
-from runtime import tf
 
 
 def score_texts(model, texts, batch_size, window_batches=tokenization.WINDOW_BATCHES, progress=None):
@@ -15,8 +14,8 @@ def score_texts(model, texts, batch_size, window_batches=tokenization.WINDOW_BAT
 
     Within each window texts are tokenized, sorted by length and cut into batches each padded only
     to its longest text (rounded up to tokenization.PAD_MULTIPLE), as training batches them; each
-    logit goes back to its text's place. Plain NumPy rather than tf.data: on 2 cores a tf.data
-    pipeline cost 10% of evaluation at 128 tokens (benchmarks/profiling.py). `model` is a
+    logit goes back to its text's place. In NumPy rather than tf.data, which cost about 10% of
+    evaluation at 128 tokens on 2 cores (README, Speed). `model` is a
     saving.ExportedClassifier or its reloaded SavedModel. progress: if true, a bar on stderr
     counts the texts scored (a string names the bar).
     """
@@ -27,32 +26,14 @@ def score_texts(model, texts, batch_size, window_batches=tokenization.WINDOW_BAT
             if not window:
                 return
             logits = None
-            for rows, tokens in sorted_batches(tokens_of(model, window), batch_size):
+            for rows, tokens in tokenization.sorted_batches(tokenization.tokens_of(model.preprocess, window),
+                                                             batch_size):
                 batch_logits = _squeezed(model.classify_tokens(tokens).numpy())
                 if logits is None:
                     logits = np.empty((len(window),) + batch_logits.shape[1:], dtype=np.float32)
                 logits[rows] = batch_logits
                 bar.update(len(rows))
             yield logits
-
-
-def sorted_batches(tokens, batch_size):
-    """(rows, batch) pairs over a window's token ids (NumPy arrays): rows sorted by length, each
-    batch a dict of tensors padded only to its longest text, rounded up to PAD_MULTIPLE."""
-    lengths = tokens["input_mask"].sum(axis=1)
-    order = np.argsort(lengths, kind="stable")
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = min(tokens["input_mask"].shape[1],
-                    tokenization.round_up(int(lengths[rows].max()), tokenization.PAD_MULTIPLE))
-        yield rows, {key: tf.constant(value[rows, :width]) for key, value in tokens.items()}
-
-
-def tokens_of(model, texts):
-    """Token ids of texts as NumPy arrays, tokenized tokenization.TOKENIZE_BATCH texts a call."""
-    parts = [model.preprocess(tf.constant(texts[start:start + tokenization.TOKENIZE_BATCH]))
-             for start in range(0, len(texts), tokenization.TOKENIZE_BATCH)]
-    return {key: np.concatenate([part[key].numpy() for part in parts]) for key in tokenization.TOKEN_KEYS}
 
 
 def _squeezed(logits):

@@ -1,14 +1,16 @@
 """Text -> BERT token ids: truncation of long texts, and length-sorted, per-batch-padded batches.
 
-Training (`length_sorted_batches`, in tf.data) and scoring (`scoring.score_texts`, in NumPy) batch
+Training (`length_sorted_batches`, in tf.data) and scoring (`sorted_batches`, in NumPy) batch
 token ids the same way: sorted by length within windows, each batch padded to its longest text.
 """
+import numpy as np
+
 from runtime import keras, tf
 
 TOKEN_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 PAD_MULTIPLE = 16  # batches are padded to a multiple of this, which bounds how often graphs retrace
 WINDOW_BATCHES = 16  # texts are sorted by length within this many batches, then padded per batch
-TOKENIZE_BATCH = 256  # texts per tokenizer call: large enough to amortize the call, small enough to stream
+TOKENIZE_BATCH = 256  # texts per tokenizer call: enough to amortize the call, few enough to run calls in parallel
 HEAD_SHARE = 128 / 510  # Sun et al. (2019): the first 128 and last 382 of 510 review tokens
 
 
@@ -80,6 +82,24 @@ def length_sorted_batches(examples, batch_size, window_batches=WINDOW_BATCHES):
         return window.batch(batch_size).map(lambda t, y: (trim_padding(t), y))
 
     return examples.batch(batch_size * window_batches).flat_map(sorted_window)
+
+
+def tokens_of(text_to_tokens, texts):
+    """Token ids of a list of texts as NumPy arrays, TOKENIZE_BATCH texts a tokenizer call."""
+    parts = [text_to_tokens(tf.constant(texts[start:start + TOKENIZE_BATCH]))
+             for start in range(0, len(texts), TOKENIZE_BATCH)]
+    return {key: np.concatenate([part[key].numpy() for part in parts]) for key in TOKEN_KEYS}
+
+
+def sorted_batches(tokens, batch_size):
+    """length_sorted_batches for one window of token ids held in NumPy: (rows, batch) pairs, rows
+    sorted by length (stable), each batch a dict of tensors padded only to its longest text."""
+    lengths = tokens["input_mask"].sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = min(tokens["input_mask"].shape[1], round_up(int(lengths[rows].max()), PAD_MULTIPLE))
+        yield rows, {key: tf.constant(value[rows, :width]) for key, value in tokens.items()}
 
 
 def tokenized(examples, text_to_tokens):

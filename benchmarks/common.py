@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -50,6 +51,18 @@ def save_result(name, result):
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     return path
+
+
+def fastest(work, repeats=3):
+    """Seconds of the fastest of `repeats` runs of work(), after one warm-up run: other jobs on a
+    shared machine only ever slow a run down, so the fastest is the least disturbed."""
+    work()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 def run_child(script, spec):

@@ -3,7 +3,7 @@
     pip install --no-deps -r requirements-bench.txt   # torch (CPU build) and transformers
     python benchmarks/peer.py                         # 128 and 512 tokens
     python benchmarks/peer.py --seq-lengths 128 --precisions float32
-    python benchmarks/peer.py --rounds 3              # each side's best of 3 alternating runs
+    python benchmarks/peer.py --rounds 3              # each side's best of 3 runs, taking turns to go first
 
 Both fine-tune and evaluate the same MiniLM checkpoint on the same reviews with the protocol of
 benchmarks/speed.py (whose measurement of our pipeline this reuses): the first TRAIN_STEPS * 32
@@ -226,6 +226,17 @@ def ratio(results, precision, seq, figure):
     return ours[figure] / peer[figure] if ours and peer else None
 
 
+def round_ratios(runs, precision, seq):
+    """Ours / peer in each round, from that round's two runs, to show how much rounds vary."""
+    pairs = {}
+    for run in runs:
+        side, _, setting = run["name"].partition("-")
+        if setting == f"{precision}@{seq}":
+            pairs.setdefault(run["round"], {})[side] = run
+    return [{label: pair["ours"][figure] / pair["peer"][figure] for figure, label in COLUMNS}
+            for _, pair in sorted(pairs.items()) if {"ours", "peer"} <= pair.keys()]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-lengths", type=int, nargs="+", default=[128, 512])
@@ -271,7 +282,8 @@ def main(argv=None):
             for precision in args.precisions:
                 runs = (("ours", speed.__file__, dict(pipeline="fast", predict=False)),
                         ("peer", __file__, dict(model_dir=model_dir)))
-                for side, script, extra in runs:
+                # Sides take turns going first, so a slow stretch of a shared machine hits both alike.
+                for side, script, extra in runs if round_number % 2 else runs[::-1]:
                     spec = dict(name=f"{side}-{precision}@{seq}", precision=precision, seq_length=seq, **sizes, **extra)
                     figures = common.run_child(script, spec)
                     if figures is None:
@@ -293,6 +305,9 @@ def main(argv=None):
             record["ratios"][f"{precision}@{seq}"] = {"train": train, "eval": evaluation}
             named = f" precision={precision}" if "bfloat16" in args.precisions else ""
             print(f"peer-ratio seq={seq}{named} train={train:.2f} eval={evaluation:.2f}")
+            if args.rounds > 1:
+                print("  round by round (ours / peer): " + "; ".join(
+                    f"train {r['train']:.2f} eval {r['eval']:.2f}" for r in round_ratios(record["runs"], precision, seq)))
     print(f"Results: {common.save_result('peer', record)}")
     return record
 

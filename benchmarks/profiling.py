@@ -22,7 +22,6 @@ import collections
 import glob
 import json
 import tempfile
-import time
 
 import common
 
@@ -30,17 +29,16 @@ EVAL_REVIEWS = 512
 EVAL_BATCH = 128
 TRAIN_STEPS = 8
 XLA_WIDTHS = (64, 128, 256, 512)
-REPEATS = 3  # each part is timed this many times after a warm-up; the fastest counts
 TOP_OPS = 12  # op types listed per traced phase
-# Op types by kind; oneDNN's kernels (_Mkl...) count as the op they implement.
-OP_KINDS = {
-    "matrix multiplies": ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum", "FusedMatMul",
-                          "FusedBatchMatMulV2", "NativeFusedMatMul"),
-    "layout": ("Transpose", "Reshape", "StridedSlice", "Slice", "ConcatV2", "Pack", "GatherV2", "ResourceGather",
-               "Pad", "Tile", "ExpandDims", "Squeeze"),
-    "casts": ("Cast",),
-}
-CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall", "While", "If", "StatelessIf", "StatelessWhile")
+# Op kinds, by the op type's name (oneDNN's _Mkl... kernels and grappler's _Fused... ops included).
+MATRIX_MULTIPLY_NAMES = ("MatMul", "Einsum", "Conv")
+LAYOUT_OPS = ("Transpose", "Reshape", "StridedSlice", "Slice", "ConcatV2", "Pack", "GatherV2", "ResourceGather",
+              "Pad", "Tile", "ExpandDims", "Squeeze", "Shape", "Prod", "Range", "Fill")
+VARIABLE_OPS = ("ReadVariableOp", "AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp", "Identity",
+                "NoOp", "VarHandleOp")
+# Ops that run other ops inside them: their time is their inner ops', so counting them would count it twice.
+CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall", "While", "If", "StatelessIf", "StatelessWhile", "Case",
+            "StatelessCase", "RemoteCall", "XlaLaunch", "XlaRun", "XlaCompile")
 
 
 def op_seconds(work):
@@ -62,9 +60,10 @@ def op_seconds(work):
         names = {key: meta.name for key, meta in plane.event_metadata.items()}
         for line in plane.lines:
             for event in line.events:
-                op_type = names.get(event.metadata_id, "").rpartition(":")[2]
+                name, _, op_type = names.get(event.metadata_id, "").rpartition(":")
                 kernel = op_type.removeprefix("_Mkl").removeprefix("_")
-                if (op_type in registered or kernel in registered or op_type.startswith("_Mkl")) \
+                # An op's event is named "node:OpType"; other events (tf.data, the executor) are not ops.
+                if name and not op_type.startswith("__") and (op_type in registered or op_type.startswith("_")) \
                         and kernel not in CALL_OPS:
                     seconds[kernel] += event.duration_ps / 1e12
     return seconds
@@ -75,21 +74,19 @@ def op_kinds(seconds):
     total = sum(seconds.values())
     kinds = collections.Counter()
     for op_type, spent in seconds.items():
-        kind = next((kind for kind, members in OP_KINDS.items() if op_type in members), "element-wise and normalization")
+        if any(part in op_type for part in MATRIX_MULTIPLY_NAMES):
+            kind = "matrix multiplies"
+        elif op_type in LAYOUT_OPS:
+            kind = "layout"
+        elif op_type == "Cast":
+            kind = "casts"
+        elif op_type in VARIABLE_OPS or op_type.startswith(("ResourceApply", "Assign")):
+            kind = "variables and updates"
+        else:
+            kind = "element-wise and normalization"
         kinds[kind] += spent / total
     return {"kinds": dict(kinds), "top": {op: spent / total for op, spent in seconds.most_common(TOP_OPS)},
             "traced_op_s": total}
-
-
-def fastest(work, repeats=REPEATS):
-    """Seconds of the fastest of `repeats` runs of work(), after one warm-up run."""
-    work()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def child(spec):
@@ -126,17 +123,18 @@ def child(spec):
         return net
 
     # Evaluation, tokenization included, as scoring.score_texts runs it.
-    figures = {"end_to_end_eval_s": fastest(lambda: list(scoring.score_texts(exported, texts, EVAL_BATCH)))}
-    figures["tokenization_eval_s"] = fastest(lambda: scoring.tokens_of(exported, texts))
-    tokens = scoring.tokens_of(exported, texts)
-    figures["input_pipeline_eval_s"] = fastest(lambda: list(scoring.sorted_batches(tokens, EVAL_BATCH)))
-    batches = [(batch, rows) for rows, batch in scoring.sorted_batches(tokens, EVAL_BATCH)]
-    figures["model_eval_s"] = fastest(lambda: [exported.classify_tokens(tokens).numpy() for tokens, _ in batches])
+    figures = {"end_to_end_eval_s": common.fastest(lambda: list(scoring.score_texts(exported, texts, EVAL_BATCH)))}
+    figures["tokenization_eval_s"] = common.fastest(lambda: tokenization.tokens_of(exported.preprocess, texts))
+    tokens = tokenization.tokens_of(exported.preprocess, texts)
+    figures["input_pipeline_eval_s"] = common.fastest(lambda: list(tokenization.sorted_batches(tokens, EVAL_BATCH)))
+    batches = [(batch, rows) for rows, batch in tokenization.sorted_batches(tokens, EVAL_BATCH)]
+    figures["model_eval_s"] = common.fastest(lambda: [exported.classify_tokens(tokens).numpy() for tokens, _ in batches])
     eval_head = tf.function(lambda b, w: head(b, w, False), reduce_retracing=True)
-    figures["head_eval_s"] = fastest(lambda: [eval_head(tf.constant(len(p)), tf.shape(t["input_mask"])[1]).numpy()
+    figures["head_eval_s"] = common.fastest(lambda: [eval_head(tf.constant(len(p)), tf.shape(t["input_mask"])[1]).numpy()
                                               for t, p in batches])
     figures["encoder_eval_s"] = figures["model_eval_s"] - figures["head_eval_s"]
     figures["ops_eval"] = op_kinds(op_seconds(lambda: [exported.classify_tokens(t).numpy() for t, _ in batches]))
+    figures["ops_eval"]["model_s"] = figures["model_eval_s"]
     figures["eval_widths"] = [int(t["input_mask"].shape[1]) for t, _ in batches]
     # Candidate: XLA for scoring, each batch padded up to one of a few fixed widths, so it compiles
     # at most len(XLA_WIDTHS) times; timed after those compiles, against model_eval_s.
@@ -148,21 +146,21 @@ def child(spec):
         extra = width - tokens["input_mask"].shape[1]
         return {key: tf.pad(value, [[0, 0], [0, extra]]) for key, value in tokens.items()}
     xla_batches = [padded(tokens) for tokens, _ in batches]
-    figures["model_eval_xla_s"] = fastest(lambda: [xla_classify(tokens).numpy() for tokens in xla_batches])
+    figures["model_eval_xla_s"] = common.fastest(lambda: [xla_classify(tokens).numpy() for tokens in xla_batches])
     figures["xla_widths"] = widths
 
     # Training: TRAIN_STEPS steps of batch 32, as benchmarks/speed.py measures them.
     train_ds, _ = session.datasets(train_split, train_split)
     train_ds = train_ds.take(TRAIN_STEPS)
-    figures["input_pipeline_train_s"] = fastest(lambda: [b for b in train_ds])
+    figures["input_pipeline_train_s"] = common.fastest(lambda: [b for b in train_ds])
     texts_train = [tokenization.sanitize(text) for text in train_split.texts[:TRAIN_STEPS * cfg.batch_size]]
-    figures["tokenization_train_s"] = fastest(lambda: [
+    figures["tokenization_train_s"] = common.fastest(lambda: [
         exported.preprocess(tf.constant(texts_train[i:i + 256]))["input_word_ids"].numpy()
         for i in range(0, len(texts_train), 256)])
     figures["input_pipeline_train_s"] -= figures["tokenization_train_s"]
     train_batches = [b for b in train_ds]
     model = session.compile(TRAIN_STEPS)
-    figures["model_train_s"] = fastest(lambda: [model.train_on_batch(tokens, labels) for tokens, labels in train_batches])
+    figures["model_train_s"] = common.fastest(lambda: [model.train_on_batch(tokens, labels) for tokens, labels in train_batches])
     head_variables = [v for layer in head_layers for v in layer.trainable_variables]
     optimizer = keras.optimizers.Adam(1e-5)
 
@@ -171,10 +169,11 @@ def child(spec):
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.cast(head(b, w, True), tf.float32) ** 2)
         optimizer.apply_gradients(zip(tape.gradient(loss, head_variables), head_variables))
-    figures["head_train_s"] = fastest(lambda: [head_step(tf.constant(cfg.batch_size), tf.shape(t["input_mask"])[1])
+    figures["head_train_s"] = common.fastest(lambda: [head_step(tf.constant(cfg.batch_size), tf.shape(t["input_mask"])[1])
                                                for t, _ in train_batches])
     figures["encoder_train_s"] = figures["model_train_s"] - figures["head_train_s"]
     figures["ops_train"] = op_kinds(op_seconds(lambda: [model.train_on_batch(t, y) for t, y in train_batches]))
+    figures["ops_train"]["model_s"] = figures["model_train_s"]
     figures["precision"] = session.precision
     return figures
 
@@ -216,7 +215,9 @@ def main(argv=None):
               f"({figures['model_eval_s'] / figures['model_eval_xla_s']:.2f}x)", flush=True)
         for phase in ("eval", "train"):
             ops = figures[f"ops_{phase}"]
-            print(f"seq={seq_length} ops of {phase}, by kind: "
+            # A sanity check: ops summed over threads, against the wall time of the same untraced work.
+            print(f"seq={seq_length} ops of {phase}: {ops['traced_op_s']:.2f} s summed over threads "
+                  f"({ops['traced_op_s'] / ops['model_s']:.2f}x the untraced wall time); by kind: "
                   + ", ".join(f"{kind} {100 * share:.1f}%" for kind, share in sorted(ops["kinds"].items(), key=lambda kv: -kv[1]))
                   + "; top op types: " + ", ".join(f"{op} {100 * share:.1f}%" for op, share in ops["top"].items()), flush=True)
         print(f"seq={seq_length} end-to-end evaluation {figures['end_to_end_eval_s']:.2f} s "

@@ -14,10 +14,10 @@ one IMDB test review per request on a keep-alive connection, after an untimed wa
 request's latency. Mean batch = texts scored / model calls, as serve.py's /healthz counts them.
 The last lines, `serving-ratio clients=C batching=X`, are batching's throughput over no batching's.
 
-First, the ceiling: the same model scores CEILING_REVIEWS of the same reviews in a process of its
-own without a server (scoring.logits_of, as predict.py does), one text a call and 32 a call. Their
-ratio is the most any server-side batching could give on this machine; the line
-`serving-ceiling batching=X` prints it.
+First, the ceiling: in a process of its own, the same model scores CEILING_REVIEWS of the same
+reviews through the server's own scoring (serving.Servable.score) without HTTP or the batcher, in
+consecutive calls of 1 and of 32 reviews (fastest of 3 passes after a warm-up). Their ratio is what
+server-side batching could give if requests cost nothing else; `serving-ceiling batching=X` prints it.
 """
 import argparse
 import http.client
@@ -107,18 +107,18 @@ def load(server, reviews, clients, requests):
 
 
 def ceiling(spec):
-    """Reviews/s of the model alone at each setting's texts per call: what the server's calls can reach."""
+    """Reviews/s of the server's scoring alone at each setting's texts per call: what its calls can reach."""
     import inference
-    import scoring
-    import tokenization
-    model, _, precision = inference.load_model(spec["model_dir"], "auto")
-    reviews = [tokenization.sanitize(text) for text in test_reviews(REVIEWS)[:CEILING_REVIEWS]]
+    import serving
+    defaults = config.Config()
+    model, record, precision = inference.load_model(spec["model_dir"], "auto")
+    task = inference.task_of_record(record)
+    reviews = test_reviews(REVIEWS)[:CEILING_REVIEWS]
     figures = {"precision": precision}
     for setting, batch_size in SETTINGS.items():
-        scoring.logits_of(model, reviews, batch_size)
-        started = time.perf_counter()
-        scoring.logits_of(model, reviews, batch_size)
-        figures[setting] = len(reviews) / (time.perf_counter() - started)
+        servable = serving.Servable(model, record, task, defaults.threshold, defaults.top_k, batch_size)
+        calls = [reviews[start:start + batch_size] for start in range(0, len(reviews), batch_size)]
+        figures[setting] = len(reviews) / common.fastest(lambda: [servable.score(texts) for texts in calls])
     return figures
 
 

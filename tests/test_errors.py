@@ -63,13 +63,15 @@ def test_out_of_memory_in_scoring_names_batch_size(script, model_dir, monkeypatc
     assert "lower --batch-size" in line and "--eval-batch-size" not in line and "--seq-length" not in line
 
 
-def test_out_of_memory_mid_evaluation(model_dir, monkeypatch, capsys):
+@pytest.mark.parametrize("error", [out_of_memory, MemoryError], ids=["tensorflow", "numpy"])
+def test_out_of_memory_mid_evaluation(error, model_dir, monkeypatch, capsys):
+    """TensorFlow's ResourceExhaustedError and Python's MemoryError (scoring's NumPy arrays) alike."""
     import inference
     import scoring
     monkeypatch.setattr(inference, "load_model", lambda *args: (None, {}, "float32"))
     test = imdb.Split(["a review"], np.zeros(1, dtype=np.int32), ["0_1.txt"])
     monkeypatch.setattr(imdb, "load_splits", lambda *args, **kwargs: (None, None, test))
-    monkeypatch.setattr(scoring, "logits_of", raising(out_of_memory()))
+    monkeypatch.setattr(scoring, "logits_of", raising(error()))
     assert cli.run(evaluate.main, ["--model-dir", model_dir]) == cli.EXIT_ERROR
     assert "lower --batch-size" in one_error_line(capsys)
 

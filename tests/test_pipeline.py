@@ -106,11 +106,12 @@ def test_score_does_not_depend_on_batch_mates(trained_model):
     np.testing.assert_allclose(scoring.logits_of(trained_model, mates, 8)[3], alone, atol=1e-5)
 
 
-def test_scoring_sorts_by_length_and_pads_each_batch_to_its_longest(trained_model):
+def test_scoring_sorts_by_length_and_pads_each_batch_to_its_longest(trained_model, monkeypatch):
     """What makes scoring fast: within a window, batches of similar length, each padded only to its
-    longest text; and each logit still lands at its own text's place."""
+    longest text; and each logit still lands at its own text's place, across tokenizer calls."""
     import scoring
     import tokenization
+    monkeypatch.setattr(tokenization, "TOKENIZE_BATCH", 3)  # many tokenizer calls per window
 
     class Recording:
         def __init__(self, model):
@@ -131,8 +132,28 @@ def test_scoring_sorts_by_length_and_pads_each_batch_to_its_longest(trained_mode
         assert lengths.max() <= mask.shape[1] < lengths.max() + tokenization.PAD_MULTIPLE
         assert lengths.min() >= previous_longest  # sorted: no batch starts below the last one's longest
         previous_longest = lengths.max()
-    alone = [scoring.logits_of(trained_model, [text], 8)[0] for text in texts[:6]]
-    np.testing.assert_allclose(logits[:6], alone, atol=1e-5)
+    alone = [scoring.logits_of(trained_model, [text], 8)[0] for text in texts]
+    np.testing.assert_allclose(logits, alone, atol=1e-5)
+
+
+def test_scoring_and_training_batch_token_ids_alike(text_to_tokens, monkeypatch):
+    """Scoring's NumPy batching and training's tf.data batching: the same rows, order and widths."""
+    import tensorflow as tf
+    import tokenization
+    monkeypatch.setattr(tokenization, "TOKENIZE_BATCH", 7)
+    make, _ = text_to_tokens
+    to_tokens = make(40, "head")
+    texts = [("great " if i % 3 else "awful ") * ((i * 11) % 50 + 1) for i in range(30)]  # some beyond 40 tokens
+    examples = tf.data.Dataset.from_tensor_slices((texts, tf.range(len(texts))))
+    expected = [(rows.numpy(), {key: value.numpy() for key, value in tokens.items()})
+                for tokens, rows in tokenization.length_sorted_batches(tokenization.tokenized(examples, to_tokens), 4)]
+    got = list(tokenization.sorted_batches(tokenization.tokens_of(to_tokens, texts), 4))
+    assert len(got) == len(expected) == 8
+    for (rows, tokens), (expected_rows, expected_tokens) in zip(got, expected):
+        np.testing.assert_array_equal(rows, expected_rows)
+        for key in tokenization.TOKEN_KEYS:
+            np.testing.assert_array_equal(tokens[key].numpy(), expected_tokens[key])
+    assert max(tokens["input_mask"].shape[1] for _, tokens in got) == 40  # capped at the sequence length
 
 
 def test_in_memory_and_reloaded_models_score_many_texts_alike(trained, trained_model):
