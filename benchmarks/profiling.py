@@ -13,7 +13,8 @@ same data, after materializing what feeds it:
   head             pooling, dropout and the Dense layer, on encoder outputs of the same shape
 The encoder is the model's time less the head's. Shares are of the sum of the parts.
 
-End to end, evaluation is also timed with a tf.data pipeline per window in place of scoring's NumPy
+The model's part of evaluation is also timed at OTHER_EVAL_BATCHES batch sizes. End to end,
+evaluation is also timed with a tf.data pipeline per window in place of scoring's NumPy
 batching (what scoring used before), the attempt's baseline.
 
 Then TensorFlow's profiler traces the model's part of that evaluation and those training steps op by
@@ -30,6 +31,7 @@ import common
 
 EVAL_REVIEWS = 512
 EVAL_BATCH = 128
+OTHER_EVAL_BATCHES = (64, 256)  # candidates: the model's part of evaluation at these batch sizes too
 TRAIN_STEPS = 8
 XLA_WIDTHS = (64, 128, 256, 512)
 TOP_OPS = 12  # op types listed per traced phase
@@ -143,6 +145,10 @@ def child(spec):
     figures["head_eval_s"] = common.fastest(lambda: [eval_head(tf.constant(len(p)), tf.shape(t["input_mask"])[1]).numpy()
                                               for t, p in batches])
     figures["encoder_eval_s"] = figures["model_eval_s"] - figures["head_eval_s"]
+    for batch_size in OTHER_EVAL_BATCHES:
+        other = [batch for _, batch in tokenization.sorted_batches(tokens, batch_size)]
+        figures[f"model_eval_batch{batch_size}_s"] = common.fastest(
+            lambda: [exported.classify_tokens(batch).numpy() for batch in other])
     figures["ops_eval"] = op_kinds(op_seconds(lambda: [exported.classify_tokens(t).numpy() for t, _ in batches]))
     figures["ops_eval"]["model_s"] = figures["model_eval_s"]
     figures["eval_widths"] = [int(t["input_mask"].shape[1]) for t, _ in batches]
@@ -230,6 +236,10 @@ def main(argv=None):
                   f"({ops['traced_op_s'] / ops['model_s']:.2f}x the untraced wall time); by kind: "
                   + ", ".join(f"{kind} {100 * share:.1f}%" for kind, share in sorted(ops["kinds"].items(), key=lambda kv: -kv[1]))
                   + "; top op types: " + ", ".join(f"{op} {100 * share:.1f}%" for op, share in ops["top"].items()), flush=True)
+        print(f"seq={seq_length} model part of evaluation at other batch sizes: " + ", ".join(
+            f"{size}: {figures[f'model_eval_batch{size}_s']:.2f} s "
+            f"({figures['model_eval_s'] / figures[f'model_eval_batch{size}_s']:.2f}x batch {EVAL_BATCH}'s speed)"
+            for size in OTHER_EVAL_BATCHES), flush=True)
         print(f"seq={seq_length} end-to-end evaluation {figures['end_to_end_eval_s']:.2f} s "
               f"({EVAL_REVIEWS / figures['end_to_end_eval_s']:.1f} reviews/s); with a tf.data pipeline instead of "
               f"NumPy batching {figures['end_to_end_eval_tf_data_s']:.2f} s "
