@@ -20,7 +20,9 @@ one thread per core, fused AdamW, and torch.autocast(bfloat16) in the bfloat16 r
 
 Prints one table (reviews/s and ours/peer ratios) and, per sequence length, a line
 `peer-ratio seq=128 train=1.23 eval=1.45` (ours / peer; with precision=... when bfloat16 rows are
-measured). Writes benchmarks/results/peer.json.
+measured). With --rounds N each side runs N times, the sides taking turns to go first; its training
+and evaluation reviews/s are each its best of the N (a shared machine only slows runs down), and
+each round's own ratios are printed below. Writes benchmarks/results/peer.json, every run included.
 """
 import argparse
 import importlib.metadata
