@@ -142,7 +142,7 @@ def main(argv=None):
     alone = common.run_child(__file__, {"name": "model alone", "model_dir": model_dir})
     if alone:
         results["model_alone"] = alone
-        print(f"model alone ({alone['precision']}, no server): {alone['on']:.1f} reviews/s at 32 texts a call, "
+        print(f"model alone ({alone['precision']}, no server): {alone['on']:.1f} reviews/s at {SETTINGS['on']} texts a call, "
               f"{alone['off']:.1f} at one text a call", flush=True)
     for setting, batch_size in SETTINGS.items():
         server = Server(model_dir, batch_size, os.path.join(common.RESULTS, f"serving-{setting}.log"))
