@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-import hardware
+from tfhub_classifier import hardware
 
 OFFICIAL_DATASET_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 OFFICIAL_DATASET_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"

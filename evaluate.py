@@ -5,8 +5,8 @@
 import argparse
 import sys
 
-import cli
 import config
+from tfhub_classifier import cli
 
 MEMORY_FLAGS = "--batch-size"  # named by cli.run when memory runs out; the model fixes the sequence length
 
@@ -28,12 +28,12 @@ def parse(argv=None):
 def main(argv=None):
     args = parse(argv)
     cli.require_model_dir(args.model_dir or config.Config.model_dir)
-    import inference  # TensorFlow loads only once the flags are known to be good
-    cfg = inference.evaluation_config(args)
+    from tfhub_classifier.inference import evaluation  # TensorFlow loads only once the flags are known to be good
+    cfg = evaluation.evaluation_config(args)
     if args.show_errors < 0:
         raise ValueError(f"--show-errors must be 0 or more, got {args.show_errors}")
-    metrics = inference.evaluate(cfg, args.show_errors, cfg.threshold)
-    print("\n".join(inference.format_metrics(metrics)))
+    metrics = evaluation.evaluate(cfg, args.show_errors, cfg.threshold)
+    print("\n".join(evaluation.format_metrics(metrics)))
     return metrics
 
 

@@ -11,8 +11,8 @@ through TF Serving's REST API. --out must be a new or empty folder; nothing else
 import argparse
 import sys
 
-import cli
 import config
+from tfhub_classifier import cli
 
 FORMATS = ("core-ops",)
 
@@ -31,8 +31,8 @@ def parse(argv=None):
 def main(argv=None):
     args = parse(argv)
     model_dir = cli.require_model_dir(args.model_dir or config.Config.model_dir)
-    import exporting  # TensorFlow loads only once the flags are known to be good
-    return exporting.export_core_ops(model_dir, args.out)
+    from tfhub_classifier.export import core_ops  # TensorFlow loads only once the flags are known to be good
+    return core_ops.export_core_ops(model_dir, args.out)
 
 
 if __name__ == "__main__":

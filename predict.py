@@ -7,8 +7,8 @@
 import argparse
 import sys
 
-import cli
 import config
+from tfhub_classifier import cli
 
 MEMORY_FLAGS = "--batch-size"  # named by cli.run when memory runs out; the model fixes the sequence length
 
@@ -40,14 +40,15 @@ def main(argv=None):
                          "with --file PATH (one a line), or pipe them in (cat reviews.txt | python predict.py)")
     cfg = config.from_args(args)
     cli.require_model_dir(args.model_dir or config.Config.model_dir)
-    import inference  # TensorFlow loads only once the flags are known to be good
-    model, record, _ = inference.load_model(cfg.model_dir, cfg.precision)
-    task = inference.task_of_record(record)
-    inference.check_top_k(task, cfg.top_k)
-    texts = args.sentences or inference.read_lines(args.file or "-")
-    writer = inference.Writer(args.format, task, cfg.threshold, cfg.top_k, inference.stdout_text())
+    from tfhub_classifier.inference import prediction  # TensorFlow loads only once the flags are known to be good
+    from tfhub_classifier.model import saving  # TensorFlow loads only once the flags are known to be good
+    model, record, _ = saving.load_model(cfg.model_dir, cfg.precision)
+    task = saving.task_of_record(record)
+    prediction.check_top_k(task, cfg.top_k)
+    texts = args.sentences or prediction.read_lines(args.file or "-")
+    writer = prediction.Writer(args.format, task, cfg.threshold, cfg.top_k, prediction.stdout_text())
     results = []
-    for text, probabilities in inference.predict(model, task, texts, cfg.eval_batch_size,
+    for text, probabilities in prediction.predict(model, task, texts, cfg.eval_batch_size,
                                                  progress=bool(args.file)):
         writer.write(text, probabilities)
         results.append(float(probabilities) if task.kind == "binary" else probabilities.tolist())

@@ -6,13 +6,13 @@
 
 SIGTERM or Ctrl-C stops it: no new connections, the requests in flight and queued are answered, then it
 exits 0; if --drain-timeout-s passes first, the requests left are cut off and it exits 2, saying so.
-The request and answer shapes, routes and limits: serving.py's docstring.
+The request and answer shapes, routes and limits: tfhub_classifier/serving/rest_api.py's docstring.
 """
 import argparse
 import sys
 
-import cli
 import config
+from tfhub_classifier import cli
 
 MEMORY_FLAGS = "--batch-size"  # named by cli.run when memory runs out; the model fixes the sequence length
 
@@ -30,14 +30,14 @@ def main(argv=None):
     args = parse(argv)
     cfg = config.from_args(args)
     cli.require_model_dir(cfg.model_dir)
-    import serving  # FastAPI and uvicorn; TensorFlow waits for Servable.load
-    name = serving.model_name(cfg)
-    sock = serving.bind(cfg.host, cfg.port)
+    from tfhub_classifier.serving import rest_api  # FastAPI and uvicorn; TensorFlow waits for Servable.load
+    name = rest_api.model_name(cfg)
+    sock = rest_api.bind(cfg.host, cfg.port)
     try:
-        servable = serving.Servable.load(cfg, log=_log)
+        servable = rest_api.Servable.load(cfg, log=_log)
         _log(f"Serving {name} at http://{cfg.host}:{cfg.port}/v1/models/{name}:predict; up to "
              f"{cfg.serve_batch_size} texts per model call, gathered for at most {cfg.batch_timeout_ms:g} ms")
-        serving.serve(serving.create_app(servable, name, cfg), sock, cfg)
+        rest_api.serve(rest_api.create_app(servable, name, cfg), sock, cfg)
     finally:
         sock.close()
     _log(f"Stopped serving {name}.")

@@ -7,8 +7,8 @@
 import argparse
 import sys
 
-import cli
 import config
+from tfhub_classifier import cli
 
 TRAIN_FLAGS = [f.name for f in config.dataclasses.fields(config.Config)
                if f.name not in config.SERVING_FIELDS]
@@ -37,8 +37,8 @@ def main(argv=None):
         print("\n".join(list_models()))
         return config.BERT_ENCODERS
     cfg = config.from_args(args).validate_training_data()
-    import training  # TensorFlow loads only once the flags are known to be good
-    return training.run(cfg)
+    from tfhub_classifier.training import trainer  # TensorFlow loads only once the flags are known to be good
+    return trainer.run(cfg)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python benchmarks/accuracy.py --protocol full      # best recipe, whole split (hours on 2 cores)
     python benchmarks/accuracy.py --protocol ratings   # 4 star-rating classes from CSV, vs TF-IDF + LR
 
-Runs the suite's own training code (training.run) and prints one line per recipe.
+Runs the suite's own training code (trainer.run) and prints one line per recipe.
 """
 import argparse
 import os
@@ -37,8 +37,8 @@ def main(argv=None):
     flags = common.real_data_flags()
 
     import config
-    import imdb
-    import training
+    from tfhub_classifier.data import imdb
+    from tfhub_classifier.training import trainer
     if args.protocol == "ratings":
         return ratings(args, flags)
     results = {}
@@ -48,7 +48,7 @@ def main(argv=None):
                              model_dir=f"{common.RESULTS}/models/{args.protocol}_{recipe}", **flags, **overrides)
         splits = imdb.load_splits(cfg, caps=protocol["caps"])
         started = time.time()
-        record = training.run(cfg, splits=splits)
+        record = trainer.run(cfg, splits=splits)
         results[recipe] = {"epochs": cfg.epochs, "test_accuracy": record["test_metrics"]["accuracy"],
                            "test_loss": record["test_metrics"]["loss"],
                            "best_epoch": record["best_epoch"], "epochs_run": len(record["history"]["loss"]),
@@ -74,7 +74,8 @@ def write_ratings_csvs(flags, caps, out_dir):
     """train/validation/test CSVs of (text, rating class) from the real reviews: the first 2,000 and
     the next 500 of train/ in the tutorial's seed-42 shuffle, and the first 2,500 of test/ in it."""
     import csv
-    import imdb
+
+    from tfhub_classifier.data import imdb
     root = imdb.prepare(flags["data_dir"], flags["dataset_url"])
     train_paths, _ = imdb.list_reviews(os.path.join(root, "train"), 42)
     test_paths, _ = imdb.list_reviews(os.path.join(root, "test"), 42)
@@ -97,6 +98,7 @@ def write_ratings_csvs(flags, caps, out_dir):
 def classical_baselines(files):
     """Macro-F1 on test of TF-IDF + logistic regression (C picked on validation) and of the majority class."""
     import csv
+
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
@@ -121,8 +123,8 @@ def classical_baselines(files):
 
 def ratings(args, flags):
     import config
-    import inference
-    import training
+    from tfhub_classifier.inference import evaluation
+    from tfhub_classifier.training import trainer
     caps = PROTOCOLS["ratings"]["caps"]
     files = write_ratings_csvs(flags, caps, os.path.join(common.RESULTS, "ratings"))
     baselines = classical_baselines(files)
@@ -133,8 +135,8 @@ def ratings(args, flags):
                          plots_dir=os.path.join(common.RESULTS, "plots"),
                          **{k: v for k, v in flags.items() if k in ("encoder", "preprocessor")}, **overrides)
     started = time.time()
-    record = training.run(cfg)
-    evaluation = inference.evaluate(cfg)  # the confusion matrix PNGs, from the saved model
+    record = trainer.run(cfg)
+    evaluation = evaluation.evaluate(cfg)  # the confusion matrix PNGs, from the saved model
     ours = {"macro_f1": record["test_metrics"]["macro"]["f1"], "accuracy": record["test_metrics"]["accuracy"],
             "confusion_matrix": record["test_metrics"]["confusion_matrix"], "plots": evaluation["plots"],
             "precision": record["precision"], "best_epoch": record["best_epoch"], "overrides": overrides,

@@ -21,13 +21,13 @@ WAYS = {"ours-fp32": ("fast", "float32"), "tutorial-fp32": ("tutorial", "float32
 
 def child(model_dir, reviews, pipeline, precision):
     import numpy as np
-    import scoring
-    import tokenization
+
     import config
-    import imdb
-    import inference
-    from runtime import tf
-    model, record, _ = inference.load_model(model_dir, precision)
+    from tfhub_classifier.data import imdb, tokenization
+    from tfhub_classifier.inference import scoring
+    from tfhub_classifier.model import saving
+    from tfhub_classifier.runtime import tf
+    model, record, _ = saving.load_model(model_dir, precision)
     cfg = config.resolve(**common.real_data_flags())
     _, _, test = imdb.load_splits(cfg, with_train=False, caps=(0, 0, reviews))
     scoring.logits_of(model, test.texts[:32], 128)  # warm up

@@ -36,8 +36,9 @@ import time
 import zipfile
 
 import common
-import hardware
 import speed
+
+from tfhub_classifier import hardware
 
 PRECISIONS = ("float32", "bfloat16")
 # Training batches are sorted by length within windows of this many batches, as our pipeline's
@@ -105,7 +106,7 @@ def peer_child(spec):
     import transformers
 
     import config
-    import imdb
+    from tfhub_classifier.data import imdb
 
     torch.set_num_threads(os.cpu_count())
     # The recipe speed.py measures ours with: its batch sizes, optimizer and schedule settings.

@@ -49,7 +49,8 @@ CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall", "While", "If", "Statel
 def op_seconds(work):
     """{op type: seconds summed over threads} of one traced run of work(), from TensorFlow's profiler."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
-    from runtime import tf
+
+    from tfhub_classifier.runtime import tf
     registered = set(dir(tf.raw_ops))
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
@@ -96,21 +97,20 @@ def op_kinds(seconds):
 
 def child(spec):
     if spec.get("threads"):
-        import runtime
+        from tfhub_classifier import runtime
         inter, intra = spec["threads"]
         runtime.tf.config.threading.set_inter_op_parallelism_threads(inter)
         runtime.tf.config.threading.set_intra_op_parallelism_threads(intra)
     import config
-    import imdb
-    import scoring
-    import tokenization
-    import training
-    from runtime import keras, tf
+    from tfhub_classifier.data import imdb, tokenization
+    from tfhub_classifier.inference import scoring
+    from tfhub_classifier.runtime import keras, tf
+    from tfhub_classifier.training import trainer
 
     cfg = config.resolve(recipe="official", seq_length=spec["seq_length"], pipeline="fast",
                          precision=spec["precision"], truncation="head", **common.real_data_flags())
     train_split, _, test = imdb.load_splits(cfg, caps=(TRAIN_STEPS * cfg.batch_size, 1, EVAL_REVIEWS))
-    session = training.Session(cfg, log=lambda *_: None)
+    session = trainer.Session(cfg, log=lambda *_: None)
     model, exported = session.token_model, session.exported
     texts = [tokenization.sanitize(text) for text in test.texts[:EVAL_REVIEWS]]
     hidden = model.get_layer("classifier").kernel.shape[0]

@@ -15,7 +15,7 @@ request's latency. Mean batch = texts scored / model calls, as serve.py's /healt
 The last lines, `serving-ratio clients=C batching=X`, are batching's throughput over no batching's.
 
 First, the ceiling: in a process of its own, the same model scores CEILING_REVIEWS of the same
-reviews through the server's own scoring (serving.Servable.score) without HTTP or the batcher, in
+reviews through the server's own scoring (rest_api.Servable.score) without HTTP or the batcher, in
 consecutive calls of 1 and of 32 reviews (fastest of 3 passes after a warm-up). Their ratio is what
 server-side batching could give if requests cost nothing else; `serving-ceiling batching=X` prints it.
 """
@@ -30,8 +30,11 @@ import threading
 import time
 
 import common  # noqa: I001  (puts the repository on sys.path)
+
 import config
-import serving_client
+
+sys.path.insert(0, os.path.join(common.ROOT, "tests"))  # serving_client: the tests' server harness
+import serving_client  # noqa: E402
 
 TRAIN_REVIEWS = 64
 REVIEWS = 2000  # distinct test reviews the clients cycle through
@@ -58,7 +61,7 @@ def train_model(seq_length):
 
 
 def test_reviews(count):
-    import imdb
+    from tfhub_classifier.data import imdb
     _, _, test = imdb.load_splits(config.resolve(**common.real_data_flags()), with_train=False,
                                   caps=(0, 0, count))
     return test.texts
@@ -108,15 +111,15 @@ def load(server, reviews, clients, requests):
 
 def ceiling(spec):
     """Reviews/s of the server's scoring alone at each setting's texts per call: what its calls can reach."""
-    import inference
-    import serving
+    from tfhub_classifier.model import saving
+    from tfhub_classifier.serving import rest_api
     defaults = config.Config()
-    model, record, precision = inference.load_model(spec["model_dir"], "auto")
-    task = inference.task_of_record(record)
+    model, record, precision = saving.load_model(spec["model_dir"], "auto")
+    task = saving.task_of_record(record)
     reviews = test_reviews(REVIEWS)[:CEILING_REVIEWS]
     figures = {"precision": precision}
     for setting, batch_size in SETTINGS.items():
-        servable = serving.Servable(model, record, task, defaults.threshold, defaults.top_k, batch_size)
+        servable = rest_api.Servable(model, record, task, defaults.threshold, defaults.top_k, batch_size)
         calls = [reviews[start:start + batch_size] for start in range(0, len(reviews), batch_size)]
         figures[setting] = len(reviews) / common.fastest(lambda: [servable.score(texts) for texts in calls])
     return figures

@@ -26,12 +26,12 @@ def child(spec):
     """Measure one configuration; returns a dict of figures. spec may lower train_steps and
     eval_reviews (for a quick run) and set predict=False to measure training and evaluation only."""
     import numpy as np
+
     import config
-    import imdb
-    import inference
-    import scoring
-    import training
-    from runtime import keras, tf
+    from tfhub_classifier.data import imdb
+    from tfhub_classifier.inference import prediction, scoring
+    from tfhub_classifier.runtime import keras, tf
+    from tfhub_classifier.training import trainer
 
     cfg = config.resolve(recipe="official", seq_length=spec["seq_length"], pipeline=spec["pipeline"],
                          precision=spec["precision"], jit_compile=spec.get("jit", False),
@@ -41,7 +41,7 @@ def child(spec):
     measure_predict = spec.get("predict", True)
     test_cap = max(eval_reviews, PREDICT_REVIEWS if measure_predict else 64)
     train_split, _, test = imdb.load_splits(cfg, caps=(train_steps * cfg.batch_size, 1, test_cap))
-    session = training.Session(cfg, log=lambda *_: None)
+    session = trainer.Session(cfg, log=lambda *_: None)
     results = {"precision": session.precision}
 
     train_ds, _ = session.datasets(train_split, train_split)
@@ -63,7 +63,7 @@ def child(spec):
     if spec["pipeline"] == "tutorial":
         # The tutorial: model.evaluate on string batches of 32, the preprocessor inside the model.
         def evaluate(split):
-            return session.text_model.evaluate(training.text_dataset(split, 32), verbose=0, return_dict=True)[
+            return session.text_model.evaluate(trainer.text_dataset(split, 32), verbose=0, return_dict=True)[
                 "binary_accuracy"]
         call = tf.function(lambda texts: session.text_model(texts, training=False))
 
@@ -76,7 +76,7 @@ def child(spec):
             return float(np.mean((logits >= 0) == split.labels))
 
         def predict(texts):
-            return np.array([score for _, score in inference.predict(session.exported, session.task, texts, cfg.eval_batch_size)])
+            return np.array([score for _, score in prediction.predict(session.exported, session.task, texts, cfg.eval_batch_size)])
     evaluate(warm)
     started = time.perf_counter()
     results["eval_accuracy"] = evaluate(eval_split)

@@ -14,8 +14,8 @@ import tiny_hub  # noqa: E402
 def float32_after_each_test():
     """--precision is process-wide (a grappler rewrite): one test's bfloat16 must not leak into the next."""
     yield
-    if "runtime" in sys.modules:
-        sys.modules["runtime"].set_precision("float32")
+    if "tfhub_classifier.runtime" in sys.modules:
+        sys.modules["tfhub_classifier.runtime"].set_precision("float32")
 
 
 @pytest.fixture(scope="session")
@@ -67,14 +67,14 @@ def trained(hub_models, archive_url, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_model(trained):
     """The trained classifier, reloaded from disk."""
-    import saving
+    from tfhub_classifier.model import saving
     model, _ = saving.load(trained[0]["--model-dir"])
     return model
 
 
 def unloadable_model_dir(folder):
     """A folder that passes cli.require_model_dir, for tests that stub out loading the model."""
-    import cli
+    from tfhub_classifier import cli
     folder.mkdir()
     (folder / "saved_model.pb").write_bytes(b"")
     (folder / cli.RUN_RECORD).write_text("{}")

@@ -2,12 +2,12 @@
 import os
 
 import pytest
-
-import config
-import hardware
-import train
 from conftest import QUICK
 from test_suite import fails_with
+
+import config
+import train
+from tfhub_classifier import hardware
 
 
 @pytest.mark.parametrize("argv, needles", [
@@ -38,8 +38,8 @@ def test_bfloat16_on_a_cpu_without_it_is_refused(monkeypatch):
 
 
 def test_float16_without_a_gpu_is_refused_and_float16_scales_the_loss():
-    import optimization
-    import runtime
+    from tfhub_classifier import runtime
+    from tfhub_classifier.training import optimization
     if runtime.tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU, where float16 is allowed")
     with pytest.raises(ValueError, match="needs a GPU"):
@@ -52,7 +52,8 @@ def test_float16_without_a_gpu_is_refused_and_float16_scales_the_loss():
 def test_precision_in_force_is_recorded(flags):
     """auto is recorded as what it resolved to on this machine, not as 'auto'."""
     import json
-    import runtime
+
+    from tfhub_classifier import runtime
     record = train.main(flags + QUICK[:-2] + ["--epochs", "1", "--precision", "auto"])
     expected = "bfloat16" if hardware.cpu_supports_bfloat16() else "float32"
     assert record["precision"] == runtime.resolve_precision("auto") == expected

@@ -1,4 +1,4 @@
-"""datasets.py: class folders, CSV, TSV and JSON Lines; binary, multi-class and multi-label; bad data."""
+"""tfhub_classifier/data/user_files.py: class folders, CSV, TSV and JSON Lines; binary, multi-class and multi-label; bad data."""
 import os
 import subprocess
 import sys
@@ -6,8 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-import datasets
-import imdb
+from tfhub_classifier.data import imdb, user_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +54,7 @@ def test_reads_class_folders_in_text_dataset_from_directory_order(tmp_path):
     write(root, "pos/notes.md", "not a text")
     write(root, "neg/z.txt", "bad z")
     write(root, ".hidden/h.txt", "a hidden folder is no class")
-    texts, labels, sources = datasets.read(str(root))
+    texts, labels, sources = user_files.read(str(root))
     assert texts == ["bad z", "good a", "good b", "good c"]
     assert labels == ["neg", "pos", "pos", "pos"]
     assert sources == [str(root / "neg/z.txt"), str(root / "pos/a.TXT"), str(root / "pos/b.txt"),
@@ -64,7 +63,7 @@ def test_reads_class_folders_in_text_dataset_from_directory_order(tmp_path):
 
 def test_reads_csv_columns_by_name_in_any_order(tmp_path):
     path = write(tmp_path, "data.csv", 'id,sentiment,review\n1,pos,"good, really"\n2,neg,bad\n')
-    texts, labels, sources = datasets.read(path, text_column="review", label_column="sentiment")
+    texts, labels, sources = user_files.read(path, text_column="review", label_column="sentiment")
     assert texts == ["good, really", "bad"]
     assert labels == ["pos", "neg"]
     assert sources == [f"{path}:2", f"{path}:3"]
@@ -72,7 +71,7 @@ def test_reads_csv_columns_by_name_in_any_order(tmp_path):
 
 def test_reads_tsv(tmp_path):
     path = write(tmp_path, "data.tsv", "label\ttext\npos\tgood, fine\nneg\tbad\n")
-    texts, labels, _ = datasets.read(path)
+    texts, labels, _ = user_files.read(path)
     assert texts == ["good, fine", "bad"]
     assert labels == ["pos", "neg"]
 
@@ -80,7 +79,7 @@ def test_reads_tsv(tmp_path):
 def test_reads_jsonl_string_number_and_list_labels(tmp_path):
     path = write(tmp_path, "data.jsonl", '{"text": "a", "label": "pos"}\n\n{"text": "b", "label": 3}\n'
                                          '{"text": "c", "label": ["x", "y"]}\n{"text": "d", "label": []}\n')
-    texts, labels, sources = datasets.read(path)
+    texts, labels, sources = user_files.read(path)
     assert texts == ["a", "b", "c", "d"]
     assert labels == ["pos", "3", ("x", "y"), ()]
     assert sources == [f"{path}:1", f"{path}:3", f"{path}:4", f"{path}:5"]
@@ -88,7 +87,7 @@ def test_reads_jsonl_string_number_and_list_labels(tmp_path):
 
 def test_reads_headerless_tsv_by_column_number(tmp_path):
     path = write(tmp_path, "sst.tsv", "1\tit is good\n0\tit is bad\n")
-    texts, labels, sources = datasets.read(path, text_column="1", label_column="0", no_header=True)
+    texts, labels, sources = user_files.read(path, text_column="1", label_column="0", no_header=True)
     assert texts == ["it is good", "it is bad"]
     assert labels == ["1", "0"]
     assert sources == [f"{path}:1", f"{path}:2"]
@@ -97,7 +96,7 @@ def test_reads_headerless_tsv_by_column_number(tmp_path):
 def test_csv_with_bom_and_quoted_newlines(tmp_path):
     path = write(tmp_path, "excel.csv", b'\xef\xbb\xbftext,label\r\n"first line\r\nsecond line",pos\r\n'
                                         b'"said ""hi""",neg\r\n')
-    texts, labels, sources = datasets.read(path)
+    texts, labels, sources = user_files.read(path)
     assert texts == ["first line\r\nsecond line", 'said "hi"']
     assert labels == ["pos", "neg"]
     assert sources == [f"{path}:2", f"{path}:4"]  # the line each row starts on
@@ -105,12 +104,12 @@ def test_csv_with_bom_and_quoted_newlines(tmp_path):
 
 def test_identical_labels_are_one_object_not_one_per_row(tmp_path):
     path = write(tmp_path, "data.csv", csv_of(BINARY))
-    _, labels, _ = datasets.read(path)
+    _, labels, _ = user_files.read(path)
     assert labels[0] is labels[2] is labels[4]
 
 
 def test_importing_does_not_import_tensorflow():
-    check = "import sys, datasets; assert not any(m.startswith('tensorflow') for m in sys.modules)"
+    check = "import sys; from tfhub_classifier.data import user_files; assert not any(m.startswith('tensorflow') for m in sys.modules)"
     subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True)
 
 
@@ -118,7 +117,7 @@ def test_importing_does_not_import_tensorflow():
 
 def test_auto_binary_labels_index_the_sorted_names(tmp_path):
     logs = []
-    train, validation, test = datasets.build_splits(
+    train, validation, test = user_files.build_splits(
         write(tmp_path, "train.csv", csv_of(BINARY)), write(tmp_path, "test.csv", csv_of([("ok", "neg")])),
         log=logs.append)
     assert (train.task, train.label_names) == ("binary", ("neg", "pos"))
@@ -130,7 +129,7 @@ def test_auto_binary_labels_index_the_sorted_names(tmp_path):
 
 
 def test_auto_multiclass(tmp_path):
-    train, _, test = datasets.build_splits(
+    train, _, test = user_files.build_splits(
         write(tmp_path, "train.tsv", csv_of(THREE_CLASSES).replace(",", "\t")),
         write(tmp_path, "test.tsv", "text\tlabel\nelection\tpolitics\n"), log=[].append)
     assert (train.task, train.label_names) == ("multiclass", ("politics", "sports", "tech"))
@@ -142,7 +141,7 @@ def test_auto_multilabel_from_jsonl_lists(tmp_path):
         f'{{"text": "text {i}", "tags": {tags}}}\n'
         for i, tags in enumerate(['["sports", "politics"]', "[]", '["tech"]', '"sports"', '["tech", "sports"]'])))
     test_path = write(tmp_path, "test.jsonl", '{"text": "t", "tags": ["politics", "tech"]}\n')
-    train, validation, test = datasets.build_splits(train_path, test_path, label_column="tags", log=[].append)
+    train, validation, test = user_files.build_splits(train_path, test_path, label_column="tags", log=[].append)
     assert (train.task, train.label_names) == ("multilabel", ("politics", "sports", "tech"))
     assert train.labels.dtype == np.float32 and train.labels.shape == (4, 3)
     labels = {source: row.tolist() for source, row in {**by_source(train), **by_source(validation)}.items()}
@@ -154,7 +153,7 @@ def test_auto_multilabel_from_jsonl_lists(tmp_path):
 def test_multilabel_from_csv_with_label_separator(tmp_path):
     rows = [("one", "a | b"), ("two", "c"), ("three", "b|c"), ("four", "a"), ("five", "c|a")]
     train_path = write(tmp_path, "train.csv", csv_of(rows))
-    train, validation, test = datasets.build_splits(
+    train, validation, test = user_files.build_splits(
         train_path, write(tmp_path, "test.csv", csv_of([("six", "b|a")])), label_separator="|", log=[].append)
     assert (train.task, train.label_names) == ("multilabel", ("a", "b", "c"))
     labels = {source: row.tolist() for source, row in {**by_source(train), **by_source(validation)}.items()}
@@ -165,7 +164,7 @@ def test_multilabel_from_csv_with_label_separator(tmp_path):
 
 def test_explicit_task_binary_refuses_three_labels(tmp_path):
     train_path = write(tmp_path, "train.csv", csv_of(THREE_CLASSES))
-    message = error_of(datasets.build_splits, train_path, train_path, task="binary", log=[].append)
+    message = error_of(user_files.build_splits, train_path, train_path, task="binary", log=[].append)
     assert train_path in message and "exactly 2 labels" in message and "--task multiclass" in message
 
 
@@ -173,18 +172,18 @@ def test_single_label_task_refuses_a_row_with_several_labels(tmp_path):
     train_path = write(tmp_path, "train.jsonl", "".join(
         f'{{"text": "{text}", "label": {label}}}\n' for text, label in
         [("a", '"x"'), ("b", '"y"'), ("c", '["x", "y"]'), ("d", '"x"'), ("e", '"y"')]))
-    message = error_of(datasets.build_splits, train_path, train_path, task="multiclass", log=[].append)
+    message = error_of(user_files.build_splits, train_path, train_path, task="multiclass", log=[].append)
     assert f"{train_path}:3:" in message and "--task multilabel" in message
 
 
 def test_unknown_task_refused(tmp_path):
-    message = error_of(datasets.build_splits, "train.csv", "test.csv", task="regression")
+    message = error_of(user_files.build_splits, "train.csv", "test.csv", task="regression")
     assert "--task 'regression'" in message
 
 
 def test_logs_the_task_and_each_splits_class_counts_one_line_each(tmp_path):
     logs = []
-    datasets.build_splits(write(tmp_path, "train.csv", csv_of(THREE_CLASSES * 2)),
+    user_files.build_splits(write(tmp_path, "train.csv", csv_of(THREE_CLASSES * 2)),
                           write(tmp_path, "test.csv", csv_of([("win", "sports"), ("poll", "politics")])),
                           validation_split=0.5,
                           log=logs.append)
@@ -208,7 +207,7 @@ def aclimdb_like(root):
 
 def test_folder_split_equals_the_imdb_split(tmp_path):
     train_dir, test_dir = aclimdb_like(tmp_path / "aclImdb")
-    train, validation, test = datasets.build_splits(train_dir, test_dir, validation_split=0.2, seed=7,
+    train, validation, test = user_files.build_splits(train_dir, test_dir, validation_split=0.2, seed=7,
                                                     log=[].append)
     paths, labels = imdb.list_reviews(train_dir, seed=7)
     held_out = int(0.2 * len(paths))
@@ -222,7 +221,7 @@ def test_folder_split_equals_the_imdb_split(tmp_path):
 
 
 def test_a_validation_file_replaces_the_held_out_share(tmp_path):
-    train, validation, _ = datasets.build_splits(
+    train, validation, _ = user_files.build_splits(
         write(tmp_path, "train.csv", csv_of(BINARY)), write(tmp_path, "test.csv", csv_of(BINARY[:2])),
         validation_path=write(tmp_path, "validation.csv", csv_of([("fine", "pos"), ("poor", "neg")])),
         log=[].append)
@@ -231,13 +230,13 @@ def test_a_validation_file_replaces_the_held_out_share(tmp_path):
 
 def test_validation_split_leaving_no_texts_refused(tmp_path):
     train_path = write(tmp_path, "train.csv", csv_of(BINARY))
-    message = error_of(datasets.build_splits, train_path, train_path, validation_split=0.1, log=[].append)
+    message = error_of(user_files.build_splits, train_path, train_path, validation_split=0.1, log=[].append)
     assert "--validation-split 0.1" in message and train_path in message
 
 
 def test_load_split_keeps_file_order_without_a_seed(tmp_path):
     path = write(tmp_path, "test.csv", csv_of(BINARY))
-    split = datasets.load_split(path, ("neg", "pos"), "binary")
+    split = user_files.load_split(path, ("neg", "pos"), "binary")
     assert split.texts == [text for text, _ in BINARY] and split.labels.tolist() == [1, 0, 1, 0, 1]
 
 
@@ -245,126 +244,126 @@ def test_load_split_keeps_file_order_without_a_seed(tmp_path):
 
 def test_missing_text_column_lists_the_columns_found(tmp_path):
     path = write(tmp_path, "train.csv", csv_of(BINARY, header="review,label"))
-    message = error_of(datasets.read, path)
+    message = error_of(user_files.read, path)
     assert f"{path}:1:" in message and "'text'" in message and "'review', 'label'" in message
     assert "--text-column" in message
 
 
 def test_missing_label_field_in_jsonl_lists_the_fields_found(tmp_path):
     path = write(tmp_path, "train.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "class": "y"}\n')
-    message = error_of(datasets.read, path)
+    message = error_of(user_files.read, path)
     assert f"{path}:2:" in message and "'label'" in message and "'text', 'class'" in message
     assert "--label-column" in message
 
 
 def test_headerless_columns_must_be_numbers_within_the_row(tmp_path):
     path = write(tmp_path, "sst.tsv", "1\tit is good\n")
-    assert "0-based column number" in error_of(datasets.read, path, no_header=True)
-    message = error_of(datasets.read, path, text_column="2", label_column="0", no_header=True)
+    assert "0-based column number" in error_of(user_files.read, path, no_header=True)
+    message = error_of(user_files.read, path, text_column="2", label_column="0", no_header=True)
     assert f"{path}:1:" in message and "--text-column 2" in message
 
 
 def test_empty_text_named_by_line_or_file(tmp_path):
     path = write(tmp_path, "train.csv", csv_of([("fine", "pos"), ("  ", "neg")]))
-    assert f"{path}:3: the text is empty" in error_of(datasets.read, path)
+    assert f"{path}:3: the text is empty" in error_of(user_files.read, path)
     write(tmp_path, "folder/pos/1.txt", "fine")
     empty = write(tmp_path, "folder/neg/2.txt", "")
-    assert f"{empty}: the text is empty" in error_of(datasets.read, str(tmp_path / "folder"))
+    assert f"{empty}: the text is empty" in error_of(user_files.read, str(tmp_path / "folder"))
 
 
 def test_empty_label_named_by_line(tmp_path):
     path = write(tmp_path, "train.csv", csv_of([("fine", "pos"), ("bad", "")]))
-    assert f"{path}:3: the label is empty" in error_of(datasets.read, path)
+    assert f"{path}:3: the label is empty" in error_of(user_files.read, path)
     path = write(tmp_path, "train.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": null}\n')
-    assert f"{path}:2: the label is empty" in error_of(datasets.read, path)
+    assert f"{path}:2: the label is empty" in error_of(user_files.read, path)
 
 
 def test_ragged_rows_named_by_line(tmp_path):
     path = write(tmp_path, "train.csv", "text,label\nfine,pos\nnot, quoted,neg\n")
-    message = error_of(datasets.read, path)
+    message = error_of(user_files.read, path)
     assert f"{path}:3: 3 fields where the header has 2" in message and "double quotes" in message
     path = write(tmp_path, "train.tsv", "good\tpos\nbad\n")
     assert f"{path}:2: 1 fields where the first row has 2" in error_of(
-        datasets.read, path, text_column="0", label_column="1", no_header=True)
+        user_files.read, path, text_column="0", label_column="1", no_header=True)
 
 
 def test_csv_errors_named_by_line(tmp_path):
     """A quote never closed swallows the rest of the file: the row it starts on is named, with the fix."""
     path = write(tmp_path, "train.csv", 'text,label\nfine,pos\n"never closed,neg\n' + "x" * 200_000 + "\n")
-    message = error_of(datasets.read, path)
+    message = error_of(user_files.read, path)
     assert f"{path}:3:" in message and "double quotes" in message
 
 
 def test_invalid_json_line_named(tmp_path):
     path = write(tmp_path, "train.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", label: "y"}\n')
-    message = error_of(datasets.read, path)
+    message = error_of(user_files.read, path)
     assert f"{path}:2: not valid JSON" in message
     path = write(tmp_path, "list.jsonl", '["a", "x"]\n')
-    assert f"{path}:1: a JSON list, not an object" in error_of(datasets.read, path)
+    assert f"{path}:1: a JSON list, not an object" in error_of(user_files.read, path)
 
 
 def test_duplicate_label_in_a_multilabel_row(tmp_path):
     path = write(tmp_path, "train.jsonl", '{"text": "a", "label": ["x"]}\n{"text": "b", "label": ["y", "x", "y"]}\n')
-    assert f"{path}:2: the label 'y' is listed twice" in error_of(datasets.read, path)
+    assert f"{path}:2: the label 'y' is listed twice" in error_of(user_files.read, path)
     path = write(tmp_path, "train.csv", csv_of([("a", "x|y"), ("b", "x| x")]))
-    assert f"{path}:3: the label 'x' is listed twice" in error_of(datasets.read, path, label_separator="|")
+    assert f"{path}:3: the label 'x' is listed twice" in error_of(user_files.read, path, label_separator="|")
 
 
 def test_empty_label_between_separators(tmp_path):
     path = write(tmp_path, "train.csv", csv_of([("a", "x||y")]))
-    assert f"{path}:2: an empty label in ['x', '', 'y']" in error_of(datasets.read, path, label_separator="|")
+    assert f"{path}:2: an empty label in ['x', '', 'y']" in error_of(user_files.read, path, label_separator="|")
 
 
 def test_folder_without_class_subfolders(tmp_path):
     folder = tmp_path / "flat"
     write(folder, "1.txt", "a text not in a class folder")
-    assert f"{folder} holds no class subfolders" in error_of(datasets.read, str(folder))
+    assert f"{folder} holds no class subfolders" in error_of(user_files.read, str(folder))
 
 
 def test_empty_class_folder(tmp_path):
     write(tmp_path, "train/pos/1.txt", "good")
     write(tmp_path, "train/neg/readme.md", "no texts")
-    message = error_of(datasets.read, str(tmp_path / "train"))
+    message = error_of(user_files.read, str(tmp_path / "train"))
     assert f"{tmp_path / 'train' / 'neg'}: the class folder holds no .txt files" in message
 
 
 def test_only_one_class_in_training_data(tmp_path):
     path = write(tmp_path, "train.csv", csv_of([("a", "pos"), ("b", "pos")]))
-    message = error_of(datasets.build_splits, path, path, log=[].append)
+    message = error_of(user_files.build_splits, path, path, log=[].append)
     assert f"{path}: the training data has only the label 'pos'" in message
 
 
 def test_unseen_test_label_named_with_file_line_and_label(tmp_path):
     train_path = write(tmp_path, "train.csv", csv_of(BINARY))
     test_path = write(tmp_path, "test.csv", csv_of([("ok", "pos"), ("meh", "neutral")]))
-    message = error_of(datasets.build_splits, train_path, test_path, log=[].append)
+    message = error_of(user_files.build_splits, train_path, test_path, log=[].append)
     assert f"{test_path}:3: the label 'neutral' never appears in the training data" in message
 
 
 def test_unseen_validation_label_and_test_class_folder(tmp_path):
     train_path = write(tmp_path, "train.csv", csv_of(BINARY))
     validation_path = write(tmp_path, "validation.jsonl", '{"text": "t", "label": ["pos", "mixed"]}\n')
-    message = error_of(datasets.build_splits, train_path, train_path, validation_path=validation_path,
+    message = error_of(user_files.build_splits, train_path, train_path, validation_path=validation_path,
                        task="multilabel", log=[].append)
     assert f"{validation_path}:1: the label 'mixed'" in message
     write(tmp_path, "test/pos/1.txt", "good")
     other = write(tmp_path, "test/other/1.txt", "who knows")
-    message = error_of(datasets.build_splits, train_path, str(tmp_path / "test"), log=[].append)
+    message = error_of(user_files.build_splits, train_path, str(tmp_path / "test"), log=[].append)
     assert f"{other}: the label 'other' never appears" in message
 
 
 def test_utf16_file_refused(tmp_path):
     path = write(tmp_path, "excel.tsv", "text\tlabel\ngood\tpos\n".encode("utf-16"))
-    assert f"{path}: the file is UTF-16" in error_of(datasets.read, path)
+    assert f"{path}: the file is UTF-16" in error_of(user_files.read, path)
 
 
 def test_missing_path_unknown_suffix_and_empty_file(tmp_path):
-    assert "does not exist" in error_of(datasets.read, str(tmp_path / "nowhere.csv"))
+    assert "does not exist" in error_of(user_files.read, str(tmp_path / "nowhere.csv"))
     path = write(tmp_path, "data.parquet", b"PAR1")
-    assert f"{path}: can't read .parquet" in error_of(datasets.read, path)
+    assert f"{path}: can't read .parquet" in error_of(user_files.read, path)
     for name in ("empty.csv", "header.csv", "blank.jsonl"):
         path = write(tmp_path, name, "text,label\n" if name == "header.csv" else "\n")
-        assert f"{path} holds no texts" in error_of(datasets.read, path)
+        assert f"{path} holds no texts" in error_of(user_files.read, path)
 
 
 # Warnings.
@@ -373,7 +372,7 @@ def test_texts_in_both_train_and_test_warned_with_the_count(tmp_path):
     logs = []
     train_path = write(tmp_path, "train.csv", csv_of(BINARY))
     test_path = write(tmp_path, "test.csv", csv_of([BINARY[0], ("new", "neg"), BINARY[3]]))
-    datasets.build_splits(train_path, test_path, log=logs.append)
+    user_files.build_splits(train_path, test_path, log=logs.append)
     assert f"warning: 2 of the 3 texts in {test_path} also appear in {train_path}" in logs[-1]
 
 
@@ -381,7 +380,7 @@ def test_class_under_one_percent_warned(tmp_path):
     logs = []
     rows = [(f"a{i}", "a") for i in range(100)] + [(f"b{i}", "b") for i in range(99)] + [("c0", "c")]
     train_path = write(tmp_path, "train.csv", csv_of(rows))
-    datasets.build_splits(train_path, write(tmp_path, "test.csv", csv_of([("x", "a")])), log=logs.append)
+    user_files.build_splits(train_path, write(tmp_path, "test.csv", csv_of([("x", "a")])), log=logs.append)
     warnings = [line for line in logs if line.startswith("warning")]
     assert len(warnings) == 1 and train_path in warnings[0] and "c (1 of 200, 0.5%)" in warnings[0]
     assert "a (" not in warnings[0] and "b (" not in warnings[0]
@@ -390,7 +389,7 @@ def test_class_under_one_percent_warned(tmp_path):
 def test_invalid_utf8_replaced_and_lines_counted(tmp_path):
     logs = []
     path = write(tmp_path, "train.csv", b"text,label\nfine,a\nbad \xff here,b\nalso \xed\xa0\x80 bad,a\nok,b\n")
-    texts, _, _ = datasets.read(path, log=logs.append)
+    texts, _, _ = user_files.read(path, log=logs.append)
     assert texts == ["fine", "bad \ufffd here", "also \ufffd\ufffd\ufffd bad", "ok"]
     assert logs == [f"warning: {path}: 2 line(s) were not valid UTF-8; their bad bytes were read as U+FFFD"]
 
@@ -399,7 +398,7 @@ def test_invalid_utf8_files_counted_in_a_folder(tmp_path):
     logs = []
     write(tmp_path, "train/pos/1.txt", b"caf\xe9")
     write(tmp_path, "train/neg/1.txt", "caf\u00e9")
-    texts, _, _ = datasets.read(str(tmp_path / "train"), log=logs.append)
+    texts, _, _ = user_files.read(str(tmp_path / "train"), log=logs.append)
     assert texts == ["caf\u00e9", "caf\ufffd"]
     assert logs == [f"warning: {tmp_path / 'train'}: 1 file(s) were not valid UTF-8; their bad bytes were read "
                     "as U+FFFD"]

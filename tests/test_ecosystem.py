@@ -11,8 +11,8 @@ from sklearn import metrics as sk
 import config
 import evaluate
 import predict
-import reporting
 import train
+from tfhub_classifier.inference import metrics
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -20,7 +20,7 @@ def test_metrics_match_scikit_learn(seed):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, 500)
     logits = rng.normal(labels * 1.5 - 0.75, 1.5).round(1)  # rounding makes ties, which AUC must handle
-    ours = reporting.binary_metrics(labels, logits)
+    ours = metrics.binary_metrics(labels, logits)
     predicted = (1 / (1 + np.exp(-logits)) >= 0.5).astype(int)
     assert ours["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted))
     assert ours["precision"] == pytest.approx(sk.precision_score(labels, predicted))
@@ -123,7 +123,7 @@ def test_tfa_optimizer(flags, capsys):
     try:
         import tensorflow_addons  # noqa: F401
     except ImportError:
-        import cli
+        from tfhub_classifier import cli
         assert cli.run(train.main, flags + ["--recipe", "tutorial", "--optimizer", "tfa"]) == cli.EXIT_ERROR
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "requirements-tfa.txt" in err

@@ -9,13 +9,13 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import ROOT, unloadable_model_dir
 
-import cli
 import evaluate
-import imdb
 import predict
 import train
-from conftest import ROOT, unloadable_model_dir
+from tfhub_classifier import cli
+from tfhub_classifier.data import imdb
 
 OOM_MESSAGE = ("Graph execution error:\n\nDetected at node 'encoder/add'\n"
                "OOM when allocating tensor with shape[8,64]")
@@ -54,8 +54,8 @@ def out_of_memory():
 
 @pytest.mark.parametrize("script", [evaluate, predict])
 def test_out_of_memory_in_scoring_names_batch_size(script, model_dir, monkeypatch, capsys):
-    import inference
-    monkeypatch.setattr(inference, "load_model", raising(out_of_memory()))
+    from tfhub_classifier.model import saving
+    monkeypatch.setattr(saving, "load_model", raising(out_of_memory()))
     argv = ["--model-dir", model_dir] + (["great film"] if script is predict else [])
     assert cli.run(script.main, argv) == cli.EXIT_ERROR
     line = one_error_line(capsys)
@@ -66,9 +66,9 @@ def test_out_of_memory_in_scoring_names_batch_size(script, model_dir, monkeypatc
 @pytest.mark.parametrize("error", [out_of_memory, MemoryError], ids=["tensorflow", "numpy"])
 def test_out_of_memory_mid_evaluation(error, model_dir, monkeypatch, capsys):
     """TensorFlow's ResourceExhaustedError and Python's MemoryError (scoring's NumPy arrays) alike."""
-    import inference
-    import scoring
-    monkeypatch.setattr(inference, "load_model", lambda *args: (None, {}, "float32"))
+    from tfhub_classifier.inference import scoring
+    from tfhub_classifier.model import saving
+    monkeypatch.setattr(saving, "load_model", lambda *args: (None, {}, "float32"))
     test = imdb.Split(["a review"], np.zeros(1, dtype=np.int32), ["0_1.txt"])
     monkeypatch.setattr(imdb, "load_splits", lambda *args, **kwargs: (None, None, test))
     monkeypatch.setattr(scoring, "logits_of", raising(error()))
@@ -77,8 +77,8 @@ def test_out_of_memory_mid_evaluation(error, model_dir, monkeypatch, capsys):
 
 
 def test_out_of_memory_in_training_names_all_three_flags(monkeypatch, capsys):
-    import training
-    monkeypatch.setattr(training, "run", raising(out_of_memory()))
+    from tfhub_classifier.training import trainer
+    monkeypatch.setattr(trainer, "run", raising(out_of_memory()))
     assert cli.run(train.main, []) == cli.EXIT_ERROR
     line = one_error_line(capsys)
     for flag in ("--batch-size", "--eval-batch-size", "--seq-length"):
@@ -99,8 +99,8 @@ def test_out_of_memory_is_known_by_name_without_tensorflow(capsys):
 
 @pytest.mark.parametrize("script", [evaluate, predict])
 def test_unexpected_error_is_one_line_pointing_at_debug(script, model_dir, monkeypatch, capsys):
-    import inference
-    monkeypatch.setattr(inference, "load_model", raising(RuntimeError("boom\nsecond line")))
+    from tfhub_classifier.model import saving
+    monkeypatch.setattr(saving, "load_model", raising(RuntimeError("boom\nsecond line")))
     argv = ["--model-dir", model_dir] + (["great film"] if script is predict else [])
     assert cli.run(script.main, argv) == cli.EXIT_UNEXPECTED
     assert one_error_line(capsys) == f"error: RuntimeError: boom {DEBUG_HINT}"
@@ -108,16 +108,16 @@ def test_unexpected_error_is_one_line_pointing_at_debug(script, model_dir, monke
 
 @pytest.mark.parametrize("script", [evaluate, predict])
 def test_debug_flag_shows_the_traceback(script, model_dir, monkeypatch):
-    import inference
-    monkeypatch.setattr(inference, "load_model", raising(RuntimeError("boom")))
+    from tfhub_classifier.model import saving
+    monkeypatch.setattr(saving, "load_model", raising(RuntimeError("boom")))
     argv = ["--model-dir", model_dir, "--debug"] + (["great film"] if script is predict else [])
     with pytest.raises(RuntimeError, match="boom"):
         cli.run(script.main, argv)
 
 
 def test_debug_variable_shows_the_traceback(model_dir, monkeypatch, capsys):
-    import inference
-    monkeypatch.setattr(inference, "load_model", raising(KeyError("saved_model")))
+    from tfhub_classifier.model import saving
+    monkeypatch.setattr(saving, "load_model", raising(KeyError("saved_model")))
     argv = ["--model-dir", model_dir, "great film"]
     assert cli.run(predict.main, argv) == cli.EXIT_UNEXPECTED
     assert one_error_line(capsys) == f"error: KeyError: 'saved_model' {DEBUG_HINT}"
@@ -139,8 +139,8 @@ class Terminal:
 
 
 def test_predict_with_a_terminal_on_stdin_says_how_to_pass_reviews(model_dir, monkeypatch, capsys):
-    import inference
-    monkeypatch.setattr(inference, "load_model", raising(AssertionError("the model was loaded")))
+    from tfhub_classifier.model import saving
+    monkeypatch.setattr(saving, "load_model", raising(AssertionError("the model was loaded")))
     monkeypatch.setattr(sys, "stdin", Terminal())
     assert cli.run(predict.main, ["--model-dir", model_dir]) == cli.EXIT_ERROR
     line = one_error_line(capsys)
@@ -182,7 +182,7 @@ def test_predict_arguments_show_no_progress(trained, capsys):
 
 
 def test_logits_of_counts_texts_when_asked(trained_model, capsys):
-    import scoring
+    from tfhub_classifier.inference import scoring
     texts = [f"review number {i}" for i in range(10)]
     quiet = scoring.logits_of(trained_model, texts, 4)
     assert capsys.readouterr().err == ""
@@ -275,8 +275,8 @@ def test_an_absolute_member_is_refused_without_filter(tmp_path, monkeypatch):
 
 
 def test_unsafe_archive_from_the_command_line_is_one_line(model_dir, tmp_path, monkeypatch, capsys):
-    import inference
-    monkeypatch.setattr(inference, "load_model", lambda *args: (None, {}, "float32"))
+    from tfhub_classifier.model import saving
+    monkeypatch.setattr(saving, "load_model", lambda *args: (None, {}, "float32"))
     archive = write_tar(tmp_path / "aclImdb_v1.tar.gz", member("../evil"))
     argv = ["--model-dir", model_dir, "--data-dir", str(tmp_path / "data"), "--dataset-url", "file://" + archive]
     assert cli.run(evaluate.main, argv) == cli.EXIT_ERROR
@@ -286,8 +286,8 @@ def test_unsafe_archive_from_the_command_line_is_one_line(model_dir, tmp_path, m
 
 @pytest.mark.parametrize("script", [evaluate, predict])
 def test_a_threshold_outside_0_1_is_refused_before_the_model_loads(script, model_dir, monkeypatch, capsys):
-    import inference
-    monkeypatch.setattr(inference, "load_model", raising(AssertionError("the model must not load")))
+    from tfhub_classifier.model import saving
+    monkeypatch.setattr(saving, "load_model", raising(AssertionError("the model must not load")))
     argv = ["--model-dir", model_dir, "--threshold", "1.5"] + (["great film"] if script is predict else [])
     assert cli.run(script.main, argv) == cli.EXIT_ERROR
     assert one_error_line(capsys) == "error: --threshold must be between 0 and 1, got 1.5"

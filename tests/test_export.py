@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-import cli
 import export
 import predict
+from tfhub_classifier import cli
 
 TEXTS = ["The movie was great!", "awful boring plot", "the acting was really wonderful and the story dull",
          "Café, naïve résumé! (It's) 3.5 stars...", ""]
@@ -96,12 +96,12 @@ def binary_dir(trained):
 def untrained_classifier(directory, preprocessor, encoder, task, truncation, precision="float32"):
     """A classifier saved as train.py saves it, untrained: these tests compare outputs, not accuracy."""
     import config
-    import runtime
-    import saving
-    import training
+    from tfhub_classifier import runtime
+    from tfhub_classifier.model import saving
+    from tfhub_classifier.training import trainer
     cfg = config.resolve(preprocessor=preprocessor, encoder=encoder, seq_length=24, truncation=truncation,
                          precision=precision)
-    session = training.Session(cfg, log=lambda *args: None, task=task)
+    session = trainer.Session(cfg, log=lambda *args: None, task=task)
     record = {"config": dataclasses.asdict(cfg), "task": {"kind": task.kind, "label_names": list(task.label_names)}}
     try:
         return saving.save(session.exported, str(directory / "model"), record)
@@ -112,7 +112,7 @@ def untrained_classifier(directory, preprocessor, encoder, task, truncation, pre
 @pytest.fixture(scope="module")
 def multiclass_dir(hub_models, tmp_path_factory):
     """A multi-class classifier with the head+tail truncation the binary model lacks."""
-    import tasks
+    from tfhub_classifier import tasks
     return untrained_classifier(tmp_path_factory.mktemp("multiclass"), *hub_models,
                                 tasks.Task("multiclass", ("negative", "neutral", "positive")), "head+tail")
 
@@ -121,8 +121,9 @@ def multiclass_dir(hub_models, tmp_path_factory):
 def cased_dir(hub_models, tmp_path_factory):
     """A multi-label classifier with a cased preprocessor and tail truncation, built (as train.py
     --precision bfloat16 builds it) under the bfloat16 rewrite."""
-    import tasks
     import tiny_hub
+
+    from tfhub_classifier import tasks
     root = tmp_path_factory.mktemp("cased")
     preprocessor = tiny_hub.save_preprocessor(str(root / "hub"), lower_case=False)
     task = tasks.Task("multilabel", ("action", "comedy", "drama"))
@@ -186,18 +187,17 @@ def assert_same_results(lines, expected, what):
 
 def full_model_scores(model_dir, texts):
     """The full model's token ids for texts and its probabilities for them, via classify_tokens."""
-    import inference
-    import saving
-    from runtime import tf
+    from tfhub_classifier.model import saving
+    from tfhub_classifier.runtime import tf
     model, record = saving.load(model_dir)
     tokens = {key: value.numpy() for key, value in model.preprocess(tf.constant(texts)).items()}
-    probabilities = inference.task_of_record(record).probabilities(model.classify_tokens(tokens).numpy())
+    probabilities = saving.task_of_record(record).probabilities(model.classify_tokens(tokens).numpy())
     return tokens, probabilities
 
 
 def test_probabilities_in_the_graph_match_the_tasks():
-    import saving
-    import tasks
+    from tfhub_classifier import tasks
+    from tfhub_classifier.model import saving
     rng = np.random.default_rng(0)
     for task in (tasks.Task("binary", ("neg", "pos")), tasks.Task("multiclass", ("a", "b", "c")),
                  tasks.Task("multilabel", ("a", "b", "c"))):
@@ -207,7 +207,7 @@ def test_probabilities_in_the_graph_match_the_tasks():
 
 
 def test_serving_signature_scores_as_predict_does(binary_dir, multiclass_dir, capsys):
-    from runtime import tf
+    from tfhub_classifier.runtime import tf
     for model_dir, names in ((binary_dir, ["neg", "pos"]), (multiclass_dir, ["negative", "neutral", "positive"])):
         serve = tf.saved_model.load(model_dir).signatures["serving_default"]
         outputs = serve(text=tf.constant(TEXTS + [LONG_TEXT]))
@@ -269,7 +269,7 @@ def test_core_ops_export_and_its_client_work_without_tf_text(exports, tmp_path, 
 
 
 def test_export_writes_the_settings_and_names_the_model_uses(exports):
-    import exporting
+    from tfhub_classifier.export import core_ops
     expected = {"binary": (True, "head", ["negative", "positive"]),
                 "multiclass": (True, "head+tail", ["negative", "neutral", "positive"]),
                 "cased": (False, "tail", ["action", "comedy", "drama"])}
@@ -286,13 +286,13 @@ def test_export_writes_the_settings_and_names_the_model_uses(exports):
         with open(os.path.join(out, "labels.txt")) as f:
             assert f.read().splitlines() == names
         # The bfloat16 rewrite is grappler's, at run time: a model built under it exports a float32 graph.
-        assert result["bfloat16_ops"] == 0 and exporting.bfloat16_nodes(out) == []
+        assert result["bfloat16_ops"] == 0 and core_ops.bfloat16_nodes(out) == []
 
 
 def test_bfloat16_in_a_graph_is_found(tmp_path):
     """The control for the check above: a graph that does compute in bfloat16 is caught."""
-    import exporting
-    from runtime import tf
+    from tfhub_classifier.export import core_ops
+    from tfhub_classifier.runtime import tf
 
     class Half(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
@@ -301,7 +301,7 @@ def test_bfloat16_in_a_graph_is_found(tmp_path):
 
     module = Half()
     tf.saved_model.save(module, str(tmp_path), signatures=module.__call__)
-    assert exporting.bfloat16_nodes(str(tmp_path))
+    assert core_ops.bfloat16_nodes(str(tmp_path))
 
 
 def test_client_rest_paths_need_only_the_standard_library(exports, capsys):
@@ -309,7 +309,8 @@ def test_client_rest_paths_need_only_the_standard_library(exports, capsys):
     stand-in for TF Serving's REST predict API (row format) that runs the export's signature."""
     import http.server
     import threading
-    from runtime import tf
+
+    from tfhub_classifier.runtime import tf
     texts = ["The movie was great!", "awful boring plot", "Café ÉCOLE 电影 😀", LONG_TEXT]
     for name, (model_dir, out, _) in exports.items():
         serve = tf.saved_model.load(out).signatures["serving_default"]
@@ -354,16 +355,16 @@ def test_client_rest_paths_need_only_the_standard_library(exports, capsys):
 
 def test_client_truncates_as_the_suite_does(hub_models):
     """Each truncation, not only those the exported models use, against tokenization.TextToTokens."""
-    import export_client
-    import tokenization
-    from runtime import tf
+    from tfhub_classifier.data import tokenization
+    from tfhub_classifier.export import client_example
+    from tfhub_classifier.runtime import tf
     preprocessor = tf.saved_model.load(hub_models[0])
     vocab = os.path.join(hub_models[0], "assets", "vocab.txt")
     texts = [LONG_TEXT, "great " * 5 + "the movie " * 20 + "awful !", "short and sweet", ""]
     for seq_length in (16, 25):
         for truncation in ("head", "tail", "head+tail"):
             suite = tokenization.TextToTokens(preprocessor, seq_length, truncation)(tf.constant(texts))
-            client = export_client.Tokenizer(vocab, True, seq_length, truncation,
+            client = client_example.Tokenizer(vocab, True, seq_length, truncation,
                                              round((seq_length - 2) * tokenization.HEAD_SHARE), 2, 3)(texts)
             for key in tokenization.TOKEN_KEYS:
                 np.testing.assert_array_equal(client[key], suite[key].numpy(), err_msg=f"{truncation} {key}")
@@ -371,11 +372,11 @@ def test_client_truncates_as_the_suite_does(hub_models):
 
 def test_tokenizer_settings_are_found_not_trusted(multiclass_dir):
     """A run record that names the wrong truncation still gives the settings that reproduce the model."""
-    import exporting
-    import saving
+    from tfhub_classifier.export import core_ops
+    from tfhub_classifier.model import saving
     model, record = saving.load(multiclass_dir)
     record = {**record, "config": {**record["config"], "truncation": "head"}}
-    settings, vocab_file = exporting.tokenizer_settings(model, multiclass_dir, record)
+    settings, vocab_file = core_ops.tokenizer_settings(model, multiclass_dir, record)
     assert settings["truncation"] == "head+tail" and settings["seq_length"] == 24
     assert os.path.basename(vocab_file) == "vocab.txt"
 
@@ -384,21 +385,22 @@ class TokensOnly:
     """What tokenizer_settings reads of a saved classifier: its preprocess."""
 
     def __init__(self, preprocessor_dir, seq_length=16, truncation="head"):
-        import tokenization
-        from runtime import tf
+        from tfhub_classifier.data import tokenization
+        from tfhub_classifier.runtime import tf
         self.preprocess = tokenization.TextToTokens(tf.saved_model.load(preprocessor_dir), seq_length, truncation)
 
 
 def test_a_tokenizer_the_client_cannot_mimic_is_refused_in_one_line(hub_models, tmp_path):
     """A cased preprocessor that NFKC-normalizes (full-width letters become ASCII) is neither of the
     client's tokenizers: the probes catch it. The stock tiny preprocessor is the control."""
-    import exporting
     import tiny_hub
-    settings, _ = exporting.tokenizer_settings(TokensOnly(hub_models[0]), hub_models[0], {})
+
+    from tfhub_classifier.export import core_ops
+    settings, _ = core_ops.tokenizer_settings(TokensOnly(hub_models[0]), hub_models[0], {})
     assert settings["lower_case"] is True and settings["truncation"] == "head"
     nfkc = tiny_hub.save_preprocessor(str(tmp_path / "nfkc"), lower_case=False, normalization_form="NFKC")
     with pytest.raises(ValueError) as refused:
-        exporting.tokenizer_settings(TokensOnly(nfkc), nfkc, {})
+        core_ops.tokenizer_settings(TokensOnly(nfkc), nfkc, {})
     message = str(refused.value)
     assert "\n" not in message and "could not tokenize like it" in message and "TF Text" in message
 
@@ -431,7 +433,7 @@ def test_an_export_touches_nothing_else(exports):
 
 def test_a_folder_filled_during_the_export_is_left_alone(binary_dir, tmp_path, capsys, monkeypatch):
     """--out empty when checked, then filled while the model loads: refused in one line, untouched."""
-    import saving
+    from tfhub_classifier.model import saving
     out = tmp_path / "out"
     out.mkdir()
     load = saving.load
@@ -450,7 +452,7 @@ def test_a_folder_filled_during_the_export_is_left_alone(binary_dir, tmp_path, c
 
 def test_the_final_rename_never_replaces_a_filled_folder(tmp_path, monkeypatch):
     """Even when out fills after the last check, the rename fails rather than replace it."""
-    import exporting
+    from tfhub_classifier.export import core_ops
     out = tmp_path / "out"
 
     def write(staging):
@@ -459,11 +461,11 @@ def test_the_final_rename_never_replaces_a_filled_folder(tmp_path, monkeypatch):
         out.mkdir(exist_ok=True)
         (out / "keep.txt").write_text("mine")
 
-    monkeypatch.setattr(exporting, "require_new_folder", lambda folder: folder)  # the race: after the check
+    monkeypatch.setattr(core_ops, "require_new_folder", lambda folder: folder)  # the race: after the check
     with pytest.raises(ValueError) as refused:
-        exporting.write_new_folder(str(out), write)
+        core_ops.write_new_folder(str(out), write)
     assert "filled while exporting" in str(refused.value) and "\n" not in str(refused.value)
     assert os.listdir(out) == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["out"]
     monkeypatch.undo()
-    fresh = exporting.write_new_folder(str(tmp_path / "new" / "export"), lambda staging: None)
+    fresh = core_ops.write_new_folder(str(tmp_path / "new" / "export"), lambda staging: None)
     assert os.path.isdir(fresh) and sorted(os.listdir(tmp_path / "new")) == ["export"]

@@ -9,14 +9,14 @@ import time
 
 import numpy as np
 import pytest
+from conftest import QUICK, ROOT
 
 import config
-import imdb
-import saving
-import scoring
 import train
-import training
-from conftest import QUICK, ROOT
+from tfhub_classifier.data import imdb
+from tfhub_classifier.inference import scoring
+from tfhub_classifier.model import saving
+from tfhub_classifier.training import trainer
 
 PROBE = ["great wonderful film", "awful boring mess", "a film", "great " * 30 + "awful"]
 
@@ -30,22 +30,23 @@ def no_op_determinism_leak():
     """--deterministic switches TensorFlow's op determinism on for the process; other tests don't want it."""
     yield
     from tensorflow.python.framework import config as tf_config
-    from runtime import keras
+
+    from tfhub_classifier.runtime import keras
     tf_config.disable_op_determinism()
     keras.backend.experimental.disable_tf_random_generator()
 
 
 @pytest.fixture
 def fits(monkeypatch):
-    """Counts training.fit calls and keeps the probe scores of the weights each fit left."""
+    """Counts trainer.fit calls and keeps the probe scores of the weights each fit left."""
     calls = []
-    real_fit, real_logits_of = training.fit, scoring.logits_of
+    real_fit, real_logits_of = trainer.fit, scoring.logits_of
 
     def counting_fit(session, *args, **kwargs):
         summary = real_fit(session, *args, **kwargs)
         calls.append({"summary": summary, "probe": real_logits_of(session.exported, PROBE, 8)})
         return summary
-    monkeypatch.setattr(training, "fit", counting_fit)
+    monkeypatch.setattr(trainer, "fit", counting_fit)
     return calls
 
 
@@ -59,8 +60,8 @@ def expected_steps(record, epochs, batch_size):
 
 @pytest.mark.parametrize("failure", ["plots dir unwritable after training", "error in the test pass"])
 def test_a_failure_after_fit_loses_no_training(flags, fits, monkeypatch, capsys, failure):
-    import cli
-    import reporting
+    from tfhub_classifier import cli
+    from tfhub_classifier.inference import plots
     argv = flags + QUICK + ["--epochs", "2"]
     plots_dir = flag(flags, "--plots-dir")
     if failure == "error in the test pass":
@@ -69,13 +70,13 @@ def test_a_failure_after_fit_loses_no_training(flags, fits, monkeypatch, capsys,
             raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
         monkeypatch.setattr(scoring, "logits_of", out_of_memory)
     else:
-        real_plot = reporting.plot_history
+        real_plot = plots.plot_history
 
         def plots_dir_gone(history, path, best_epoch=None):
             shutil.rmtree(plots_dir)
             open(plots_dir, "w").close()  # a file where the folder was: nothing can be written there
             return real_plot(history, path, best_epoch)
-        monkeypatch.setattr(reporting, "plot_history", plots_dir_gone)
+        monkeypatch.setattr(plots, "plot_history", plots_dir_gone)
     assert cli.run(train.main, argv) == cli.EXIT_ERROR
     lines = capsys.readouterr().err.strip().splitlines()  # the test pass's progress bar may come first
     error = [line for line in lines if line.startswith("error")]
@@ -87,7 +88,7 @@ def test_a_failure_after_fit_loses_no_training(flags, fits, monkeypatch, capsys,
     if os.path.isfile(plots_dir):
         os.remove(plots_dir)
     rerun_fits = []
-    monkeypatch.setattr(training, "fit", lambda *a, **k: rerun_fits.append(1))
+    monkeypatch.setattr(trainer, "fit", lambda *a, **k: rerun_fits.append(1))
     capsys.readouterr()
     record = train.main(argv)
     assert rerun_fits == []  # not trained again
@@ -113,9 +114,9 @@ def test_sigkill_in_the_test_pass_loses_no_training(flags, tmp_path, capsys):
     assert not os.path.exists(model_dir)
 
     # What the kept weights score, read straight from MODEL_DIR.training/ before the rerun.
-    import checkpoints
+    from tfhub_classifier.training import checkpoints
     cfg = config.from_args(train.parse(argv))
-    session = training.Session(cfg, log=lambda *_: None)
+    session = trainer.Session(cfg, log=lambda *_: None)
     checkpoints.WorkDir(model_dir).restore_trained(session.token_model)
     kept = scoring.logits_of(session.exported, PROBE, 8)
 
@@ -141,13 +142,13 @@ class KilledAfterEpoch(Exception):
 def test_early_stopping_survives_a_resume(flags, monkeypatch, killed_after):
     argv = flags + QUICK + ["--epochs", "4", "--early-stopping-patience", "1", "--deterministic"]
     cfg = config.from_args(train.parse(argv))
-    uninterrupted = training.run(cfg, log=lambda *_: None, splits=rising_validation(cfg))
+    uninterrupted = trainer.run(cfg, log=lambda *_: None, splits=rising_validation(cfg))
     assert len(uninterrupted["history"]["loss"]) == 2 and uninterrupted["best_epoch"] == 1  # it stopped early
     weights = [v.numpy() for v in saving.load(cfg.model_dir)[0].token_classifier.variables]
     shutil.rmtree(cfg.model_dir)
 
-    from runtime import keras
-    real_callbacks = training.Session.callbacks
+    from tfhub_classifier.runtime import keras
+    real_callbacks = trainer.Session.callbacks
 
     def killed(session, work_dir):  # a kill right after the epoch's checkpoint
         class Kill(keras.callbacks.Callback):
@@ -155,12 +156,12 @@ def test_early_stopping_survives_a_resume(flags, monkeypatch, killed_after):
                 if epoch + 1 == killed_after:
                     raise KilledAfterEpoch
         return real_callbacks(session, work_dir) + [Kill()]
-    monkeypatch.setattr(training.Session, "callbacks", killed)
+    monkeypatch.setattr(trainer.Session, "callbacks", killed)
     with pytest.raises(KilledAfterEpoch):
-        training.run(cfg, log=lambda *_: None, splits=rising_validation(cfg))
+        trainer.run(cfg, log=lambda *_: None, splits=rising_validation(cfg))
     monkeypatch.undo()
 
-    resumed = training.run(cfg, log=lambda *_: None, splits=rising_validation(cfg))
+    resumed = trainer.run(cfg, log=lambda *_: None, splits=rising_validation(cfg))
     assert resumed["history"]["loss"] == pytest.approx(uninterrupted["history"]["loss"])
     assert resumed["best_epoch"] == uninterrupted["best_epoch"] == 1
     assert resumed["optimizer_steps"] == uninterrupted["optimizer_steps"]
@@ -218,15 +219,15 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(flags, big_archive_ur
 
 def interrupted_after_first_epoch(flags, monkeypatch, argv):
     """Run argv until its first epoch's checkpoint, as a kill there would leave it."""
-    from runtime import keras
-    real_callbacks = training.Session.callbacks
+    from tfhub_classifier.runtime import keras
+    real_callbacks = trainer.Session.callbacks
 
     def killed(session, work_dir):
         class Kill(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 raise KilledAfterEpoch
         return real_callbacks(session, work_dir) + [Kill()]
-    monkeypatch.setattr(training.Session, "callbacks", killed)
+    monkeypatch.setattr(trainer.Session, "callbacks", killed)
     with pytest.raises(KilledAfterEpoch):
         train.main(argv)
     monkeypatch.undo()
@@ -234,7 +235,7 @@ def interrupted_after_first_epoch(flags, monkeypatch, argv):
 
 def test_checkpoint_every_n_steps_also_checkpoints_each_epoch(flags, monkeypatch):
     """With --checkpoint-every larger than an epoch, a kill after epoch 1 still resumes at epoch 2."""
-    import checkpoints
+    from tfhub_classifier.training import checkpoints
     argv = flags + QUICK + ["--epochs", "2", "--checkpoint-every", "1000"]
     interrupted_after_first_epoch(flags, monkeypatch, argv)
     work_dir = checkpoints.WorkDir(flag(flags, "--model-dir"))
@@ -257,7 +258,7 @@ def test_resume_ignores_settings_that_do_not_change_the_weights(flags, monkeypat
 
 
 def test_resume_with_other_settings_stops_and_keeps_the_checkpoint(flags, monkeypatch, capsys):
-    import cli
+    from tfhub_classifier import cli
     argv = flags + QUICK + ["--epochs", "2"]
     interrupted_after_first_epoch(flags, monkeypatch, argv)
     work_dir = flag(flags, "--model-dir") + ".training"

@@ -64,7 +64,7 @@ def _run_cluster(argv, tmp_path):
 
 def test_two_workers_train_and_only_the_chief_writes(flags, tmp_path):
     import predict
-    import saving
+    from tfhub_classifier.model import saving
     argv = [*flags, *QUICK, "--epochs", str(EPOCHS), "--batch-size", str(BATCH_SIZE), "--strategy", "multiworker"]
     codes, outputs = _run_cluster(argv, tmp_path)
     report = "\n".join(f"--- worker {i} (exit {code}) ---\n{output[-6000:]}"
@@ -94,7 +94,8 @@ def test_two_workers_train_and_only_the_chief_writes(flags, tmp_path):
 
 def test_the_chief_is_the_chief_task_else_worker_0():
     from types import SimpleNamespace
-    import runtime
+
+    from tfhub_classifier import runtime
 
     def strategy(task_type, task_id, cluster):
         spec = SimpleNamespace(as_dict=lambda: cluster)

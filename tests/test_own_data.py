@@ -7,12 +7,12 @@ import random
 
 import numpy as np
 import pytest
+from conftest import QUICK
+from tiny_hub import FILLER_WORDS, NEGATIVE_WORDS, POSITIVE_WORDS
 
 import evaluate
 import predict
 import train
-from conftest import QUICK
-from tiny_hub import FILLER_WORDS, NEGATIVE_WORDS, POSITIVE_WORDS
 
 FAST = QUICK + ["--epochs", "8", "--learning-rate", "5e-3"]
 
@@ -61,7 +61,7 @@ def test_multiclass_from_csv_learns_and_records_its_labels(multiclass_run):
     assert record["task"] == {"kind": "multiclass", "label_names": ["negative", "neutral", "positive"]}
     assert record["split_sizes"] == {"train": 120, "validation": 30, "test": 45}
     assert record["test_metrics"]["accuracy"] >= 0.8
-    import saving
+    from tfhub_classifier.model import saving
     model, _ = saving.load(flags[flags.index("--model-dir") + 1])
     assert [name.decode() for name in model.label_names.numpy()] == ["negative", "neutral", "positive"]
 
@@ -217,8 +217,9 @@ def test_tutorial_pipeline_and_balanced_weights_hold_for_multiclass_and_multilab
 
 
 def test_resume_on_other_data_is_refused(hub_models, tmp_path, monkeypatch, capsys):
-    import cli
     from test_lifecycle import interrupted_after_first_epoch
+
+    from tfhub_classifier import cli
     train_csv = write_csv(tmp_path / "train.csv", multiclass_rows(60, 12))
     argv = ["--encoder", hub_models[1], "--preprocessor", hub_models[0], "--model-dir", str(tmp_path / "model"),
             "--plots-dir", str(tmp_path / "plots"), "--train-data", train_csv,
@@ -247,14 +248,14 @@ def test_models_saved_before_tasks_still_predict_positive_and_negative(trained, 
 
 
 def test_multilabel_csv_cells_long_texts_and_0_1_vectors(tmp_path):
-    import datasets
+    from tfhub_classifier.data import user_files
     path = tmp_path / "tags.csv"
     long_text = "great " * 40_000  # 240,000 characters: beyond csv's default field limit
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows([["text", "label"], [long_text, "a|b"], ["no tags at all", ""], ["x", "b"]])
-    texts, labels, _ = datasets.read(str(path), label_separator="|")
+    texts, labels, _ = user_files.read(str(path), label_separator="|")
     assert len(texts[0]) == len(long_text) and labels == [("a", "b"), (), ("b",)]
     with open(tmp_path / "vectors.jsonl", "w") as f:
         f.write(json.dumps({"text": "x", "label": [0, 1, 1]}) + "\n")
     with pytest.raises(ValueError, match="0/1 vector"):
-        datasets.read(str(tmp_path / "vectors.jsonl"))
+        user_files.read(str(tmp_path / "vectors.jsonl"))

@@ -4,10 +4,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import QUICK, ROOT
 
 import config
 import train
-from conftest import QUICK, ROOT
 
 
 def test_recipes_and_flag_overrides():
@@ -24,7 +24,7 @@ def test_recipes_and_flag_overrides():
 
 
 def test_optimizers_follow_their_recipes():
-    import optimization
+    from tfhub_classifier.training import optimization
     best = optimization.make_optimizer(config.resolve(), 100)
     assert best.weight_decay == 0.01 and best.global_clipnorm == 1.0
     tutorial = optimization.make_optimizer(config.resolve(recipe="tutorial"), 100)
@@ -36,7 +36,7 @@ def test_optimizers_follow_their_recipes():
 def test_official_schedule_is_create_optimizers(step):
     """tf-models' create_optimizer: linear warm-up to the peak, then PolynomialDecay(peak, total, end=0)
     at the global step, so the rate at the end of a 10% warm-up is 0.9 x peak (2.7e-5), not the peak."""
-    import optimization
+    from tfhub_classifier.training import optimization
     peak, total, warmup = 3e-5, 100, 10
     schedule = optimization.make_optimizer(config.resolve(recipe="official"), total)._learning_rate
     expected = peak * step / warmup if step < warmup else peak * (1 - min(step, total) / total)
@@ -44,9 +44,9 @@ def test_official_schedule_is_create_optimizers(step):
 
 
 def test_weight_decay_skips_layer_norm_and_bias(hub_models):
-    import runtime
-    import modeling
-    import optimization
+    from tfhub_classifier import runtime
+    from tfhub_classifier.model import modeling
+    from tfhub_classifier.training import optimization
     model = modeling.build_token_classifier(runtime.hub.load(hub_models[1]), 0.1, "pooled")
     optimizer = optimization.make_optimizer(config.resolve(), 10)
     optimizer.build(model.trainable_variables)
@@ -57,8 +57,8 @@ def test_weight_decay_skips_layer_norm_and_bias(hub_models):
 
 @pytest.fixture(scope="module")
 def text_to_tokens(hub_models):
-    import runtime
-    import tokenization
+    from tfhub_classifier import runtime
+    from tfhub_classifier.data import tokenization
     preprocessor = runtime.hub.load(hub_models[0])
     return lambda length, truncation: tokenization.TextToTokens(preprocessor, length, truncation), preprocessor
 
@@ -99,7 +99,7 @@ def test_saved_model_applies_length_and_truncation_to_raw_strings(flags):
 
 
 def test_score_does_not_depend_on_batch_mates(trained_model):
-    import scoring
+    from tfhub_classifier.inference import scoring
     review = "great acting and a wonderful story"
     alone = scoring.logits_of(trained_model, [review], 8)[0]
     mates = ["awful " * n for n in (1, 30, 60)] + [review] + ["x"]
@@ -109,8 +109,8 @@ def test_score_does_not_depend_on_batch_mates(trained_model):
 def test_scoring_sorts_by_length_and_pads_each_batch_to_its_longest(trained_model, monkeypatch):
     """What makes scoring fast: within a window, batches of similar length, each padded only to its
     longest text; and each logit still lands at its own text's place, across tokenizer calls."""
-    import scoring
-    import tokenization
+    from tfhub_classifier.data import tokenization
+    from tfhub_classifier.inference import scoring
     monkeypatch.setattr(tokenization, "TOKENIZE_BATCH", 3)  # many tokenizer calls per window
 
     class Recording:
@@ -139,7 +139,8 @@ def test_scoring_sorts_by_length_and_pads_each_batch_to_its_longest(trained_mode
 def test_scoring_and_training_batch_token_ids_alike(text_to_tokens, monkeypatch):
     """Scoring's NumPy batching and training's tf.data batching: the same rows, order and widths."""
     import tensorflow as tf
-    import tokenization
+
+    from tfhub_classifier.data import tokenization
     monkeypatch.setattr(tokenization, "TOKENIZE_BATCH", 7)
     make, _ = text_to_tokens
     to_tokens = make(40, "head")
@@ -158,16 +159,16 @@ def test_scoring_and_training_batch_token_ids_alike(text_to_tokens, monkeypatch)
 
 def test_in_memory_and_reloaded_models_score_many_texts_alike(trained, trained_model):
     """Many windows of batches, through the in-memory model as train.py scores the test set."""
-    import training
+    from tfhub_classifier.training import trainer
     flags, _ = trained
     cfg = config.resolve(recipe="official", seq_length=64, encoder=flags["--encoder"],
                          preprocessor=flags["--preprocessor"], precision="float32")
-    session = training.Session(cfg, log=lambda *_: None)
+    session = trainer.Session(cfg, log=lambda *_: None)
     session.token_model.set_weights(trained_model.token_classifier.get_weights()
                                     if hasattr(trained_model.token_classifier, "get_weights")
                                     else [v.numpy() for v in trained_model.token_classifier.variables])
     texts = [("great " if i % 3 else "awful ") * (i % 40 + 1) for i in range(300)]
-    import scoring
+    from tfhub_classifier.inference import scoring
     in_memory = scoring.logits_of(session.exported, texts, 8)
     reloaded = scoring.logits_of(trained_model, texts, 8)
     assert in_memory.shape == (300,)
@@ -176,19 +177,19 @@ def test_in_memory_and_reloaded_models_score_many_texts_alike(trained, trained_m
 
 def test_pipelines_score_the_same(trained, hub_models):
     """The tutorial's string-in-model pipeline and ours give one model the same test metrics."""
-    import training
-    import imdb
+    from tfhub_classifier.data import imdb
+    from tfhub_classifier.training import trainer
     flags, _ = trained
     cfg = config.resolve(recipe="official", seq_length=64, encoder=flags["--encoder"],
                          preprocessor=flags["--preprocessor"], data_dir=flags["--data-dir"],
                          dataset_url=flags["--dataset-url"], precision="float32", batch_size=8)
-    session = training.Session(cfg, log=lambda *_: None)
+    session = trainer.Session(cfg, log=lambda *_: None)
     _, validation, _ = imdb.load_splits(cfg)
     for pipeline in ("fast", "tutorial"):
         session.cfg = config.resolve(**{**cfg.__dict__, "pipeline": pipeline})
         session.compile(10)
-    fast_ds = training.token_dataset(validation, session.text_to_tokens, 8)
-    tutorial_ds = training.text_dataset(validation, 8)
+    fast_ds = trainer.token_dataset(validation, session.text_to_tokens, 8)
+    tutorial_ds = trainer.text_dataset(validation, 8)
     fast = session.token_model.evaluate(fast_ds, verbose=0, return_dict=True)
     slow = session.text_model.evaluate(tutorial_ds, verbose=0, return_dict=True)
     assert fast["binary_accuracy"] == pytest.approx(slow["binary_accuracy"])
@@ -196,16 +197,15 @@ def test_pipelines_score_the_same(trained, hub_models):
 
 
 def test_token_batches_are_padded_to_their_longest_review(trained):
-    import training
-    import imdb
-    import runtime
-    import tokenization
+    from tfhub_classifier import runtime
+    from tfhub_classifier.data import imdb, tokenization
+    from tfhub_classifier.training import trainer
     flags, _ = trained
     cfg = config.resolve(data_dir=flags["--data-dir"], dataset_url=flags["--dataset-url"])
     train_split, _, _ = imdb.load_splits(cfg)
     text_to_tokens = tokenization.TextToTokens(runtime.hub.load(flags["--preprocessor"]), 512, "head")
     widths = []
-    for tokens, labels in training.token_dataset(train_split, text_to_tokens, 8, shuffle_seed=1).take(10):
+    for tokens, labels in trainer.token_dataset(train_split, text_to_tokens, 8, shuffle_seed=1).take(10):
         longest = int(tokens["input_mask"].numpy().sum(axis=1).max())
         width = tokens["input_mask"].shape[1]
         assert width % tokenization.PAD_MULTIPLE == 0 and longest <= width < longest + tokenization.PAD_MULTIPLE
@@ -232,7 +232,7 @@ def test_jit_compile_trains(flags):
 MIRRORED = """
 import sys
 sys.path.insert(0, {root!r})
-import runtime
+from tfhub_classifier import runtime
 cpu = runtime.tf.config.list_physical_devices("CPU")[0]
 runtime.tf.config.set_logical_device_configuration(cpu, [runtime.tf.config.LogicalDeviceConfiguration()] * 2)
 import train
@@ -260,7 +260,7 @@ def test_mirrored_strategy_over_two_cpu_devices(flags):
 
 
 def test_strategy_errors_name_the_fix(monkeypatch):
-    import runtime
+    from tfhub_classifier import runtime
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="TF_CONFIG"):
         runtime.make_strategy("multiworker")
@@ -268,7 +268,7 @@ def test_strategy_errors_name_the_fix(monkeypatch):
 
 
 def test_require_gpu_fails_clearly_without_one():
-    import runtime
+    from tfhub_classifier import runtime
     if runtime.tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="--require-gpu"):

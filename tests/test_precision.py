@@ -6,16 +6,16 @@ import sys
 
 import numpy as np
 import pytest
-
-import hardware
 import tiny_hub
 from conftest import QUICK, ROOT
+
+from tfhub_classifier import hardware
 
 
 @pytest.fixture
 def float32_after():
     """The precision is process-global: put float32 back for the tests that follow."""
-    import runtime
+    from tfhub_classifier import runtime
     yield runtime
     runtime.set_precision("float32")
 
@@ -24,7 +24,7 @@ def test_bfloat16_rewrites_the_classifiers_matmuls(hub_models, float32_after):
     """--precision bfloat16 really runs the model in bfloat16: logits move by bf16 rounding, not more."""
     if not hardware.cpu_supports_bfloat16():
         pytest.skip("this CPU has no AVX512-BF16/AMX: the rewrite does not run, so the test would prove nothing")
-    import modeling
+    from tfhub_classifier.model import modeling
     runtime = float32_after
     tf = runtime.tf
     model = modeling.build_token_classifier(runtime.hub.load(hub_models[1]), 0.1, "pooled")
@@ -46,10 +46,10 @@ JIT_RUN = """
 import sys
 sys.path.insert(0, {root!r})
 import train
-import training
+from tfhub_classifier.training import trainer
 models = []
-compile = training.Session.compile
-training.Session.compile = lambda session, *args: models.append(compile(session, *args)) or models[-1]
+compile = trainer.Session.compile
+trainer.Session.compile = lambda session, *args: models.append(compile(session, *args)) or models[-1]
 train.main(sys.argv[1:])
 model = models[0]
 graphs = [f.graph.as_graph_def() for f in model.train_tf_function._list_all_concrete_functions()]
@@ -75,13 +75,13 @@ def test_jit_compile_xla_compiles_the_train_step(flags, jit):
 
 @pytest.fixture(scope="module")
 def preprocessor(hub_models):
-    import runtime
+    from tfhub_classifier import runtime
     return runtime.hub.load(hub_models[0])
 
 
 def review_and_pieces(preprocessor, words, seed=0):
     """A review of `words` random vocabulary words (some split into 2 pieces), and its word-piece ids."""
-    import runtime
+    from tfhub_classifier import runtime
     choices = [w for w in tiny_hub.VOCAB[5:] if not w.startswith("##")] + ["movies", "films"]
     review = " ".join(random.Random(seed).choices(choices, k=words))
     pieces = preprocessor.tokenize(runtime.tf.constant([review])).merge_dims(-2, -1)[0].numpy()
@@ -90,7 +90,7 @@ def review_and_pieces(preprocessor, words, seed=0):
 
 def test_head_tail_keeps_the_first_128_and_last_382_pieces(preprocessor):
     """A long review at 512 tokens keeps exactly its first 128 and last 382 word pieces, in order."""
-    import tokenization
+    from tfhub_classifier.data import tokenization
     review, pieces = review_and_pieces(preprocessor, 1000)
     assert len(pieces) > 1000
     ids = tokenization.TextToTokens(preprocessor, 512, "head+tail")([review])["input_word_ids"].numpy()[0]
@@ -102,7 +102,7 @@ def test_head_tail_keeps_the_first_128_and_last_382_pieces(preprocessor):
 
 def test_head_tail_keeps_a_short_review_whole(preprocessor):
     """A review shorter than 510 word pieces is kept whole, then padded."""
-    import tokenization
+    from tfhub_classifier.data import tokenization
     review, pieces = review_and_pieces(preprocessor, 300)
     assert len(pieces) < 510
     tokens = tokenization.TextToTokens(preprocessor, 512, "head+tail")([review])

@@ -10,20 +10,19 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
-import hub_models
-import saving
-import cli
-import imdb
-import inference
-import predict
 import tiny_hub
-import train
 from conftest import QUICK, ROOT
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_suite import fails_with
 
-BINARY = inference.task_of_record({})  # models trained on IMDB
+import predict
+import train
+from tfhub_classifier.data import imdb
+from tfhub_classifier.inference import prediction
+from tfhub_classifier.model import hub_models, saving
+
+BINARY = saving.task_of_record({})  # models trained on IMDB
 PYTHON_TRAIN = [sys.executable, os.path.join(ROOT, "train.py")]
 
 
@@ -104,7 +103,7 @@ def test_wrong_md5_is_refused(tmp_path):
 
 
 def test_official_url_is_checked_against_the_official_md5(tmp_path, monkeypatch):
-    import runtime
+    from tfhub_classifier import runtime
     source = tiny_hub.write_archive(str(tmp_path / "src.tar.gz"))
 
     def fake_download(name, origin, cache_dir, cache_subdir):
@@ -160,19 +159,19 @@ def test_nan_loss_stops_training_and_keeps_the_old_model(flags, trained, capsys)
 @pytest.mark.parametrize("text", ["", "   \t ", "x" * 1_000_000, b"caf\xe9 \xff\xfe great".decode("latin-1"),
                                   "great \x00 film", "\u202e\u0000\U0001F600 awful"])
 def test_predict_scores_odd_texts(trained_model, text):
-    (_, score), = inference.predict(trained_model, BINARY, [text], 16)
+    (_, score), = prediction.predict(trained_model, BINARY, [text], 16)
     assert 0 <= score <= 1
 
 
 def test_predict_invalid_utf8_bytes(trained_model):
-    scores = [s for _, s in inference.predict(trained_model, BINARY, [b"\xff\xfe\x80 great", b"awful"], 16)]
+    scores = [s for _, s in prediction.predict(trained_model, BINARY, [b"\xff\xfe\x80 great", b"awful"], 16)]
     assert len(scores) == 2 and all(0 <= s <= 1 for s in scores)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.text(max_size=3000) | st.binary(max_size=500), min_size=1, max_size=6))
 def test_fuzz_predict_never_crashes(trained_model, texts):
-    results = list(inference.predict(trained_model, BINARY, texts, 4))
+    results = list(prediction.predict(trained_model, BINARY, texts, 4))
     assert [t for t, _ in results] == texts  # input order kept
     assert all(0 <= s <= 1 for _, s in results)
 

@@ -23,18 +23,16 @@ import time
 import numpy as np
 import pytest
 import requests
+from conftest import unloadable_model_dir
+from serving_client import HOST, ServerProcess
+from tiny_hub import FILLER_WORDS, NEGATIVE_WORDS, POSITIVE_WORDS
 
-import cli
 import config
 import predict
 import serve
-import batching
-import serving
-from conftest import unloadable_model_dir
-import tasks
 import train
-from serving_client import HOST, ServerProcess
-from tiny_hub import FILLER_WORDS, NEGATIVE_WORDS, POSITIVE_WORDS
+from tfhub_classifier import cli, tasks
+from tfhub_classifier.serving import batching, rest_api
 
 STARTUP_SECONDS = 180  # TensorFlow's import and the model's load, on a busy machine
 BATCH_SIZE = 8
@@ -282,19 +280,19 @@ class FakeModelCall:
 
 
 class InProcessServer:
-    """serving.create_app over FakeModelCall, served by uvicorn in a thread on a free port."""
+    """rest_api.create_app over FakeModelCall, served by uvicorn in a thread on a free port."""
 
     def __init__(self, **settings):
         self.model_call = FakeModelCall()
         cfg = config.resolve(**{"serve_batch_size": 4, "batch_timeout_ms": 20.0, "max_texts_per_request": 8,
                                 "max_queued_texts": 16, **settings})
-        servable = serving.Servable(None, {}, tasks.Task("binary", tuple(LABEL_NAMES)), 0.5, 1, 4)
+        servable = rest_api.Servable(None, {}, tasks.Task("binary", tuple(LABEL_NAMES)), 0.5, 1, 4)
         servable.score = self.model_call
-        self.app = serving.create_app(servable, "fake", cfg)
-        sock = serving.bind(HOST, 0)
+        self.app = rest_api.create_app(servable, "fake", cfg)
+        sock = rest_api.bind(HOST, 0)
         self.port = sock.getsockname()[1]
         self.predict_url = f"http://{HOST}:{self.port}/v1/models/fake:predict"
-        self.server = serving.uvicorn_server(self.app, cfg)
+        self.server = rest_api.uvicorn_server(self.app, cfg)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -413,12 +411,12 @@ FAKE_SERVE = """
 import sys, time
 import cli, serve, serving, tasks
 
-class SlowServable(serving.Servable):
+class SlowServable(rest_api.Servable):
     def score(self, texts):  # a model call without TensorFlow
         time.sleep(0.2)
         return [{"score": 0.5} for _ in texts]
 
-serving.Servable.load = classmethod(lambda cls, cfg, log=print: SlowServable(
+rest_api.Servable.load = classmethod(lambda cls, cfg, log=print: SlowServable(
     None, {}, tasks.Task("binary", ("neg", "pos")), cfg.threshold, cfg.top_k, cfg.serve_batch_size))
 sys.exit(cli.run(serve.main))
 """
@@ -541,15 +539,14 @@ def test_a_failed_call_fails_its_request_drops_its_other_texts_and_leaves_nothin
 
 @pytest.mark.parametrize("kind, top_k", [("multiclass", 1), ("multiclass", 2), ("multilabel", 1)])
 def test_other_tasks_answer_the_signature_outputs_and_what_predict_py_jsonl_writes(kind, top_k, monkeypatch):
-    import inference
-    import scoring
+    from tfhub_classifier.inference import prediction, scoring
     task = tasks.Task(kind, ("anger", "joy", "fear"))
     logits = np.array([[2.0, 0.0, -1.0], [-1.0, 0.5, 3.0]])
     monkeypatch.setattr(scoring, "logits_of", lambda model, texts, batch_size: logits[:len(texts)])
-    servable = serving.Servable(None, {}, task, 0.5, top_k, batch_size=8)
+    servable = rest_api.Servable(None, {}, task, 0.5, top_k, batch_size=8)
     results = servable.score(["a", "b"])
     jsonl = io.StringIO()
-    writer = inference.Writer("jsonl", task, 0.5, top_k, jsonl)
+    writer = prediction.Writer("jsonl", task, 0.5, top_k, jsonl)
     probabilities = task.probabilities(logits)
     for text, row in zip("ab", probabilities):
         writer.write(text, row)
@@ -560,9 +557,9 @@ def test_other_tasks_answer_the_signature_outputs_and_what_predict_py_jsonl_writ
         assert {k: v for k, v in result.items() if k not in ("probabilities", "label_names")} == written
         assert result["probabilities"] == pytest.approx(row.tolist(), abs=1e-6)
         assert result["label_names"] == ["anger", "joy", "fear"]
-    columns = serving.as_columns(results)
+    columns = rest_api.as_columns(results)
     assert list(columns) == list(results[0]) and all(len(values) == 2 for values in columns.values())
-    outputs = serving.model_metadata("m", servable)["metadata"]["signature_def"]["signature_def"][
+    outputs = rest_api.model_metadata("m", servable)["metadata"]["signature_def"]["signature_def"][
         "serving_default"]["outputs"]
     for name, spec in outputs.items():  # each described output has the shape it says, batch first
         dims = [int(d["size"]) for d in spec["tensor_shape"]["dim"]]

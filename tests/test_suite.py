@@ -6,14 +6,14 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import QUICK, ROOT
 
-import cli
 import config
 import evaluate
-import imdb
 import predict
 import train
-from conftest import QUICK, ROOT
+from tfhub_classifier import cli
+from tfhub_classifier.data import imdb
 
 
 def test_model_learns_the_task(trained):
@@ -75,7 +75,7 @@ def test_unsup_is_removed_and_splits_are_the_tutorials(trained):
     assert set(np.unique(train_split.labels)) == {0, 1}
     assert len(validation) == int(0.2 * (len(train_split) + len(validation)))
     # The same reviews the tutorial's text_dataset_from_directory puts in each subset.
-    import runtime
+    from tfhub_classifier import runtime
     for subset, split in (("training", train_split), ("validation", validation)):
         reference = runtime.keras.utils.text_dataset_from_directory(
             os.path.join(root, "train"), validation_split=0.2, subset=subset, seed=42)
@@ -86,7 +86,7 @@ def test_unsup_is_removed_and_splits_are_the_tutorials(trained):
 
 def test_second_run_does_not_download_again(trained, monkeypatch):
     flags, _ = trained
-    import runtime
+    from tfhub_classifier import runtime
 
     def no_download(*args, **kwargs):
         raise AssertionError("downloaded again")
@@ -196,8 +196,10 @@ def test_config_defaults_are_what_train_py_runs():
 
 def test_failed_save_keeps_the_previous_model(trained, monkeypatch, tmp_path):
     import shutil
+
     import tensorflow as tf
-    import saving
+
+    from tfhub_classifier.model import saving
     flags, _ = trained
     model_dir = tmp_path / "imdb_bert"
     shutil.copytree(flags["--model-dir"], model_dir)

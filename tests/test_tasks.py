@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-import tasks
+from tfhub_classifier import tasks
 
 NAMES = ("anger", "joy", "fear", "surprise")
 

@@ -9,7 +9,9 @@ import os
 import random
 import tarfile
 
-import runtime  # noqa: F401  (tf-keras and tensorflow_text first)
+from tfhub_classifier import runtime  # noqa: F401  (tf-keras and tensorflow_text first)
+
+# isort: split
 import tensorflow as tf
 import tensorflow_text as text
 

@@ -1,6 +1,6 @@
 """The classifier network: BERT token ids -> encoder -> pooled vector -> logit (Keras Functional API)."""
-import tokenization
-from runtime import hub, keras, tf
+from tfhub_classifier.data import tokenization
+from tfhub_classifier.runtime import hub, keras, tf
 
 
 class MaskedMean(keras.layers.Layer):

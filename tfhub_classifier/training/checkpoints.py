@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from runtime import keras, tf
+from tfhub_classifier.runtime import keras, tf
 
 # BackupAndRestore's training state, from the Keras package tf.keras is (tf_keras, or TF 2.15's keras).
 worker_training_state = importlib.import_module(

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import cli
 import config
+from tfhub_classifier import cli
 
 CLASS_NAMES = ("neg", "pos")  # label 0 and 1, sorted as text_dataset_from_directory sorts them
 DISPLAY_NAMES = ("negative", "positive")  # how predictions name them
@@ -66,7 +66,7 @@ def _verify_archive(path, expected_md5):
 
 def download_archive(data_dir, url, md5=""):
     """The archive in data_dir, downloaded with tf.keras.utils.get_file unless already there."""
-    from runtime import keras
+    from tfhub_classifier.runtime import keras
     expected_md5 = md5 or (config.OFFICIAL_DATASET_MD5 if url == config.OFFICIAL_DATASET_URL else "")
     path = os.path.join(os.path.abspath(data_dir), ARCHIVE_NAME)
     if os.path.exists(path):

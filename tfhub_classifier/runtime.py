@@ -11,7 +11,7 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ start-up chatter out of the user's way
 
 import config  # noqa: E402
-import hardware  # noqa: E402
+from tfhub_classifier import hardware  # noqa: E402
 
 os.environ.setdefault("TFHUB_CACHE_DIR", config.hub_cache_dir())  # persistent, unlike the default temp dir
 

@@ -47,8 +47,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-import batching
 import config
+from tfhub_classifier.serving import batching
 
 MODEL_VERSION = "1"  # one model, served as the version TensorFlow Serving gives a model's first export
 SIGNATURE = "serving_default"
@@ -105,10 +105,15 @@ class Servable:
 
     @classmethod
     def load(cls, cfg, log=print):
-        import inference  # TensorFlow loads here, once the flags and the port are known to be good
-        model, record, precision = inference.load_model(cfg.model_dir, cfg.precision)
-        task = inference.task_of_record(record)
-        inference.check_top_k(task, cfg.top_k)
+        from tfhub_classifier.inference import (
+            prediction,  # TensorFlow loads here, once the flags and the port are known to be good
+        )
+        from tfhub_classifier.model import (
+            saving,  # TensorFlow loads here, once the flags and the port are known to be good
+        )
+        model, record, precision = saving.load_model(cfg.model_dir, cfg.precision)
+        task = saving.task_of_record(record)
+        prediction.check_top_k(task, cfg.top_k)
         servable = cls(model, record, task, cfg.threshold, cfg.top_k, cfg.serve_batch_size,
                        signature_tensor_names(cfg.model_dir))
         servable.score(["A warm-up review, so the first request is not the one that waits."])
@@ -117,15 +122,16 @@ class Servable:
 
     def score(self, texts):
         """One JSON result per text; a model call per batch_size texts (one call from the Batcher)."""
-        import scoring
+        from tfhub_classifier.inference import scoring
         logits = scoring.logits_of(self.model, texts, self.batch_size)
         return [self.result(probabilities) for probabilities in self.task.probabilities(logits)]
 
     def result(self, probabilities):
         """serving_default's outputs for one text, then predict.py's --format jsonl fields."""
-        import inference
         import numpy as np
-        result = inference.json_result(self.task, probabilities, self.threshold, self.top_k)
+
+        from tfhub_classifier.inference import prediction
+        result = prediction.json_result(self.task, probabilities, self.threshold, self.top_k)
         result.pop("probabilities", None)  # multi-label's {name: probability}: given as the signature's list
         values = np.atleast_1d(np.asarray(probabilities, dtype=np.float32)).tolist()
         values = [float(f"{value:.7g}") for value in values]  # float32's digits, not float64's noise

@@ -4,7 +4,7 @@ loads (stock TF Serving, TF.js's converter, ...), with what a client needs to to
 The full SavedModel tokenizes inside its graph with TF Text ops, which stock TF Serving lacks; the
 token classifier behind it (the TF-Hub encoder and the head) uses core ops only, so it is exported
 alone and the client tokenizes in plain Python with the same vocabulary and settings (see
-export_client.py, copied into the export as client_example.py). The settings are not taken on trust:
+client_example.py, copied into the export under that name). The settings are not taken on trust:
 the exporter finds those with which the client reproduces the model's own token ids on probe texts,
 and refuses to export if none does.
 """
@@ -15,11 +15,11 @@ import random
 import secrets
 import shutil
 
-import export_client
-import inference
-import saving
-import tokenization
-from runtime import tf
+from tfhub_classifier.data import tokenization
+from tfhub_classifier.export import client_example
+from tfhub_classifier.inference import prediction
+from tfhub_classifier.model import saving
+from tfhub_classifier.runtime import tf
 
 TRUNCATIONS = ("head", "tail", "head+tail")
 FILES = ("saved_model.pb", "variables/", "vocab.txt", "tokenizer.json", "labels.json", "labels.txt",
@@ -100,8 +100,8 @@ def export_core_ops(model_dir, out, log=print):
     was written: the folder, the tokenizer settings, the task and its display names."""
     require_new_folder(out)  # at once, not after the slow load (and again before the rename)
     model, record = saving.load(model_dir)
-    task = inference.task_of_record(record)
-    names = list(inference.display_names(task))  # as predict.py prints them (IMDB: negative, positive)
+    task = saving.task_of_record(record)
+    names = list(prediction.display_names(task))  # as predict.py prints them (IMDB: negative, positive)
     settings, vocab_file = tokenizer_settings(model, model_dir, record)
     module = CoreOpsClassifier(model.classify_tokens, task.kind)
     bfloat16 = []
@@ -117,7 +117,7 @@ def export_core_ops(model_dir, out, log=print):
                       indent=2)
         with open(os.path.join(staging, "labels.txt"), "w") as f:
             f.write("".join(f"{name}\n" for name in names))
-        shutil.copy(export_client.__file__, os.path.join(staging, "client_example.py"))
+        shutil.copy(client_example.__file__, os.path.join(staging, "client_example.py"))
 
     out = write_new_folder(out, write)
     if bfloat16:
@@ -131,7 +131,7 @@ def export_core_ops(model_dir, out, log=print):
 
 
 def tokenizer_settings(model, model_dir, record):
-    """The settings and vocabulary with which export_client.Tokenizer makes exactly the token ids the
+    """The settings and vocabulary with which client_example.Tokenizer makes exactly the token ids the
     model's preprocess makes, found by trying them on probe texts; ValueError if none does."""
     empty = model.preprocess(tf.constant([""]))["input_word_ids"].numpy()[0]
     seq_length = len(empty)
@@ -149,7 +149,7 @@ def tokenizer_settings(model, model_dir, record):
         expected = {key: value.numpy().tolist() for key, value in model.preprocess(tf.constant(probes)).items()}
         for lower_case, truncation in itertools.product((True, False), truncations):
             settings = {**base, "lower_case": lower_case, "truncation": truncation}
-            tokens = export_client.Tokenizer(vocab_file, **settings)(probes)
+            tokens = client_example.Tokenizer(vocab_file, **settings)(probes)
             same = [all(tokens[key][i] == expected[key][i] for key in tokenization.TOKEN_KEYS)
                     for i in range(len(probes))]
             if all(same):

@@ -3,7 +3,7 @@ import hashlib
 import os
 import shutil
 
-from runtime import hub
+from tfhub_classifier.runtime import hub
 
 
 def _hub_cache_entry(handle):

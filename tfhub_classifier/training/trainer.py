@@ -8,20 +8,14 @@ import time
 
 import numpy as np
 
-import checkpoints
 import config
-import datasets
-import hub_models
-import imdb
-import modeling
-import optimization
-import reporting
-import runtime
-import saving
-import scoring
-import tasks
-import tokenization
-from runtime import keras, tf
+from tfhub_classifier import runtime, tasks
+from tfhub_classifier.data import imdb, tokenization, user_files
+from tfhub_classifier.inference import plots, prediction, scoring
+from tfhub_classifier.model import hub_models, modeling, saving
+from tfhub_classifier.runtime import keras, tf
+from tfhub_classifier.training import checkpoints, optimization
+
 
 def _examples(split):
     """(text, label) pairs, the texts made valid UTF-8 for the tokenizer."""
@@ -224,7 +218,7 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
         if name in metrics) + (f"  macro F1: {metrics['macro']['f1']:.4f}" if "macro" in metrics else "")))
 
     name = os.path.basename(os.path.abspath(cfg.model_dir))
-    history_plot = reporting.plot_history(history, os.path.join(cfg.plots_dir, f"{name}_history.png"),
+    history_plot = plots.plot_history(history, os.path.join(cfg.plots_dir, f"{name}_history.png"),
                                           best_epoch)
     log(f"History plot: {history_plot}")
     record = _record(cfg, {"train": train, "validation": validation, "test": test}, history, metrics,
@@ -252,14 +246,14 @@ def load_data(cfg, log=print):
     """(train, validation, test): the user's files (--train-data, --test-data), else IMDB as the
     tutorial splits it."""
     if not cfg.train_data:
-        return tuple(datasets.Split(s.texts, s.labels, s.paths, imdb.CLASS_NAMES, "binary")
+        return tuple(user_files.Split(s.texts, s.labels, s.paths, imdb.CLASS_NAMES, "binary")
                      for s in imdb.load_splits(cfg))
-    splits = datasets.build_splits(
+    splits = user_files.build_splits(
         cfg.train_data, cfg.test_data, cfg.validation_data or None, cfg.validation_split, cfg.seed, cfg.task,
         cfg.text_column, cfg.label_column, cfg.label_separator or None, cfg.no_header, log)
     if not cfg.max_examples:
         return splits
-    return tuple(datasets.Split(s.texts[:cfg.max_examples], s.labels[:cfg.max_examples],
+    return tuple(user_files.Split(s.texts[:cfg.max_examples], s.labels[:cfg.max_examples],
                                 s.paths[:cfg.max_examples], s.label_names, s.task) for s in splits)
 
 
@@ -345,7 +339,7 @@ def compare_with_reloaded(exported, model_dir, task, texts=config.EXAMPLE_SENTEN
     from_disk = task.probabilities(reloaded(sentences).numpy())
     for title, probabilities in (("in memory", in_memory), ("saved", from_disk)):
         log(f"Results from the {title} model:")
-        for line in reporting.format_predictions(texts, probabilities, task.kind,
+        for line in prediction.format_predictions(texts, probabilities, task.kind,
                                                  imdb.DISPLAY_NAMES if task.label_names == imdb.CLASS_NAMES
                                                  else task.label_names):
             log(line)

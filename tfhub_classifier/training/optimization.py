@@ -1,5 +1,5 @@
 """The optimizer and learning-rate schedule each recipe names, on tf-keras' own AdamW."""
-from runtime import keras, tf
+from tfhub_classifier.runtime import keras, tf
 
 NO_DECAY_NAMES = ["layer_norm", "LayerNorm", "bias"]  # BERT excludes LayerNorm and bias from decay
 

@@ -4,9 +4,9 @@ import os
 import shutil
 import tempfile
 
-import cli
-import tokenization
-from runtime import keras, tf
+from tfhub_classifier import cli, runtime, tasks
+from tfhub_classifier.data import imdb, tokenization
+from tfhub_classifier.runtime import keras, tf
 
 RUN_RECORD = cli.RUN_RECORD
 
@@ -123,3 +123,16 @@ def load(model_dir):
         raise ValueError(f"{model_dir} is a SavedModel, but not a classifier saved by train.py; "
                          "point --model-dir at one")
     return model, record
+
+
+def load_model(model_dir, precision):
+    """Set the precision rewrite, then load; returns (model, run record, precision in force)."""
+    precision = runtime.set_precision(precision)
+    model, record = load(model_dir)
+    return model, record, precision
+
+
+def task_of_record(record):
+    """The Task a saved model was trained for (models from before issue 10: IMDB's neg/pos)."""
+    saved = record.get("task") or {"kind": "binary", "label_names": list(imdb.CLASS_NAMES)}
+    return tasks.Task(saved["kind"], tuple(saved["label_names"]))

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import tqdm
 
-import tokenization
+from tfhub_classifier.data import tokenization
 
 
 def score_texts(model, texts, batch_size, window_batches=tokenization.WINDOW_BATCHES, progress=None):

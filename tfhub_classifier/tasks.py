@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import reporting
+from tfhub_classifier.inference import metrics
 
 KINDS = ("binary", "multiclass", "multilabel")
 
@@ -58,7 +58,7 @@ def _per_label_table(names, true_positives, predicted, actual):
 
 def roc_auc_one_vs_rest(labels_one_hot, probabilities):
     """Macro average of each label's ROC AUC against the rest (labels without both outcomes skipped)."""
-    scores = [reporting.roc_auc(labels_one_hot[:, k], probabilities[:, k])
+    scores = [metrics.roc_auc(labels_one_hot[:, k], probabilities[:, k])
               for k in range(labels_one_hot.shape[1])]
     scores = [s for s in scores if not np.isnan(s)]
     return float(np.mean(scores)) if scores else float("nan")
@@ -85,7 +85,7 @@ class Task:
 
     def loss(self, positive_weights=None):
         """Keras' cross-entropy for the task; positive_weights (multi-label) weigh each label's positives."""
-        from runtime import keras, tf
+        from tfhub_classifier.runtime import keras, tf
         if self.kind == "multiclass":
             return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if positive_weights is None:
@@ -115,7 +115,7 @@ class Task:
         return (None, weights) if self.kind == "multilabel" else (weights, None)
 
     def metrics(self):
-        from runtime import keras
+        from tfhub_classifier.runtime import keras
         if self.kind == "multiclass":
             return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         return [keras.metrics.BinaryAccuracy(threshold=0.0)]  # on logits
@@ -123,8 +123,8 @@ class Task:
     def probabilities(self, logits):
         logits = np.asarray(logits, dtype=np.float64)
         if self.kind == "binary":
-            return reporting.sigmoid(logits.reshape(-1))
-        return softmax(logits) if self.kind == "multiclass" else reporting.sigmoid(logits)
+            return metrics.sigmoid(logits.reshape(-1))
+        return softmax(logits) if self.kind == "multiclass" else metrics.sigmoid(logits)
 
     def predicted_labels(self, probabilities, threshold=0.5):
         """Label indexes (binary, multi-class) or a 0/1 matrix (multi-label)."""
@@ -135,7 +135,7 @@ class Task:
     def report(self, labels, logits, threshold=0.5):
         """The evaluation metrics of logits against true labels."""
         if self.kind == "binary":
-            report = reporting.binary_metrics(labels, logits, threshold)
+            report = metrics.binary_metrics(labels, logits, threshold)
             matrix = np.asarray(report["confusion_matrix"])
             counts = (np.diag(matrix), matrix.sum(axis=0), matrix.sum(axis=1))
             # Both classes' scores too: on imbalanced data the second label's alone can mislead.

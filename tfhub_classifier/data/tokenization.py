@@ -5,7 +5,7 @@ token ids the same way: sorted by length within windows, each batch padded to it
 """
 import numpy as np
 
-from runtime import keras, tf
+from tfhub_classifier.runtime import keras, tf
 
 TOKEN_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 PAD_MULTIPLE = 16  # batches are padded to a multiple of this, which bounds how often graphs retrace

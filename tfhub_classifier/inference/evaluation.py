@@ -1,0 +1,141 @@
+"""Evaluating a saved classifier on labelled test data: metrics, plots, its most confident mistakes."""
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+import config
+from tfhub_classifier.data import imdb, user_files
+from tfhub_classifier.inference import plots, scoring
+from tfhub_classifier.model import saving
+
+
+def evaluate(cfg, show_errors=0, threshold=0.5, log=print):
+    """Metrics of the saved model in cfg.model_dir on its test data (IMDB's test split, or
+    --test-data), written beside the model as evaluation.json, with plots in cfg.plots_dir."""
+    model, record, precision = saving.load_model(cfg.model_dir, cfg.precision)
+    task = saving.task_of_record(record)
+    test = evaluation_split(cfg, task, log)
+    log(f"Evaluating {cfg.model_dir} on {len(test):,} test texts ({task.kind}, {precision}) ...")
+    logits = scoring.logits_of(model, test.texts, cfg.eval_batch_size, progress=True)
+    metrics = task.report(test.labels, logits, threshold)
+    prefix = os.path.basename(os.path.abspath(cfg.model_dir))
+    if task.kind == "binary":
+        metrics["plots"] = plots.plot_evaluation(test.labels, logits, metrics, cfg.plots_dir, prefix,
+                                                     task.label_names)
+    elif task.kind == "multiclass":
+        metrics["plots"] = plots.plot_confusion(metrics["confusion_matrix"], task.label_names,
+                                                    cfg.plots_dir, prefix)
+    else:
+        metrics["plots"] = {}
+    metrics["most_confident_errors"] = confident_errors(task, test, task.probabilities(logits), threshold,
+                                                        show_errors)
+    metrics["precision_mode"] = precision
+    metrics["task"] = {"kind": task.kind, "label_names": list(task.label_names)}
+    try:
+        with open(os.path.join(cfg.model_dir, "evaluation.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+    except OSError as error:  # a read-only model dir still gets its report on screen
+        log(f"(could not write evaluation.json beside the model: {error.strerror})")
+    return metrics
+
+
+def evaluation_split(cfg, task, log=print):
+    """The labelled texts to evaluate on: --test-data against the model's label names, else IMDB's test split."""
+    if cfg.test_data:
+        split = user_files.load_split(cfg.test_data, task.label_names, task.kind, cfg.seed, cfg.text_column,
+                                    cfg.label_column, cfg.label_separator or None, cfg.no_header, log)
+        if cfg.max_examples:
+            split = user_files.Split(split.texts[:cfg.max_examples], split.labels[:cfg.max_examples],
+                                   split.paths[:cfg.max_examples], split.label_names, split.task)
+        return split
+    if task.label_names != imdb.CLASS_NAMES:
+        raise ValueError(f"{cfg.model_dir} was not trained on IMDB (labels {', '.join(task.label_names)}); "
+                         "pass --test-data PATH with its labelled test data")
+    _, _, test = imdb.load_splits(cfg, with_train=False)
+    return test
+
+
+def confident_errors(task, split, probabilities, threshold, count):
+    """The count texts a single-label model got wrong with the most confidence."""
+    if not count or task.kind == "multilabel":
+        return []
+    predicted = task.predicted_labels(probabilities, threshold)
+    wrong = np.nonzero(predicted != split.labels)[0]
+    if task.kind == "binary":
+        confidence = np.abs(probabilities[wrong] - 0.5)
+    else:
+        confidence = probabilities[wrong, predicted[wrong]]
+    worst = wrong[np.argsort(-confidence, kind="stable")][:count]
+    return [{"path": split.paths[i], "label": task.label_names[split.labels[i]],
+             "predicted": task.label_names[predicted[i]],
+             "score": float(probabilities[i] if task.kind == "binary" else probabilities[i, predicted[i]]),
+             "text": split.texts[i]} for i in worst]
+
+
+def format_metrics(metrics):
+    kind = metrics["task"]["kind"]
+    names = metrics["task"]["label_names"]
+    lines = [f"Loss: {metrics['loss']:.4f}"]
+    if kind == "binary":
+        (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+        lines += [f"Accuracy: {metrics['accuracy']:.4f}",
+                  f"Precision: {metrics['precision']:.4f}  Recall: {metrics['recall']:.4f}  F1: {metrics['f1']:.4f}",
+                  f"ROC AUC: {metrics['roc_auc']:.4f}",
+                  f"Confusion matrix (rows true, columns predicted; {names[0]}, {names[1]}): "
+                  f"[[{tn}, {fp}], [{fn}, {tp}]]"]
+    else:
+        if kind == "multiclass":
+            lines.append(f"Accuracy: {metrics['accuracy']:.4f}")
+        else:
+            lines.append(f"Subset accuracy: {metrics['subset_accuracy']:.4f}  "
+                         f"Hamming loss: {metrics['hamming_loss']:.4f}")
+        for average in ("macro", "micro", "weighted"):
+            scores = metrics[average]
+            lines.append(f"{average.capitalize()} precision: {scores['precision']:.4f}  recall: "
+                         f"{scores['recall']:.4f}  F1: {scores['f1']:.4f}")
+        lines.append(f"ROC AUC (one-vs-rest, macro): {metrics['roc_auc_ovr_macro']:.4f}")
+        lines.append(f"{'label':<20} precision  recall  F1      support")
+        for name, row in metrics["per_label"].items():
+            lines.append(f"{name[:20]:<20} {row['precision']:.4f}     {row['recall']:.4f}  {row['f1']:.4f}  "
+                         f"{row['support']}")
+        if kind == "multiclass":
+            lines.append(f"Confusion matrix (rows true, columns predicted; {', '.join(names)}): "
+                         f"{metrics['confusion_matrix']}")
+    for error in metrics["most_confident_errors"]:
+        snippet = " ".join(error["text"].split())[:100]
+        lines.append(f"  wrong, true {error['label']}, predicted {error['predicted']} ({error['score']:.4f}): "
+                     f"{snippet}")
+    for name, path in metrics["plots"].items():
+        lines.append(f"Plot ({name.replace('_', ' ')}): {path}")
+    return lines
+
+
+# What evaluate.py takes from the model's run record unless flags say otherwise: where its test data is.
+EVALUATION_SETTINGS = ("data_dir", "dataset_url", "dataset_md5", "seed", "eval_batch_size", "plots_dir",
+                       "train_data", "test_data", "text_column", "label_column", "label_separator", "no_header")
+# How the recorded test file is read: not inherited when --test-data names another file.
+READING_SETTINGS = ("text_column", "label_column", "label_separator", "no_header")
+
+
+def evaluation_config(args):
+    """The Config evaluate.py uses: the model's own recorded data settings, then the flags."""
+    record = _recorded_run(args.model_dir or config.Config.model_dir)
+    base = config.Config()
+    if record:
+        recorded = record.get("config", {})
+        known = {f.name for f in dataclasses.fields(config.Config)}
+        base = dataclasses.replace(base, **{k: v for k, v in recorded.items()
+                                            if k in known and k in EVALUATION_SETTINGS
+                                            and not (args.test_data and k in READING_SETTINGS)})
+    return config.from_args(args, base)
+
+
+def _recorded_run(model_dir):
+    """The run record beside a saved model, or None if it can't be read (load() says why)."""
+    try:
+        with open(os.path.join(model_dir, saving.RUN_RECORD)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,169 @@
+"""Scoring any texts with a saved classifier and writing what it says of each: table, JSON Lines or CSV."""
+import csv
+import io
+import json
+import sys
+
+import numpy as np
+
+from tfhub_classifier.data import imdb
+from tfhub_classifier.inference import scoring
+
+
+def read_lines(path):
+    """Reviews from a file (one a line) or '-' for standard input, lazily; ValueError if binary."""
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")
+    try:
+        for number, line in enumerate(stream, start=1):
+            if b"\x00" in line:
+                raise ValueError(f"{'standard input' if path == '-' else path} looks binary (NUL byte on line "
+                                 f"{number}); give a text file with one review per line")
+            yield line.rstrip(b"\r\n")
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def predict(model, task, texts, batch_size, progress=False):
+    """(text, probabilities) pairs in input order, streamed window by window: a score for a binary
+    task, one probability per label otherwise; progress: a bar on stderr."""
+    texts = iter(texts)
+    pending = []
+
+    def remember():  # keep each text until its score comes back
+        for text in texts:
+            pending.append(text)
+            yield text
+
+    for logits in scoring.score_texts(model, remember(), batch_size, progress=progress):
+        done, pending[:] = pending[:len(logits)], pending[len(logits):]
+        yield from zip(done, task.probabilities(logits))
+
+
+def display_names(task):
+    """Label names as predict.py prints them: IMDB's neg/pos folders as the words it always printed."""
+    return imdb.DISPLAY_NAMES if task.label_names == imdb.CLASS_NAMES else task.label_names
+
+
+def _as_text(text):
+    return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+
+
+def labelled(task, probabilities, threshold=0.5, top_k=1):
+    """What the model says of one text, as a dict: binary, the positive label's score and the label it
+    gives; multi-class, the top label and its probability, and the top_k; multi-label, every label at or
+    over the threshold, and each label's probability."""
+    names = display_names(task)
+    if task.kind == "binary":
+        score = float(probabilities)
+        return {"score": round(score, 6), "label": names[int(score >= threshold)]}
+    if task.kind == "multiclass":
+        ranked = np.argsort(-probabilities, kind="stable")[:top_k]
+        top = [{"label": names[i], "probability": round(float(probabilities[i]), 6)} for i in ranked]
+        return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+    return {"labels": [name for name, p in zip(names, probabilities) if p >= threshold],
+            "probabilities": {name: round(float(p), 6) for name, p in zip(names, probabilities)}}
+
+
+def json_result(task, probabilities, threshold=0.5, top_k=1):
+    """One text's result as predict.py's JSON Lines and serve.py's predictions give it (without the text)."""
+    result = labelled(task, probabilities, threshold, top_k)
+    if task.kind == "multiclass" and top_k == 1:
+        result.pop("top_k")  # the top label is already there
+    return result
+
+
+class Writer:
+    """Writes each text's label(s) and probabilities as an aligned table, JSON Lines or CSV.
+
+    binary: the positive label's score and the label it gives; multi-class: the top_k labels with
+    their probabilities; multi-label: every label at or over the threshold, and each label's probability.
+    """
+
+    def __init__(self, output_format, task, threshold=0.5, top_k=1, stream=None):
+        self.format, self.task, self.threshold, self.top_k = output_format, task, threshold, top_k
+        self.stream = stream or sys.stdout
+        self.csv = csv.writer(self.stream) if output_format == "csv" else None
+        if self.csv:
+            self.csv.writerow(self._csv_header())
+
+    def _csv_header(self):
+        if self.task.kind == "binary":
+            return ["text", "score", "label"]
+        if self.task.kind == "multiclass":
+            return ["text"] + [f"{field}_{rank}" if rank > 1 else field for rank in range(1, self.top_k + 1)
+                               for field in ("label", "probability")]
+        return ["text", "labels"] + list(self.task.label_names)
+
+    def write(self, text, probabilities):
+        text = _as_text(text)
+        if self.format == "jsonl":
+            result = json_result(self.task, probabilities, self.threshold, self.top_k)
+            self.stream.write(json.dumps({"text": text, **result}) + "\n")
+            return
+        result = labelled(self.task, probabilities, self.threshold, self.top_k)
+        if self.csv:
+            self.csv.writerow([text] + self._csv_fields(result))
+        else:
+            shown = " ".join(text.split())
+            shown = shown if len(shown) <= 60 else shown[:59] + "…"
+            self.stream.write(self._table_line(shown, result, probabilities) + "\n")
+
+    def _csv_fields(self, result):
+        if self.task.kind == "binary":
+            return [f"{result['score']:.6f}", result["label"]]
+        if self.task.kind == "multiclass":
+            return [value for entry in result["top_k"] for value in (entry["label"], f"{entry['probability']:.6f}")]
+        return ["|".join(result["labels"])] + [f"{p:.6f}" for p in result["probabilities"].values()]
+
+    def _table_line(self, shown, result, probabilities):
+        if self.task.kind == "binary":
+            return format_scores([shown], [float(probabilities)], self.threshold,
+                                           display_names(self.task))[0]
+        if self.task.kind == "multiclass":
+            labels = ", ".join(f"{entry['label']} ({entry['probability']:.4f})" for entry in result["top_k"])
+        else:
+            labels = ", ".join(f"{name} ({result['probabilities'][name]:.4f})" for name in result["labels"]) or "-"
+        return f"input: {shown:<30} : {labels}"
+
+
+def check_top_k(task, top_k):
+    """ValueError unless --top-k suits the model: only multi-class models rank labels."""
+    if top_k != 1 and task.kind != "multiclass":
+        raise ValueError(f"--top-k is for multi-class models; this one is {task.kind}: "
+                         + ("use --threshold" if task.kind == "multilabel" else "drop --top-k"))
+    if not 1 <= top_k <= len(task.label_names):
+        raise ValueError(f"--top-k must be between 1 and the model's {len(task.label_names)} labels, "
+                         f"got {top_k}")
+    return top_k
+
+
+def stdout_text():
+    """stdout that never fails on characters the terminal's encoding lacks."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="replace")
+    return sys.stdout
+
+
+def format_predictions(texts, probabilities, kind, label_names, threshold=0.5):
+    """Aligned lines per text: the tutorial's score line for a binary task, else the most likely
+    label (multi-class) or every label over the threshold (multi-label) with its probability."""
+    if kind == "binary":
+        return format_scores(texts, probabilities, threshold, label_names)
+    lines = []
+    for text, row in zip(texts, probabilities):
+        shown = " ".join(str(text).split())
+        shown = shown if len(shown) <= 30 else shown[:29] + "…"
+        if kind == "multiclass":
+            best = int(np.argmax(row))
+            labels = f"{label_names[best]} ({row[best]:.4f})"
+        else:
+            labels = ", ".join(f"{name} ({p:.4f})" for name, p in zip(label_names, row) if p >= threshold) or "-"
+        lines.append(f"input: {shown:<30} : {labels}")
+    return lines
+
+
+def format_scores(texts, scores, threshold=0.5, label_names=("neg", "pos")):
+    """The tutorial's aligned lines: input, score and the label it gives."""
+    return [f"input: {text!s:<30} : score: {score:.6f} ({label_names[int(score >= threshold)]})"
+            for text, score in zip(texts, scores)]
