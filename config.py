@@ -71,8 +71,28 @@ TASKS = ("auto", "binary", "multiclass", "multilabel")
 CLASS_WEIGHTS = ("none", "balanced")
 
 
-def _option(default, reason, choices=None):
-    return field(default=default, metadata={"help": reason, "choices": choices})
+# The scripts that offer a field as a flag.
+TRAIN, EVALUATE, PREDICT, SERVE, EXPORT = "train", "evaluate", "predict", "serve", "export"
+SCRIPTS = (TRAIN, EVALUATE, PREDICT, SERVE, EXPORT)
+SCORING = (TRAIN, EVALUATE, PREDICT, SERVE)  # the scripts that run the model on texts
+USING = (PREDICT, SERVE)  # the scripts that turn probabilities into labels
+EVERY = SCRIPTS
+
+
+def _option(default, reason, choices=None, *, scripts=(TRAIN,), at_least=None, resumes=True, recorded=None,
+            flag=None, help_in=None):
+    """A Config field and the facts about it that the scripts read:
+
+    scripts: those that offer it as a flag; at_least: its smallest valid value (ints and floats);
+    resumes: whether resuming an interrupted run needs the same value (False: it changes neither the
+    weights nor the data trained on); recorded: how evaluate.py treats the value in the model's run
+    record: "inherited" unless the flag is given, "file" (how the recorded test file is read) unless
+    --test-data names another file, None not at all; flag: {script: flag name} where it is not the
+    field's name; help_in: {script: reason} where a script explains it otherwise.
+    """
+    return field(default=default, metadata={
+        "help": reason, "choices": choices, "scripts": scripts, "at_least": at_least, "resumes": resumes,
+        "recorded": recorded, "flag": flag or {}, "help_in": help_in or {}})
 
 
 @dataclass(frozen=True)
@@ -81,40 +101,56 @@ class Config:
     bert_model: str = _option("small_bert/bert_en_uncased_L-4_H-512_A-8",
                               "the tutorial's model: 4 layers x 512 wide, trains in minutes on a GPU")
     encoder: str = _option("", "encoder handle or local SavedModel dir; empty = the one --bert-model names")
-    preprocessor: str = _option("", "preprocessor handle or local SavedModel dir; empty = the one matching --bert-model")
+    preprocessor: str = _option("", "preprocessor handle or local SavedModel dir; empty = the one matching "
+                                "--bert-model")
 
     # Where things live.
-    data_dir: str = _option("data", "the IMDB archive is downloaded and extracted here once")
-    dataset_url: str = _option(OFFICIAL_DATASET_URL, "any URL works, file:// included, for an offline copy")
-    dataset_md5: str = _option("", "checksum for a non-official --dataset-url; the official one is always verified")
-    model_dir: str = _option("models/imdb_bert", "the saved classifier and its run record")
-    plots_dir: str = _option("plots", "history and evaluation figures, as PNG")
+    data_dir: str = _option("data", "the IMDB archive is downloaded and extracted here once",
+                            scripts=(TRAIN, EVALUATE), resumes=False, recorded="inherited")
+    dataset_url: str = _option(OFFICIAL_DATASET_URL, "any URL works, file:// included, for an offline copy",
+                               scripts=(TRAIN, EVALUATE), recorded="inherited")
+    dataset_md5: str = _option("", "checksum for a non-official --dataset-url; the official one is always "
+                               "verified", scripts=(TRAIN, EVALUATE), recorded="inherited")
+    model_dir: str = _option("models/imdb_bert", "the saved classifier and its run record", scripts=EVERY,
+                             resumes=False)
+    plots_dir: str = _option("plots", "history and evaluation figures, as PNG", scripts=(TRAIN, EVALUATE),
+                             resumes=False, recorded="inherited")
 
-    # Your own data instead of IMDB (issue 10): a folder of class subfolders of .txt files, or a
-    # .csv, .tsv or .jsonl file.
-    train_data: str = _option("", "training data; empty = IMDB, downloaded as the tutorial does")
-    test_data: str = _option("", "test data, labelled like --train-data (required with it)")
+    # Your own data instead of IMDB: a folder of class subfolders of .txt files, or a .csv, .tsv or
+    # .jsonl file.
+    train_data: str = _option("", "training data; empty = IMDB, downloaded as the tutorial does",
+                              recorded="inherited")
+    test_data: str = _option("", "test data, labelled like --train-data (required with it)",
+                             scripts=(TRAIN, EVALUATE), recorded="inherited",
+                             help_in={EVALUATE: "labelled test data with the model's labels; empty = the test "
+                                                "data the model was trained with"})
     validation_data: str = _option("", "validation data; empty = --validation-split of the training data")
-    text_column: str = _option("text", "the text's column or JSON field (a 0-based index with --no-header)")
-    label_column: str = _option("label", "the label's column or JSON field (a JSON list = several labels)")
+    text_column: str = _option("text", "the text's column or JSON field (a 0-based index with --no-header)",
+                               scripts=(TRAIN, EVALUATE), recorded="file")
+    label_column: str = _option("label", "the label's column or JSON field (a JSON list = several labels)",
+                                scripts=(TRAIN, EVALUATE), recorded="file")
     label_separator: str = _option("", "splits a CSV/TSV label cell into several labels, e.g. '|'; "
-                                   "empty = one label a row")
-    no_header: bool = _option(False, "CSV/TSV files without a header row: columns are 0-based indexes")
+                                   "empty = one label a row", scripts=(TRAIN, EVALUATE), recorded="file")
+    no_header: bool = _option(False, "CSV/TSV files without a header row: columns are 0-based indexes",
+                              scripts=(TRAIN, EVALUATE), recorded="file")
     task: str = _option("auto", "auto = decided from the data (and printed); binary keeps IMDB's Dense(1)",
                         TASKS)
     class_weight: str = _option("none", "balanced = weigh each class (or each label's positives) by its "
                                 "rarity, for imbalanced data", CLASS_WEIGHTS)
 
     # The data split, as in the tutorial.
-    seed: int = _option(42, "the tutorial's seed: the same 80/20 split of train/ and the same shuffles")
+    seed: int = _option(42, "the tutorial's seed: the same 80/20 split of train/ and the same shuffles",
+                        recorded="inherited")
     validation_split: float = _option(0.2, "the tutorial holds out 20%% of train/ for validation")
-    max_examples: int = _option(0, "cap each split at N reviews for a quick run; 0 = all")
+    max_examples: int = _option(0, "cap each split at N reviews for a quick run; 0 = all",
+                                scripts=(TRAIN, EVALUATE), at_least=0)
 
     # The training recipe; --recipe sets these as a group.
     recipe: str = _option("best", "named set of the options below; best = these defaults, official and "
                           "tutorial change the values their help lists")
-    epochs: int = _option(4, "passes over the training data; early stopping usually ends sooner")
-    batch_size: int = _option(32, "per device; 32 is the tutorial's and BERT's usual fine-tuning batch")
+    epochs: int = _option(4, "passes over the training data; early stopping usually ends sooner", at_least=1)
+    batch_size: int = _option(32, "per device; 32 is the tutorial's and BERT's usual fine-tuning batch",
+                              at_least=1)
     learning_rate: float = _option(5e-5, "peak rate; BERT's paper picks among 5e-5, 3e-5, 2e-5, "
                                    "the highest measured best for this small model")
     schedule: str = _option("linear", "linear = warm-up, then decay to 0 at the last step (tf-models' "
@@ -134,49 +170,64 @@ class Config:
                            "every token (measured better here)",
                            POOLINGS)
     early_stopping_patience: int = _option(1, "stop after N epochs without a better validation loss and "
-                                           "keep the best epoch's weights; 0 = off")
+                                           "keep the best epoch's weights; 0 = off", at_least=0)
 
     # How to run it.
-    pipeline: str = _option("fast", "fast = tokenize in tf.data, pad per batch; tutorial = strings into the model",
-                            PIPELINES)
-    eval_batch_size: int = _option(128, "evaluation needs no gradients, so larger batches pay")
+    pipeline: str = _option("fast", "fast = tokenize in tf.data, pad per batch; tutorial = strings into the "
+                            "model", PIPELINES)
+    eval_batch_size: int = _option(128, "evaluation needs no gradients, so larger batches pay",
+                                   scripts=(TRAIN, EVALUATE, PREDICT), at_least=1, resumes=False,
+                                   recorded="inherited", flag={EVALUATE: "batch-size", PREDICT: "batch-size"},
+                                   help_in={EVALUATE: "reviews per batch (independent of training's)",
+                                            PREDICT: "reviews per batch"})
     precision: str = _option("auto", "auto = bfloat16 on CPUs with AVX512-BF16/AMX (measured faster, as "
-                             "accurate), else float32; bfloat16/float16 rewrite the graph", PRECISIONS)
+                             "accurate), else float32; bfloat16/float16 rewrite the graph", PRECISIONS,
+                             scripts=SCORING)
     jit_compile: bool = _option(False, "XLA-compile the encoder and head")
-    strategy: str = _option("default", "tf.distribute strategy: mirrored = several GPUs, multiworker = TF_CONFIG",
-                            STRATEGIES)
-    require_gpu: bool = _option(False, "fail instead of training on the CPU")
-    checkpoint_every: int = _option(200, "also checkpoint every N steps so a killed run resumes; 0 = per epoch only")
-    tensorboard: bool = _option(False, "write TensorBoard logs under the model dir")
+    strategy: str = _option("default", "tf.distribute strategy: mirrored = several GPUs, multiworker = "
+                            "TF_CONFIG", STRATEGIES)
+    require_gpu: bool = _option(False, "fail instead of training on the CPU", resumes=False)
+    checkpoint_every: int = _option(200, "also checkpoint every N steps so a killed run resumes; 0 = per "
+                                    "epoch only", at_least=0, resumes=False)
+    tensorboard: bool = _option(False, "write TensorBoard logs under the model dir", resumes=False)
     deterministic: bool = _option(False, "identical weights run to run (TensorFlow's op determinism), at "
                                   "some cost in speed")
     restart: bool = _option(False, "start over even if MODEL_DIR.training/ holds an interrupted run "
-                            "with other settings (deleting its checkpoint)")
-    debug: bool = _option(False, "on an unexpected error, show the whole traceback (or set BERT_SUITE_DEBUG=1)")
+                            "with other settings (deleting its checkpoint)", resumes=False)
+    debug: bool = _option(False, "on an unexpected error, show the whole traceback (or set "
+                          "BERT_SUITE_DEBUG=1)", scripts=EVERY, resumes=False)
 
     # Serving (serve.py): TensorFlow Serving's REST API, with concurrent requests batched.
-    host: str = _option("127.0.0.1", "only this machine can connect; 0.0.0.0 = every interface (put a proxy "
-                        "or firewall in front)")
-    port: int = _option(8501, "TensorFlow Serving's REST port, so its clients need no change")
-    model_name: str = _option("", "the NAME in /v1/models/NAME:predict; empty = the model dir's base name")
+    host: str = _option("127.0.0.1", "only this machine can connect; 0.0.0.0 = every interface (put a "
+                        "proxy or firewall in front)", scripts=(SERVE,))
+    port: int = _option(8501, "TensorFlow Serving's REST port, so its clients need no change", scripts=(SERVE,))
+    model_name: str = _option("", "the NAME in /v1/models/NAME:predict; empty = the model dir's base name",
+                              scripts=(SERVE,))
     serve_batch_size: int = _option(32, "most texts one model call scores, gathered from concurrent "
-                                    "requests; 1 = no batching (one text per call)")
+                                    "requests; 1 = no batching (one text per call)", scripts=(SERVE,),
+                                    at_least=1, flag={SERVE: "batch-size"})
     batch_timeout_ms: float = _option(5.0, "longest a text waits for others to share its model call: small "
-                                      "against a call's tens of milliseconds")
-    max_request_bytes: int = _option(4 * 2**20, "larger request bodies get 413 without being kept in memory")
+                                      "against a call's tens of milliseconds", scripts=(SERVE,), at_least=0)
+    max_request_bytes: int = _option(4 * 2**20, "larger request bodies get 413 without being kept in memory",
+                                     scripts=(SERVE,), at_least=1)
     max_text_chars: int = _option(100_000, "longer texts get 400: IMDB's longest review has ~14k characters, "
-                                  "and BERT reads only --seq-length tokens of a text")
+                                  "and BERT reads only --seq-length tokens of a text", scripts=(SERVE,),
+                                  at_least=1)
     drain_timeout_s: float = _option(30.0, "on SIGTERM, how long in-flight requests may run before they are "
-                                     "cut off (Kubernetes' default grace period)")
-    max_texts_per_request: int = _option(256, "requests with more texts get 400: TF Serving clients send small "
-                                         "batches, and bulk scoring is predict.py --file's job")
-    max_queued_texts: int = _option(2048, "texts waiting for a model call; past it a request gets 503 at once, "
-                                    "as TF Serving's max_enqueued_batches does, instead of a long wait")
+                                     "cut off (Kubernetes' default grace period)", scripts=(SERVE,), at_least=0)
+    max_texts_per_request: int = _option(256, "requests with more texts get 400: TF Serving clients send "
+                                         "small batches, and bulk scoring is predict.py --file's job",
+                                         scripts=(SERVE,), at_least=1)
+    max_queued_texts: int = _option(2048, "texts waiting for a model call; past it a request gets 503 at "
+                                    "once, as TF Serving's max_enqueued_batches does, instead of a long wait",
+                                    scripts=(SERVE,), at_least=1)
 
-    # How a model's probabilities become labels (predict.py and serve.py).
-    threshold: float = _option(0.5, "binary: score at or above which a text gets the second label (IMDB: pos); "
-                               "multi-label: probability at or above which a label is given")
-    top_k: int = _option(1, "multi-class: give the K most likely labels, each with its probability")
+    # How a model's probabilities become labels.
+    threshold: float = _option(0.5, "binary: score at or above which a text gets the second label (IMDB: "
+                               "pos); multi-label: probability at or above which a label is given",
+                               scripts=(EVALUATE, *USING))
+    top_k: int = _option(1, "multi-class: give the K most likely labels, each with its probability",
+                         scripts=USING, at_least=1)
 
     def encoder_handle(self):
         return self.encoder or BERT_ENCODERS[self.bert_model]
@@ -184,22 +235,37 @@ class Config:
     def preprocessor_handle(self):
         return self.preprocessor or BERT_PREPROCESSORS[self.bert_model]
 
-    def validate(self):
-        """Raise ValueError, naming the fix, for any value the suite can't use."""
+    def validate(self, script=None):
+        """Raise ValueError, naming the fix, for any value the suite can't use among the fields that
+        script offers (None: every field)."""
+        offered = set(field_names(script))
+        for spec in dataclasses.fields(self):
+            least, value = spec.metadata["at_least"], getattr(self, spec.name)
+            if spec.name in offered and least is not None and value < least:
+                bound = "at least 1" if least == 1 else f"{least} or more"
+                raise ValueError(f"--{flag_name(spec.name, script)} must be {bound}, got {value}")
+        if "threshold" in offered and not 0 <= self.threshold <= 1:
+            raise ValueError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        if "precision" in offered and self.precision == "bfloat16" and not hardware.cpu_supports_bfloat16():
+            raise ValueError("--precision bfloat16 needs a CPU with AVX512-BF16 or AMX, which this one lacks "
+                             "(it would run float32 and be slower); use --precision auto or float32")
+        if "no_header" in offered and self.no_header and not (self.text_column.isdigit()
+                                                              and self.label_column.isdigit()):
+            raise ValueError("with --no-header, --text-column and --label-column are 0-based column "
+                             f"indexes, e.g. --text-column 1 --label-column 0 (got {self.text_column!r}, "
+                             f"{self.label_column!r})")
+        if script in (None, TRAIN):
+            self._validate_training()
+        if script in (None, SERVE):
+            self._validate_serving()
+        return self
+
+    def _validate_training(self):
         if not (self.encoder and self.preprocessor) and self.bert_model not in BERT_ENCODERS:
             raise ValueError(f"unknown --bert-model {self.bert_model!r}; run `python train.py --list-models` "
                              "for the names, or pass --encoder and --preprocessor")
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown --recipe {self.recipe!r}; use one of {', '.join(RECIPES)}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "serve_batch_size", "max_request_bytes",
-                     "max_text_chars", "max_texts_per_request", "max_queued_texts", "top_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{flag_name(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_examples", "checkpoint_every", "early_stopping_patience"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{flag_name(name)} must be 0 or more, got {getattr(self, name)}")
-        if not 0 <= self.threshold <= 1:
-            raise ValueError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if not 0 < self.validation_split < 1:
             raise ValueError(f"--validation-split must be between 0 and 1 (the tutorial uses 0.2), "
                              f"got {self.validation_split}")
@@ -214,9 +280,7 @@ class Config:
         if self.seq_length < MIN_SEQ_LENGTH:
             raise ValueError(f"Cannot use --seq-length {self.seq_length}: [CLS] and [SEP] alone take 2 "
                              f"tokens; use at least {MIN_SEQ_LENGTH}")
-        self._validate_serving()
         self._validate_combinations()
-        return self
 
     def _validate_serving(self):
         if not 1 <= self.port <= 65535:
@@ -252,28 +316,14 @@ class Config:
             raise ValueError("--optimizer tfa needs tensorflow-addons, which only runs on TensorFlow 2.15: "
                              "in a Python 3.9-3.11 venv, `pip install -r requirements-tfa.txt` (see README), "
                              "or use --optimizer tutorial-adamw for the same semantics")
-        if self.no_header and not (self.text_column.isdigit() and self.label_column.isdigit()):
-            raise ValueError("with --no-header, --text-column and --label-column are 0-based column "
-                             f"indexes, e.g. --text-column 1 --label-column 0 (got {self.text_column!r}, "
-                             f"{self.label_column!r})")
         if self.jit_compile and self.pipeline == "tutorial":
             raise ValueError("--jit-compile can't compile the tutorial pipeline's string ops; "
                              "use --pipeline fast or drop --jit-compile")
-        if self.precision == "bfloat16" and not hardware.cpu_supports_bfloat16():
-            raise ValueError("--precision bfloat16 needs a CPU with AVX512-BF16 or AMX, which this one lacks "
-                             "(it would run float32 and be slower); use --precision auto or float32")
 
 
 MIN_SEQ_LENGTH = 8
 # What a model's name in /v1/models/NAME may hold: no '/' or ':', which the URL's paths use.
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# Config fields that turn a saved model's probabilities into labels: predict.py's and serve.py's.
-LABELLING_FIELDS = ("threshold", "top_k")
-# Config fields only serve.py (and, for LABELLING_FIELDS, predict.py) reads: train.py offers no flags for them.
-SERVING_FIELDS = ("host", "port", "model_name", "serve_batch_size", "batch_timeout_ms", "max_request_bytes",
-                  "max_text_chars", "drain_timeout_s", "max_texts_per_request", "max_queued_texts",
-                  *LABELLING_FIELDS)
-
 # Named recipes: what each changes from the Config defaults above (which are `best`, the best
 # measured here: README, benchmarks/accuracy.py); explicit flags override a recipe.
 RECIPES = {
@@ -291,54 +341,59 @@ RECIPES = {
 }
 
 
-# Fields whose flag is not their name: serve.py's --batch-size, the one batch size it has.
-FLAG_NAMES = {"serve_batch_size": "batch-size"}
+def field_names(script=None, **facts):
+    """Names of the Config fields that script offers as flags (None: every field) whose facts (see
+    _option) have the values given, e.g. field_names(resumes=False)."""
+    return [spec.name for spec in dataclasses.fields(Config)
+            if (script is None or script in spec.metadata["scripts"])
+            and all(spec.metadata[fact] == value for fact, value in facts.items())]
 
 
-def flag_name(name):
-    """The command-line flag of a Config field, without its leading --: serve_batch_size -> batch-size."""
-    return FLAG_NAMES.get(name, name.replace("_", "-"))
+def flag_name(name, script=None):
+    """The command-line flag of a Config field in a script, without its leading --: serve.py's
+    serve_batch_size -> batch-size; with no script, its flag in the first script that offers it."""
+    spec = {spec.name: spec for spec in dataclasses.fields(Config)}[name]
+    script = script or spec.metadata["scripts"][0]
+    return spec.metadata["flag"].get(script, name.replace("_", "-"))
 
 
-
-def add_flags(parser, names, defaults=None):
-    """Add `--flag` for each named Config field, with its reason and default in --help.
+def add_flags(parser, script):
+    """Add `--flag` for each Config field that script offers, with its reason and default in --help
+    (and, for train.py, what each recipe sets).
 
     Flags default to None so `from_args` can tell what the user set from what a
     recipe may fill in.
     """
-    defaults = defaults or {}
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    for name in names:
-        spec = fields[name]
-        default = defaults.get(name, spec.default)
-        by_recipe = ", ".join(f"{recipe}: {values[name]!r}" for recipe, values in RECIPES.items()
-                              if name in values)
-        help_text = f"{spec.metadata['help']} (default: {default!r}" + (
-            f"; --recipe {by_recipe})" if by_recipe else ")")
-        kwargs = dict(default=None, help=help_text, dest=name)
+    for spec in dataclasses.fields(Config):
+        if script not in spec.metadata["scripts"]:
+            continue
+        flag = flag_name(spec.name, script)
+        by_recipe = ", ".join(f"{recipe}: {values[spec.name]!r}" for recipe, values in RECIPES.items()
+                              if spec.name in values) if script == TRAIN else ""
+        reason = spec.metadata["help_in"].get(script, spec.metadata["help"])
+        help_text = f"{reason} (default: {spec.default!r}" + (f"; --recipe {by_recipe})" if by_recipe else ")")
+        kwargs = dict(default=None, help=help_text, dest=spec.name)
         if spec.metadata["choices"]:
             kwargs["choices"] = spec.metadata["choices"]
-        if isinstance(spec.default, bool) and name.startswith("no_"):
+        if isinstance(spec.default, bool) and spec.name.startswith("no_"):
             kwargs.update(action="store_const", const=True)  # --no-header: argparse would read --no- as False
         elif isinstance(spec.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = type(spec.default)
-            kwargs["metavar"] = name.upper()
-        parser.add_argument(f"--{flag_name(name)}", **kwargs)
+            kwargs["metavar"] = flag.upper().replace("-", "_")
+        parser.add_argument(f"--{flag}", **kwargs)
     return parser
 
 
-def from_args(args, base=None):
-    """Defaults, then the chosen recipe, then what the user set; validated."""
-    given = {k: v for k, v in vars(args).items()
-             if v is not None and k in {f.name for f in dataclasses.fields(Config)}}
+def from_args(args, base=None, script=None):
+    """Defaults (or base), then the chosen recipe, then what the user set; validated for script."""
+    given = {k: v for k, v in vars(args).items() if v is not None and k in field_names()}
     config = base or Config()
     recipe = given.get("recipe", config.recipe)
     if recipe not in RECIPES:
         raise ValueError(f"unknown --recipe {recipe!r}; use one of {', '.join(RECIPES)}")
-    return dataclasses.replace(config, **{**RECIPES[recipe], **given}).validate()
+    return dataclasses.replace(config, **{**RECIPES[recipe], **given}).validate(script)
 
 
 def resolve(**overrides):

@@ -14,12 +14,7 @@ MEMORY_FLAGS = "--batch-size"  # named by cli.run when memory runs out; the mode
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_flags(parser, ["model_dir", "test_data", "text_column", "label_column", "label_separator",
-                              "no_header", "data_dir", "dataset_url", "dataset_md5", "max_examples",
-                              "plots_dir", "precision", "threshold", "debug"])
-    parser.add_argument("--batch-size", dest="eval_batch_size", type=int, default=None, metavar="N",
-                        help=f"reviews per batch (default: {config.Config.eval_batch_size}; "
-                             "independent of training's)")
+    config.add_flags(parser, config.EVALUATE)
     parser.add_argument("--show-errors", type=int, default=0, metavar="K",
                         help="list the K most confidently wrong reviews (default: 0)")
     return parser.parse_args(argv)

@@ -24,7 +24,7 @@ def parse(argv=None):
                         help="the new (or empty) folder to write the export to (refused if it holds anything)")
     parser.add_argument("--format", choices=FORMATS, default="core-ops",
                         help="core-ops: token ids in, probabilities out, no TF Text ops (default: core-ops)")
-    config.add_flags(parser, ["model_dir", "debug"])
+    config.add_flags(parser, config.EXPORT)
     return parser.parse_args(argv)
 
 

@@ -20,9 +20,7 @@ def parse(argv=None):
     parser.add_argument("--file", metavar="PATH", help="score each line of PATH ('-' = standard input)")
     parser.add_argument("--format", choices=config.OUTPUT_FORMATS, default="table",
                         help="table (aligned, as the tutorial prints), jsonl or csv (default: table)")
-    parser.add_argument("--batch-size", dest="eval_batch_size", type=int, default=None, metavar="N",
-                        help=f"reviews per batch (default: {config.Config.eval_batch_size})")
-    config.add_flags(parser, ["model_dir", *config.LABELLING_FIELDS, "precision", "debug"])
+    config.add_flags(parser, config.PREDICT)
     return parser.parse_args(argv)
 
 
@@ -38,7 +36,7 @@ def main(argv=None):
     if not args.sentences and not args.file and stdin_is_terminal():
         raise ValueError("no reviews to score: give them as arguments (python predict.py \"Great film!\"), "
                          "with --file PATH (one a line), or pipe them in (cat reviews.txt | python predict.py)")
-    cfg = config.from_args(args)
+    cfg = config.from_args(args, script=config.PREDICT)
     cli.require_model_dir(args.model_dir or config.Config.model_dir)
     from tfhub_classifier.inference import prediction  # TensorFlow loads only once the flags are known to be good
     from tfhub_classifier.model import saving  # TensorFlow loads only once the flags are known to be good

@@ -20,15 +20,13 @@ MEMORY_FLAGS = "--batch-size"  # named by cli.run when memory runs out; the mode
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_flags(parser, ["model_dir", "model_name", "host", "port", "serve_batch_size", "batch_timeout_ms",
-                              "max_request_bytes", "max_text_chars", "max_texts_per_request", "max_queued_texts",
-                              "drain_timeout_s", *config.LABELLING_FIELDS, "precision", "debug"])
+    config.add_flags(parser, config.SERVE)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse(argv)
-    cfg = config.from_args(args)
+    cfg = config.from_args(args, script=config.SERVE)
     cli.require_model_dir(cfg.model_dir)
     from tfhub_classifier.serving import rest_api  # FastAPI and uvicorn; TensorFlow waits for Servable.load
     name = rest_api.model_name(cfg)

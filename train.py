@@ -10,8 +10,6 @@ import sys
 import config
 from tfhub_classifier import cli
 
-TRAIN_FLAGS = [f.name for f in config.dataclasses.fields(config.Config)
-               if f.name not in config.SERVING_FIELDS]
 MEMORY_FLAGS = cli.TRAINING_MEMORY_FLAGS  # named by cli.run when memory runs out
 
 
@@ -20,7 +18,7 @@ def parse(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list-models", action="store_true",
                         help="print every known --bert-model with its encoder and preprocessor, and exit")
-    config.add_flags(parser, TRAIN_FLAGS)
+    config.add_flags(parser, config.TRAIN)
     return parser.parse_args(argv)
 
 
@@ -36,7 +34,7 @@ def main(argv=None):
     if args.list_models:
         print("\n".join(list_models()))
         return config.BERT_ENCODERS
-    cfg = config.from_args(args).validate_training_data()
+    cfg = config.from_args(args, script=config.TRAIN).validate_training_data()
     from tfhub_classifier.training import trainer  # TensorFlow loads only once the flags are known to be good
     return trainer.run(cfg)
 

@@ -1,5 +1,8 @@
-"""Issue 9: conflicts and impossible precisions are refused before any data or model loads."""
+"""Config: flags derived from its fields, conflicts and impossible precisions refused before any data or
+model loads."""
+import dataclasses
 import os
+import re
 
 import pytest
 from conftest import QUICK
@@ -46,7 +49,8 @@ def test_float16_without_a_gpu_is_refused_and_float16_scales_the_loss():
         runtime.set_precision("float16")
     optimizer = optimization.make_optimizer(config.resolve(), 100, precision="float16")
     assert isinstance(optimizer, runtime.keras.mixed_precision.LossScaleOptimizer)
-    assert not isinstance(optimization.make_optimizer(config.resolve(), 100), runtime.keras.mixed_precision.LossScaleOptimizer)
+    plain = optimization.make_optimizer(config.resolve(), 100)
+    assert not isinstance(plain, runtime.keras.mixed_precision.LossScaleOptimizer)
 
 
 def test_precision_in_force_is_recorded(flags):
@@ -59,3 +63,37 @@ def test_precision_in_force_is_recorded(flags):
     assert record["precision"] == runtime.resolve_precision("auto") == expected
     with open(os.path.join(flags[flags.index("--model-dir") + 1], "run.json")) as f:
         assert json.load(f)["precision"] == expected
+
+
+@pytest.mark.parametrize("script", config.SCRIPTS)
+def test_help_offers_only_the_scripts_own_flags(script, capsys):
+    """Each script's --help lists exactly the flags its Config fields say it offers, and speaks of no other."""
+    module = __import__(script)
+    with pytest.raises(SystemExit):
+        module.parse(["--help"])
+    shown = capsys.readouterr().out
+    offered = {config.flag_name(name, script) for name in config.field_names(script)}
+    listed = set(re.findall(r"^  --([a-z0-9-]+)", shown, flags=re.M))
+    assert offered <= listed
+    assert not {config.flag_name(name) for name in config.field_names()} - offered - {"batch-size"} & listed
+    if script != config.TRAIN:
+        assert "--recipe" not in shown and "required with it" not in shown and "--train-data" not in shown
+
+
+def test_validation_checks_only_the_flags_a_script_offers():
+    bad_port = dataclasses.replace(config.Config(), port=0)
+    assert bad_port.validate(config.TRAIN) is bad_port  # train.py has no --port to blame
+    with pytest.raises(ValueError, match="--port must be between 1 and 65535"):
+        bad_port.validate(config.SERVE)
+    small_batch = dataclasses.replace(config.Config(), eval_batch_size=0)
+    with pytest.raises(ValueError, match="--batch-size must be at least 1"):
+        small_batch.validate(config.PREDICT)  # the flag predict.py names it by
+    with pytest.raises(ValueError, match="--eval-batch-size must be at least 1"):
+        small_batch.validate(config.TRAIN)
+
+
+def test_a_resume_compares_every_setting_but_those_marked_otherwise():
+    """The fields a resume ignores are the ones that change neither the weights nor the data."""
+    assert set(config.field_names(resumes=False)) == {
+        "eval_batch_size", "tensorboard", "plots_dir", "checkpoint_every", "restart", "debug", "require_gpu",
+        "model_dir", "data_dir"}

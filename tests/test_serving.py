@@ -601,8 +601,8 @@ def test_labelling_flags_come_from_config_for_predict_and_serve_and_not_train():
         assert (args.threshold, args.top_k) == (0.7, 2)
         defaults = config.from_args(parse([]))
         assert (defaults.threshold, defaults.top_k) == (config.Config.threshold, config.Config.top_k) == (0.5, 1)
-    assert all(name not in train.TRAIN_FLAGS for name in config.SERVING_FIELDS)
-    assert set(config.LABELLING_FIELDS) <= set(config.SERVING_FIELDS)
+    assert {"threshold", "top_k"} <= set(config.field_names(config.PREDICT)) & set(config.field_names(config.SERVE))
+    assert not {"threshold", "top_k", "host", "port"} & set(config.field_names(config.TRAIN))
     for flag in ("--port", "--threshold"):
         with pytest.raises(SystemExit):
             train.parse([flag, "1"])

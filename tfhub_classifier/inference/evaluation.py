@@ -112,24 +112,17 @@ def format_metrics(metrics):
     return lines
 
 
-# What evaluate.py takes from the model's run record unless flags say otherwise: where its test data is.
-EVALUATION_SETTINGS = ("data_dir", "dataset_url", "dataset_md5", "seed", "eval_batch_size", "plots_dir",
-                       "train_data", "test_data", "text_column", "label_column", "label_separator", "no_header")
-# How the recorded test file is read: not inherited when --test-data names another file.
-READING_SETTINGS = ("text_column", "label_column", "label_separator", "no_header")
-
-
 def evaluation_config(args):
     """The Config evaluate.py uses: the model's own recorded data settings, then the flags."""
     record = _recorded_run(args.model_dir or config.Config.model_dir)
     base = config.Config()
     if record:
         recorded = record.get("config", {})
-        known = {f.name for f in dataclasses.fields(config.Config)}
-        base = dataclasses.replace(base, **{k: v for k, v in recorded.items()
-                                            if k in known and k in EVALUATION_SETTINGS
-                                            and not (args.test_data and k in READING_SETTINGS)})
-    return config.from_args(args, base)
+        # Where the model's test data is, and how to read it unless --test-data names another file.
+        inherited = config.field_names(recorded="inherited") + ([] if args.test_data else
+                                                                config.field_names(recorded="file"))
+        base = dataclasses.replace(base, **{k: v for k, v in recorded.items() if k in inherited})
+    return config.from_args(args, base, script=config.EVALUATE)
 
 
 def _recorded_run(model_dir):

@@ -15,15 +15,13 @@ import threading
 
 import numpy as np
 
+import config
 from tfhub_classifier.runtime import keras, tf
 
 # BackupAndRestore's training state, from the Keras package tf.keras is (tf_keras, or TF 2.15's keras).
 worker_training_state = importlib.import_module(
     keras.callbacks.BackupAndRestore.__module__.split(".")[0] + ".src.distribute.worker_training_state")
 
-# Settings that change neither the weights nor the data a run trains on: a resume ignores them.
-SETTINGS_A_RESUME_IGNORES = ("eval_batch_size", "tensorboard", "plots_dir", "checkpoint_every", "restart",
-                             "debug", "require_gpu", "model_dir", "data_dir")
 NEVER = 1 << 62  # a save frequency in steps that is never reached
 
 
@@ -72,7 +70,8 @@ class WorkDir:
             shutil.rmtree(self.path)  # with nothing trained in it, there is nothing to lose
         if os.path.isdir(self.path):
             recorded = _read_json(settings_path) or {}
-            differing = [name for name in settings if name not in SETTINGS_A_RESUME_IGNORES
+            ignored = config.field_names(resumes=False)  # they change neither the weights nor the data
+            differing = [name for name in settings if name not in ignored
                          and recorded.get(name, settings[name]) != settings[name]]
             if not recorded:
                 differing = ["(unreadable config.json)"]
