@@ -109,7 +109,8 @@ def classical_baselines(files):
         return [r["text"] for r in rows], [r["label"] for r in rows]
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = read("train"), read("validation"), read("test")
     vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)
-    train_v, val_v, test_v = vectorizer.fit_transform(train_x), vectorizer.transform(val_x), vectorizer.transform(test_x)
+    train_v = vectorizer.fit_transform(train_x)
+    val_v, test_v = vectorizer.transform(val_x), vectorizer.transform(test_x)
     best = max((f1_score(val_y, LogisticRegression(C=c, max_iter=2000).fit(train_v, train_y).predict(val_v),
                          average="macro"), c) for c in (0.3, 1, 3, 10, 30))
     model = LogisticRegression(C=best[1], max_iter=2000).fit(train_v, train_y)
@@ -145,7 +146,8 @@ def ratings(args, flags):
               "label_names": record["task"]["label_names"], "suite_best": ours, **baselines}
     common.save_result("accuracy_ratings", result)
     print(f"{'model':<32} macro-F1  accuracy")
-    for name, scores in (("suite, best recipe", ours), ("TF-IDF + logistic regression", baselines["tfidf_logistic_regression"]),
+    for name, scores in (("suite, best recipe", ours),
+                         ("TF-IDF + logistic regression", baselines["tfidf_logistic_regression"]),
                          ("majority class", baselines["majority_class"])):
         print(f"{name:<32} {scores['macro_f1']:.4f}    {scores['accuracy']:.4f}")
     gain = ours["macro_f1"] - baselines["tfidf_logistic_regression"]["macro_f1"]

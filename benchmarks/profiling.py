@@ -8,7 +8,8 @@ Same configuration, reviews and batch sizes as benchmarks/speed.py (MiniLM, `off
 head truncation, batch 32 to train and 128 to evaluate). Each part is timed alone, warmed up, on the
 same data, after materializing what feeds it:
   tokenization     strings -> token ids (the preprocessor's tokenize + truncation + packing)
-  input pipeline   the rest of scoring.score_texts (training: of tf.data): sorting by length, batching, per-batch padding
+  input pipeline   the rest of scoring.score_texts (training: of tf.data): sorting by length, batching,
+                   per-batch padding
   encoder          the BERT encoder (forward for evaluation; forward, backward and update for training)
   head             pooling, dropout and the Dense layer, on encoder outputs of the same shape
 The encoder is the model's time less the head's. Shares are of the sum of the parts.
@@ -144,13 +145,13 @@ def child(spec):
         return [exported.classify_tokens(tokens).numpy() for tokens, _ in batches]
     figures["model_eval_s"] = common.fastest(model_eval)
     eval_head = tf.function(lambda b, w: head(b, w, False), reduce_retracing=True)
-    figures["head_eval_s"] = common.fastest(lambda: [eval_head(tf.constant(len(p)), tf.shape(t["input_mask"])[1]).numpy()
-                                              for t, p in batches])
+    figures["head_eval_s"] = common.fastest(
+        lambda: [eval_head(tf.constant(len(p)), tf.shape(t["input_mask"])[1]).numpy() for t, p in batches])
     figures["encoder_eval_s"] = figures["model_eval_s"] - figures["head_eval_s"]
     for batch_size in OTHER_EVAL_BATCHES:
         other = [batch for _, batch in tokenization.sorted_batches(tokens, batch_size)]
         figures[f"model_eval_batch{batch_size}_s"] = common.fastest(
-            lambda: [exported.classify_tokens(batch).numpy() for batch in other])
+            lambda other=other: [exported.classify_tokens(batch).numpy() for batch in other])
     figures["ops_eval"] = op_kinds(op_seconds(model_eval))
     figures["ops_eval"]["model_s"] = figures["model_eval_s"]
     figures["eval_widths"] = [int(t["input_mask"].shape[1]) for t, _ in batches]
@@ -187,8 +188,8 @@ def child(spec):
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.cast(head(b, w, True), tf.float32) ** 2)
         optimizer.apply_gradients(zip(tape.gradient(loss, head_variables), head_variables))
-    figures["head_train_s"] = common.fastest(lambda: [head_step(tf.constant(cfg.batch_size), tf.shape(t["input_mask"])[1])
-                                               for t, _ in train_batches])
+    figures["head_train_s"] = common.fastest(
+        lambda: [head_step(tf.constant(cfg.batch_size), tf.shape(t["input_mask"])[1]) for t, _ in train_batches])
     figures["encoder_train_s"] = figures["model_train_s"] - figures["head_train_s"]
     figures["ops_train"] = op_kinds(op_seconds(model_train))
     figures["ops_train"]["model_s"] = figures["model_train_s"]
@@ -224,7 +225,8 @@ def main(argv=None):
         if figures is None:
             continue
         results[seq_length] = figures
-        for phase, label in (("eval", f"evaluation of {EVAL_REVIEWS} reviews"), ("train", f"{TRAIN_STEPS} training steps")):
+        for phase, label in (("eval", f"evaluation of {EVAL_REVIEWS} reviews"),
+                             ("train", f"{TRAIN_STEPS} training steps")):
             part_shares, total = shares(figures, phase)
             print(f"seq={seq_length} {figures['precision']} {label}: {total:.2f} s in parts; "
                   + ", ".join(f"{part} {100 * share:.1f}%" for part, share in part_shares.items()), flush=True)
@@ -236,8 +238,10 @@ def main(argv=None):
             # A sanity check: ops summed over threads, against the wall time of the same untraced work.
             print(f"seq={seq_length} ops of {phase}: {ops['traced_op_s']:.2f} s summed over threads "
                   f"({ops['traced_op_s'] / ops['model_s']:.2f}x the untraced wall time); by kind: "
-                  + ", ".join(f"{kind} {100 * share:.1f}%" for kind, share in sorted(ops["kinds"].items(), key=lambda kv: -kv[1]))
-                  + "; top op types: " + ", ".join(f"{op} {100 * share:.1f}%" for op, share in ops["top"].items()), flush=True)
+                  + ", ".join(f"{kind} {100 * share:.1f}%"
+                              for kind, share in sorted(ops["kinds"].items(), key=lambda kv: -kv[1]))
+                  + "; top op types: "
+                  + ", ".join(f"{op} {100 * share:.1f}%" for op, share in ops["top"].items()), flush=True)
         print(f"seq={seq_length} model part of evaluation at other batch sizes: " + ", ".join(
             f"{size}: {figures[f'model_eval_batch{size}_s']:.2f} s "
             f"({figures['model_eval_s'] / figures[f'model_eval_batch{size}_s']:.2f}x batch {EVAL_BATCH}'s speed)"

@@ -8,7 +8,8 @@ The model: the MiniLM stand-in fine-tuned by train.py on 64 reviews for one epoc
 official: the first --seq-length tokens, 128 by default), trained once into
 benchmarks/results/models/serving_minilm_seqN; speed doesn't depend on how well it classifies.
 For each setting, serve.py runs in its own process with its defaults (precision auto,
---batch-timeout-ms 5) and --batch-size 32 (batching on) or 1 (off: one text per model call). For each number of clients, that many threads each send
+--batch-timeout-ms 5) and --batch-size 32 (batching on) or 1 (off: one text per model call). For each
+number of clients, that many threads each send
 one IMDB test review per request on a keep-alive connection, after an untimed warm-up, until
 --requests requests are answered: throughput = requests / wall time, and p50/p99 of each
 request's latency. Mean batch = texts scored / model calls, as serve.py's /healthz counts them.
@@ -121,7 +122,8 @@ def ceiling(spec):
     for setting, batch_size in SETTINGS.items():
         servable = rest_api.Servable(model, record, task, defaults.threshold, defaults.top_k, batch_size)
         calls = [reviews[start:start + batch_size] for start in range(0, len(reviews), batch_size)]
-        figures[setting] = len(reviews) / common.fastest(lambda: [servable.score(texts) for texts in calls])
+        figures[setting] = len(reviews) / common.fastest(
+            lambda servable=servable, calls=calls: [servable.score(texts) for texts in calls])
     return figures
 
 
@@ -145,7 +147,8 @@ def main(argv=None):
     alone = common.run_child(__file__, {"name": "model alone", "model_dir": model_dir})
     if alone:
         results["model_alone"] = alone
-        print(f"model alone ({alone['precision']}, no server): {alone['on']:.1f} reviews/s at {SETTINGS['on']} texts a call, "
+        print(f"model alone ({alone['precision']}, no server): {alone['on']:.1f} reviews/s at "
+              f"{SETTINGS['on']} texts a call, "
               f"{alone['off']:.1f} at one text a call", flush=True)
     for setting, batch_size in SETTINGS.items():
         server = Server(model_dir, batch_size, os.path.join(common.RESULTS, f"serving-{setting}.log"))

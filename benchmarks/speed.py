@@ -58,8 +58,8 @@ def child(spec):
     results["train_reviews_per_s"] = train_steps * cfg.batch_size / epoch_times[1]
     results["train_first_epoch_s"] = epoch_times[0]
 
-    eval_split = imdb.Split(test.texts[:eval_reviews], test.labels[:eval_reviews], test.paths[:eval_reviews])
-    warm = imdb.Split(test.texts[:64], test.labels[:64], test.paths[:64])
+    eval_split = test.rows(slice(None, eval_reviews))
+    warm = test.rows(slice(None, 64))
     if spec["pipeline"] == "tutorial":
         # The tutorial: model.evaluate on string batches of 32, the preprocessor inside the model.
         def evaluate(split):
@@ -76,7 +76,8 @@ def child(spec):
             return float(np.mean((logits >= 0) == split.labels))
 
         def predict(texts):
-            return np.array([score for _, score in prediction.predict(session.exported, session.task, texts, cfg.eval_batch_size)])
+            scored = prediction.predict(session.exported, session.task, texts, cfg.eval_batch_size)
+            return np.array([score for _, score in scored])
     evaluate(warm)
     started = time.perf_counter()
     results["eval_accuracy"] = evaluate(eval_split)

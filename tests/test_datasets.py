@@ -1,4 +1,5 @@
-"""tfhub_classifier/data/user_files.py: class folders, CSV, TSV and JSON Lines; binary, multi-class and multi-label; bad data."""
+"""Reading your own data (data/user_files.py): class folders, CSV, TSV and JSON Lines; binary, multi-class
+and multi-label; bad data."""
 import os
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tfhub_classifier.data import imdb, user_files
+from tfhub_classifier.data import class_folders, imdb, user_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,7 +110,8 @@ def test_identical_labels_are_one_object_not_one_per_row(tmp_path):
 
 
 def test_importing_does_not_import_tensorflow():
-    check = "import sys; from tfhub_classifier.data import user_files; assert not any(m.startswith('tensorflow') for m in sys.modules)"
+    check = ("import sys; from tfhub_classifier.data import user_files; "
+             "assert not any(m.startswith('tensorflow') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True)
 
 
@@ -217,7 +219,7 @@ def test_folder_split_equals_the_imdb_split(tmp_path):
     test_paths, test_labels = imdb.list_reviews(test_dir, seed=7)
     assert (test.paths, test.labels.tolist()) == (test_paths, test_labels.tolist())
     assert train.label_names == imdb.CLASS_NAMES and train.task == "binary"
-    assert train.texts == [imdb._read_review(path) for path in train.paths]
+    assert train.texts == [class_folders.read_text(path)[0] for path in train.paths]
 
 
 def test_a_validation_file_replaces_the_held_out_share(tmp_path):

@@ -16,6 +16,7 @@ import predict
 import train
 from tfhub_classifier import cli
 from tfhub_classifier.data import imdb
+from tfhub_classifier.data.split import Split
 
 OOM_MESSAGE = ("Graph execution error:\n\nDetected at node 'encoder/add'\n"
                "OOM when allocating tensor with shape[8,64]")
@@ -69,7 +70,7 @@ def test_out_of_memory_mid_evaluation(error, model_dir, monkeypatch, capsys):
     from tfhub_classifier.inference import scoring
     from tfhub_classifier.model import saving
     monkeypatch.setattr(saving, "load_model", lambda *args: (None, {}, "float32"))
-    test = imdb.Split(["a review"], np.zeros(1, dtype=np.int32), ["0_1.txt"])
+    test = Split(["a review"], np.zeros(1, dtype=np.int32), ["0_1.txt"], imdb.CLASS_NAMES, "binary")
     monkeypatch.setattr(imdb, "load_splits", lambda *args, **kwargs: (None, None, test))
     monkeypatch.setattr(scoring, "logits_of", raising(error()))
     assert cli.run(evaluate.main, ["--model-dir", model_dir]) == cli.EXIT_ERROR

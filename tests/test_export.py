@@ -256,7 +256,7 @@ def test_core_ops_export_and_its_client_work_without_tf_text(exports, tmp_path, 
     assert checked.returncode == 0, checked.stderr[-3000:]
     result = json.loads(checked.stdout.strip().splitlines()[-1])
     assert result["tensorflow_text_imported"] is False
-    for name, (model_dir, out, _) in exports.items():
+    for name in exports:
         np.testing.assert_allclose(result["scores"][name], expected[name], atol=1e-5)
         assert result["outside_core"][f"{name} export"] == [] and result["op_count"][f"{name} export"] > 20
         for key, value in expected_tokens[name].items():
@@ -273,7 +273,7 @@ def test_export_writes_the_settings_and_names_the_model_uses(exports):
     expected = {"binary": (True, "head", ["negative", "positive"]),
                 "multiclass": (True, "head+tail", ["negative", "neutral", "positive"]),
                 "cased": (False, "tail", ["action", "comedy", "drama"])}
-    for name, (model_dir, out, result) in exports.items():
+    for name, (_, out, result) in exports.items():
         lower_case, truncation, names = expected[name]
         with open(os.path.join(out, "tokenizer.json")) as f:
             settings = json.load(f)
@@ -321,7 +321,7 @@ def test_client_rest_paths_need_only_the_standard_library(exports, capsys):
                 assert self.path == "/v1/models/core:predict" and body["signature_name"] == "serving_default"
                 columns = {key: tf.constant([row[key] for row in body["instances"]], tf.int32)
                            for key in ("input_word_ids", "input_mask", "input_type_ids")}
-                outputs = {key: value.numpy().tolist() for key, value in serve(**columns).items()}
+                outputs = {key: value.numpy().tolist() for key, value in serve(**columns).items()}  # noqa: B023 (served within this iteration)
                 rows = [dict(zip(outputs, values)) for values in zip(*outputs.values())]
                 answer = json.dumps({"predictions": rows}).encode()
                 self.send_response(200)

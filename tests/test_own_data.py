@@ -173,7 +173,7 @@ def imbalanced_rows(count, seed, minority_share=0.05):
     """Binary data, 95/5 by default: the minority shows in its words, but is rarely seen."""
     rng = random.Random(seed)
     rows = []
-    for i in range(count):
+    for _ in range(count):
         minority = rng.random() < minority_share
         words = [rng.choice(FILLER_WORDS) for _ in range(rng.randint(3, 8))]
         words += [rng.choice(NEGATIVE_WORDS if minority else POSITIVE_WORDS) for _ in range(2)]

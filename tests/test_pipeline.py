@@ -205,7 +205,7 @@ def test_token_batches_are_padded_to_their_longest_review(trained):
     train_split, _, _ = imdb.load_splits(cfg)
     text_to_tokens = tokenization.TextToTokens(runtime.hub.load(flags["--preprocessor"]), 512, "head")
     widths = []
-    for tokens, labels in trainer.token_dataset(train_split, text_to_tokens, 8, shuffle_seed=1).take(10):
+    for tokens, _ in trainer.token_dataset(train_split, text_to_tokens, 8, shuffle_seed=1).take(10):
         longest = int(tokens["input_mask"].numpy().sum(axis=1).max())
         width = tokens["input_mask"].shape[1]
         assert width % tokenization.PAD_MULTIPLE == 0 and longest <= width < longest + tokenization.PAD_MULTIPLE

@@ -3,7 +3,6 @@
 Nothing here imports TensorFlow (its errors are recognised by class name), so flag errors stay instant.
 """
 import os
-import shutil
 import sys
 
 RUN_RECORD = "run.json"  # written beside saved_model.pb by train.py
@@ -52,7 +51,8 @@ def run(main, argv=None):
 def is_out_of_memory(error):
     """True for TensorFlow's ResourceExhaustedError (found by name so TensorFlow need not be imported)
     and for Python's MemoryError (NumPy's arrays of token ids and logits)."""
-    return isinstance(error, MemoryError) or any(cls.__name__ == "ResourceExhaustedError" for cls in type(error).__mro__)
+    return isinstance(error, MemoryError) or any(cls.__name__ == "ResourceExhaustedError"
+                                                  for cls in type(error).__mro__)
 
 
 def out_of_memory_line(error, flags):
@@ -94,10 +94,3 @@ def require_model_dir(model_dir):
         raise ValueError(f"{model_dir} is not a classifier saved by train.py (no saved_model.pb and "
                          f"{RUN_RECORD}); point --model-dir at one")
     return model_dir
-
-
-def remove_leftovers(parent, prefix):
-    """Delete the temporary folders that a killed save or extraction left behind."""
-    for name in os.listdir(parent):
-        if name.startswith(prefix):
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)

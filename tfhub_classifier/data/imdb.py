@@ -1,30 +1,21 @@
 """The IMDB reviews: download once, verify, extract atomically, split as the tutorial does."""
+import dataclasses
 import hashlib
 import os
 import shutil
 import tarfile
-import tempfile
-from dataclasses import dataclass
 
 import numpy as np
 
 import config
-from tfhub_classifier import cli
+from tfhub_classifier import files
+from tfhub_classifier.data import class_folders
+from tfhub_classifier.data.split import Split, shuffled_order
 
 CLASS_NAMES = ("neg", "pos")  # label 0 and 1, sorted as text_dataset_from_directory sorts them
 DISPLAY_NAMES = ("negative", "positive")  # how predictions name them
 ARCHIVE_NAME = "aclImdb_v1.tar.gz"
 DATASET_NAME = "aclImdb"
-
-
-@dataclass(frozen=True)
-class Split:
-    texts: list
-    labels: np.ndarray
-    paths: list
-
-    def __len__(self):
-        return len(self.texts)
 
 
 def md5_of(path):
@@ -121,20 +112,16 @@ def _unsafe_member(archive, name, reason):
 
 
 def _extract(archive_path, data_dir):
-    """Extract into a temporary folder beside the target and rename it into place when whole,
+    """Extract into a staging folder beside the target and rename it into place when whole,
     leaving out train/unsup, which text_dataset_from_directory would count as a third class."""
     target = os.path.join(data_dir, DATASET_NAME)
-    cli.remove_leftovers(data_dir, f".{DATASET_NAME}.partial-")  # a killed extraction's: never trusted
-    staging = tempfile.mkdtemp(prefix=f".{DATASET_NAME}.partial-", dir=data_dir)
-    try:
+    with files.staging_folder(target, "partial") as staging:
         with tarfile.open(archive_path, "r:gz") as archive:
             members = [m for m in archive.getmembers()
                        if not m.name.replace("\\", "/").split("/")[1:3] == ["train", "unsup"]]
             extract_safely(archive, members, staging)
         check_layout(os.path.join(staging, DATASET_NAME))
         os.rename(os.path.join(staging, DATASET_NAME), target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -149,51 +136,41 @@ def prepare(data_dir, url=config.OFFICIAL_DATASET_URL, md5=""):
     return root
 
 
-def _read_review(path):
-    # A review that is not valid UTF-8 is read with replacement characters rather than failing the run.
-    with open(path, "rb") as f:
-        return f.read().decode("utf-8", errors="replace")
-
-
 def list_reviews(directory, seed):
     """File paths and labels of directory/{neg,pos}, shuffled exactly as the tutorial's
     text_dataset_from_directory(seed=seed) shuffles them, so the splits are the same."""
     paths, labels = [], []
     for label, name in enumerate(CLASS_NAMES):
-        class_dir = os.path.join(directory, name)
-        for walk_root, _, files in sorted(os.walk(class_dir), key=lambda entry: entry[0]):
-            for file_name in sorted(files):
-                if file_name.lower().endswith(".txt"):
-                    paths.append(os.path.join(walk_root, file_name))
-                    labels.append(label)
+        files = class_folders.text_files(os.path.join(directory, name))
+        paths += files
+        labels += [label] * len(files)
     if not paths:
         raise ValueError(f"no reviews found in {directory}/neg or /pos; delete {directory} so it is "
                          "extracted again, or point --data-dir at a complete copy")
-    np.random.RandomState(seed).shuffle(paths)
-    np.random.RandomState(seed).shuffle(labels)
-    return paths, np.asarray(labels, dtype=np.int32)
+    order = shuffled_order(len(paths), seed)
+    return [paths[i] for i in order], np.asarray(labels, dtype=np.int32)[order]
 
 
-def _load(paths, labels, max_examples):
-    if max_examples:
-        paths, labels = paths[:max_examples], labels[:max_examples]
-    return Split([_read_review(p) for p in paths], labels, list(paths))
+def _listed(directory, seed):
+    """An unread Split of directory's reviews: their paths stand in for the texts until _read."""
+    paths, labels = list_reviews(directory, seed)
+    return Split(paths, labels, paths, CLASS_NAMES, "binary")
+
+
+def _read(listed, max_examples):
+    """The first max_examples reviews of a listed Split (all for 0), read."""
+    listed = listed.capped(max_examples)
+    return dataclasses.replace(listed, texts=[class_folders.read_text(path)[0] for path in listed.paths])
 
 
 def load_splits(cfg, with_train=True, caps=None):
-    """Train, validation and test splits for a Config (train/val None unless with_train).
+    """Train, validation and test Splits for a Config (train/val None unless with_train).
     caps = (train, validation, test) sizes overrides cfg.max_examples per split."""
     train_cap, validation_cap, test_cap = caps or (cfg.max_examples,) * 3
     root = prepare(cfg.data_dir, cfg.dataset_url, cfg.dataset_md5)
-    test_paths, test_labels = list_reviews(os.path.join(root, "test"), cfg.seed)
-    test = _load(test_paths, test_labels, test_cap)
+    test = _read(_listed(os.path.join(root, "test"), cfg.seed), test_cap)
     if not with_train:
         return None, None, test
-    paths, labels = list_reviews(os.path.join(root, "train"), cfg.seed)
-    num_validation = int(cfg.validation_split * len(paths))
-    if num_validation == 0 or num_validation == len(paths):
-        raise ValueError(f"--validation-split {cfg.validation_split} leaves no reviews for "
-                         f"{'validation' if num_validation == 0 else 'training'} out of {len(paths)}")
-    train = _load(paths[:-num_validation], labels[:-num_validation], train_cap)
-    validation = _load(paths[-num_validation:], labels[-num_validation:], validation_cap)
-    return train, validation, test
+    train, validation = _listed(os.path.join(root, "train"), cfg.seed).held_out(
+        cfg.validation_split, os.path.join(root, "train"))
+    return _read(train, train_cap), _read(validation, validation_cap), test

@@ -1,4 +1,4 @@
-"""Your own data (issue 10): class folders, CSV, TSV and JSON Lines read into Splits with label names.
+"""Your own data: class folders, CSV, TSV and JSON Lines read into Splits with label names.
 
 read() turns one folder or file into texts, raw labels and where each text came from, reading the file
 once; build_splits() turns training, validation and test data into Splits whose labels index the
@@ -7,41 +7,27 @@ Bad data is a ValueError of one line naming the file, the line (or .txt file) an
 No TensorFlow here, so importing this is instant.
 """
 import csv
-import dataclasses
 import itertools
 import json
 import os
 import re
-from dataclasses import dataclass
 
 import numpy as np
+
+from tfhub_classifier.data import class_folders
+from tfhub_classifier.data.class_folders import TEXT_FILE_SUFFIX
+from tfhub_classifier.data.split import Split, shuffled_order
 
 csv.field_size_limit(2 ** 31 - 1)  # a document may be far longer than csv's default 128 KiB field
 
 TASKS = ("binary", "multiclass", "multilabel")
 TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 JSONL_SUFFIX = ".jsonl"
-TEXT_FILE_SUFFIX = ".txt"  # the only files text_dataset_from_directory reads from class folders
 RARE_CLASS_SHARE = 0.01
 NAMES_SHOWN = 20  # label names listed in one log line before "... and N more"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a non-UTF-8 byte
-
-
-@dataclass(frozen=True)
-class Split:
-    """Texts and their labels. For binary and multiclass, labels is int32 [n], indexes into label_names;
-    for multilabel, a float32 0/1 matrix [n, len(label_names)]. paths says where each text came from:
-    a .txt file, or "file:line" for a row of a CSV, TSV or JSON Lines file."""
-    texts: list[str]
-    labels: np.ndarray
-    paths: list[str]
-    label_names: tuple[str, ...]
-    task: str
-
-    def __len__(self):
-        return len(self.texts)
 
 
 # Reading one folder or file.
@@ -126,12 +112,12 @@ def _folder_rows(path, label_names, log):
     and text_dataset_from_directory list them."""
     replaced = 0
     for name in _class_folders(path, label_names):
-        files = _text_files(os.path.join(path, name))
+        files = class_folders.text_files(os.path.join(path, name))
         if not files:
             raise ValueError(f"{os.path.join(path, name)}: the class folder holds no {TEXT_FILE_SUFFIX} files; "
                              "put its texts there or delete it")
         for file in files:
-            text, had_bad_bytes = _read_text_file(file)
+            text, had_bad_bytes = class_folders.read_text(file)
             replaced += had_bad_bytes
             yield file, text, name
     if replaced:
@@ -150,24 +136,6 @@ def _class_folders(path, label_names):
     if label_names is None:
         return found
     return [name for name in label_names if name in found] + [name for name in found if name not in label_names]
-
-
-def _text_files(folder):
-    files = []
-    for walk_root, _, names in sorted(os.walk(folder), key=lambda entry: entry[0]):
-        files.extend(os.path.join(walk_root, name) for name in sorted(names)
-                     if name.lower().endswith(TEXT_FILE_SUFFIX))
-    return files
-
-
-def _read_text_file(path):
-    """(text, whether it had bytes that are not UTF-8), decoded as imdb reads a review."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return data.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return data.decode("utf-8", errors="replace"), True
 
 
 # CSV, TSV and JSON Lines files.
@@ -334,7 +302,7 @@ def build_splits(train_path, test_path, validation_path=None, validation_split=0
     training = _to_split(texts, raw_labels, sources, label_names, chosen, seed)
     del texts, raw_labels, sources  # the unshuffled order's lists, 8 bytes a text each, are not needed again
     if validation_path is None:
-        train, validation = _held_out(training, validation_split, train_path)
+        train, validation = training.held_out(validation_split, train_path)
     else:
         train, validation = training, load_split(validation_path, label_names, chosen, seed, **options)
     test = load_split(test_path, label_names, chosen, seed, **options)
@@ -380,10 +348,8 @@ def _check_training_labels(path, task, label_names):
 
 def _to_split(texts, raw_labels, sources, label_names, task, seed):
     labels = _label_array(raw_labels, sources, label_names, task)
-    order = np.arange(len(texts))
-    if seed is not None:  # the permutation RandomState(seed).shuffle gives paths and labels alike
-        np.random.RandomState(seed).shuffle(order)
-    return Split([texts[i] for i in order], labels[order], [sources[i] for i in order], label_names, task)
+    split = Split(texts, labels, sources, label_names, task)
+    return split if seed is None else split.rows(shuffled_order(len(split), seed))
 
 
 def _label_array(raw_labels, sources, label_names, task):
@@ -404,21 +370,6 @@ def _single_label(source, label, task):
         raise ValueError(f"{source}: {len(label)} labels ({', '.join(label) or 'none'}), but --task {task} takes "
                          "exactly one per text; use --task multilabel (or auto)")
     return label[0]
-
-
-def _held_out(split, validation_split, train_path):
-    """(train, validation): validation is the last int(validation_split * n) texts, as imdb.load_splits cuts."""
-    count = int(validation_split * len(split))
-    if not 0 < validation_split < 1 or count == 0 or count == len(split):
-        raise ValueError(f"--validation-split {validation_split} of the {len(split)} texts in {train_path} "
-                         "leaves none for validation or none for training; pick a share between 0 and 1 that "
-                         "leaves some for each, or pass --validation-data")
-    return _rows(split, slice(None, -count)), _rows(split, slice(-count, None))
-
-
-def _rows(split, selection):
-    return dataclasses.replace(split, texts=split.texts[selection], labels=split.labels[selection],
-                               paths=split.paths[selection])
 
 
 # What is logged.

@@ -12,9 +12,9 @@ import itertools
 import json
 import os
 import random
-import secrets
 import shutil
 
+from tfhub_classifier import files
 from tfhub_classifier.data import tokenization
 from tfhub_classifier.export import client_example
 from tfhub_classifier.inference import prediction
@@ -54,15 +54,11 @@ def require_new_folder(out):
 
 
 def write_new_folder(out, write):
-    """Call write(folder) on a new folder beside out, then rename it to out: out must not exist, or
-    be an empty folder, then as now. Nothing else is touched (no out.previous, no leftovers): if out
-    was filled meanwhile, the export is discarded and ValueError says so. Returns out's absolute path."""
+    """Call write(folder) on a staging folder beside out, then rename it to out: out must not exist, or
+    be an empty folder, then as now. Nothing else is touched (no out.previous): if out was filled
+    meanwhile, the export is discarded and ValueError says so. Returns out's absolute path."""
     out = os.path.abspath(out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".{os.path.basename(out)}.export-{secrets.token_hex(6)}")
-    os.mkdir(staging)  # not mkdtemp: the export gets the umask's permissions, so a server can read it
-    try:
+    with files.staging_folder(out, "export") as staging:
         write(staging)
         require_new_folder(out)
         try:
@@ -72,9 +68,6 @@ def write_new_folder(out, write):
         except OSError as error:
             raise ValueError(f"--out {out} was filled while exporting ({error.strerror}); give a new folder "
                              "(nothing was overwritten, the export was discarded)") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

@@ -59,3 +59,102 @@ def roc_curve(labels, scores):
     tps = np.cumsum(labels)[distinct]
     fps = (distinct + 1) - tps
     return (np.r_[0, fps] / max(fps[-1], 1), np.r_[0, tps] / max(tps[-1], 1))
+
+
+def softmax(logits):
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def _ratio(numerator, denominator):
+    """numerator / denominator, 0 where the denominator is 0 (scikit-learn's zero_division=0)."""
+    numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
+
+
+def _f1(precision, recall):
+    return _ratio(2 * precision * recall, precision + recall)
+
+
+def per_label_scores(true_positives, predicted, actual):
+    """Precision, recall and F1 per label from counts of true positives, predictions and truths."""
+    precision, recall = _ratio(true_positives, predicted), _ratio(true_positives, actual)
+    return precision, recall, _f1(precision, recall)
+
+
+def averaged_scores(true_positives, predicted, actual):
+    """Macro, micro and support-weighted precision/recall/F1, as scikit-learn averages them."""
+    precision, recall, f1 = per_label_scores(true_positives, predicted, actual)
+    micro_precision = _ratio(true_positives.sum(), predicted.sum())
+    micro_recall = _ratio(true_positives.sum(), actual.sum())
+    weights = actual / actual.sum() if actual.sum() else np.zeros_like(actual, dtype=float)
+    return {
+        "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
+        "micro": {"precision": float(micro_precision), "recall": float(micro_recall),
+                  "f1": float(_f1(micro_precision, micro_recall))},
+        "weighted": {"precision": float(precision @ weights), "recall": float(recall @ weights),
+                     "f1": float(f1 @ weights)},
+    }
+
+
+def _per_label_table(names, true_positives, predicted, actual):
+    precision, recall, f1 = per_label_scores(true_positives, predicted, actual)
+    return {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(names, precision, recall, f1, actual)}
+
+
+def roc_auc_one_vs_rest(labels_one_hot, probabilities):
+    """Macro average of each label's ROC AUC against the rest (labels without both outcomes skipped)."""
+    scores = [roc_auc(labels_one_hot[:, k], probabilities[:, k])
+              for k in range(labels_one_hot.shape[1])]
+    scores = [s for s in scores if not np.isnan(s)]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def binary_report(label_names, labels, logits, threshold=0.5):
+    """binary_metrics, plus both classes' scores and their averages: on imbalanced data the second
+    label's alone can mislead."""
+    report = binary_metrics(labels, logits, threshold)
+    matrix = np.asarray(report["confusion_matrix"])
+    counts = (np.diag(matrix), matrix.sum(axis=0), matrix.sum(axis=1))
+    return {**report, **averaged_scores(*counts), "per_label": _per_label_table(label_names, *counts)}
+
+
+def multiclass_report(label_names, labels, probabilities):
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        raise ValueError("no texts to evaluate; check the test data and --max-examples")
+    count = len(label_names)
+    predicted = np.argmax(probabilities, axis=-1)
+    confusion = np.zeros((count, count), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    true_positives, predicted_counts, actual = np.diag(confusion), confusion.sum(axis=0), confusion.sum(axis=1)
+    return {
+        "loss": float(-np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1)))),
+        "accuracy": float(np.mean(predicted == labels)),
+        **averaged_scores(true_positives, predicted_counts, actual),
+        "per_label": _per_label_table(label_names, true_positives, predicted_counts, actual),
+        "confusion_matrix": confusion.tolist(),  # rows: true label, columns: predicted
+        "roc_auc_ovr_macro": roc_auc_one_vs_rest(np.eye(count, dtype=np.int64)[labels], probabilities),
+        "examples": int(len(labels)),
+    }
+
+
+def multilabel_report(label_names, labels, logits, probabilities, threshold):
+    labels, logits = np.asarray(labels, dtype=np.int64), np.asarray(logits, np.float64)
+    if len(labels) == 0:
+        raise ValueError("no texts to evaluate; check the test data and --max-examples")
+    predicted = (probabilities >= threshold).astype(np.int64)
+    true_positives = (predicted & labels).sum(axis=0)
+    loss = np.mean(np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits))))
+    return {
+        "loss": float(loss),  # sigmoid cross-entropy per label, in the stable form Keras uses
+        "subset_accuracy": float(np.mean(np.all(predicted == labels, axis=1))),
+        "hamming_loss": float(np.mean(predicted != labels)),
+        **averaged_scores(true_positives, predicted.sum(axis=0), labels.sum(axis=0)),
+        "per_label": _per_label_table(label_names, true_positives, predicted.sum(axis=0), labels.sum(axis=0)),
+        "roc_auc_ovr_macro": roc_auc_one_vs_rest(labels, probabilities),
+        "threshold": threshold,
+        "examples": int(len(labels)),
+    }

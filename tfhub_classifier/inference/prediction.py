@@ -50,9 +50,11 @@ def _as_text(text):
 
 
 def labelled(task, probabilities, threshold=0.5, top_k=1):
-    """What the model says of one text, as a dict: binary, the positive label's score and the label it
-    gives; multi-class, the top label and its probability, and the top_k; multi-label, every label at or
-    over the threshold, and each label's probability."""
+    """What the model says of one text, as predict.py's JSON Lines and serve.py's predictions give it
+    (without the text): binary, the positive label's score and the label it gives; multi-class, the top
+    label and its probability, and with top_k over 1 the top_k; multi-label, every label at or over the
+    threshold, and each label's probability. The export's client_example.py keeps a copy (it cannot
+    import the suite), which a test holds to this one."""
     names = display_names(task)
     if task.kind == "binary":
         score = float(probabilities)
@@ -60,17 +62,25 @@ def labelled(task, probabilities, threshold=0.5, top_k=1):
     if task.kind == "multiclass":
         ranked = np.argsort(-probabilities, kind="stable")[:top_k]
         top = [{"label": names[i], "probability": round(float(probabilities[i]), 6)} for i in ranked]
-        return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+        result = {"label": top[0]["label"], "probability": top[0]["probability"]}
+        return {**result, "top_k": top} if top_k > 1 else result
     return {"labels": [name for name, p in zip(names, probabilities) if p >= threshold],
             "probabilities": {name: round(float(p), 6) for name, p in zip(names, probabilities)}}
 
 
-def json_result(task, probabilities, threshold=0.5, top_k=1):
-    """One text's result as predict.py's JSON Lines and serve.py's predictions give it (without the text)."""
-    result = labelled(task, probabilities, threshold, top_k)
-    if task.kind == "multiclass" and top_k == 1:
-        result.pop("top_k")  # the top label is already there
-    return result
+def table_line(text, result):
+    """The aligned line the table format prints for one text and what labelled() says of it: for a
+    binary task, the tutorial's `input: TEXT : score: S (LABEL)`; otherwise the labels given, each
+    with its probability. Long texts are cut to 60 characters."""
+    shown = " ".join(text.split())
+    shown = shown if len(shown) <= 60 else shown[:59] + "…"
+    if "score" in result:
+        return f"input: {shown:<30} : score: {result['score']:.6f} ({result['label']})"
+    if "label" in result:
+        labels = ", ".join(f"{entry['label']} ({entry['probability']:.4f})" for entry in result.get("top_k", [result]))
+    else:
+        labels = ", ".join(f"{name} ({result['probabilities'][name]:.4f})" for name in result["labels"]) or "-"
+    return f"input: {shown:<30} : {labels}"
 
 
 class Writer:
@@ -97,34 +107,21 @@ class Writer:
 
     def write(self, text, probabilities):
         text = _as_text(text)
-        if self.format == "jsonl":
-            result = json_result(self.task, probabilities, self.threshold, self.top_k)
-            self.stream.write(json.dumps({"text": text, **result}) + "\n")
-            return
         result = labelled(self.task, probabilities, self.threshold, self.top_k)
-        if self.csv:
+        if self.format == "jsonl":
+            self.stream.write(json.dumps({"text": text, **result}) + "\n")
+        elif self.csv:
             self.csv.writerow([text] + self._csv_fields(result))
         else:
-            shown = " ".join(text.split())
-            shown = shown if len(shown) <= 60 else shown[:59] + "…"
-            self.stream.write(self._table_line(shown, result, probabilities) + "\n")
+            self.stream.write(table_line(text, result) + "\n")
 
     def _csv_fields(self, result):
         if self.task.kind == "binary":
             return [f"{result['score']:.6f}", result["label"]]
         if self.task.kind == "multiclass":
-            return [value for entry in result["top_k"] for value in (entry["label"], f"{entry['probability']:.6f}")]
+            return [value for entry in result.get("top_k", [result])
+                    for value in (entry["label"], f"{entry['probability']:.6f}")]
         return ["|".join(result["labels"])] + [f"{p:.6f}" for p in result["probabilities"].values()]
-
-    def _table_line(self, shown, result, probabilities):
-        if self.task.kind == "binary":
-            return format_scores([shown], [float(probabilities)], self.threshold,
-                                           display_names(self.task))[0]
-        if self.task.kind == "multiclass":
-            labels = ", ".join(f"{entry['label']} ({entry['probability']:.4f})" for entry in result["top_k"])
-        else:
-            labels = ", ".join(f"{name} ({result['probabilities'][name]:.4f})" for name in result["labels"]) or "-"
-        return f"input: {shown:<30} : {labels}"
 
 
 def check_top_k(task, top_k):
@@ -143,27 +140,3 @@ def stdout_text():
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="replace")
     return sys.stdout
-
-
-def format_predictions(texts, probabilities, kind, label_names, threshold=0.5):
-    """Aligned lines per text: the tutorial's score line for a binary task, else the most likely
-    label (multi-class) or every label over the threshold (multi-label) with its probability."""
-    if kind == "binary":
-        return format_scores(texts, probabilities, threshold, label_names)
-    lines = []
-    for text, row in zip(texts, probabilities):
-        shown = " ".join(str(text).split())
-        shown = shown if len(shown) <= 30 else shown[:29] + "…"
-        if kind == "multiclass":
-            best = int(np.argmax(row))
-            labels = f"{label_names[best]} ({row[best]:.4f})"
-        else:
-            labels = ", ".join(f"{name} ({p:.4f})" for name, p in zip(label_names, row) if p >= threshold) or "-"
-        lines.append(f"input: {shown:<30} : {labels}")
-    return lines
-
-
-def format_scores(texts, scores, threshold=0.5, label_names=("neg", "pos")):
-    """The tutorial's aligned lines: input, score and the label it gives."""
-    return [f"input: {text!s:<30} : score: {score:.6f} ({label_names[int(score >= threshold)]})"
-            for text, score in zip(texts, scores)]

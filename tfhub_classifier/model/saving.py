@@ -2,9 +2,8 @@
 import json
 import os
 import shutil
-import tempfile
 
-from tfhub_classifier import cli, runtime, tasks
+from tfhub_classifier import cli, files, runtime, tasks
 from tfhub_classifier.data import imdb, tokenization
 from tfhub_classifier.runtime import keras, tf
 
@@ -83,17 +82,12 @@ def recover_interrupted_save(model_dir):
 
 
 def save(exported, model_dir, record, extra_files=None):
-    """Write the SavedModel, with its serving_default signature, and its run record to a temporary
-    folder beside model_dir and rename it into place only when complete, so a failed save never
+    """Write the SavedModel, with its serving_default signature, and its run record to a staging
+    folder beside model_dir and swap it into place only when complete, so a failed save never
     costs the old model."""
     model_dir = os.path.abspath(model_dir)
-    parent = os.path.dirname(model_dir)
-    os.makedirs(parent, exist_ok=True)
     recover_interrupted_save(model_dir)
-    staging_prefix = f".{os.path.basename(model_dir)}.saving-"
-    cli.remove_leftovers(parent, staging_prefix)  # what a killed save left behind
-    staging = tempfile.mkdtemp(prefix=staging_prefix, dir=parent)
-    try:
+    with files.staging_folder(model_dir, "saving") as staging:
         # No optimizer (the tutorial's include_optimizer=False).
         tf.saved_model.save(exported, staging, signatures=serving_signatures(exported))
         with open(os.path.join(staging, RUN_RECORD), "w") as f:
@@ -101,9 +95,6 @@ def save(exported, model_dir, record, extra_files=None):
         for name, source in (extra_files or {}).items():
             shutil.copy(source, os.path.join(staging, name))
         _swap_into_place(staging, model_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return model_dir
 
 

@@ -131,7 +131,7 @@ class Servable:
         import numpy as np
 
         from tfhub_classifier.inference import prediction
-        result = prediction.json_result(self.task, probabilities, self.threshold, self.top_k)
+        result = prediction.labelled(self.task, probabilities, self.threshold, self.top_k)
         result.pop("probabilities", None)  # multi-label's {name: probability}: given as the signature's list
         values = np.atleast_1d(np.asarray(probabilities, dtype=np.float32)).tolist()
         values = [float(f"{value:.7g}") for value in values]  # float32's digits, not float64's noise
@@ -252,8 +252,9 @@ def texts_of_request(payload, max_text_chars, max_texts):
     texts = [_text_of(f"{key}[{i}]", value, rows=not columnar) for i, value in enumerate(values)]
     for i, text in enumerate(texts):
         if len(text) > max_text_chars:
-            raise RequestError(400, f"{key}[{i}] has {len(text):,} {'bytes' if isinstance(text, bytes) else 'characters'}"
-                                    f", over --max-text-chars {max_text_chars:,}; send it shorter")
+            unit = "bytes" if isinstance(text, bytes) else "characters"
+            raise RequestError(400, f"{key}[{i}] has {len(text):,} {unit}, over --max-text-chars "
+                                    f"{max_text_chars:,}; send it shorter")
     return texts, columnar
 
 

@@ -16,6 +16,7 @@ import threading
 import numpy as np
 
 import config
+from tfhub_classifier import files
 from tfhub_classifier.runtime import keras, tf
 
 # BackupAndRestore's training state, from the Keras package tf.keras is (tf_keras, or TF 2.15's keras).
@@ -27,14 +28,6 @@ NEVER = 1 << 62  # a save frequency in steps that is never reached
 
 def work_dir_of(model_dir):
     return os.path.abspath(model_dir).rstrip("/") + ".training"
-
-
-def write_json(path, value):
-    """Write JSON beside its final name and rename it into place, so a kill never leaves half a file."""
-    with open(path + ".partial", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".partial", path)
-    return path
 
 
 def _read_json(path):
@@ -83,7 +76,7 @@ class WorkDir:
                                  "and start over")
             log(f"Resuming the interrupted run from its checkpoint in {self.path}")
         os.makedirs(self.path, exist_ok=True)
-        write_json(settings_path, settings)
+        files.write_json(settings_path, settings)
         return self
 
     def check_data(self, fingerprint):
@@ -95,7 +88,7 @@ class WorkDir:
                                   if recorded.get(key) != fingerprint[key])
             raise ValueError(f"{self.path} holds an interrupted run on other data ({differing}); rerun with "
                              "its data to resume it, or add --restart to discard it and start over")
-        write_json(path, fingerprint)
+        files.write_json(path, fingerprint)
 
     def discard_if_empty(self):
         """Remove the folder if no attempt trained anything in it (e.g. the data was refused)."""
@@ -126,7 +119,7 @@ class WorkDir:
     def keep_trained(self, model, summary):
         """Write the trained weights, then (last, as the commit) the summary of the fit."""
         tf.train.Checkpoint(model=model).write(self.trained_weights)
-        write_json(self.trained_record, summary)
+        files.write_json(self.trained_record, summary)
 
     def trained_summary(self):
         """The fit summary if a previous attempt finished training, else None."""

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 import config
-from tfhub_classifier import runtime, tasks
+from tfhub_classifier import files, runtime, tasks
 from tfhub_classifier.data import imdb, tokenization, user_files
 from tfhub_classifier.inference import plots, prediction, scoring
 from tfhub_classifier.model import hub_models, modeling, saving
@@ -30,7 +30,8 @@ def token_dataset(split, text_to_tokens, batch_size, shuffle_seed=None):
         dataset = dataset.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)
     dataset = tokenization.length_sorted_batches(dataset, batch_size)
     if shuffle_seed is not None:
-        dataset = dataset.shuffle(tokenization.WINDOW_BATCHES, seed=shuffle_seed)  # so lengths don't rise within a window
+        # Shuffle the batches too, so lengths don't rise within a window.
+        dataset = dataset.shuffle(tokenization.WINDOW_BATCHES, seed=shuffle_seed)
         dataset = dataset.repeat()  # fit counts steps per epoch; each pass reshuffles
     return dataset.prefetch(tf.data.AUTOTUNE)
 
@@ -227,8 +228,8 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
     record["optimizer_steps"] = summary["optimizer_steps"]
     record["task"] = {"kind": task.kind, "label_names": list(task.label_names)}
     saving.save(session.exported, cfg.model_dir, record,
-                {"history.json": checkpoints.write_json(os.path.join(work_dir.path, "history.json"), history),
-                 "metrics.json": checkpoints.write_json(os.path.join(work_dir.path, "metrics.json"), metrics),
+                {"history.json": files.write_json(os.path.join(work_dir.path, "history.json"), history),
+                 "metrics.json": files.write_json(os.path.join(work_dir.path, "metrics.json"), metrics),
                  "log.csv": work_dir.log})
     if cfg.tensorboard and os.path.isdir(os.path.join(work_dir.path, "tensorboard")):
         shutil.copytree(os.path.join(work_dir.path, "tensorboard"), os.path.join(cfg.model_dir, "tensorboard"))
@@ -246,20 +247,16 @@ def load_data(cfg, log=print):
     """(train, validation, test): the user's files (--train-data, --test-data), else IMDB as the
     tutorial splits it."""
     if not cfg.train_data:
-        return tuple(user_files.Split(s.texts, s.labels, s.paths, imdb.CLASS_NAMES, "binary")
-                     for s in imdb.load_splits(cfg))
+        return imdb.load_splits(cfg)
     splits = user_files.build_splits(
         cfg.train_data, cfg.test_data, cfg.validation_data or None, cfg.validation_split, cfg.seed, cfg.task,
         cfg.text_column, cfg.label_column, cfg.label_separator or None, cfg.no_header, log)
-    if not cfg.max_examples:
-        return splits
-    return tuple(user_files.Split(s.texts[:cfg.max_examples], s.labels[:cfg.max_examples],
-                                s.paths[:cfg.max_examples], s.label_names, s.task) for s in splits)
+    return tuple(split.capped(cfg.max_examples) for split in splits)
 
 
 def task_of(split):
-    """The Task a training split asks for (IMDB and benchmark splits are binary neg/pos)."""
-    return tasks.Task(getattr(split, "task", "binary"), tuple(getattr(split, "label_names", imdb.CLASS_NAMES)))
+    """The Task a training split asks for."""
+    return tasks.Task(split.task, split.label_names)
 
 
 def _barrier(strategy):
@@ -339,10 +336,8 @@ def compare_with_reloaded(exported, model_dir, task, texts=config.EXAMPLE_SENTEN
     from_disk = task.probabilities(reloaded(sentences).numpy())
     for title, probabilities in (("in memory", in_memory), ("saved", from_disk)):
         log(f"Results from the {title} model:")
-        for line in prediction.format_predictions(texts, probabilities, task.kind,
-                                                 imdb.DISPLAY_NAMES if task.label_names == imdb.CLASS_NAMES
-                                                 else task.label_names):
-            log(line)
+        for text, text_probabilities in zip(texts, probabilities):
+            log(prediction.table_line(text, prediction.labelled(task, text_probabilities)))
     difference = float(np.max(np.abs(in_memory - from_disk)))
     if difference > 1e-5:
         raise RuntimeError(f"the reloaded model scores differently (max difference {difference:.2e})")

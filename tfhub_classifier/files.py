@@ -1,0 +1,43 @@
+"""Writing atomically: whatever the suite writes is staged beside its final name and renamed into place
+when whole, so a kill or a full disk never leaves half a model, dataset, export or checkpoint record.
+
+No TensorFlow here, so importing this is instant.
+"""
+import contextlib
+import json
+import os
+import secrets
+import shutil
+
+
+@contextlib.contextmanager
+def staging_folder(target, purpose):
+    """A new, empty folder beside target (".NAME.PURPOSE-XXXXXXXXXXXX") for the caller to fill and then
+    rename into place as it needs (replacing target, or only if target is free); removed with whatever
+    is left in it when the block ends. A killed earlier attempt's staging folders are removed first."""
+    target = os.path.abspath(target)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    prefix = f".{os.path.basename(target)}.{purpose}-"
+    remove_leftovers(parent, prefix)
+    staging = os.path.join(parent, prefix + secrets.token_hex(6))
+    os.mkdir(staging)  # not mkdtemp, whose 0700 would keep a server's other users out of what lands
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # already renamed away, unless the block failed
+
+
+def remove_leftovers(parent, prefix):
+    """Delete the staging folders that a killed write left in parent: never trusted, never resumed."""
+    for name in os.listdir(parent):
+        if name.startswith(prefix):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def write_json(path, value):
+    """Write JSON beside its final name and rename it into place, so a kill never leaves half a file."""
+    with open(path + ".partial", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".partial", path)
+    return path
