@@ -207,14 +207,14 @@ class Config:
                                     "requests; 1 = no batching (one text per call)", scripts=(SERVE,),
                                     at_least=1, flag={SERVE: "batch-size"})
     batch_timeout_ms: float = _option(5.0, "longest a text waits for others to share its model call: small "
-                                      "against a call's tens of milliseconds", scripts=(SERVE,), at_least=0)
+                                      "against a call's tens of milliseconds", scripts=(SERVE,))
     max_request_bytes: int = _option(4 * 2**20, "larger request bodies get 413 without being kept in memory",
                                      scripts=(SERVE,), at_least=1)
     max_text_chars: int = _option(100_000, "longer texts get 400: IMDB's longest review has ~14k characters, "
                                   "and BERT reads only --seq-length tokens of a text", scripts=(SERVE,),
                                   at_least=1)
     drain_timeout_s: float = _option(30.0, "on SIGTERM, how long in-flight requests may run before they are "
-                                     "cut off (Kubernetes' default grace period)", scripts=(SERVE,), at_least=0)
+                                     "cut off (Kubernetes' default grace period)", scripts=(SERVE,))
     max_texts_per_request: int = _option(256, "requests with more texts get 400: TF Serving clients send "
                                          "small batches, and bulk scoring is predict.py --file's job",
                                          scripts=(SERVE,), at_least=1)
@@ -325,7 +325,7 @@ MIN_SEQ_LENGTH = 8
 # What a model's name in /v1/models/NAME may hold: no '/' or ':', which the URL's paths use.
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Named recipes: what each changes from the Config defaults above (which are `best`, the best
-# measured here: README, benchmarks/accuracy.py); explicit flags override a recipe.
+# measured here: docs/benchmarks.md, benchmarks/accuracy.py); explicit flags override a recipe.
 RECIPES = {
     "best": {},
     # TensorFlow's official BERT fine-tuning recipe (tf-models' create_optimizer): 128 head

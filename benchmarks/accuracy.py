@@ -16,8 +16,8 @@ PROTOCOLS = {
     # 2,000 train / 500 validation reviews from train/ (seed 42), 2,500 fixed test reviews.
     "compare": dict(caps=(2000, 500, 2500), recipes=("best", "official", "tutorial")),
     "full": dict(caps=(0, 0, 0), recipes=("best",)),
-    # Issue 10: the reviews' star ratings as 4 classes, written to CSV and trained like a user's file;
-    # balanced weights because the target is macro-F1, all 4 epochs (measured better, README).
+    # Your own data, multi-class: the reviews' star ratings as 4 classes, written to CSV and trained like a user's file;
+    # balanced weights because the target is macro-F1, all 4 epochs (measured better, docs/benchmarks.md).
     "ratings": dict(caps=(2000, 500, 2500), recipes=("best",),
                     flags=dict(class_weight="balanced", early_stopping_patience=0)),
 }

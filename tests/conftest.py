@@ -4,10 +4,11 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the scripts, config.py and the package
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # helpers, tiny_hub, serving_client
 
 import tiny_hub  # noqa: E402
+from helpers import QUICK  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -47,10 +48,6 @@ def flags(hub_models, archive_url, tmp_path):
             "--plots-dir", str(tmp_path / "plots")]
 
 
-QUICK = ["--recipe", "official", "--epochs", "3", "--batch-size", "8", "--learning-rate", "3e-3",
-         "--seq-length", "64", "--checkpoint-every", "0", "--precision", "float32"]
-
-
 @pytest.fixture(scope="session")
 def trained(hub_models, archive_url, tmp_path_factory):
     """One training run shared by many tests: ({flag: value}, run record)."""
@@ -70,12 +67,3 @@ def trained_model(trained):
     from tfhub_classifier.model import saving
     model, _ = saving.load(trained[0]["--model-dir"])
     return model
-
-
-def unloadable_model_dir(folder):
-    """A folder that passes cli.require_model_dir, for tests that stub out loading the model."""
-    from tfhub_classifier import cli
-    folder.mkdir()
-    (folder / "saved_model.pb").write_bytes(b"")
-    (folder / cli.RUN_RECORD).write_text("{}")
-    return str(folder)

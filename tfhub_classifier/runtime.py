@@ -38,7 +38,7 @@ if not hasattr(keras, "__internal__") or keras_version().startswith("3."):
 
 
 def resolve_precision(precision):
-    """The precision 'auto' stands for on this machine (see README, Speed)."""
+    """The precision 'auto' stands for on this machine (docs/benchmarks.md)."""
     if precision != "auto":
         return precision
     if tf.config.list_physical_devices("GPU"):

@@ -14,8 +14,8 @@ def score_texts(model, texts, batch_size, window_batches=tokenization.WINDOW_BAT
 
     Within each window texts are tokenized, sorted by length and cut into batches each padded only
     to its longest text (rounded up to tokenization.PAD_MULTIPLE), as training batches them; each
-    logit goes back to its text's place. In NumPy rather than a tf.data pipeline, which made
-    evaluation 1.33x slower at 128 tokens on 2 cores (benchmarks/profiling.py). `model` is a
+    logit goes back to its text's place. In NumPy rather than a tf.data pipeline per window, which
+    was slower (docs/benchmarks.md, benchmarks/profiling.py). `model` is a
     saving.ExportedClassifier or its reloaded SavedModel. progress: if true, a bar on stderr
     counts the texts scored (a string names the bar).
     """

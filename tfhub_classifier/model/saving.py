@@ -124,6 +124,6 @@ def load_model(model_dir, precision):
 
 
 def task_of_record(record):
-    """The Task a saved model was trained for (models from before issue 10: IMDB's neg/pos)."""
+    """The Task a saved model was trained for (a record without one: IMDB's neg/pos)."""
     saved = record.get("task") or {"kind": "binary", "label_names": list(imdb.CLASS_NAMES)}
     return tasks.Task(saved["kind"], tuple(saved["label_names"]))

@@ -95,15 +95,15 @@ class Batcher:
     async def score(self, texts, gone=None):
         """The results of texts, in order, scored among other requests' texts. gone: a function
         whose awaitable returns if the client hangs up, whereupon the texts still waiting are
-        dropped and ClientGone is raised. RequestError (503) if the queue is full or the Batcher
-        has died."""
+        dropped and ClientGone is raised. Unavailable (which the server answers with 503) if the queue
+        is full or the Batcher has died."""
         reason = self.failure()
         if reason:
             raise Unavailable(f"{reason}; retry on another server")
         if self.max_queued is not None and self.queued + len(texts) > self.max_queued:
             raise Unavailable(f"the server is busy: {self.queued:,} texts wait for the model and "
-                                    f"{len(texts):,} more would pass --max-queued-texts {self.max_queued:,}; "
-                                    "retry shortly")
+                              f"{len(texts):,} more would pass --max-queued-texts {self.max_queued:,}; "
+                              "retry shortly")
         job = Job(texts, asyncio.get_running_loop().create_future())
         self.jobs.append(job)
         self.queued += len(texts)

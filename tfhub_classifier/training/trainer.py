@@ -59,20 +59,6 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _record(cfg, splits, history, metrics, best_epoch, seconds):
-    return {
-        "config": dataclasses.asdict(cfg),
-        "encoder": cfg.encoder_handle(),
-        "preprocessor": cfg.preprocessor_handle(),
-        "versions": runtime.package_versions(),
-        "split_sizes": {name: len(split) for name, split in splits.items()},
-        "history": history,
-        "best_epoch": best_epoch,
-        "test_metrics": metrics,
-        "training_seconds": round(seconds, 1),
-    }
-
-
 class Session:
     """Everything one training run builds, so tests and benchmarks can reach each part."""
 
@@ -166,6 +152,27 @@ def run(cfg, log=print, splits=None):
 def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
     """run() on one worker: the chief (or the only one), or, given chief_work_dir, another worker."""
     started = time.time()
+    work_dir = _prepare_work_dir(cfg, log, splits, strategy, chief_work_dir)
+    train, validation, test = _load_checked_data(cfg, log, splits, work_dir)
+    task = task_of(train)
+    session = Session(cfg, log, task)
+    summary = _train(session, work_dir, train, validation, log)
+    metrics = _test(session, work_dir, test, log)
+    name = os.path.basename(os.path.abspath(cfg.model_dir))
+    history_plot = plots.plot_history(summary["history"], os.path.join(cfg.plots_dir, f"{name}_history.png"),
+                                      summary["best_epoch"])
+    log(f"History plot: {history_plot}")
+    record = _record(session, {"train": train, "validation": validation, "test": test}, summary, metrics,
+                     time.time() - started)
+    _save(session, work_dir, record, strategy, log)
+    examples = config.EXAMPLE_SENTENCES if not cfg.train_data else [text[:200] for text in test.texts[:5]]
+    record["examples"] = compare_with_reloaded(session.exported, cfg.model_dir, task, examples, log)
+    return record
+
+
+def _prepare_work_dir(cfg, log, splits, strategy, chief_work_dir):
+    """Check the output folders can be written, then create or resume MODEL_DIR.training/; under
+    multiworker, wait for the chief's work dir and data, never racing it."""
     # Fail now, not hours later: the model is saved beside --model-dir, then renamed into place.
     check_writable(os.path.dirname(os.path.abspath(cfg.model_dir)), "--model-dir", cfg.model_dir)
     check_writable(cfg.plots_dir, "--plots-dir")
@@ -173,10 +180,14 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
     if strategy is not None:
         if chief_work_dir is None and splits is None and not cfg.train_data:
             imdb.prepare(cfg.data_dir, cfg.dataset_url, cfg.dataset_md5)
-        # The others wait for the chief's work dir and data, never racing it (unshared disk: own copy).
-        _barrier(strategy)
+        _barrier(strategy)  # an unshared disk: each worker has its own copy of the data
         if chief_work_dir is not None:
             _follow(chief_work_dir, work_dir)
+    return work_dir
+
+
+def _load_checked_data(cfg, log, splits, work_dir):
+    """The three splits, refused if an interrupted run in work_dir trained on other data."""
     try:
         train, validation, test = splits or load_data(cfg, log)
     except BaseException:
@@ -187,7 +198,13 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
                          "split_sizes": [len(train), len(validation), len(test)]})
     log(f"{'Your data' if cfg.train_data else 'IMDB'}: {len(train):,} training, {len(validation):,} validation, "
         f"{len(test):,} test texts; {task.kind}, labels {', '.join(task.label_names)}")
-    session = Session(cfg, log, task)
+    return train, validation, test
+
+
+def _train(session, work_dir, train, validation, log):
+    """Fit (resuming any checkpoint), or restore the weights an earlier attempt finished training;
+    returns the fit's summary."""
+    cfg, task = session.cfg, session.task
     steps_per_epoch = math.ceil(len(train) / session.global_batch_size)
     fit_class_weight, positive_weights = (task.class_weighting(train.labels) if cfg.class_weight == "balanced"
                                           else (None, None))
@@ -196,16 +213,18 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
     if positive_weights is not None:
         log(f"Positive weights per label (balanced): {positive_weights.round(3).tolist()}")
     model = session.compile(steps_per_epoch, positive_weights)
-
     summary = work_dir.trained_summary()
     if summary is None:
-        summary = fit(session, model, work_dir, train, validation, steps_per_epoch, log, fit_class_weight)
-    else:
-        log(f"Training finished in an earlier attempt; restoring its weights from {work_dir.path} "
-            "and going straight to test, plot and save.")
-        work_dir.restore_trained(session.token_model)
-    history, best_epoch = summary["history"], summary["best_epoch"]
+        return fit(session, model, work_dir, train, validation, steps_per_epoch, log, fit_class_weight)
+    log(f"Training finished in an earlier attempt; restoring its weights from {work_dir.path} "
+        "and going straight to test, plot and save.")
+    work_dir.restore_trained(session.token_model)
+    return summary
 
+
+def _test(session, work_dir, test, log):
+    """The trained model's metrics on the test split."""
+    cfg = session.cfg
     log("Scoring the test set ...")
     try:
         test_logits = scoring.logits_of(session.exported, test.texts, cfg.eval_batch_size, progress=True)
@@ -213,34 +232,47 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
         raise ValueError(f"out of memory scoring the test set; the trained weights are kept in {work_dir.path}: "
                          f"run the same command with a lower --eval-batch-size (now {cfg.eval_batch_size}) "
                          "to test and save them without training again") from None
-    metrics = task.report(test.labels, test_logits)
+    metrics = session.task.report(test.labels, test_logits)
     log(f"Test loss: {metrics['loss']:.4f}  " + ("  ".join(
         f"{name.replace('_', ' ')}: {metrics[name]:.4f}" for name in ("accuracy", "subset_accuracy")
         if name in metrics) + (f"  macro F1: {metrics['macro']['f1']:.4f}" if "macro" in metrics else "")))
+    return metrics
 
-    name = os.path.basename(os.path.abspath(cfg.model_dir))
-    history_plot = plots.plot_history(history, os.path.join(cfg.plots_dir, f"{name}_history.png"),
-                                          best_epoch)
-    log(f"History plot: {history_plot}")
-    record = _record(cfg, {"train": train, "validation": validation, "test": test}, history, metrics,
-                     best_epoch, summary["training_seconds"] + time.time() - started)
-    record["precision"] = session.precision
-    record["optimizer_steps"] = summary["optimizer_steps"]
-    record["task"] = {"kind": task.kind, "label_names": list(task.label_names)}
+
+def _record(session, splits, summary, metrics, seconds):
+    """The run record saved beside the model as run.json."""
+    cfg, task = session.cfg, session.task
+    return {
+        "config": dataclasses.asdict(cfg),
+        "encoder": cfg.encoder_handle(),
+        "preprocessor": cfg.preprocessor_handle(),
+        "versions": runtime.package_versions(),
+        "split_sizes": {name: len(split) for name, split in splits.items()},
+        "history": summary["history"],
+        "best_epoch": summary["best_epoch"],
+        "test_metrics": metrics,
+        "training_seconds": round(summary["training_seconds"] + seconds, 1),
+        "precision": session.precision,
+        "optimizer_steps": summary["optimizer_steps"],
+        "task": {"kind": task.kind, "label_names": list(task.label_names)},
+    }
+
+
+def _save(session, work_dir, record, strategy, log):
+    """Save the model with its record and the work dir's history, metrics and log, then remove the
+    work dir: nothing in it is left to protect."""
+    cfg = session.cfg
     saving.save(session.exported, cfg.model_dir, record,
-                {"history.json": files.write_json(os.path.join(work_dir.path, "history.json"), history),
-                 "metrics.json": files.write_json(os.path.join(work_dir.path, "metrics.json"), metrics),
+                {"history.json": files.write_json(os.path.join(work_dir.path, "history.json"), record["history"]),
+                 "metrics.json": files.write_json(os.path.join(work_dir.path, "metrics.json"),
+                                                  record["test_metrics"]),
                  "log.csv": work_dir.log})
     if cfg.tensorboard and os.path.isdir(os.path.join(work_dir.path, "tensorboard")):
         shutil.copytree(os.path.join(work_dir.path, "tensorboard"), os.path.join(cfg.model_dir, "tensorboard"))
     if strategy is not None:
         _barrier(strategy)  # every worker is done with the chief's checkpoint before it goes
-    work_dir.remove()  # the model is saved: nothing left to protect
+    work_dir.remove()
     log(f"Saved model: {cfg.model_dir}")
-
-    examples = config.EXAMPLE_SENTENCES if not cfg.train_data else [text[:200] for text in test.texts[:5]]
-    record["examples"] = compare_with_reloaded(session.exported, cfg.model_dir, task, examples, log)
-    return record
 
 
 def load_data(cfg, log=print):

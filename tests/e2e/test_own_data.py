@@ -1,4 +1,4 @@
-"""Issue 10: the user's own data (CSV, TSV, JSON Lines, class folders), multi-class and multi-label,
+"""The user's own data (CSV, TSV, JSON Lines, class folders), multi-class and multi-label,
 through train.py, evaluate.py and predict.py."""
 import csv
 import json
@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import QUICK
+from helpers import QUICK
 from tiny_hub import FILLER_WORDS, NEGATIVE_WORDS, POSITIVE_WORDS
 
 import evaluate
@@ -99,7 +99,7 @@ def test_predict_multiclass_top_k_in_input_order(multiclass_run, capsys):
 
 
 def test_top_k_beyond_the_labels_is_refused(multiclass_run, capsys):
-    from test_suite import fails_with
+    from helpers import fails_with
     flags, _ = multiclass_run
     fails_with(predict.main, model_flags(flags) + ["--top-k", "4", "great"], capsys, "--top-k", "3 labels")
 
@@ -217,7 +217,7 @@ def test_tutorial_pipeline_and_balanced_weights_hold_for_multiclass_and_multilab
 
 
 def test_resume_on_other_data_is_refused(hub_models, tmp_path, monkeypatch, capsys):
-    from test_lifecycle import interrupted_after_first_epoch
+    from helpers import interrupted_after_first_epoch
 
     from tfhub_classifier import cli
     train_csv = write_csv(tmp_path / "train.csv", multiclass_rows(60, 12))
@@ -245,17 +245,3 @@ def test_models_saved_before_tasks_still_predict_positive_and_negative(trained, 
     scores = predict.main(["--model-dir", model_dir, "--format", "jsonl", "great wonderful", "awful boring"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [row["label"] for row in rows] == ["positive" if s >= 0.5 else "negative" for s in scores]
-
-
-def test_multilabel_csv_cells_long_texts_and_0_1_vectors(tmp_path):
-    from tfhub_classifier.data import user_files
-    path = tmp_path / "tags.csv"
-    long_text = "great " * 40_000  # 240,000 characters: beyond csv's default field limit
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([["text", "label"], [long_text, "a|b"], ["no tags at all", ""], ["x", "b"]])
-    texts, labels, _ = user_files.read(str(path), label_separator="|")
-    assert len(texts[0]) == len(long_text) and labels == [("a", "b"), (), ("b",)]
-    with open(tmp_path / "vectors.jsonl", "w") as f:
-        f.write(json.dumps({"text": "x", "label": [0, 1, 1]}) + "\n")
-    with pytest.raises(ValueError, match="0/1 vector"):
-        user_files.read(str(tmp_path / "vectors.jsonl"))

@@ -1,12 +1,10 @@
 """Config: flags derived from its fields, conflicts and impossible precisions refused before any data or
 model loads."""
 import dataclasses
-import os
 import re
 
 import pytest
-from conftest import QUICK
-from test_suite import fails_with
+from helpers import fails_with
 
 import config
 import train
@@ -51,18 +49,6 @@ def test_float16_without_a_gpu_is_refused_and_float16_scales_the_loss():
     assert isinstance(optimizer, runtime.keras.mixed_precision.LossScaleOptimizer)
     plain = optimization.make_optimizer(config.resolve(), 100)
     assert not isinstance(plain, runtime.keras.mixed_precision.LossScaleOptimizer)
-
-
-def test_precision_in_force_is_recorded(flags):
-    """auto is recorded as what it resolved to on this machine, not as 'auto'."""
-    import json
-
-    from tfhub_classifier import runtime
-    record = train.main(flags + QUICK[:-2] + ["--epochs", "1", "--precision", "auto"])
-    expected = "bfloat16" if hardware.cpu_supports_bfloat16() else "float32"
-    assert record["precision"] == runtime.resolve_precision("auto") == expected
-    with open(os.path.join(flags[flags.index("--model-dir") + 1], "run.json")) as f:
-        assert json.load(f)["precision"] == expected
 
 
 @pytest.mark.parametrize("script", config.SCRIPTS)

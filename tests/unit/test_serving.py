@@ -7,13 +7,11 @@ without timing guesses; and serve.py's own main over a fake slow model in a proc
 for what SIGTERM does (no TensorFlow, so it starts in a second or two).
 """
 import asyncio
-import base64
 import concurrent.futures
 import gc
 import io
 import json
 import os
-import random
 import signal
 import socket
 import sys
@@ -23,9 +21,8 @@ import time
 import numpy as np
 import pytest
 import requests
-from conftest import unloadable_model_dir
+from helpers import unloadable_model_dir
 from serving_client import HOST, ServerProcess
-from tiny_hub import FILLER_WORDS, NEGATIVE_WORDS, POSITIVE_WORDS
 
 import config
 import predict
@@ -38,16 +35,6 @@ STARTUP_SECONDS = 180  # TensorFlow's import and the model's load, on a busy mac
 BATCH_SIZE = 8
 MAX_REQUEST_BYTES = 2_000_000  # over a 1 MB text, so that one meets --max-text-chars instead
 LABEL_NAMES = ["neg", "pos"]  # the tiny IMDB model's, as its serving_default signature returns them
-
-
-def review(rng):
-    words = rng.choices(FILLER_WORDS, k=rng.randint(0, 60)) + rng.choices(POSITIVE_WORDS + NEGATIVE_WORDS, k=2)
-    rng.shuffle(words)
-    return " ".join(words)
-
-
-TEXTS = ["The movie was great!", "The movie was terrible...", "", "ÇA ÉTAIT GÉNIAL 🎬 — très bien",
-         *(review(random.Random(seed)) for seed in range(20))]
 
 
 @pytest.fixture(scope="module")
@@ -64,202 +51,6 @@ def server(model_dir, tmp_path_factory):
     assert running.stop() == 0, running.log()
     assert "Traceback" not in running.log(100_000), running.log()
 
-
-@pytest.fixture(scope="module")
-def expected(model_dir):
-    """predict.py's score of each text, in this process."""
-    scores = predict.main(["--model-dir", model_dir, "--precision", "float32", *TEXTS])
-    return dict(zip(TEXTS, scores))
-
-
-def check_predictions(predictions, texts, expected):
-    assert len(predictions) == len(texts)
-    for prediction, text in zip(predictions, texts):
-        assert set(prediction) == {"score", "label", "probabilities", "label_names"}, prediction
-        assert prediction["score"] == pytest.approx(expected[text], abs=1e-6), text
-        assert prediction["probabilities"] == pytest.approx(expected[text], abs=1e-6), text
-        assert prediction["label"] == ("positive" if expected[text] >= 0.5 else "negative"), text
-        assert prediction["label_names"] == LABEL_NAMES
-
-
-def predict_ok(server, expected, texts=TEXTS[:3], session=requests):
-    answer = session.post(server.predict_url, json={"instances": texts}, timeout=60)
-    assert answer.status_code == 200, answer.text
-    check_predictions(answer.json()["predictions"], texts, expected)
-
-
-def b64(text):
-    return {"b64": base64.b64encode(text.encode()).decode()}
-
-
-# ---------------------------------------------------------------- the protocol
-
-def test_row_format_answers_predictions_as_predict_py_scores(server, expected):
-    forms = [lambda t: t, lambda t: {"text": t}, b64, lambda t: {"text": b64(t)}]  # TF Serving's text forms
-    rows = [forms[i % len(forms)](text) for i, text in enumerate(TEXTS)]
-    answer = requests.post(server.predict_url, json={"instances": rows}, timeout=60)
-    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
-    assert set(answer.json()) == {"predictions"}
-    check_predictions(answer.json()["predictions"], TEXTS, expected)  # more texts than --batch-size, too
-
-
-@pytest.mark.parametrize("inputs", [TEXTS[:5], {"text": TEXTS[:5]}, {"text": [b64(text) for text in TEXTS[:5]]}])
-def test_columnar_format_answers_outputs_as_tf_serving_does(server, expected, inputs):
-    answer = requests.post(f"{server.url}/v1/models/imdb_bert/versions/1:predict",
-                           json={"inputs": inputs, "signature_name": "serving_default"}, timeout=60)
-    assert answer.status_code == 200, answer.text
-    outputs = answer.json()["outputs"]
-    assert set(outputs) == {"score", "label", "probabilities", "label_names"}
-    check_predictions([dict(zip(outputs, values)) for values in zip(*outputs.values())], TEXTS[:5], expected)
-
-
-def test_status_is_tf_servings_exactly_and_the_record_has_its_own_route(server, model_dir):
-    status = requests.get(f"{server.url}/v1/models/imdb_bert", timeout=10)
-    assert status.status_code == 200
-    assert status.json() == {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {
-        "error_code": "OK", "error_message": ""}}]}
-    assert requests.get(f"{server.url}/v1/models/imdb_bert/versions/1", timeout=10).json() == status.json()
-    with open(os.path.join(model_dir, cli.RUN_RECORD)) as f:
-        record = json.load(f)
-    assert requests.get(f"{server.url}/v1/models/imdb_bert/record", timeout=10).json() == {
-        "model_spec": {"name": "imdb_bert", "version": "1"},
-        "task": {"kind": "binary", "label_names": LABEL_NAMES}, "threshold": 0.5, "top_k": 1, "run_record": record}
-    health = server.health()
-    assert health["status"] == "ok" and health["texts_queued"] == 0
-
-
-def test_metadata_describes_the_saved_signature_and_the_label_fields(server, model_dir):
-    from tensorflow.core.framework import types_pb2
-    from tensorflow.core.protobuf import saved_model_pb2
-    saved = saved_model_pb2.SavedModel()
-    with open(os.path.join(model_dir, "saved_model.pb"), "rb") as f:
-        saved.ParseFromString(f.read())
-    signature = saved.meta_graphs[0].signature_def["serving_default"]
-    metadata = requests.get(f"{server.url}/v1/models/imdb_bert/metadata", timeout=10).json()
-    assert set(metadata) == {"model_spec", "metadata"}
-    assert metadata["model_spec"] == {"name": "imdb_bert", "signature_name": "", "version": "1"}
-    assert set(metadata["metadata"]) == {"signature_def"}
-    served = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
-    assert served["method_name"] == "tensorflow/serving/predict"
-    for kind in ("inputs", "outputs"):
-        for name, info in getattr(signature, kind).items():  # what TF Serving would say of the SavedModel
-            assert served[kind][name] == {
-                "dtype": types_pb2.DataType.Name(info.dtype), "name": info.name,
-                "tensor_shape": {"dim": [{"size": str(d.size), "name": ""} for d in info.tensor_shape.dim],
-                                 "unknown_rank": False}}, name
-    assert {name: (spec["dtype"], [int(d["size"]) for d in spec["tensor_shape"]["dim"]])
-            for name, spec in served["outputs"].items()} == {
-        "probabilities": ("DT_FLOAT", [-1]), "label_names": ("DT_STRING", [-1, 2]),
-        "score": ("DT_FLOAT", [-1]), "label": ("DT_STRING", [-1])}
-    assert requests.get(f"{server.url}/v1/models/imdb_bert/versions/1/metadata", timeout=10).json() == metadata
-
-
-@pytest.mark.parametrize("method, path, status, needle", [
-    ("post", "/v1/models/other:predict", 404, "Servable not found for request: Latest(other)"),
-    ("post", "/v1/models/imdb_bert/versions/7:predict", 404, "Specific(imdb_bert, 7)"),
-    ("get", "/v1/models/other", 404, "Servable not found"),
-    ("get", "/v1/models/other/record", 404, "Servable not found"),
-    ("get", "/v1/nothing", 404, "Not Found"),
-    ("put", "/v1/models/imdb_bert:predict", 405, "Method Not Allowed"),
-])
-def test_unknown_models_and_routes_get_json_errors(server, expected, method, path, status, needle):
-    answer = getattr(requests, method)(server.url + path, json={"instances": ["great"]}, timeout=10)
-    assert answer.status_code == status and needle in answer.json()["error"]
-    predict_ok(server, expected)
-
-
-# ---------------------------------------------------------------- bad requests
-
-def chunks_of(data, size=65536):
-    """A body requests sends chunked, with no Content-Length."""
-    for start in range(0, len(data), size):
-        yield data[start:start + size]
-
-
-BIG = json.dumps({"instances": ["great " * (MAX_REQUEST_BYTES // 6)]}).encode()
-
-
-@pytest.mark.parametrize("body, status, needle", [
-    pytest.param(b'{"instances": ["great"', 400, "not valid JSON", id="malformed JSON"),
-    pytest.param(b"", 400, "body is empty", id="no body"),
-    pytest.param(b'["great"]', 400, "must be a JSON object", id="a list"),
-    pytest.param(b'{"instances": "great"}', 400, '"instances" must be a list of texts, got a string', id="a string"),
-    pytest.param(b'{"instances": []}', 400, '"instances" is empty', id="no instances"),
-    pytest.param(b'{"inputs": {"text": []}}', 400, '"inputs.text" is empty', id="no inputs"),
-    pytest.param(b'{"instances": ["great", 3]}', 400, "instances[1] must be a text", id="a number"),
-    pytest.param(b'{"instances": [' + b"9" * 5000 + b"]}", 400, "a number of over 4,300 digits", id="a huge number"),
-    pytest.param(b'{"instances": [{"review": "great"}]}', 400, 'instances[0] must have the one input "text"',
-                 id="unknown input"),
-    pytest.param(b'{"instances": [{"text": null}]}', 400, "instances[0].text must be a text", id="null text"),
-    pytest.param(b'{"instances": [{"b64": "not base64!"}]}', 400, "instances[0].b64 is not base64", id="bad b64"),
-    pytest.param(b'{"inputs": {"words": ["great"]}}', 400, 'takes the one input "text"', id="unknown column"),
-    pytest.param(b'{"instances": ["a"], "inputs": ["b"]}', 400, "not both", id="both formats"),
-    pytest.param(b'{"texts": ["great"]}', 400, 'unknown key(s) "texts"', id="unknown key"),
-    pytest.param(b'{"signature_name": "classify", "instances": ["great"]}', 400,
-                 'signature name: "classify" not found', id="unknown signature"),
-    pytest.param(b'{"instances": ["caf\xe9"]}', 400, "not valid UTF-8 (byte 0xe9 at offset 19)", id="Latin-1"),
-    pytest.param(b'{"instances": ["\xff\xfe"]}', 400, "not valid UTF-8", id="invalid UTF-8"),
-    pytest.param(b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply", id="deep nesting"),
-    pytest.param(json.dumps({"instances": ["great", "a" * 2**20]}).encode(), 400,
-                 "instances[1] has 1,048,576 characters, over --max-text-chars 100,000", id="a 1 MB text"),
-    pytest.param(json.dumps({"instances": [""] * 257}).encode(), 400,
-                 '"instances" has 257 texts, over --max-texts-per-request 256', id="too many texts"),
-    pytest.param(b'{"instances": [' + b'"",' * 600_000 + b'""]}', 400, "has 600,001 texts, over",
-                 id="2 MB of empty texts"),
-    pytest.param(BIG, 413, "over --max-request-bytes 2,000,000", id="too large"),
-    pytest.param(lambda: chunks_of(BIG), 413, "over --max-request-bytes 2,000,000", id="too large, chunked"),
-])
-def test_bad_requests_get_a_4xx_naming_the_problem_and_the_next_is_served(server, expected, body, status,
-                                                                          needle):
-    before = server.health()
-    answer = requests.post(server.predict_url, data=body() if callable(body) else body, timeout=60)
-    assert answer.status_code == status, answer.text
-    assert needle in answer.json()["error"]
-    assert server.health()["texts_scored"] == before["texts_scored"]  # refused before any model call
-    predict_ok(server, expected)
-
-
-def test_a_client_stalled_mid_body_holds_no_one_up_and_its_hang_up_is_no_error(server, expected):
-    before = server.health()
-    with socket.create_connection((HOST, server.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/models/imdb_bert:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
-                     b'{"instances": ["gre')
-        predict_ok(server, expected)  # answered while that body is still unfinished
-    predict_ok(server, expected)  # and after its client hung up mid-body
-    assert server.health()["texts_scored"] - before["texts_scored"] == 6
-    assert "Traceback" not in server.log(100_000) and "Exception in ASGI" not in server.log(100_000), server.log()
-
-
-# ---------------------------------------------------------------- batching under load
-
-def test_eight_concurrent_clients_get_every_answer_right_and_share_model_calls(server, expected):
-    clients, requests_each = 8, 50
-    before = server.health()
-    failures = []
-
-    def client(number):
-        with requests.Session() as session:
-            for i in range(requests_each):
-                texts = [TEXTS[(number * requests_each + i + 7 * k) % len(TEXTS)] for k in range(3)]
-                try:
-                    predict_ok(server, expected, texts, session)
-                except Exception as error:  # noqa: BLE001  (every failure is reported below)
-                    failures.append(f"client {number}, request {i}: {error!r}")
-
-    threads = [threading.Thread(target=client, args=(number,)) for number in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not failures, failures[:5]
-    after = server.health()
-    texts = after["texts_scored"] - before["texts_scored"]
-    calls = after["model_calls"] - before["model_calls"]
-    assert texts == clients * requests_each * 3
-    assert texts / calls > 1.5, f"{calls} model calls for {texts} texts: concurrent requests were not batched"
-
-
-# ---------------------------------------------------------------- the app over a fake model, in this process
 
 class FakeModelCall:
     """Servable.score's stand-in: records each batch; waits while `gate` is clear; fails on "boom"."""
@@ -403,13 +194,11 @@ def test_a_dead_batcher_makes_healthz_and_predict_answer_503():
         assert broken.post(["b"]).status_code == 503
     finally:
         broken.stop()
-
-
-# ---------------------------------------------------------------- stopping: serve.py over a fake slow model
-
 FAKE_SERVE = """
 import sys, time
-import cli, serve, serving, tasks
+import serve
+from tfhub_classifier import cli, tasks
+from tfhub_classifier.serving import rest_api
 
 class SlowServable(rest_api.Servable):
     def score(self, texts):  # a model call without TensorFlow
@@ -482,8 +271,6 @@ def test_a_drain_that_times_out_cuts_requests_off_and_exits_2_saying_so(fake_mod
     finally:
         server.stop()
 
-
-# ---------------------------------------------------------------- the parts, in this process
 
 def test_batcher_takes_a_text_from_each_waiting_request_in_turn():
     batches, gate = [], threading.Event()
@@ -567,8 +354,6 @@ def test_other_tasks_answer_the_signature_outputs_and_what_predict_py_jsonl_writ
     assert set(outputs) == {"probabilities", "label_names"} | ({"label", "probability"} if kind == "multiclass"
                                                                  else set())
 
-
-# ---------------------------------------------------------------- flags, before any model loads
 
 @pytest.mark.parametrize("flags, needle", [
     (["--port", "0"], "--port must be between 1 and 65535"),

@@ -1,7 +1,6 @@
-"""Issue "One line for every error, found early", item 7: out of memory, unexpected errors, a waiting
+"""One line for every error, found early: out of memory, unexpected errors, a waiting
 predict.py, progress on stderr, and safe extraction on every Python the suite supports."""
 import io
-import json
 import os
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import ROOT, unloadable_model_dir
+from helpers import ROOT, unloadable_model_dir
 
 import evaluate
 import predict
@@ -50,8 +49,6 @@ def out_of_memory():
     import tensorflow as tf
     return tf.errors.ResourceExhaustedError(None, None, OOM_MESSAGE)
 
-
-# ---------------------------------------------------------------- out of memory
 
 @pytest.mark.parametrize("script", [evaluate, predict])
 def test_out_of_memory_in_scoring_names_batch_size(script, model_dir, monkeypatch, capsys):
@@ -96,8 +93,6 @@ def test_out_of_memory_is_known_by_name_without_tensorflow(capsys):
     assert "out of memory" in one_error_line(capsys)
 
 
-# ---------------------------------------------------------------- unexpected errors
-
 @pytest.mark.parametrize("script", [evaluate, predict])
 def test_unexpected_error_is_one_line_pointing_at_debug(script, model_dir, monkeypatch, capsys):
     from tfhub_classifier.model import saving
@@ -126,8 +121,6 @@ def test_debug_variable_shows_the_traceback(model_dir, monkeypatch, capsys):
     with pytest.raises(KeyError):
         cli.run(predict.main, argv)
 
-
-# ---------------------------------------------------------------- predict.py with nothing to read
 
 class Terminal:
     """Standard input as a terminal with a user who never types."""
@@ -161,50 +154,6 @@ def test_predict_from_the_shell_with_a_terminal_does_not_wait(model_dir):
     assert result.returncode == cli.EXIT_ERROR
     assert len(result.stderr.strip().splitlines()) == 1 and "pipe" in result.stderr
 
-
-# ---------------------------------------------------------------- progress on stderr
-
-def test_predict_file_shows_progress_on_stderr_only(trained, tmp_path, capsys):
-    reviews = ["a great film", "an awful film", "fine"]
-    path = tmp_path / "reviews.txt"
-    path.write_text("\n".join(reviews) + "\n")
-    argv = ["--model-dir", trained[0]["--model-dir"], "--file", str(path), "--format", "jsonl"]
-    assert cli.run(predict.main, argv) == 0
-    captured = capsys.readouterr()
-    assert [json.loads(line)["text"] for line in captured.out.splitlines()] == reviews
-    assert "Scoring" in captured.err and "3 texts" in captured.err
-    assert "Scoring" not in captured.out
-
-
-def test_predict_arguments_show_no_progress(trained, capsys):
-    assert cli.run(predict.main, ["--model-dir", trained[0]["--model-dir"], "great", "awful"]) == 0
-    captured = capsys.readouterr()
-    assert len(captured.out.splitlines()) == 2 and captured.err == ""
-
-
-def test_logits_of_counts_texts_when_asked(trained_model, capsys):
-    from tfhub_classifier.inference import scoring
-    texts = [f"review number {i}" for i in range(10)]
-    quiet = scoring.logits_of(trained_model, texts, 4)
-    assert capsys.readouterr().err == ""
-    loud = scoring.logits_of(trained_model, texts, 4, progress=True)
-    captured = capsys.readouterr()
-    assert "10/10" in captured.err and captured.out == ""
-    assert (quiet == loud).all()
-
-
-def test_evaluate_shows_progress_on_stderr(trained, tmp_path, capsys):
-    import shutil
-    model_dir = str(tmp_path / "model")
-    shutil.copytree(trained[0]["--model-dir"], model_dir)  # evaluation.json is written beside it
-    argv = ["--model-dir", model_dir, "--plots-dir", str(tmp_path / "plots"), "--max-examples", "8"]
-    assert cli.run(evaluate.main, argv) == 0
-    captured = capsys.readouterr()
-    assert "Scoring" in captured.err and "8/8" in captured.err
-    assert "Scoring" not in captured.out and "Accuracy" in captured.out
-
-
-# ---------------------------------------------------------------- safe extraction
 
 def write_tar(path, *extra):
     """A tiny aclImdb_v1.tar.gz with one review per split and label, then the extra TarInfo members."""
@@ -245,8 +194,6 @@ def test_a_sound_archive_extracts(python_tarfile, tmp_path):
     root = imdb._extract(archive, str(data_dir))
     assert (tmp_path / "data" / "aclImdb" / "test" / "pos" / "0_1.txt").read_text() == "good"
     assert os.listdir(data_dir) == ["aclImdb"] and root.endswith("aclImdb")
-
-
 UNSAFE = {"parent": member("../evil"),
           "symlink_out": member("aclImdb/escape", tarfile.SYMTYPE, "../../evil"),
           "absolute_symlink": member("aclImdb/escape", tarfile.SYMTYPE, "/etc/passwd"),

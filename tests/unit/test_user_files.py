@@ -1,15 +1,13 @@
 """Reading your own data (data/user_files.py): class folders, CSV, TSV and JSON Lines; binary, multi-class
 and multi-label; bad data."""
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from helpers import ROOT
 
 from tfhub_classifier.data import class_folders, imdb, user_files
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write(folder, name, content):
@@ -44,8 +42,6 @@ BINARY = [("a great film", "pos"), ("a dull film", "neg"), ("loved it", "pos"), 
 THREE_CLASSES = [("goal scored", "sports"), ("vote counted", "politics"), ("new chip", "tech"),
                  ("match won", "sports"), ("bill passed", "politics"), ("fast phone", "tech")]
 
-
-# Formats.
 
 def test_reads_class_folders_in_text_dataset_from_directory_order(tmp_path):
     root = tmp_path / "train"
@@ -114,8 +110,6 @@ def test_importing_does_not_import_tensorflow():
              "assert not any(m.startswith('tensorflow') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True)
 
-
-# Tasks.
 
 def test_auto_binary_labels_index_the_sorted_names(tmp_path):
     logs = []
@@ -195,8 +189,6 @@ def test_logs_the_task_and_each_splits_class_counts_one_line_each(tmp_path):
     assert len(logs) == 4
 
 
-# Splits.
-
 def aclimdb_like(root):
     """train/ and test/ with neg/ and pos/ reviews, some in a nested folder, as imdb reads them."""
     for split, count in (("train", 13), ("test", 5)):
@@ -241,8 +233,6 @@ def test_load_split_keeps_file_order_without_a_seed(tmp_path):
     split = user_files.load_split(path, ("neg", "pos"), "binary")
     assert split.texts == [text for text, _ in BINARY] and split.labels.tolist() == [1, 0, 1, 0, 1]
 
-
-# Bad data: one line naming the file and the line.
 
 def test_missing_text_column_lists_the_columns_found(tmp_path):
     path = write(tmp_path, "train.csv", csv_of(BINARY, header="review,label"))
@@ -367,8 +357,6 @@ def test_missing_path_unknown_suffix_and_empty_file(tmp_path):
         path = write(tmp_path, name, "text,label\n" if name == "header.csv" else "\n")
         assert f"{path} holds no texts" in error_of(user_files.read, path)
 
-
-# Warnings.
 
 def test_texts_in_both_train_and_test_warned_with_the_count(tmp_path):
     logs = []

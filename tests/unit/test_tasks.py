@@ -1,4 +1,4 @@
-"""Issue 10: each task's metrics agree with scikit-learn's on random predictions."""
+"""Each task's metrics agree with scikit-learn's on random predictions."""
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -90,3 +90,24 @@ def test_binary_report_also_scores_both_classes():
     _, _, f, _ = skm.precision_recall_fscore_support(labels, predicted, zero_division=0)
     assert [report["per_label"][n]["f1"] for n in ("abuse", "normal")] == pytest.approx(f)
     assert report["f1"] == pytest.approx(f[1])  # the tutorial-style keys stay
+
+
+def test_balanced_class_weights_are_scikit_learns_exactly():
+    """--class-weight balanced: single-label weights are compute_class_weight("balanced"); each label's
+    positive weight (multi-label) is the ratio of that label's balanced positive and negative weights."""
+    from sklearn.utils.class_weight import compute_class_weight
+    rng = np.random.default_rng(4)
+    labels = rng.choice(4, size=97, p=[0.6, 0.25, 0.1, 0.05])
+    weights = tasks.Task("multiclass", NAMES).balanced_weights(labels)
+    assert list(weights) == [0, 1, 2, 3]
+    assert list(weights.values()) == pytest.approx(compute_class_weight("balanced", classes=np.arange(4), y=labels),
+                                                   rel=1e-12)
+    binary = (rng.random(50) < 0.2).astype(int)
+    expected = compute_class_weight("balanced", classes=np.arange(2), y=binary)
+    assert list(tasks.Task("binary", ("neg", "pos")).balanced_weights(binary).values()) == pytest.approx(
+        expected, rel=1e-12)
+    matrix = (rng.random((80, 4)) < [0.5, 0.3, 0.1, 0.05]).astype(np.float32)
+    positive_weights = tasks.Task("multilabel", NAMES).balanced_weights(matrix)
+    for k in range(4):
+        negative, positive = compute_class_weight("balanced", classes=np.arange(2), y=matrix[:, k].astype(int))
+        assert positive_weights[k] == pytest.approx(positive / negative, rel=1e-6)  # float32, as the loss uses

@@ -1,4 +1,4 @@
-"""Issue 9: a finished run is never lost, a resumed run is exact, early stopping survives a resume."""
+"""A finished run is never lost, a resumed run is exact, early stopping survives a resume."""
 import dataclasses
 import glob
 import os
@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import QUICK, ROOT
+from helpers import QUICK, ROOT, KilledAfterEpoch, flag, interrupted_after_first_epoch
 
 import config
 import train
@@ -20,10 +20,6 @@ from tfhub_classifier.model import saving
 from tfhub_classifier.training import trainer
 
 PROBE = ["great wonderful film", "awful boring mess", "a film", "great " * 30 + "awful"]
-
-
-def flag(flags, name):
-    return flags[flags.index(name) + 1]
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +55,8 @@ def expected_steps(record, epochs, batch_size):
     return epochs * -(-record["split_sizes"]["train"] // batch_size)
 
 
-@pytest.mark.parametrize("failure", ["plots dir unwritable after training", "error in the test pass"])
+@pytest.mark.parametrize("failure", ["plots dir unwritable after training", "error in the test pass",
+                                     "disk full at save"])
 def test_a_failure_after_fit_loses_no_training(flags, fits, monkeypatch, capsys, failure):
     from tfhub_classifier import cli
     from tfhub_classifier.inference import plots
@@ -70,6 +67,14 @@ def test_a_failure_after_fit_loses_no_training(flags, fits, monkeypatch, capsys,
             import tensorflow as tf
             raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
         monkeypatch.setattr(scoring, "logits_of", out_of_memory)
+    elif failure == "disk full at save":
+        import tensorflow as tf
+
+        def disk_full(obj, path, *args, **kwargs):
+            with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+                f.write(b"half")
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(tf.saved_model, "save", disk_full)
     else:
         real_plot = plots.plot_history
 
@@ -84,6 +89,8 @@ def test_a_failure_after_fit_loses_no_training(flags, fits, monkeypatch, capsys,
     assert len(error) == 1 and error[0] == lines[-1]
     assert failure != "error in the test pass" or "lower --eval-batch-size" in error[0]
     assert len(fits) == 1 and not os.path.exists(flag(flags, "--model-dir"))
+    assert os.path.isfile(flag(flags, "--model-dir") + ".training/trained.json")  # the weights are kept
+    assert not glob.glob(os.path.join(os.path.dirname(flag(flags, "--model-dir")), ".*saving-*"))
     trained = fits[0]
 
     monkeypatch.undo()
@@ -136,16 +143,15 @@ def rising_validation(cfg):
     return train_split, flipped, test
 
 
-class KilledAfterEpoch(Exception):
-    pass
-
-
-@pytest.mark.parametrize("killed_after", [1, 2])
-def test_early_stopping_survives_a_resume(flags, monkeypatch, killed_after):
-    argv = flags + QUICK + ["--epochs", "4", "--early-stopping-patience", "1", "--deterministic"]
+@pytest.mark.parametrize("patience, killed_after", [(1, 1), (1, 2), (2, 2)])
+def test_early_stopping_survives_a_resume(flags, monkeypatch, patience, killed_after):
+    """With patience 2 and a kill after epoch 2, early stopping's wait counter is 1 at the checkpoint: a
+    resume that forgot it would train 4 epochs instead of 3."""
+    argv = flags + QUICK + ["--epochs", "4", "--early-stopping-patience", str(patience), "--deterministic"]
     cfg = config.from_args(train.parse(argv))
     uninterrupted = trainer.run(cfg, log=lambda *_: None, splits=rising_validation(cfg))
-    assert len(uninterrupted["history"]["loss"]) == 2 and uninterrupted["best_epoch"] == 1  # it stopped early
+    assert len(uninterrupted["history"]["loss"]) == patience + 1  # it stopped early
+    assert uninterrupted["best_epoch"] == 1
     weights = [v.numpy() for v in saving.load(cfg.model_dir)[0].token_classifier.variables]
     shutil.rmtree(cfg.model_dir)
 
@@ -214,32 +220,18 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(flags, big_archive_ur
     shutil.rmtree(model_dir)
     uninterrupted = train.main(argv)
     assert resumed["optimizer_steps"] == uninterrupted["optimizer_steps"] == expected_steps(resumed, 2, 2)
-    assert stopped_at < resumed["optimizer_steps"]  # the signal stopped it at once, not at the end of training
+    # The signal came just after the checkpoint at step 10: it stops within a few steps, not at the end of
+    # the 160-step epoch (320 training reviews in batches of 2).
+    assert 10 <= stopped_at < 50 < resumed["optimizer_steps"] // 2
     for after, before in zip(resumed_weights, saving.load(model_dir)[0].token_classifier.variables):
         np.testing.assert_array_equal(after, before.numpy())
-
-
-def interrupted_after_first_epoch(flags, monkeypatch, argv):
-    """Run argv until its first epoch's checkpoint, as a kill there would leave it."""
-    from tfhub_classifier.runtime import keras
-    real_callbacks = trainer.Session.callbacks
-
-    def killed(session, work_dir):
-        class Kill(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                raise KilledAfterEpoch
-        return real_callbacks(session, work_dir) + [Kill()]
-    monkeypatch.setattr(trainer.Session, "callbacks", killed)
-    with pytest.raises(KilledAfterEpoch):
-        train.main(argv)
-    monkeypatch.undo()
 
 
 def test_checkpoint_every_n_steps_also_checkpoints_each_epoch(flags, monkeypatch):
     """With --checkpoint-every larger than an epoch, a kill after epoch 1 still resumes at epoch 2."""
     from tfhub_classifier.training import checkpoints
     argv = flags + QUICK + ["--epochs", "2", "--checkpoint-every", "1000"]
-    interrupted_after_first_epoch(flags, monkeypatch, argv)
+    interrupted_after_first_epoch(monkeypatch, argv)
     work_dir = checkpoints.WorkDir(flag(flags, "--model-dir"))
     steps_per_epoch = 10  # 77 training reviews in batches of 8
     assert work_dir.resume_position(steps_per_epoch) == (1, 0, False)
@@ -249,7 +241,7 @@ def test_checkpoint_every_n_steps_also_checkpoints_each_epoch(flags, monkeypatch
 
 def test_resume_ignores_settings_that_do_not_change_the_weights(flags, monkeypatch, capsys):
     argv = flags + QUICK + ["--epochs", "2"]
-    interrupted_after_first_epoch(flags, monkeypatch, argv)
+    interrupted_after_first_epoch(monkeypatch, argv)
     capsys.readouterr()
     record = train.main(argv + ["--eval-batch-size", "7", "--tensorboard", "--checkpoint-every", "3",
                                 "--plots-dir", flag(flags, "--plots-dir") + "2"])
@@ -262,7 +254,7 @@ def test_resume_ignores_settings_that_do_not_change_the_weights(flags, monkeypat
 def test_resume_with_other_settings_stops_and_keeps_the_checkpoint(flags, monkeypatch, capsys):
     from tfhub_classifier import cli
     argv = flags + QUICK + ["--epochs", "2"]
-    interrupted_after_first_epoch(flags, monkeypatch, argv)
+    interrupted_after_first_epoch(monkeypatch, argv)
     work_dir = flag(flags, "--model-dir") + ".training"
     before = sorted(glob.glob(f"{work_dir}/**", recursive=True))
     capsys.readouterr()

@@ -16,9 +16,12 @@ from tfhub_classifier import cli
 TEXTS = ["The movie was great!", "awful boring plot", "the acting was really wonderful and the story dull",
          "Café, naïve résumé! (It's) 3.5 stars...", ""]
 LONG_TEXT = " ".join(["great"] + ["the movie was a film"] * 40 + ["awful"])  # longer than any seq_length here
+
+
 # saved_model_cli does not load TF Text ops by itself: this runs it after importing tensorflow_text.
 SAVED_MODEL_CLI = [sys.executable, "-c", "import sys, tensorflow_text; from tensorflow.python.tools import "
                    "saved_model_cli; sys.argv[0] = 'saved_model_cli'; sys.exit(saved_model_cli.main())"]
+
 
 # Run in a fresh process that never imports tensorflow_text: each export's client_example.py
 # tokenizes texts and scores them (as it prints them); each export scores given token ids; and the ops
@@ -65,6 +68,8 @@ for name, model_dir in job["ops_of"].items():
 result["tensorflow_text_imported"] = "tensorflow_text" in sys.modules
 print(json.dumps(result))
 """
+
+
 # The client's REST paths in a process where numpy and tensorflow can't even be imported.
 STDLIB_ONLY_CLIENT = r"""
 import runpy, sys
@@ -72,6 +77,8 @@ sys.modules["numpy"] = sys.modules["tensorflow"] = sys.modules["tensorflow_text"
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+
+
 # Texts on which a client must tokenize as the model does: casing, accents, compatibility forms, CJK,
 # emoji, control, format and odd space characters, literal special tokens, long words and texts.
 VARIED = TEXTS + [
@@ -195,17 +202,6 @@ def full_model_scores(model_dir, texts):
     return tokens, probabilities
 
 
-def test_probabilities_in_the_graph_match_the_tasks():
-    from tfhub_classifier import tasks
-    from tfhub_classifier.model import saving
-    rng = np.random.default_rng(0)
-    for task in (tasks.Task("binary", ("neg", "pos")), tasks.Task("multiclass", ("a", "b", "c")),
-                 tasks.Task("multilabel", ("a", "b", "c"))):
-        logits = rng.normal(0, 3, (7, task.units)).astype(np.float32)
-        np.testing.assert_allclose(saving.probabilities_tensor(task.kind, logits).numpy(),
-                                   task.probabilities(logits), atol=1e-6)
-
-
 def test_serving_signature_scores_as_predict_does(binary_dir, multiclass_dir, capsys):
     from tfhub_classifier.runtime import tf
     for model_dir, names in ((binary_dir, ["neg", "pos"]), (multiclass_dir, ["negative", "neutral", "positive"])):
@@ -289,21 +285,6 @@ def test_export_writes_the_settings_and_names_the_model_uses(exports):
         assert result["bfloat16_ops"] == 0 and core_ops.bfloat16_nodes(out) == []
 
 
-def test_bfloat16_in_a_graph_is_found(tmp_path):
-    """The control for the check above: a graph that does compute in bfloat16 is caught."""
-    from tfhub_classifier.export import core_ops
-    from tfhub_classifier.runtime import tf
-
-    class Half(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
-        def __call__(self, x):
-            return tf.cast(tf.cast(x, tf.bfloat16) * 2, tf.float32)
-
-    module = Half()
-    tf.saved_model.save(module, str(tmp_path), signatures=module.__call__)
-    assert core_ops.bfloat16_nodes(str(tmp_path))
-
-
 def test_client_rest_paths_need_only_the_standard_library(exports, capsys):
     """--request and --server in a process where numpy and tensorflow can't be imported, against a
     stand-in for TF Serving's REST predict API (row format) that runs the export's signature."""
@@ -353,58 +334,6 @@ def test_client_rest_paths_need_only_the_standard_library(exports, capsys):
             assert [instance[key] for instance in request["instances"]] == value.tolist()
 
 
-def test_client_truncates_as_the_suite_does(hub_models):
-    """Each truncation, not only those the exported models use, against tokenization.TextToTokens."""
-    from tfhub_classifier.data import tokenization
-    from tfhub_classifier.export import client_example
-    from tfhub_classifier.runtime import tf
-    preprocessor = tf.saved_model.load(hub_models[0])
-    vocab = os.path.join(hub_models[0], "assets", "vocab.txt")
-    texts = [LONG_TEXT, "great " * 5 + "the movie " * 20 + "awful !", "short and sweet", ""]
-    for seq_length in (16, 25):
-        for truncation in ("head", "tail", "head+tail"):
-            suite = tokenization.TextToTokens(preprocessor, seq_length, truncation)(tf.constant(texts))
-            client = client_example.Tokenizer(vocab, True, seq_length, truncation,
-                                             round((seq_length - 2) * tokenization.HEAD_SHARE), 2, 3)(texts)
-            for key in tokenization.TOKEN_KEYS:
-                np.testing.assert_array_equal(client[key], suite[key].numpy(), err_msg=f"{truncation} {key}")
-
-
-def test_tokenizer_settings_are_found_not_trusted(multiclass_dir):
-    """A run record that names the wrong truncation still gives the settings that reproduce the model."""
-    from tfhub_classifier.export import core_ops
-    from tfhub_classifier.model import saving
-    model, record = saving.load(multiclass_dir)
-    record = {**record, "config": {**record["config"], "truncation": "head"}}
-    settings, vocab_file = core_ops.tokenizer_settings(model, multiclass_dir, record)
-    assert settings["truncation"] == "head+tail" and settings["seq_length"] == 24
-    assert os.path.basename(vocab_file) == "vocab.txt"
-
-
-class TokensOnly:
-    """What tokenizer_settings reads of a saved classifier: its preprocess."""
-
-    def __init__(self, preprocessor_dir, seq_length=16, truncation="head"):
-        from tfhub_classifier.data import tokenization
-        from tfhub_classifier.runtime import tf
-        self.preprocess = tokenization.TextToTokens(tf.saved_model.load(preprocessor_dir), seq_length, truncation)
-
-
-def test_a_tokenizer_the_client_cannot_mimic_is_refused_in_one_line(hub_models, tmp_path):
-    """A cased preprocessor that NFKC-normalizes (full-width letters become ASCII) is neither of the
-    client's tokenizers: the probes catch it. The stock tiny preprocessor is the control."""
-    import tiny_hub
-
-    from tfhub_classifier.export import core_ops
-    settings, _ = core_ops.tokenizer_settings(TokensOnly(hub_models[0]), hub_models[0], {})
-    assert settings["lower_case"] is True and settings["truncation"] == "head"
-    nfkc = tiny_hub.save_preprocessor(str(tmp_path / "nfkc"), lower_case=False, normalization_form="NFKC")
-    with pytest.raises(ValueError) as refused:
-        core_ops.tokenizer_settings(TokensOnly(nfkc), nfkc, {})
-    message = str(refused.value)
-    assert "\n" not in message and "could not tokenize like it" in message and "TF Text" in message
-
-
 def test_bad_exports_are_refused_in_one_line(binary_dir, tmp_path, capsys):
     not_a_model = tmp_path / "not_a_model"
     not_a_model.mkdir()
@@ -448,24 +377,3 @@ def test_a_folder_filled_during_the_export_is_left_alone(binary_dir, tmp_path, c
     assert error.startswith("error: ") and "--out" in error and len(error.strip().splitlines()) == 1
     assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["out"]  # the staging folder is gone
-
-
-def test_the_final_rename_never_replaces_a_filled_folder(tmp_path, monkeypatch):
-    """Even when out fills after the last check, the rename fails rather than replace it."""
-    from tfhub_classifier.export import core_ops
-    out = tmp_path / "out"
-
-    def write(staging):
-        with open(os.path.join(staging, "saved_model.pb"), "w") as f:
-            f.write("export")
-        out.mkdir(exist_ok=True)
-        (out / "keep.txt").write_text("mine")
-
-    monkeypatch.setattr(core_ops, "require_new_folder", lambda folder: folder)  # the race: after the check
-    with pytest.raises(ValueError) as refused:
-        core_ops.write_new_folder(str(out), write)
-    assert "filled while exporting" in str(refused.value) and "\n" not in str(refused.value)
-    assert os.listdir(out) == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["out"]
-    monkeypatch.undo()
-    fresh = core_ops.write_new_folder(str(tmp_path / "new" / "export"), lambda staging: None)
-    assert os.path.isdir(fresh) and sorted(os.listdir(tmp_path / "new")) == ["export"]

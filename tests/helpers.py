@@ -1,0 +1,58 @@
+"""What the test modules share: paths, the quick training flags, and checks every tier uses."""
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A quick, offline training run on the tiny models: seconds, not hours.
+QUICK = ["--recipe", "official", "--epochs", "3", "--batch-size", "8", "--learning-rate", "3e-3",
+         "--seq-length", "64", "--checkpoint-every", "0", "--precision", "float32"]
+
+
+def flag(flags, name):
+    """The value given for name in a list of command-line flags."""
+    return flags[flags.index(name) + 1]
+
+
+def fails_with(argv_main, argv, capsys, *needles):
+    """Run a script's main as the shell would; assert exit 2 and a one-line error naming the fix."""
+    from tfhub_classifier import cli
+    code = cli.run(argv_main, argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_ERROR
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in err[0], err[0]
+    return err[0]
+
+
+def unloadable_model_dir(folder):
+    """A folder that passes cli.require_model_dir, for tests that stub out loading the model."""
+    from tfhub_classifier import cli
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"")
+    (folder / cli.RUN_RECORD).write_text("{}")
+    return str(folder)
+
+
+class KilledAfterEpoch(Exception):
+    """What a kill right after an epoch's checkpoint looks like to the test that caused it."""
+
+
+def interrupted_after_first_epoch(monkeypatch, argv):
+    """Run train.py's argv until its first epoch's checkpoint, as a kill there would leave it."""
+    import train
+    from tfhub_classifier.runtime import keras
+    from tfhub_classifier.training import trainer
+    real_callbacks = trainer.Session.callbacks
+
+    def killed(session, work_dir):
+        class Kill(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                raise KilledAfterEpoch
+        return real_callbacks(session, work_dir) + [Kill()]
+    monkeypatch.setattr(trainer.Session, "callbacks", killed)
+    with pytest.raises(KilledAfterEpoch):
+        train.main(argv)
+    monkeypatch.undo()

@@ -1,0 +1,132 @@
+"""Issue: serving. The saved model's serving_default signature (run with saved_model_cli), and
+export.py's core-ops export for runtimes without TF Text ops."""
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+LONG_TEXT = " ".join(["great"] + ["the movie was a film"] * 40 + ["awful"])  # longer than any seq_length here
+
+
+def untrained_classifier(directory, preprocessor, encoder, task, truncation, precision="float32"):
+    """A classifier saved as train.py saves it, untrained: these tests compare outputs, not accuracy."""
+    import config
+    from tfhub_classifier import runtime
+    from tfhub_classifier.model import saving
+    from tfhub_classifier.training import trainer
+    cfg = config.resolve(preprocessor=preprocessor, encoder=encoder, seq_length=24, truncation=truncation,
+                         precision=precision)
+    session = trainer.Session(cfg, log=lambda *args: None, task=task)
+    record = {"config": dataclasses.asdict(cfg), "task": {"kind": task.kind, "label_names": list(task.label_names)}}
+    try:
+        return saving.save(session.exported, str(directory / "model"), record)
+    finally:
+        runtime.set_precision("float32")  # process-wide: not for the rest of the test that made it
+
+
+@pytest.fixture(scope="module")
+def multiclass_dir(hub_models, tmp_path_factory):
+    """A multi-class classifier with the head+tail truncation the binary model lacks."""
+    from tfhub_classifier import tasks
+    return untrained_classifier(tmp_path_factory.mktemp("multiclass"), *hub_models,
+                                tasks.Task("multiclass", ("negative", "neutral", "positive")), "head+tail")
+
+
+def test_probabilities_in_the_graph_match_the_tasks():
+    from tfhub_classifier import tasks
+    from tfhub_classifier.model import saving
+    rng = np.random.default_rng(0)
+    for task in (tasks.Task("binary", ("neg", "pos")), tasks.Task("multiclass", ("a", "b", "c")),
+                 tasks.Task("multilabel", ("a", "b", "c"))):
+        logits = rng.normal(0, 3, (7, task.units)).astype(np.float32)
+        np.testing.assert_allclose(saving.probabilities_tensor(task.kind, logits).numpy(),
+                                   task.probabilities(logits), atol=1e-6)
+
+
+def test_bfloat16_in_a_graph_is_found(tmp_path):
+    """The control for the check above: a graph that does compute in bfloat16 is caught."""
+    from tfhub_classifier.export import core_ops
+    from tfhub_classifier.runtime import tf
+
+    class Half(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def __call__(self, x):
+            return tf.cast(tf.cast(x, tf.bfloat16) * 2, tf.float32)
+
+    module = Half()
+    tf.saved_model.save(module, str(tmp_path), signatures=module.__call__)
+    assert core_ops.bfloat16_nodes(str(tmp_path))
+
+
+def test_client_truncates_as_the_suite_does(hub_models):
+    """Each truncation, not only those the exported models use, against tokenization.TextToTokens."""
+    from tfhub_classifier.data import tokenization
+    from tfhub_classifier.export import client_example
+    from tfhub_classifier.runtime import tf
+    preprocessor = tf.saved_model.load(hub_models[0])
+    vocab = os.path.join(hub_models[0], "assets", "vocab.txt")
+    texts = [LONG_TEXT, "great " * 5 + "the movie " * 20 + "awful !", "short and sweet", ""]
+    for seq_length in (16, 25):
+        for truncation in ("head", "tail", "head+tail"):
+            suite = tokenization.TextToTokens(preprocessor, seq_length, truncation)(tf.constant(texts))
+            client = client_example.Tokenizer(vocab, True, seq_length, truncation,
+                                             round((seq_length - 2) * tokenization.HEAD_SHARE), 2, 3)(texts)
+            for key in tokenization.TOKEN_KEYS:
+                np.testing.assert_array_equal(client[key], suite[key].numpy(), err_msg=f"{truncation} {key}")
+
+
+def test_tokenizer_settings_are_found_not_trusted(multiclass_dir):
+    """A run record that names the wrong truncation still gives the settings that reproduce the model."""
+    from tfhub_classifier.export import core_ops
+    from tfhub_classifier.model import saving
+    model, record = saving.load(multiclass_dir)
+    record = {**record, "config": {**record["config"], "truncation": "head"}}
+    settings, vocab_file = core_ops.tokenizer_settings(model, multiclass_dir, record)
+    assert settings["truncation"] == "head+tail" and settings["seq_length"] == 24
+    assert os.path.basename(vocab_file) == "vocab.txt"
+
+
+class TokensOnly:
+    """What tokenizer_settings reads of a saved classifier: its preprocess."""
+
+    def __init__(self, preprocessor_dir, seq_length=16, truncation="head"):
+        from tfhub_classifier.data import tokenization
+        from tfhub_classifier.runtime import tf
+        self.preprocess = tokenization.TextToTokens(tf.saved_model.load(preprocessor_dir), seq_length, truncation)
+
+
+def test_a_tokenizer_the_client_cannot_mimic_is_refused_in_one_line(hub_models, tmp_path):
+    """A cased preprocessor that NFKC-normalizes (full-width letters become ASCII) is neither of the
+    client's tokenizers: the probes catch it. The stock tiny preprocessor is the control."""
+    import tiny_hub
+
+    from tfhub_classifier.export import core_ops
+    settings, _ = core_ops.tokenizer_settings(TokensOnly(hub_models[0]), hub_models[0], {})
+    assert settings["lower_case"] is True and settings["truncation"] == "head"
+    nfkc = tiny_hub.save_preprocessor(str(tmp_path / "nfkc"), lower_case=False, normalization_form="NFKC")
+    with pytest.raises(ValueError) as refused:
+        core_ops.tokenizer_settings(TokensOnly(nfkc), nfkc, {})
+    message = str(refused.value)
+    assert "\n" not in message and "could not tokenize like it" in message and "TF Text" in message
+
+
+def test_the_final_rename_never_replaces_a_filled_folder(tmp_path, monkeypatch):
+    """Even when out fills after the last check, the rename fails rather than replace it."""
+    from tfhub_classifier.export import core_ops
+    out = tmp_path / "out"
+
+    def write(staging):
+        with open(os.path.join(staging, "saved_model.pb"), "w") as f:
+            f.write("export")
+        out.mkdir(exist_ok=True)
+        (out / "keep.txt").write_text("mine")
+
+    monkeypatch.setattr(core_ops, "require_new_folder", lambda folder: folder)  # the race: after the check
+    with pytest.raises(ValueError) as refused:
+        core_ops.write_new_folder(str(out), write)
+    assert "filled while exporting" in str(refused.value) and "\n" not in str(refused.value)
+    assert os.listdir(out) == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["out"]
+    monkeypatch.undo()
+    fresh = core_ops.write_new_folder(str(tmp_path / "new" / "export"), lambda staging: None)
+    assert os.path.isdir(fresh) and sorted(os.listdir(tmp_path / "new")) == ["export"]

@@ -1,0 +1,41 @@
+"""files.py: everything written atomically is staged beside its final name and renamed into place."""
+import json
+import os
+
+import pytest
+
+from tfhub_classifier import files
+
+
+def test_a_staging_folder_sits_beside_its_target_and_clears_a_killed_attempts_leftovers(tmp_path):
+    leftover = tmp_path / ".model.saving-0123456789ab"
+    leftover.mkdir()
+    (leftover / "half_written").write_text("x")
+    with files.staging_folder(tmp_path / "model", "saving") as staging:
+        assert os.path.dirname(staging) == str(tmp_path) and os.path.basename(staging).startswith(".model.saving-")
+        assert not leftover.exists()
+        (tmp_path / "model").mkdir()
+        os.rename(staging, tmp_path / "model")  # the caller's rename into place
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_a_failed_write_leaves_neither_its_staging_folder_nor_a_target(tmp_path):
+    with pytest.raises(OSError), files.staging_folder(tmp_path / "out", "export") as staging:
+        (tmp_path / "kept").write_text("the user's")
+        open(os.path.join(staging, "saved_model.pb"), "w").close()
+        raise OSError(28, "No space left on device")
+    assert sorted(os.listdir(tmp_path)) == ["kept"]
+
+
+def test_write_json_never_leaves_half_a_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "config.json")
+    files.write_json(path, {"epochs": 4})
+
+    def disk_full(value, f, **kwargs):
+        f.write('{"epo')
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(json, "dump", disk_full)
+    with pytest.raises(OSError):
+        files.write_json(path, {"epochs": 5})
+    with open(path) as f:
+        assert json.load(f) == {"epochs": 4}

@@ -1,0 +1,38 @@
+"""The package's shape: modules that need no TensorFlow or matplotlib don't import them, and no module
+takes a top-level import name that another installed package uses."""
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT
+
+# Flags, files, task maths and reading data: instant to import, so flag errors come at once.
+LIGHT_MODULES = ["config", "tfhub_classifier.cli", "tfhub_classifier.hardware", "tfhub_classifier.files",
+                 "tfhub_classifier.tasks", "tfhub_classifier.data.split", "tfhub_classifier.data.class_folders",
+                 "tfhub_classifier.data.user_files", "tfhub_classifier.data.imdb",
+                 "tfhub_classifier.inference.metrics", "tfhub_classifier.serving.batching",
+                 "train", "evaluate", "predict", "serve", "export"]
+
+
+@pytest.mark.parametrize("module", LIGHT_MODULES)
+def test_importing_leaves_tensorflow_and_matplotlib_out(module):
+    check = (f"import sys; import {module}; heavy = sorted(m for m in sys.modules "
+             "if m.split('.')[0] in ('tensorflow', 'tf_keras', 'matplotlib')); print(heavy); assert not heavy")
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+
+
+def test_the_root_holds_only_the_scripts_and_config():
+    modules = sorted(name for name in os.listdir(ROOT) if name.endswith(".py"))
+    assert modules == ["config.py", "evaluate.py", "export.py", "predict.py", "serve.py", "train.py"]
+
+
+def test_no_module_takes_the_name_of_an_installed_package():
+    """With the repository root on sys.path, each top-level name the suite adds must not shadow a package
+    installed beside it (as datasets.py once shadowed Hugging Face's datasets)."""
+    from importlib import metadata
+    installed = {name.replace("-", "_").lower() for dist in metadata.distributions()
+                 for name in [dist.metadata["Name"], *(dist.read_text("top_level.txt") or "").split()] if name}
+    ours = {name[:-3] for name in os.listdir(ROOT) if name.endswith(".py")} | {"tfhub_classifier"}
+    assert not (ours - {"config"}) & installed

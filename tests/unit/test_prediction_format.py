@@ -1,0 +1,44 @@
+"""One formatter of a prediction: the table line, and the export's client held to the suite's labelled()."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tfhub_classifier import tasks
+from tfhub_classifier.export import client_example
+from tfhub_classifier.inference import prediction
+
+NAMES = ("anger", "fear", "joy", "surprise")
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(["binary", "multiclass", "multilabel"]), seed=st.integers(0, 2**32 - 1),
+       threshold=st.floats(0.05, 0.95), top_k=st.integers(1, 4), ties=st.booleans())
+def test_the_shipped_client_labels_as_the_suite_does(kind, seed, threshold, top_k, ties):
+    """client_example.py keeps its own copy of labelled() (it can't import the suite): the two agree."""
+    names = NAMES[:2] if kind == "binary" else NAMES
+    rng = np.random.default_rng(seed)
+    if kind == "binary":
+        probabilities = np.float64(rng.random())
+    else:
+        probabilities = rng.random(len(names))
+        if ties:
+            probabilities[1] = probabilities[0]  # equal probabilities rank in label order in both
+        if kind == "multiclass":
+            probabilities /= probabilities.sum()
+    top_k = top_k if kind == "multiclass" else 1
+    ours = prediction.labelled(tasks.Task(kind, names), probabilities, threshold, top_k)
+    shipped = client_example.labelled(probabilities, kind, list(names), threshold, top_k)
+    assert ours == shipped
+
+
+def test_table_lines_for_each_task():
+    binary = prediction.labelled(tasks.Task("binary", ("neg", "pos")), np.float64(0.8125), 0.5)
+    assert prediction.table_line("The movie was great!", binary) == (
+        "input: The movie was great!           : score: 0.812500 (positive)")
+    multiclass = tasks.Task("multiclass", NAMES)
+    ranked = prediction.labelled(multiclass, np.array([0.1, 0.2, 0.6, 0.1]), top_k=2)
+    assert prediction.table_line("so   happy\ttoday", ranked) == (
+        "input: so happy today                 : joy (0.6000), fear (0.2000)")
+    multilabel = tasks.Task("multilabel", NAMES)
+    none = prediction.labelled(multilabel, np.array([0.1, 0.2, 0.3, 0.4]), threshold=0.5)
+    assert prediction.table_line("x" * 80, none) == f"input: {'x' * 59}… : -"

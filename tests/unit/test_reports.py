@@ -1,0 +1,33 @@
+"""The evaluation report, batch prediction formats, run records, logs, model catalogue."""
+import numpy as np
+import pytest
+from sklearn import metrics as sk
+
+import config
+import train
+from tfhub_classifier.inference import metrics
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 500)
+    logits = rng.normal(labels * 1.5 - 0.75, 1.5).round(1)  # rounding makes ties, which AUC must handle
+    ours = metrics.binary_metrics(labels, logits)
+    predicted = (1 / (1 + np.exp(-logits)) >= 0.5).astype(int)
+    assert ours["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted))
+    assert ours["precision"] == pytest.approx(sk.precision_score(labels, predicted))
+    assert ours["recall"] == pytest.approx(sk.recall_score(labels, predicted))
+    assert ours["f1"] == pytest.approx(sk.f1_score(labels, predicted))
+    assert ours["roc_auc"] == pytest.approx(sk.roc_auc_score(labels, logits))
+    assert ours["confusion_matrix"] == sk.confusion_matrix(labels, predicted).tolist()
+    assert ours["loss"] == pytest.approx(sk.log_loss(labels, 1 / (1 + np.exp(-logits))), rel=1e-6)
+
+
+def test_list_models(capsys):
+    catalogue = train.main(["--list-models"])
+    out = capsys.readouterr().out
+    assert len(catalogue) == 27 and sum(name.startswith("small_bert/") for name in catalogue) == 24
+    assert "small_bert/bert_en_uncased_L-4_H-512_A-8" in out
+    assert config.BERT_PREPROCESSORS["bert_multi_cased_L-12_H-768_A-12"] in out
+    assert "kaggle.com/models/tensorflow/bert/TensorFlow2/bert-en-uncased-l-4-h-512-a-8/2" in out
