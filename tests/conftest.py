@@ -7,6 +7,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the scripts, config.py and the package
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # helpers, tiny_hub, serving_client
 
+import helpers  # noqa: E402
 import tiny_hub  # noqa: E402
 from helpers import QUICK  # noqa: E402
 
@@ -67,3 +68,11 @@ def trained_model(trained):
     from tfhub_classifier.model import saving
     model, _ = saving.load(trained[0]["--model-dir"])
     return model
+
+
+@pytest.fixture(scope="session")
+def multiclass_dir(hub_models, tmp_path_factory):
+    """A multi-class classifier with the head+tail truncation the binary model lacks."""
+    from tfhub_classifier import tasks
+    return helpers.untrained_classifier(tmp_path_factory.mktemp("multiclass"), *hub_models,
+                                        tasks.Task("multiclass", ("negative", "neutral", "positive")), "head+tail")

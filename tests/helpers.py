@@ -1,4 +1,5 @@
 """What the test modules share: paths, the quick training flags, and checks every tier uses."""
+import dataclasses
 import os
 
 import pytest
@@ -56,3 +57,19 @@ def interrupted_after_first_epoch(monkeypatch, argv):
     with pytest.raises(KilledAfterEpoch):
         train.main(argv)
     monkeypatch.undo()
+
+
+def untrained_classifier(directory, preprocessor, encoder, task, truncation, precision="float32"):
+    """A classifier saved as train.py saves it, untrained: these tests compare outputs, not accuracy."""
+    import config
+    from tfhub_classifier import runtime
+    from tfhub_classifier.model import saving
+    from tfhub_classifier.training import trainer
+    cfg = config.resolve(preprocessor=preprocessor, encoder=encoder, seq_length=24, truncation=truncation,
+                         precision=precision)
+    session = trainer.Session(cfg, log=lambda *args: None, task=task)
+    record = {"config": dataclasses.asdict(cfg), "task": {"kind": task.kind, "label_names": list(task.label_names)}}
+    try:
+        return saving.save(session.exported, str(directory / "model"), record)
+    finally:
+        runtime.set_precision("float32")  # process-wide: not for the rest of the test that made it

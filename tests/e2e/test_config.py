@@ -1,5 +1,4 @@
-"""Config: flags derived from its fields, conflicts and impossible precisions refused before any data or
-model loads."""
+"""The precision a run used is recorded as what --precision auto resolved to on this machine."""
 import os
 
 from helpers import QUICK

@@ -1,11 +1,11 @@
-"""Issue: serving. The saved model's serving_default signature (run with saved_model_cli), and
-export.py's core-ops export for runtimes without TF Text ops."""
-import dataclasses
+"""A trained model's serving_default signature (run with saved_model_cli), and export.py's core-ops
+export for runtimes without TF Text ops, scored by its plain-Python client."""
 import json
 import os
 import subprocess
 import sys
 
+import helpers
 import numpy as np
 import pytest
 
@@ -100,28 +100,7 @@ def binary_dir(trained):
     return trained[0]["--model-dir"]
 
 
-def untrained_classifier(directory, preprocessor, encoder, task, truncation, precision="float32"):
-    """A classifier saved as train.py saves it, untrained: these tests compare outputs, not accuracy."""
-    import config
-    from tfhub_classifier import runtime
-    from tfhub_classifier.model import saving
-    from tfhub_classifier.training import trainer
-    cfg = config.resolve(preprocessor=preprocessor, encoder=encoder, seq_length=24, truncation=truncation,
-                         precision=precision)
-    session = trainer.Session(cfg, log=lambda *args: None, task=task)
-    record = {"config": dataclasses.asdict(cfg), "task": {"kind": task.kind, "label_names": list(task.label_names)}}
-    try:
-        return saving.save(session.exported, str(directory / "model"), record)
-    finally:
-        runtime.set_precision("float32")  # process-wide: not for the rest of the test that made it
 
-
-@pytest.fixture(scope="module")
-def multiclass_dir(hub_models, tmp_path_factory):
-    """A multi-class classifier with the head+tail truncation the binary model lacks."""
-    from tfhub_classifier import tasks
-    return untrained_classifier(tmp_path_factory.mktemp("multiclass"), *hub_models,
-                                tasks.Task("multiclass", ("negative", "neutral", "positive")), "head+tail")
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +113,7 @@ def cased_dir(hub_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("cased")
     preprocessor = tiny_hub.save_preprocessor(str(root / "hub"), lower_case=False)
     task = tasks.Task("multilabel", ("action", "comedy", "drama"))
-    return untrained_classifier(root, preprocessor, hub_models[1], task, "tail", precision="bfloat16")
+    return helpers.untrained_classifier(root, preprocessor, hub_models[1], task, "tail", precision="bfloat16")
 
 
 @pytest.fixture(scope="module")

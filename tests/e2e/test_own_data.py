@@ -1,5 +1,5 @@
-"""The user's own data (CSV, TSV, JSON Lines, class folders), multi-class and multi-label,
-through train.py, evaluate.py and predict.py."""
+"""The user's own data (CSV, TSV, JSON Lines, class folders), multi-class and multi-label, through
+train.py, evaluate.py and predict.py."""
 import csv
 import json
 import os

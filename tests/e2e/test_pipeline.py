@@ -1,4 +1,4 @@
-"""Issues 3 and 4: recipes, long reviews, the fast pipeline, precision and multi-device training."""
+"""The fast and the tutorial pipelines, precision, XLA and multi-device training, run end to end."""
 import subprocess
 import sys
 

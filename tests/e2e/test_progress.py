@@ -1,24 +1,9 @@
-"""One line for every error, found early: out of memory, unexpected errors, a waiting
-predict.py, progress on stderr, and safe extraction on every Python the suite supports."""
+"""Progress bars go to stderr, only when there is a file to work through, and never before an error."""
 import json
-
-import pytest
-from helpers import unloadable_model_dir
 
 import evaluate
 import predict
 from tfhub_classifier import cli
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    """A folder that passes cli.require_model_dir; tests stub out the loading."""
-    return unloadable_model_dir(tmp_path / "model")
-
-
-@pytest.fixture(autouse=True)
-def no_debug_from_the_environment(monkeypatch):
-    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
 
 
 def test_predict_file_shows_progress_on_stderr_only(trained, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Each fault provoked for real: kills, bad archives, bad caches, divergence, bad input."""
+"""Faults provoked for real on trained models: kills, interrupted saves, divergence, bad input."""
 import glob
 import os
 import shutil

@@ -1,4 +1,4 @@
-"""The evaluation report, batch prediction formats, run records, logs, model catalogue."""
+"""The evaluation report, batch prediction formats, run records, logs and the tfa optimizer, on trained models."""
 import csv
 import io
 import json

@@ -1,11 +1,5 @@
-"""serve.py: TensorFlow Serving's REST API over real HTTP, batching, limits, failures, SIGTERM.
-
-Three kinds of server: one `python serve.py` process with the trained tiny model, shared by the
-protocol tests; the app over a fake model call (recording its batches, held back by a gate, failing
-on "boom") served by uvicorn in a thread of this process, for batching, hang-ups and failures
-without timing guesses; and serve.py's own main over a fake slow model in a process of its own,
-for what SIGTERM does (no TensorFlow, so it starts in a second or two).
-"""
+"""serve.py's TensorFlow Serving REST API over real HTTP: one `python serve.py` process with the trained
+tiny model, shared by the protocol tests."""
 import base64
 import json
 import os

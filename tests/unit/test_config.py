@@ -1,5 +1,5 @@
-"""Config: flags derived from its fields, conflicts and impossible precisions refused before any data or
-model loads."""
+"""Config: each script's flags derived from its fields, and values, conflicts and impossible precisions
+refused before any data or model loads."""
 import dataclasses
 import re
 

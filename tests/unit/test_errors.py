@@ -1,5 +1,5 @@
-"""One line for every error, found early: out of memory, unexpected errors, a waiting
-predict.py, progress on stderr, and safe extraction on every Python the suite supports."""
+"""One line for every error, found early: out of memory, unexpected errors, a waiting predict.py, and
+safe extraction on every Python the suite supports."""
 import io
 import os
 import subprocess

@@ -1,6 +1,5 @@
-"""Issue: serving. The saved model's serving_default signature (run with saved_model_cli), and
-export.py's core-ops export for runtimes without TF Text ops."""
-import dataclasses
+"""The core-ops export's parts without a trained model: the probabilities in the graph, the search for
+the client's tokenizer settings, bfloat16 found in a graph, and folders it never overwrites."""
 import os
 
 import numpy as np
@@ -9,28 +8,7 @@ import pytest
 LONG_TEXT = " ".join(["great"] + ["the movie was a film"] * 40 + ["awful"])  # longer than any seq_length here
 
 
-def untrained_classifier(directory, preprocessor, encoder, task, truncation, precision="float32"):
-    """A classifier saved as train.py saves it, untrained: these tests compare outputs, not accuracy."""
-    import config
-    from tfhub_classifier import runtime
-    from tfhub_classifier.model import saving
-    from tfhub_classifier.training import trainer
-    cfg = config.resolve(preprocessor=preprocessor, encoder=encoder, seq_length=24, truncation=truncation,
-                         precision=precision)
-    session = trainer.Session(cfg, log=lambda *args: None, task=task)
-    record = {"config": dataclasses.asdict(cfg), "task": {"kind": task.kind, "label_names": list(task.label_names)}}
-    try:
-        return saving.save(session.exported, str(directory / "model"), record)
-    finally:
-        runtime.set_precision("float32")  # process-wide: not for the rest of the test that made it
 
-
-@pytest.fixture(scope="module")
-def multiclass_dir(hub_models, tmp_path_factory):
-    """A multi-class classifier with the head+tail truncation the binary model lacks."""
-    from tfhub_classifier import tasks
-    return untrained_classifier(tmp_path_factory.mktemp("multiclass"), *hub_models,
-                                tasks.Task("multiclass", ("negative", "neutral", "positive")), "head+tail")
 
 
 def test_probabilities_in_the_graph_match_the_tasks():

@@ -1,11 +1,4 @@
-"""Multi-worker for real: two worker processes, one cluster (TF_CONFIG), one writer.
-
-As TensorFlow's multi-worker guide asks, every worker runs the same code (fit, test and save
-take part in collective ops), but only the chief writes --model-dir, its work dir and the plots;
-the other workers write to temporary folders they delete.
-"""
-
-
+"""Which worker of a multi-worker cluster is the chief, the one that writes the run's files."""
 def test_the_chief_is_the_chief_task_else_worker_0():
     from types import SimpleNamespace
 

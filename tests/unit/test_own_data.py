@@ -1,5 +1,4 @@
-"""The user's own data (CSV, TSV, JSON Lines, class folders), multi-class and multi-label,
-through train.py, evaluate.py and predict.py."""
+"""The user's own data: multi-label cells, long texts and 0/1 vectors, read without training."""
 import csv
 import json
 

@@ -1,4 +1,5 @@
-"""Issues 3 and 4: recipes, long reviews, the fast pipeline, precision and multi-device training."""
+"""Recipes, optimizers and schedules, truncation of long texts, length-sorted batches, strategies: what
+the pipeline does, shown without training."""
 import numpy as np
 import pytest
 

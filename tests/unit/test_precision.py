@@ -1,4 +1,4 @@
-"""What --precision bfloat16, --jit-compile and head+tail truncation really do, shown on the tiny models."""
+"""What --precision bfloat16 and head+tail truncation really do, shown on the tiny models."""
 import random
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Each fault provoked for real: kills, bad archives, bad caches, divergence, bad input."""
+"""Faults provoked for real without training: bad archives, interrupted extractions, bad caches, bad flags."""
 import os
 import shutil
 import tarfile

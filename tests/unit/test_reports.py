@@ -1,4 +1,4 @@
-"""The evaluation report, batch prediction formats, run records, logs, model catalogue."""
+"""Reports without training: metrics against scikit-learn's, the model catalogue."""
 import numpy as np
 import pytest
 from sklearn import metrics as sk

@@ -1,11 +1,7 @@
-"""serve.py: TensorFlow Serving's REST API over real HTTP, batching, limits, failures, SIGTERM.
-
-Three kinds of server: one `python serve.py` process with the trained tiny model, shared by the
-protocol tests; the app over a fake model call (recording its batches, held back by a gate, failing
-on "boom") served by uvicorn in a thread of this process, for batching, hang-ups and failures
-without timing guesses; and serve.py's own main over a fake slow model in a process of its own,
-for what SIGTERM does (no TensorFlow, so it starts in a second or two).
-"""
+"""serve.py over real HTTP without TensorFlow: the app over a fake model call (recording its batches,
+held back by a gate, failing on "boom") served by uvicorn in a thread of this process, for batching,
+hang-ups and failures without timing guesses; serve.py's own main over a fake slow model in a process
+of its own, for what SIGTERM does; and its flags."""
 import asyncio
 import concurrent.futures
 import gc
@@ -31,25 +27,7 @@ import train
 from tfhub_classifier import cli, tasks
 from tfhub_classifier.serving import batching, rest_api
 
-STARTUP_SECONDS = 180  # TensorFlow's import and the model's load, on a busy machine
-BATCH_SIZE = 8
-MAX_REQUEST_BYTES = 2_000_000  # over a 1 MB text, so that one meets --max-text-chars instead
 LABEL_NAMES = ["neg", "pos"]  # the tiny IMDB model's, as its serving_default signature returns them
-
-
-@pytest.fixture(scope="module")
-def model_dir(trained):
-    return trained[0]["--model-dir"]
-
-
-@pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    running = ServerProcess(model_dir, str(tmp_path_factory.mktemp("serve") / "serve.log"), "--precision",
-                            "float32", "--batch-size", str(BATCH_SIZE), "--max-request-bytes",
-                            str(MAX_REQUEST_BYTES), startup_seconds=STARTUP_SECONDS)
-    yield running
-    assert running.stop() == 0, running.log()
-    assert "Traceback" not in running.log(100_000), running.log()
 
 
 class FakeModelCall:

@@ -1,4 +1,4 @@
-"""train -> evaluate -> predict as a user runs them, offline on tiny models and data."""
+"""Each script's one-line errors for bad flags, missing models and unreachable data, and its --help."""
 import os
 import subprocess
 import sys
