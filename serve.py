@@ -29,10 +29,11 @@ def main(argv=None):
     cfg = config.from_args(args, script=config.SERVE)
     cli.require_model_dir(cfg.model_dir)
     from tfhub_classifier.serving import rest_api  # FastAPI and uvicorn; TensorFlow waits for Servable.load
+    from tfhub_classifier.serving.servable import Servable
     name = rest_api.model_name(cfg)
     sock = rest_api.bind(cfg.host, cfg.port)
     try:
-        servable = rest_api.Servable.load(cfg, log=_log)
+        servable = Servable.load(cfg, log=_log)
         _log(f"Serving {name} at http://{cfg.host}:{cfg.port}/v1/models/{name}:predict; up to "
              f"{cfg.serve_batch_size} texts per model call, gathered for at most {cfg.batch_timeout_ms:g} ms")
         rest_api.serve(rest_api.create_app(servable, name, cfg), sock, cfg)

@@ -16,7 +16,7 @@ request's latency. Mean batch = texts scored / model calls, as serve.py's /healt
 The last lines, `serving-ratio clients=C batching=X`, are batching's throughput over no batching's.
 
 First, the ceiling: in a process of its own, the same model scores CEILING_REVIEWS of the same
-reviews through the server's own scoring (rest_api.Servable.score) without HTTP or the batcher, in
+reviews through the server's own scoring (servable.Servable.score) without HTTP or the batcher, in
 consecutive calls of 1 and of 32 reviews (fastest of 3 passes after a warm-up). Their ratio is what
 server-side batching could give if requests cost nothing else; `serving-ceiling batching=X` prints it.
 """
@@ -113,14 +113,14 @@ def load(server, reviews, clients, requests):
 def ceiling(spec):
     """Reviews/s of the server's scoring alone at each setting's texts per call: what its calls can reach."""
     from tfhub_classifier.model import saving
-    from tfhub_classifier.serving import rest_api
+    from tfhub_classifier.serving.servable import Servable
     defaults = config.Config()
     model, record, precision = saving.load_model(spec["model_dir"], "auto")
     task = saving.task_of_record(record)
     reviews = test_reviews(REVIEWS)[:CEILING_REVIEWS]
     figures = {"precision": precision}
     for setting, batch_size in SETTINGS.items():
-        servable = rest_api.Servable(model, record, task, defaults.threshold, defaults.top_k, batch_size)
+        servable = Servable(model, record, task, defaults.threshold, defaults.top_k, batch_size)
         calls = [reviews[start:start + batch_size] for start in range(0, len(reviews), batch_size)]
         figures[setting] = len(reviews) / common.fastest(
             lambda servable=servable, calls=calls: [servable.score(texts) for texts in calls])

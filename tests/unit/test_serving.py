@@ -25,7 +25,8 @@ import predict
 import serve
 import train
 from tfhub_classifier import cli, tasks
-from tfhub_classifier.serving import batching, rest_api
+from tfhub_classifier.serving import batching, protocol, rest_api
+from tfhub_classifier.serving.servable import Servable
 
 LABEL_NAMES = ["neg", "pos"]  # the tiny IMDB model's, as its serving_default signature returns them
 
@@ -55,7 +56,7 @@ class InProcessServer:
         self.model_call = FakeModelCall()
         cfg = config.resolve(**{"serve_batch_size": 4, "batch_timeout_ms": 20.0, "max_texts_per_request": 8,
                                 "max_queued_texts": 16, **settings})
-        servable = rest_api.Servable(None, {}, tasks.Task("binary", tuple(LABEL_NAMES)), 0.5, 1, 4)
+        servable = Servable(None, {}, tasks.Task("binary", tuple(LABEL_NAMES)), 0.5, 1, 4)
         servable.score = self.model_call
         self.app = rest_api.create_app(servable, "fake", cfg)
         sock = rest_api.bind(HOST, 0)
@@ -176,14 +177,14 @@ FAKE_SERVE = """
 import sys, time
 import serve
 from tfhub_classifier import cli, tasks
-from tfhub_classifier.serving import rest_api
+from tfhub_classifier.serving.servable import Servable
 
-class SlowServable(rest_api.Servable):
+class SlowServable(Servable):
     def score(self, texts):  # a model call without TensorFlow
         time.sleep(0.2)
         return [{"score": 0.5} for _ in texts]
 
-rest_api.Servable.load = classmethod(lambda cls, cfg, log=print: SlowServable(
+Servable.load = classmethod(lambda cls, cfg, log=print: SlowServable(
     None, {}, tasks.Task("binary", ("neg", "pos")), cfg.threshold, cfg.top_k, cfg.serve_batch_size))
 sys.exit(cli.run(serve.main))
 """
@@ -308,7 +309,7 @@ def test_other_tasks_answer_the_signature_outputs_and_what_predict_py_jsonl_writ
     task = tasks.Task(kind, ("anger", "joy", "fear"))
     logits = np.array([[2.0, 0.0, -1.0], [-1.0, 0.5, 3.0]])
     monkeypatch.setattr(scoring, "logits_of", lambda model, texts, batch_size: logits[:len(texts)])
-    servable = rest_api.Servable(None, {}, task, 0.5, top_k, batch_size=8)
+    servable = Servable(None, {}, task, 0.5, top_k, batch_size=8)
     results = servable.score(["a", "b"])
     jsonl = io.StringIO()
     writer = prediction.Writer("jsonl", task, 0.5, top_k, jsonl)
@@ -322,9 +323,9 @@ def test_other_tasks_answer_the_signature_outputs_and_what_predict_py_jsonl_writ
         assert {k: v for k, v in result.items() if k not in ("probabilities", "label_names")} == written
         assert result["probabilities"] == pytest.approx(row.tolist(), abs=1e-6)
         assert result["label_names"] == ["anger", "joy", "fear"]
-    columns = rest_api.as_columns(results)
+    columns = protocol.as_columns(results)
     assert list(columns) == list(results[0]) and all(len(values) == 2 for values in columns.values())
-    outputs = rest_api.model_metadata("m", servable)["metadata"]["signature_def"]["signature_def"][
+    outputs = protocol.model_metadata("m", servable)["metadata"]["signature_def"]["signature_def"][
         "serving_default"]["outputs"]
     for name, spec in outputs.items():  # each described output has the shape it says, batch first
         dims = [int(d["size"]) for d in spec["tensor_shape"]["dim"]]

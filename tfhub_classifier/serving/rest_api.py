@@ -32,14 +32,10 @@ has died, 500 when a model call fails. Texts from concurrent requests share mode
 `Servable.load`, so flag and port errors come at once.
 """
 import asyncio
-import base64
-import binascii
 import contextlib
-import json
 import os
 import signal
 import socket
-import sys
 
 import fastapi
 import uvicorn
@@ -48,23 +44,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 import config
-from tfhub_classifier.serving import batching
+from tfhub_classifier.serving import batching, protocol
+from tfhub_classifier.serving.protocol import RequestError
 
-MODEL_VERSION = "1"  # one model, served as the version TensorFlow Serving gives a model's first export
-SIGNATURE = "serving_default"
-INPUT_NAME = "text"  # as the exported SavedModel's serving_default names its input
 DRAIN_SECONDS = 5.0  # how long an over-size body is read and dropped, so its client sees the 413
 CLIENT_GONE = 499  # nginx's status for a client that closed its connection before the answer
-JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
-              bool: "true/false", type(None): "null"}
-
-
-class RequestError(Exception):
-    """A request the server refuses: answered as {"error": message} with status."""
-
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def model_name(cfg):
@@ -94,66 +78,6 @@ def bind(host, port):
                          "port or pass another --port") from None
     return sock
 
-
-class Servable:
-    """The loaded model and what its answers say: texts (str or bytes) -> one JSON result each."""
-
-    def __init__(self, model, record, task, threshold, top_k, batch_size, tensor_names=None):
-        self.model, self.record, self.task = model, record, task
-        self.threshold, self.top_k, self.batch_size = threshold, top_k, batch_size
-        self.tensor_names = tensor_names or {}  # serving_default's input/output -> its graph tensor
-
-    @classmethod
-    def load(cls, cfg, log=print):
-        from tfhub_classifier.inference import (
-            prediction,  # TensorFlow loads here, once the flags and the port are known to be good
-        )
-        from tfhub_classifier.model import (
-            saving,  # TensorFlow loads here, once the flags and the port are known to be good
-        )
-        model, record, precision = saving.load_model(cfg.model_dir, cfg.precision)
-        task = saving.task_of_record(record)
-        prediction.check_top_k(task, cfg.top_k)
-        servable = cls(model, record, task, cfg.threshold, cfg.top_k, cfg.serve_batch_size,
-                       signature_tensor_names(cfg.model_dir))
-        servable.score(["A warm-up review, so the first request is not the one that waits."])
-        log(f"Loaded {cfg.model_dir} ({task.kind}: {', '.join(task.label_names)}; {precision})")
-        return servable
-
-    def score(self, texts):
-        """One JSON result per text; a model call per batch_size texts (one call from the Batcher)."""
-        from tfhub_classifier.inference import scoring
-        logits = scoring.logits_of(self.model, texts, self.batch_size)
-        return [self.result(probabilities) for probabilities in self.task.probabilities(logits)]
-
-    def result(self, probabilities):
-        """serving_default's outputs for one text, then predict.py's --format jsonl fields."""
-        import numpy as np
-
-        from tfhub_classifier.inference import prediction
-        result = prediction.labelled(self.task, probabilities, self.threshold, self.top_k)
-        result.pop("probabilities", None)  # multi-label's {name: probability}: given as the signature's list
-        values = np.atleast_1d(np.asarray(probabilities, dtype=np.float32)).tolist()
-        values = [float(f"{value:.7g}") for value in values]  # float32's digits, not float64's noise
-        return {**result, "probabilities": values[0] if self.task.kind == "binary" else values,
-                "label_names": list(self.task.label_names)}
-
-
-def signature_tensor_names(model_dir):
-    """{input or output name: graph tensor name} of the SavedModel's serving_default, as TensorFlow
-    Serving's metadata names them; {} for a model saved without that signature."""
-    from tensorflow.core.protobuf import saved_model_pb2
-    saved = saved_model_pb2.SavedModel()
-    with open(os.path.join(model_dir, "saved_model.pb"), "rb") as f:
-        saved.ParseFromString(f.read())
-    signatures = saved.meta_graphs[0].signature_def if saved.meta_graphs else {}
-    if SIGNATURE not in signatures:
-        return {}
-    signature = signatures[SIGNATURE]
-    return {name: info.name for infos in (signature.inputs, signature.outputs) for name, info in infos.items()}
-
-
-# ---------------------------------------------------------------- requests
 
 async def read_body(request, limit):
     """The request body, refused with 413 past limit bytes: by its Content-Length, or by counting
@@ -195,150 +119,6 @@ async def hung_up(request):
         pass
 
 
-def parse_json(body):
-    """The JSON of a UTF-8 body; RequestError (400) naming what is wrong with it."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise RequestError(400, f"the request body is not valid UTF-8 (byte 0x{body[error.start]:02x} at "
-                                f"offset {error.start}); send JSON encoded as UTF-8") from None
-    if not text.strip():
-        raise RequestError(400, 'the request body is empty; send JSON like {"instances": ["a review"]}')
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise RequestError(400, f"the request body is not valid JSON: {error.msg} at line {error.lineno} "
-                                f"column {error.colno}") from None
-    except RecursionError:
-        raise RequestError(400, "the request body's JSON is nested too deeply") from None
-    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits())
-        raise RequestError(400, f"the request body's JSON has a number of over {sys.get_int_max_str_digits():,} "
-                                "digits; send texts as JSON strings") from None
-
-
-def texts_of_request(payload, max_text_chars, max_texts):
-    """(texts, columnar) of a predict request in TensorFlow Serving's row ("instances": each a text
-    or {"text": ...}) or columnar ("inputs": a list of texts or {"text": [...]}) format; a text is
-    a string, or {"b64": ...} for its bytes."""
-    if not isinstance(payload, dict):
-        raise RequestError(400, f'the request must be a JSON object like {{"instances": ["a review"]}}, '
-                                f"got {_json_type(payload)}")
-    signature = payload.get("signature_name", SIGNATURE)
-    if signature not in (SIGNATURE, ""):
-        raise RequestError(400, f'Serving signature name: "{signature}" not found in signature def; '
-                                f'this model has "{SIGNATURE}" only')
-    unknown = sorted(set(payload) - {"signature_name", "instances", "inputs"})
-    if unknown:
-        raise RequestError(400, f"unknown key(s) {', '.join(map(json.dumps, unknown))} in the request; a "
-                                'predict request has "instances" or "inputs", and optionally "signature_name"')
-    if ("instances" in payload) == ("inputs" in payload):
-        raise RequestError(400, 'give the texts as "instances" (row format) or as "inputs" (columnar '
-                                'format): one of them, not ' + ("both" if "inputs" in payload else "neither"))
-    columnar = "inputs" in payload
-    key = "inputs" if columnar else "instances"
-    values = payload[key]
-    if columnar and isinstance(values, dict) and not _is_b64(values):
-        if set(values) != {INPUT_NAME}:
-            raise RequestError(400, f'"inputs" as an object takes the one input "{INPUT_NAME}", got '
-                                    f"{', '.join(map(json.dumps, values)) or 'none'}")
-        key, values = f"inputs.{INPUT_NAME}", values[INPUT_NAME]
-    if not isinstance(values, list):
-        raise RequestError(400, f'"{key}" must be a list of texts, got {_json_type(values)}')
-    if not values:
-        raise RequestError(400, f'"{key}" is empty; send at least one text')
-    if len(values) > max_texts:
-        raise RequestError(400, f'"{key}" has {len(values):,} texts, over --max-texts-per-request {max_texts:,}; '
-                                "send fewer per request (predict.py --file scores many)")
-    texts = [_text_of(f"{key}[{i}]", value, rows=not columnar) for i, value in enumerate(values)]
-    for i, text in enumerate(texts):
-        if len(text) > max_text_chars:
-            unit = "bytes" if isinstance(text, bytes) else "characters"
-            raise RequestError(400, f"{key}[{i}] has {len(text):,} {unit}, over --max-text-chars "
-                                    f"{max_text_chars:,}; send it shorter")
-    return texts, columnar
-
-
-def _is_b64(value):
-    return isinstance(value, dict) and set(value) == {"b64"}
-
-
-def _text_of(where, value, rows):
-    if rows and isinstance(value, dict) and not _is_b64(value):  # the row format with named inputs
-        if set(value) != {INPUT_NAME}:
-            raise RequestError(400, f'{where} must have the one input "{INPUT_NAME}", got '
-                                    f"{', '.join(map(json.dumps, value)) or 'none'}")
-        where, value = f"{where}.{INPUT_NAME}", value[INPUT_NAME]
-    if _is_b64(value):
-        encoded = value["b64"]
-        try:
-            if not isinstance(encoded, str):
-                raise ValueError(f"got {_json_type(encoded)}, not a string")
-            return base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError) as error:
-            raise RequestError(400, f"{where}.b64 is not base64 ({error}); give the text's bytes in "
-                                    "standard base64") from None
-    if not isinstance(value, str):
-        raise RequestError(400, f'{where} must be a text (a JSON string or {{"b64": "..."}})'
-                                + (f' or {{"{INPUT_NAME}": ...}}' if rows else "") + f", got {_json_type(value)}")
-    return value
-
-
-def _json_type(value):
-    return JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def as_columns(results):
-    """Row results -> one list per output, as TensorFlow Serving answers a columnar request with
-    several named outputs: {"outputs": {name: [value of each text]}}."""
-    return {name: [result[name] for result in results] for name in results[0]}
-
-
-# ---------------------------------------------------------------- the app
-
-def model_status():
-    """TensorFlow Serving's GetModelStatusResponse, exactly (strict clients parse it)."""
-    return {"model_version_status": [{"version": MODEL_VERSION, "state": "AVAILABLE",
-                                      "status": {"error_code": "OK", "error_message": ""}}]}
-
-
-def output_specs(task):
-    """(dtype, dims) of each prediction output that is a dense tensor, batch first (-1): the saved
-    serving_default's two, then predict.py's fields; top_k and multi-label's labels vary in length."""
-    labels = len(task.label_names)
-    specs = {"probabilities": ("DT_FLOAT", [-1] if task.kind == "binary" else [-1, labels]),
-             "label_names": ("DT_STRING", [-1, labels])}
-    if task.kind == "binary":
-        specs.update(score=("DT_FLOAT", [-1]), label=("DT_STRING", [-1]))
-    elif task.kind == "multiclass":
-        specs.update(label=("DT_STRING", [-1]), probability=("DT_FLOAT", [-1]))
-    return specs
-
-
-def model_metadata(name, servable):
-    """TensorFlow Serving's GetModelMetadataResponse, as its REST API prints it."""
-    names = servable.tensor_names
-    outputs = {output: _tensor_info(names.get(output, ""), dtype, dims)
-               for output, (dtype, dims) in output_specs(servable.task).items()}
-    return {"model_spec": {"name": name, "signature_name": "", "version": MODEL_VERSION},
-            "metadata": {"signature_def": {"signature_def": {SIGNATURE: {
-                "inputs": {INPUT_NAME: _tensor_info(names.get(INPUT_NAME, ""), "DT_STRING", [-1])},
-                "outputs": outputs,
-                "method_name": "tensorflow/serving/predict"}}}}}
-
-
-def model_record(name, servable):
-    """What TensorFlow Serving has no answer for: the task, the labelling flags, the run record."""
-    task = servable.task
-    return {"model_spec": {"name": name, "version": MODEL_VERSION},
-            "task": {"kind": task.kind, "label_names": list(task.label_names)},
-            "threshold": servable.threshold, "top_k": servable.top_k, "run_record": servable.record}
-
-
-def _tensor_info(name, dtype, dims):
-    return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(size), "name": ""} for size in dims],
-                                             "unknown_rank": False}, "name": name}
-
-
 def create_app(servable, name, cfg):
     """The FastAPI app serving servable as NAME; its lifespan runs the Batcher (app.state.batcher).
     app.state.cut_off counts the requests cancelled unanswered (a drain that timed out)."""
@@ -355,7 +135,7 @@ def create_app(servable, name, cfg):
     app.state.batcher, app.state.cut_off = batcher, 0
 
     def check_servable(requested, version=None):
-        if requested != name or version not in (None, MODEL_VERSION):
+        if requested != name or version not in (None, protocol.MODEL_VERSION):
             which = f"Latest({requested})" if version is None else f"Specific({requested}, {version})"
             raise RequestError(404, f"Servable not found for request: {which}")
 
@@ -365,8 +145,8 @@ def create_app(servable, name, cfg):
     async def predict(requested: str, request: fastapi.Request, version: str | None = None):
         check_servable(requested, version)
         try:
-            payload = parse_json(await read_body(request, cfg.max_request_bytes))
-            texts, columnar = texts_of_request(payload, cfg.max_text_chars, cfg.max_texts_per_request)
+            payload = protocol.parse_json(await read_body(request, cfg.max_request_bytes))
+            texts, columnar = protocol.texts_of_request(payload, cfg.max_text_chars, cfg.max_texts_per_request)
             results = await batcher.score(texts, lambda: hung_up(request))
         except batching.ClientGone:
             raise RequestError(CLIENT_GONE, "the client disconnected; its texts were not scored") from None
@@ -375,25 +155,25 @@ def create_app(servable, name, cfg):
             raise
         # TensorFlow Serving answers row requests with "predictions" (an object per text, as the model
         # has several named outputs) and columnar ones with "outputs" (a list per output); so do we.
-        return JSONResponse({"outputs": as_columns(results)} if columnar else {"predictions": results})
+        return JSONResponse({"outputs": protocol.as_columns(results)} if columnar else {"predictions": results})
 
     @app.get("/v1/models/{requested}")
     @app.get("/v1/models/{requested}/versions/{version}")
     async def status(requested: str, version: str | None = None):
         check_servable(requested, version)
-        return model_status()
+        return protocol.model_status()
 
     @app.get("/v1/models/{requested}/metadata")
     @app.get("/v1/models/{requested}/versions/{version}/metadata")
     async def metadata(requested: str, version: str | None = None):
         check_servable(requested, version)
-        return model_metadata(name, servable)
+        return protocol.model_metadata(name, servable)
 
     @app.get("/v1/models/{requested}/record")
     @app.get("/v1/models/{requested}/versions/{version}/record")
     async def record(requested: str, version: str | None = None):
         check_servable(requested, version)
-        return model_record(name, servable)
+        return protocol.model_record(name, servable)
 
     @app.get("/healthz")
     async def health():

@@ -1,0 +1,45 @@
+"""The model behind the REST API: a saved classifier loaded once, scoring texts into TensorFlow
+Serving's outputs plus the label fields predict.py's JSON Lines give. TensorFlow loads only in
+Servable.load, so flag and port errors come at once."""
+from tfhub_classifier.serving import protocol
+
+
+class Servable:
+    """The loaded model and what its answers say: texts (str or bytes) -> one JSON result each."""
+
+    def __init__(self, model, record, task, threshold, top_k, batch_size, tensor_names=None):
+        self.model, self.record, self.task = model, record, task
+        self.threshold, self.top_k, self.batch_size = threshold, top_k, batch_size
+        self.tensor_names = tensor_names or {}  # serving_default's input/output -> its graph tensor
+
+    @classmethod
+    def load(cls, cfg, log=print):
+        # TensorFlow loads here, once the flags and the port are known to be good.
+        from tfhub_classifier.inference import prediction
+        from tfhub_classifier.model import saving
+        model, record, precision = saving.load_model(cfg.model_dir, cfg.precision)
+        task = saving.task_of_record(record)
+        prediction.check_top_k(task, cfg.top_k)
+        servable = cls(model, record, task, cfg.threshold, cfg.top_k, cfg.serve_batch_size,
+                       protocol.signature_tensor_names(cfg.model_dir))
+        servable.score(["A warm-up review, so the first request is not the one that waits."])
+        log(f"Loaded {cfg.model_dir} ({task.kind}: {', '.join(task.label_names)}; {precision})")
+        return servable
+
+    def score(self, texts):
+        """One JSON result per text; a model call per batch_size texts (one call from the Batcher)."""
+        from tfhub_classifier.inference import scoring
+        logits = scoring.logits_of(self.model, texts, self.batch_size)
+        return [self.result(probabilities) for probabilities in self.task.probabilities(logits)]
+
+    def result(self, probabilities):
+        """serving_default's outputs for one text, then predict.py's --format jsonl fields."""
+        import numpy as np
+
+        from tfhub_classifier.inference import prediction
+        result = prediction.labelled(self.task, probabilities, self.threshold, self.top_k)
+        result.pop("probabilities", None)  # multi-label's {name: probability}: given as the signature's list
+        values = np.atleast_1d(np.asarray(probabilities, dtype=np.float32)).tolist()
+        values = [float(f"{value:.7g}") for value in values]  # float32's digits, not float64's noise
+        return {**result, "probabilities": values[0] if self.task.kind == "binary" else values,
+                "label_names": list(self.task.label_names)}
