@@ -314,8 +314,8 @@ class Config:
                              "the tutorial does, which needs --schedule constant (or use --optimizer adamw)")
         if self.optimizer == "tfa" and importlib.util.find_spec("tensorflow_addons") is None:
             raise ValueError("--optimizer tfa needs tensorflow-addons, which only runs on TensorFlow 2.15: "
-                             "in a Python 3.9-3.11 venv, `pip install -r requirements-tfa.txt` (see README), "
-                             "or use --optimizer tutorial-adamw for the same semantics")
+                             "in a Python 3.9-3.11 venv, `pip install -r requirements-tfa.txt` "
+                             "(see docs/tfa-profile.md), or use --optimizer tutorial-adamw for the same semantics")
         if self.jit_compile and self.pipeline == "tutorial":
             raise ValueError("--jit-compile can't compile the tutorial pipeline's string ops; "
                              "use --pipeline fast or drop --jit-compile")

@@ -87,7 +87,7 @@ def make_strategy(name):
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multiworker reads the cluster from TF_CONFIG; set it on "
-                             "every worker (see README)")
+                             "every worker (see docs/reliability.md)")
         global _multiworker_strategy
         if _multiworker_strategy is None:  # one per process: its collective runtime starts only once
             _multiworker_strategy = tf.distribute.MultiWorkerMirroredStrategy()
