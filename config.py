@@ -211,12 +211,12 @@ class Config:
     max_request_bytes: int = _option(4 * 2**20, "larger request bodies get 413 without being kept in memory",
                                      scripts=(SERVE,), at_least=1)
     max_text_chars: int = _option(100_000, "longer texts get 400: IMDB's longest review has ~14k characters, "
-                                  "and BERT reads only --seq-length tokens of a text", scripts=(SERVE,),
+                                  "and BERT reads only the model's sequence length in tokens", scripts=(SERVE,),
                                   at_least=1)
     drain_timeout_s: float = _option(30.0, "on SIGTERM, how long in-flight requests may run before they are "
                                      "cut off (Kubernetes' default grace period)", scripts=(SERVE,))
     max_texts_per_request: int = _option(256, "requests with more texts get 400: TF Serving clients send "
-                                         "small batches, and bulk scoring is predict.py --file's job",
+                                         "small batches, and bulk scoring is predict.py's job",
                                          scripts=(SERVE,), at_least=1)
     max_queued_texts: int = _option(2048, "texts waiting for a model call; past it a request gets 503 at "
                                     "once, as TF Serving's max_enqueued_batches does, instead of a long wait",

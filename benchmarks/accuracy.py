@@ -137,9 +137,9 @@ def ratings(args, flags):
                          **{k: v for k, v in flags.items() if k in ("encoder", "preprocessor")}, **overrides)
     started = time.time()
     record = trainer.run(cfg)
-    evaluation = evaluation.evaluate(cfg)  # the confusion matrix PNGs, from the saved model
+    metrics = evaluation.evaluate(cfg)  # the confusion matrix PNGs, from the saved model
     ours = {"macro_f1": record["test_metrics"]["macro"]["f1"], "accuracy": record["test_metrics"]["accuracy"],
-            "confusion_matrix": record["test_metrics"]["confusion_matrix"], "plots": evaluation["plots"],
+            "confusion_matrix": record["test_metrics"]["confusion_matrix"], "plots": metrics["plots"],
             "precision": record["precision"], "best_epoch": record["best_epoch"], "overrides": overrides,
             "epochs_run": len(record["history"]["loss"]), "wall_seconds": round(time.time() - started)}
     result = {"machine": common.machine(), "split_sizes": record["split_sizes"],

@@ -55,7 +55,7 @@ def train_model(seq_length):
                "--max-examples", str(TRAIN_REVIEWS), "--seq-length", str(seq_length), "--model-dir", model_dir,
                "--checkpoint-every", "0", "--plots-dir", os.path.join(common.RESULTS, "plots", "serving")]
     for name, value in flags.items():
-        command += [f"--{config.flag_name(name, config.SERVE)}", value]
+        command += [f"--{config.flag_name(name, config.TRAIN)}", value]
     print(f"Training the benchmark's model into {model_dir} ...", flush=True)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return model_dir

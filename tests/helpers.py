@@ -73,3 +73,34 @@ def untrained_classifier(directory, preprocessor, encoder, task, truncation, pre
         return saving.save(session.exported, str(directory / "model"), record)
     finally:
         runtime.set_precision("float32")  # process-wide: not for the rest of the test that made it
+
+
+def assert_predict_scores_are_the_saved_models(model_dir, texts):
+    """predict.py's scores for texts (binary) are what the saved model's serving_default signature gives."""
+    import numpy as np
+
+    import predict
+    from tfhub_classifier.runtime import tf
+    scores = predict.main(["--model-dir", model_dir, "--precision", "float32", *texts])
+    signature = tf.saved_model.load(model_dir).signatures["serving_default"]
+    expected = signature(text=tf.constant(list(texts)))["probabilities"].numpy()
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+
+def assert_evaluate_agrees_with_the_run(model_dir, record, precision="float32"):
+    """evaluate.py, rescoring the saved model, finds the test metrics train.py recorded."""
+    import pytest
+
+    import evaluate
+    evaluation = evaluate.main(["--model-dir", model_dir, "--precision", precision])
+    for name in ("accuracy", "subset_accuracy"):
+        if name in record["test_metrics"]:
+            assert evaluation[name] == pytest.approx(record["test_metrics"][name]), name
+    assert evaluation["loss"] == pytest.approx(record["test_metrics"]["loss"], abs=1e-3)
+
+
+def disk_full_save(obj, path, *args, **kwargs):
+    """tf.saved_model.save on a full disk: half a saved_model.pb, then ENOSPC."""
+    with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+        f.write(b"half")
+    raise OSError(28, "No space left on device")

@@ -1,4 +1,4 @@
-"""serve.py in a subprocess, for tests/test_serving.py and benchmarks/serving.py: started on a free
+"""serve.py in a subprocess, for the serving tests and benchmarks/serving.py: started on a free
 port of 127.0.0.1, its output in a log file, stopped with SIGTERM as a service manager stops it.
 
 Standard library only (http.client), so the benchmark's clients and the tests share it.

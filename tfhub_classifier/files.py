@@ -11,17 +11,19 @@ import shutil
 
 
 @contextlib.contextmanager
-def staging_folder(target, purpose):
+def staging_folder(target, purpose, private=False, clear_leftovers=True):
     """A new, empty folder beside target (".NAME.PURPOSE-XXXXXXXXXXXX") for the caller to fill and then
     rename into place as it needs (replacing target, or only if target is free); removed with whatever
-    is left in it when the block ends. A killed earlier attempt's staging folders are removed first."""
+    is left in it when the block ends. private: only its owner may read it (mode 0700), else the umask's
+    permissions apply. clear_leftovers: first remove the staging folders a killed earlier attempt left."""
     target = os.path.abspath(target)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     prefix = f".{os.path.basename(target)}.{purpose}-"
-    remove_leftovers(parent, prefix)
+    if clear_leftovers:
+        remove_leftovers(parent, prefix)
     staging = os.path.join(parent, prefix + secrets.token_hex(6))
-    os.mkdir(staging)  # not mkdtemp, whose 0700 would keep a server's other users out of what lands
+    os.mkdir(staging, 0o700 if private else 0o777)
     try:
         yield staging
     finally:

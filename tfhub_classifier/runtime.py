@@ -33,8 +33,8 @@ def keras_version():
 
 
 if not hasattr(keras, "__internal__") or keras_version().startswith("3."):
-    raise ImportError("TensorFlow was imported before runtime.py could select tf-keras; "
-                      "import runtime first or set TF_USE_LEGACY_KERAS=1")
+    raise ImportError("TensorFlow was imported before tfhub_classifier.runtime could select tf-keras; "
+                      "import tfhub_classifier.runtime first or set TF_USE_LEGACY_KERAS=1")
 
 
 def resolve_precision(precision):

@@ -106,14 +106,15 @@ def binary_dir(trained):
 @pytest.fixture(scope="module")
 def cased_dir(hub_models, tmp_path_factory):
     """A multi-label classifier with a cased preprocessor and tail truncation, built (as train.py
-    --precision bfloat16 builds it) under the bfloat16 rewrite."""
+    --precision bfloat16 builds it) under the bfloat16 rewrite where the CPU has it, else in float32."""
     import tiny_hub
 
-    from tfhub_classifier import tasks
+    from tfhub_classifier import hardware, tasks
     root = tmp_path_factory.mktemp("cased")
     preprocessor = tiny_hub.save_preprocessor(str(root / "hub"), lower_case=False)
     task = tasks.Task("multilabel", ("action", "comedy", "drama"))
-    return helpers.untrained_classifier(root, preprocessor, hub_models[1], task, "tail", precision="bfloat16")
+    precision = "bfloat16" if hardware.cpu_supports_bfloat16() else "float32"
+    return helpers.untrained_classifier(root, preprocessor, hub_models[1], task, "tail", precision=precision)
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +232,7 @@ def test_core_ops_export_and_its_client_work_without_tf_text(exports, tmp_path, 
     assert checked.returncode == 0, checked.stderr[-3000:]
     result = json.loads(checked.stdout.strip().splitlines()[-1])
     assert result["tensorflow_text_imported"] is False
-    for name in exports:
+    for name, (model_dir, _, _) in exports.items():
         np.testing.assert_allclose(result["scores"][name], expected[name], atol=1e-5)
         assert result["outside_core"][f"{name} export"] == [] and result["op_count"][f"{name} export"] > 20
         for key, value in expected_tokens[name].items():

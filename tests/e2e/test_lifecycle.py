@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import QUICK, ROOT, KilledAfterEpoch, flag, interrupted_after_first_epoch
+from helpers import QUICK, ROOT, KilledAfterEpoch, disk_full_save, flag, interrupted_after_first_epoch
 
 import config
 import train
@@ -69,12 +69,7 @@ def test_a_failure_after_fit_loses_no_training(flags, fits, monkeypatch, capsys,
         monkeypatch.setattr(scoring, "logits_of", out_of_memory)
     elif failure == "disk full at save":
         import tensorflow as tf
-
-        def disk_full(obj, path, *args, **kwargs):
-            with open(os.path.join(path, "saved_model.pb"), "wb") as f:
-                f.write(b"half")
-            raise OSError(28, "No space left on device")
-        monkeypatch.setattr(tf.saved_model, "save", disk_full)
+        monkeypatch.setattr(tf.saved_model, "save", disk_full_save)
     else:
         real_plot = plots.plot_history
 
@@ -220,11 +215,34 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(flags, big_archive_ur
     shutil.rmtree(model_dir)
     uninterrupted = train.main(argv)
     assert resumed["optimizer_steps"] == uninterrupted["optimizer_steps"] == expected_steps(resumed, 2, 2)
-    # The signal came just after the checkpoint at step 10: it stops within a few steps, not at the end of
-    # the 160-step epoch (320 training reviews in batches of 2).
+    # Sent just after the checkpoint at step 10: it stopped within a few steps, not at the end of the 160-step
+    # epoch (320 training reviews in batches of 2); the next test pins the exact step.
     assert 10 <= stopped_at < 50 < resumed["optimizer_steps"] // 2
     for after, before in zip(resumed_weights, saving.load(model_dir)[0].token_classifier.variables):
         np.testing.assert_array_equal(after, before.numpy())
+
+
+def test_sigterm_stops_at_the_end_of_the_step_it_arrives_in(flags, big_archive_url, monkeypatch):
+    """Not at the next --checkpoint-every step nor at the epoch's end: the step after the signal's."""
+    from tfhub_classifier.runtime import keras
+    from tfhub_classifier.training import checkpoints
+    flags[flags.index("--dataset-url") + 1] = big_archive_url
+    argv = flags + QUICK + ["--epochs", "2", "--batch-size", "2", "--checkpoint-every", "50"]
+    real_callbacks = trainer.Session.callbacks
+    signalled_at = []
+
+    def signalling(session, work_dir):
+        class Signal(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == 7 and not signalled_at:
+                    signalled_at.append(int(self.model.optimizer.iterations.numpy()))
+                    os.kill(os.getpid(), signal.SIGTERM)
+        return real_callbacks(session, work_dir) + [Signal()]
+    monkeypatch.setattr(trainer.Session, "callbacks", signalling)
+    with pytest.raises(checkpoints.Stopped) as stopped:
+        train.main(argv)
+    assert "SIGTERM" in str(stopped.value)
+    assert int(str(stopped.value).split("checkpointed at step ")[1].split()[0]) == signalled_at[0] + 1
 
 
 def test_checkpoint_every_n_steps_also_checkpoints_each_epoch(flags, monkeypatch):

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from helpers import QUICK, ROOT
+from helpers import QUICK, ROOT, assert_predict_scores_are_the_saved_models
 
 WORKERS = 2
 EPOCHS = 2
@@ -63,7 +63,6 @@ def _run_cluster(argv, tmp_path):
 
 
 def test_two_workers_train_and_only_the_chief_writes(flags, tmp_path):
-    import predict
     from tfhub_classifier.model import saving
     argv = [*flags, *QUICK, "--epochs", str(EPOCHS), "--batch-size", str(BATCH_SIZE), "--strategy", "multiworker"]
     codes, outputs = _run_cluster(argv, tmp_path)
@@ -88,5 +87,4 @@ def test_two_workers_train_and_only_the_chief_writes(flags, tmp_path):
     train_size = record["split_sizes"]["train"]
     assert record["optimizer_steps"] == EPOCHS * math.ceil(train_size / (BATCH_SIZE * WORKERS))
     assert len(record["history"]["loss"]) == EPOCHS
-    scores = predict.main(["--model-dir", model_dir, "great", "awful"])
-    assert len(scores) == 2 and all(0 <= score <= 1 for score in scores)
+    assert_predict_scores_are_the_saved_models(model_dir, ["great", "awful"])

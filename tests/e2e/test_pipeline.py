@@ -4,18 +4,10 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import QUICK, ROOT
+from helpers import QUICK, ROOT, assert_evaluate_agrees_with_the_run, assert_predict_scores_are_the_saved_models
 
 import config
 import train
-
-
-@pytest.fixture(scope="module")
-def text_to_tokens(hub_models):
-    from tfhub_classifier import runtime
-    from tfhub_classifier.data import tokenization
-    preprocessor = runtime.hub.load(hub_models[0])
-    return lambda length, truncation: tokenization.TextToTokens(preprocessor, length, truncation), preprocessor
 
 
 def test_saved_model_applies_length_and_truncation_to_raw_strings(flags):
@@ -124,13 +116,9 @@ def test_token_batches_are_padded_to_their_longest_review(trained):
 def trained_as_recorded(flags, record, batch_size=8, precision="float32"):
     """The run took one step per batch of each epoch, and its test metrics are what evaluate.py finds
     for the saved model."""
-    import evaluate
     assert record["optimizer_steps"] == len(record["history"]["loss"]) * -(-record["split_sizes"]["train"]
                                                                          // batch_size)
-    model_dir = flags[flags.index("--model-dir") + 1]
-    evaluation = evaluate.main(["--model-dir", model_dir, "--precision", precision])
-    assert evaluation["accuracy"] == pytest.approx(record["test_metrics"]["accuracy"])
-    assert evaluation["loss"] == pytest.approx(record["test_metrics"]["loss"], abs=1e-3)
+    assert_evaluate_agrees_with_the_run(flags[flags.index("--model-dir") + 1], record, precision)
 
 
 def test_tutorial_pipeline_trains(flags):
@@ -176,6 +164,4 @@ def test_mirrored_strategy_over_two_cpu_devices(flags):
     steps, _, train_size = values["STEPS"].split()
     assert int(steps) == 8 * -(-int(train_size) // 16)  # global batch = 8 per replica x 2
     assert float(values["ACCURACY"]) >= 0.75
-    model_dir = flags[flags.index("--model-dir") + 1]
-    import predict
-    assert 0 <= predict.main(["--model-dir", model_dir, "great"])[0] <= 1
+    assert_predict_scores_are_the_saved_models(flags[flags.index("--model-dir") + 1], ["great", "awful film"])

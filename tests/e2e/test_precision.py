@@ -1,10 +1,14 @@
-"""What --jit-compile really does: the train step is XLA-compiled."""
+"""What --precision auto and --jit-compile really do: the precision in force is recorded, and the train
+step is XLA-compiled."""
 import os
 import subprocess
 import sys
 
 import pytest
 from helpers import QUICK, ROOT
+
+import train
+from tfhub_classifier import hardware
 
 JIT_RUN = """
 import sys
@@ -35,3 +39,18 @@ def test_jit_compile_xla_compiles_the_train_step(flags, jit):
     assert jit_line[1] == str(jit)  # train.py compiled its model with jit_compile
     assert ("run_step" in jit_line[3]) == jit  # its train step is marked for XLA ...
     assert ("Compiled cluster using XLA!" in result.stderr) == jit  # ... and XLA compiled it
+
+
+def test_precision_in_force_is_recorded(flags):
+    """auto is recorded as what it resolved to on this machine, not as 'auto'."""
+    import json
+
+    from tfhub_classifier import runtime
+    record = train.main(flags + QUICK[:-2] + ["--epochs", "1", "--precision", "auto"])
+    if runtime.tf.config.list_physical_devices("GPU"):
+        expected = "float32"  # auto keeps float32 on a GPU
+    else:
+        expected = "bfloat16" if hardware.cpu_supports_bfloat16() else "float32"
+    assert record["precision"] == runtime.resolve_precision("auto") == expected
+    with open(os.path.join(flags[flags.index("--model-dir") + 1], "run.json")) as f:
+        assert json.load(f)["precision"] == expected

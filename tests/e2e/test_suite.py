@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import disk_full_save
 
 import config
 import evaluate
@@ -120,11 +121,7 @@ def test_failed_save_keeps_the_previous_model(trained, monkeypatch, tmp_path):
     model, record = saving.load(str(model_dir))
     before = model(tf.constant(["great film"])).numpy()
 
-    def disk_full(obj, path, *args, **kwargs):
-        with open(os.path.join(path, "saved_model.pb"), "wb") as f:
-            f.write(b"half")
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(tf.saved_model, "save", disk_full)
+    monkeypatch.setattr(tf.saved_model, "save", disk_full_save)
     with pytest.raises(OSError):
         saving.save(model, str(model_dir), record)
     reloaded, _ = saving.load(str(model_dir))

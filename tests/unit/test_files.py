@@ -39,3 +39,13 @@ def test_write_json_never_leaves_half_a_file(tmp_path, monkeypatch):
         files.write_json(path, {"epochs": 5})
     with open(path) as f:
         assert json.load(f) == {"epochs": 4}
+
+
+def test_a_private_staging_folder_is_its_owners_alone_and_leftovers_can_be_left_be(tmp_path):
+    """A saved model stays its owner's (0700); an export leaves another export's staging folder alone."""
+    other = tmp_path / ".out.export-0123456789ab"
+    other.mkdir()
+    with files.staging_folder(tmp_path / "model", "saving", private=True) as staging:
+        assert os.stat(staging).st_mode & 0o777 == 0o700
+    with files.staging_folder(tmp_path / "out", "export", clear_leftovers=False):
+        assert other.exists()

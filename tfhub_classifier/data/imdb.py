@@ -172,5 +172,5 @@ def load_splits(cfg, with_train=True, caps=None):
     if not with_train:
         return None, None, test
     train, validation = _listed(os.path.join(root, "train"), cfg.seed).held_out(
-        cfg.validation_split, os.path.join(root, "train"))
+        cfg.validation_split, os.path.join(root, "train"), alternative="")  # IMDB has no --validation-data
     return _read(train, train_cap), _read(validation, validation_cap), test

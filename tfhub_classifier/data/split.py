@@ -34,15 +34,15 @@ class Split:
         """The first max_examples rows (--max-examples); all of them for 0."""
         return self.rows(slice(None, max_examples)) if max_examples else self
 
-    def held_out(self, validation_split, source):
+    def held_out(self, validation_split, source, alternative=", or pass --validation-data"):
         """(train, validation): validation is the last int(validation_split * n) rows, as the tutorial's
-        text_dataset_from_directory(validation_split=..., subset=...) cuts; ValueError naming source if
-        either part would be empty."""
+        text_dataset_from_directory(validation_split=..., subset=...) cuts; ValueError naming source (and
+        the alternative fix) if either part would be empty."""
         count = int(validation_split * len(self))
         if not 0 < validation_split < 1 or count == 0 or count == len(self):
             raise ValueError(f"--validation-split {validation_split} of the {len(self)} texts in {source} "
                              "leaves none for validation or none for training; pick a share between 0 and 1 "
-                             "that leaves some for each, or pass --validation-data")
+                             f"that leaves some for each{alternative}")
         return self.rows(slice(None, -count)), self.rows(slice(-count, None))
 
 

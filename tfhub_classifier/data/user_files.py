@@ -14,13 +14,13 @@ import re
 
 import numpy as np
 
+from tfhub_classifier import tasks
 from tfhub_classifier.data import class_folders
 from tfhub_classifier.data.class_folders import TEXT_FILE_SUFFIX
 from tfhub_classifier.data.split import Split, shuffled_order
 
 csv.field_size_limit(2 ** 31 - 1)  # a document may be far longer than csv's default 128 KiB field
 
-TASKS = ("binary", "multiclass", "multilabel")
 TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 JSONL_SUFFIX = ".jsonl"
 RARE_CLASS_SHARE = 0.01
@@ -290,8 +290,8 @@ def build_splits(train_path, test_path, validation_path=None, validation_split=0
     else binary for exactly 2 labels, else multiclass. Logs the task and each split's class counts,
     and warns of texts in both training and test data and of classes under 1% of the training data.
     """
-    if task not in ("auto",) + TASKS:
-        raise ValueError(f"unknown --task {task!r}; use auto, {', '.join(TASKS)}")
+    if task not in ("auto",) + tasks.KINDS:
+        raise ValueError(f"unknown --task {task!r}; use auto, {', '.join(tasks.KINDS)}")
     options = dict(text_column=text_column, label_column=label_column, label_separator=label_separator,
                    no_header=no_header, log=log)
     texts, raw_labels, sources = read(train_path, **options)

@@ -14,16 +14,13 @@ import os
 import random
 import shutil
 
+import config
 from tfhub_classifier import files
 from tfhub_classifier.data import tokenization
 from tfhub_classifier.export import client_example
 from tfhub_classifier.inference import prediction
 from tfhub_classifier.model import saving
 from tfhub_classifier.runtime import tf
-
-TRUNCATIONS = ("head", "tail", "head+tail")
-FILES = ("saved_model.pb", "variables/", "vocab.txt", "tokenizer.json", "labels.json", "labels.txt",
-         "client_example.py")
 
 
 class CoreOpsClassifier(tf.Module):
@@ -58,7 +55,8 @@ def write_new_folder(out, write):
     be an empty folder, then as now. Nothing else is touched (no out.previous): if out was filled
     meanwhile, the export is discarded and ValueError says so. Returns out's absolute path."""
     out = os.path.abspath(out)
-    with files.staging_folder(out, "export") as staging:
+    # Readable by the umask's rule, so a server can load it; another export's staging folder is left be.
+    with files.staging_folder(out, "export", clear_leftovers=False) as staging:
         write(staging)
         require_new_folder(out)
         try:
@@ -132,7 +130,7 @@ def tokenizer_settings(model, model_dir, record):
             "head_tokens": int(round((seq_length - 2) * tokenization.HEAD_SHARE)), "unk_token": "[UNK]",
             "max_word_bytes": 100}  # TF Text's BertTokenizer's default
     recorded = record.get("config", {}).get("truncation")
-    truncations = sorted(TRUNCATIONS, key=lambda t: t != recorded)  # the recorded one first
+    truncations = sorted(config.TRUNCATIONS, key=lambda t: t != recorded)  # the recorded one first
     closest = None  # (probes reproduced, the first probe that was not)
     for vocab_file in vocabulary_candidates(model_dir):
         try:

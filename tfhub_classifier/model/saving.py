@@ -87,7 +87,7 @@ def save(exported, model_dir, record, extra_files=None):
     costs the old model."""
     model_dir = os.path.abspath(model_dir)
     recover_interrupted_save(model_dir)
-    with files.staging_folder(model_dir, "saving") as staging:
+    with files.staging_folder(model_dir, "saving", private=True) as staging:
         # No optimizer (the tutorial's include_optimizer=False).
         tf.saved_model.save(exported, staging, signatures=serving_signatures(exported))
         with open(os.path.join(staging, RUN_RECORD), "w") as f:

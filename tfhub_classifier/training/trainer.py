@@ -166,6 +166,7 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
                      time.time() - started)
     _save(session, work_dir, record, strategy, log)
     examples = config.EXAMPLE_SENTENCES if not cfg.train_data else [text[:200] for text in test.texts[:5]]
+    # Scored by the saved model after its save, so returned with the record but not in its run.json.
     record["examples"] = compare_with_reloaded(session.exported, cfg.model_dir, task, examples, log)
     return record
 

@@ -1,0 +1,40 @@
+"""MODEL_DIR.training/: a resume compares every setting but those that change neither weights nor data."""
+import dataclasses
+
+import pytest
+
+import config
+from tfhub_classifier.training import checkpoints
+
+
+def interrupted(tmp_path, cfg):
+    """A work dir as a run killed after training left it (its trained summary kept)."""
+    work_dir = checkpoints.WorkDir(str(tmp_path / "model")).prepare(cfg, log=lambda *_: None)
+    with open(work_dir.trained_record, "w") as f:
+        f.write("{}")
+    return work_dir
+
+
+def test_a_resume_with_other_training_settings_is_refused_naming_them(tmp_path):
+    cfg = config.resolve(model_dir=str(tmp_path / "model"))
+    interrupted(tmp_path, cfg)
+    other = dataclasses.replace(cfg, learning_rate=1e-3, seq_length=128)
+    with pytest.raises(ValueError, match=r"--learning-rate 5e-05 -> 0.001, --seq-length 512 -> 128.*--restart"):
+        checkpoints.WorkDir(cfg.model_dir).prepare(other, log=lambda *_: None)
+
+
+def test_a_resume_ignores_what_changes_neither_weights_nor_data(tmp_path):
+    cfg = config.resolve(model_dir=str(tmp_path / "model"))
+    interrupted(tmp_path, cfg)
+    lines = []
+    other = dataclasses.replace(cfg, eval_batch_size=7, plots_dir="elsewhere", checkpoint_every=3, tensorboard=True)
+    checkpoints.WorkDir(cfg.model_dir).prepare(other, log=lines.append)
+    assert any("Resuming the interrupted run" in line for line in lines)
+
+
+def test_restart_discards_the_interrupted_run(tmp_path):
+    cfg = config.resolve(model_dir=str(tmp_path / "model"))
+    work_dir = interrupted(tmp_path, cfg)
+    checkpoints.WorkDir(cfg.model_dir).prepare(dataclasses.replace(cfg, learning_rate=1e-3, restart=True),
+                                               log=lambda *_: None)
+    assert work_dir.trained_summary() is None

@@ -1,0 +1,49 @@
+"""What evaluate.py takes from a model's run record, and the figures it draws, without a trained model."""
+import json
+
+import numpy as np
+
+import config
+import evaluate
+from tfhub_classifier.inference import evaluation, plots
+
+RECORDED = {"test_data": "tickets_test.csv", "text_column": "body", "label_column": "team", "no_header": False,
+            "label_separator": "|", "seed": 7, "eval_batch_size": 64, "plots_dir": "their_plots",
+            "data_dir": "their_data", "max_examples": 5, "learning_rate": 1e-3, "train_data": "tickets.csv"}
+
+
+def model_dir_with_record(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"config": RECORDED}))
+    return str(folder)
+
+
+def test_evaluate_reads_the_models_own_test_data_as_it_was_read(tmp_path):
+    cfg = evaluation.evaluation_config(evaluate.parse(["--model-dir", model_dir_with_record(tmp_path)]))
+    assert (cfg.test_data, cfg.text_column, cfg.label_column, cfg.label_separator) == (
+        "tickets_test.csv", "body", "team", "|")
+    assert (cfg.seed, cfg.eval_batch_size, cfg.plots_dir, cfg.data_dir) == (7, 64, "their_plots", "their_data")
+    # Not where the test data is: the run's own cap and training settings stay the defaults.
+    assert (cfg.max_examples, cfg.learning_rate) == (0, config.Config.learning_rate)
+
+
+def test_other_test_data_is_read_by_the_flags_not_by_the_record(tmp_path):
+    argv = ["--model-dir", model_dir_with_record(tmp_path), "--test-data", "other.jsonl", "--batch-size", "3"]
+    cfg = evaluation.evaluation_config(evaluate.parse(argv))
+    assert (cfg.test_data, cfg.text_column, cfg.label_column, cfg.label_separator) == (
+        "other.jsonl", "text", "label", "")
+    assert (cfg.seed, cfg.eval_batch_size) == (7, 3)  # the split's seed still the model's; a flag beats both
+
+
+def test_figures_are_written_as_png(tmp_path):
+    history = {"loss": [0.7, 0.5, 0.6], "val_loss": [0.6, 0.55, 0.7], "binary_accuracy": [0.5, 0.7, 0.8],
+               "val_binary_accuracy": [0.55, 0.6, 0.58]}
+    written = [plots.plot_history(history, str(tmp_path / "history.png"), best_epoch=2)]
+    written += plots.plot_confusion(np.array([[5, 1, 0], [2, 3, 1], [0, 0, 4]]), ("a", "b", "c"), str(tmp_path),
+                                    "m").values()
+    assert [path.rsplit("/", 1)[1] for path in written] == [
+        "history.png", "m_confusion_matrix.png", "m_confusion_matrix_normalised.png"]
+    for path in written:
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
