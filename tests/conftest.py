@@ -40,24 +40,25 @@ def big_archive_url(tmp_path_factory):
     return "file://" + tiny_hub.write_archive(str(path), per_class=(200, 8))
 
 
+def offline_flags(hub_models, archive_url, folder):
+    """Command-line flags for an offline training run on the tiny models and archive, writing in folder."""
+    preprocess, encoder = hub_models
+    return ["--encoder", encoder, "--preprocessor", preprocess, "--dataset-url", archive_url,
+            "--data-dir", str(folder / "data"), "--model-dir", str(folder / "models" / "imdb_bert"),
+            "--plots-dir", str(folder / "plots")]
+
+
 @pytest.fixture
 def flags(hub_models, archive_url, tmp_path):
     """Command-line flags for a quick, offline training run in tmp_path."""
-    preprocess, encoder = hub_models
-    return ["--encoder", encoder, "--preprocessor", preprocess, "--dataset-url", archive_url,
-            "--data-dir", str(tmp_path / "data"), "--model-dir", str(tmp_path / "models" / "imdb_bert"),
-            "--plots-dir", str(tmp_path / "plots")]
+    return offline_flags(hub_models, archive_url, tmp_path)
 
 
 @pytest.fixture(scope="session")
 def trained(hub_models, archive_url, tmp_path_factory):
     """One training run shared by many tests: ({flag: value}, run record)."""
     import train
-    tmp = tmp_path_factory.mktemp("run")
-    preprocess, encoder = hub_models
-    flags = ["--encoder", encoder, "--preprocessor", preprocess, "--dataset-url", archive_url,
-             "--data-dir", str(tmp / "data"), "--model-dir", str(tmp / "models" / "imdb_bert"),
-             "--plots-dir", str(tmp / "plots")]
+    flags = offline_flags(hub_models, archive_url, tmp_path_factory.mktemp("run"))
     record = train.main(flags + QUICK + ["--epochs", "4", "--learning-rate", "5e-3"])
     return dict(zip(flags[::2], flags[1::2])), record
 

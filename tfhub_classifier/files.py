@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 
 
 @contextlib.contextmanager
@@ -43,3 +44,14 @@ def write_json(path, value):
         json.dump(value, f, indent=2)
     os.replace(path + ".partial", path)
     return path
+
+
+def check_writable(directory, flag, value=None):
+    """Create directory if needed and prove a file can be written in it; ValueError naming the flag if not."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{flag} {value or directory}: {directory} is not writable ({error.strerror}); "
+                         "pick a folder you can write to") from None

@@ -109,9 +109,11 @@ def test_predict_invalid_utf8_bytes(trained_model):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.text(max_size=3000) | st.binary(max_size=500), min_size=1, max_size=6))
 def test_fuzz_predict_never_crashes(trained_model, texts):
+    """Any texts and bytes are scored, in input order, each as it is scored alone."""
     results = list(prediction.predict(trained_model, BINARY, texts, 4))
     assert [t for t, _ in results] == texts  # input order kept
-    assert all(0 <= s <= 1 for _, s in results)
+    alone = [next(prediction.predict(trained_model, BINARY, [text], 4))[1] for text in texts]
+    assert [score for _, score in results] == pytest.approx(alone, abs=1e-6)
 
 
 def test_binary_file_is_refused(trained, tmp_path, capsys):

@@ -166,17 +166,16 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
                      time.time() - started)
     _save(session, work_dir, record, strategy, log)
     examples = config.EXAMPLE_SENTENCES if not cfg.train_data else [text[:200] for text in test.texts[:5]]
-    # Scored by the saved model after its save, so returned with the record but not in its run.json.
-    record["examples"] = compare_with_reloaded(session.exported, cfg.model_dir, task, examples, log)
-    return record
+    # Scored by the saved model after its save: returned with the record, not in its run.json.
+    return {**record, "examples": compare_with_reloaded(session.exported, cfg.model_dir, task, examples, log)}
 
 
 def _prepare_work_dir(cfg, log, splits, strategy, chief_work_dir):
     """Check the output folders can be written, then create or resume MODEL_DIR.training/; under
     multiworker, wait for the chief's work dir and data, never racing it."""
     # Fail now, not hours later: the model is saved beside --model-dir, then renamed into place.
-    check_writable(os.path.dirname(os.path.abspath(cfg.model_dir)), "--model-dir", cfg.model_dir)
-    check_writable(cfg.plots_dir, "--plots-dir")
+    files.check_writable(os.path.dirname(os.path.abspath(cfg.model_dir)), "--model-dir", cfg.model_dir)
+    files.check_writable(cfg.plots_dir, "--plots-dir")
     work_dir = checkpoints.WorkDir(cfg.model_dir).prepare(cfg, log)
     if strategy is not None:
         if chief_work_dir is None and splits is None and not cfg.train_data:
@@ -337,17 +336,6 @@ def fit(session, model, work_dir, train, validation, steps_per_epoch, log=print,
                "training_seconds": round(time.time() - started, 1)}
     work_dir.keep_trained(session.token_model, summary)
     return summary
-
-
-def check_writable(directory, flag, value=None):
-    """Create directory if needed and prove a file can be written in it; ValueError naming the flag if not."""
-    try:
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise ValueError(f"{flag} {value or directory}: {directory} is not writable ({error.strerror}); "
-                         "pick a folder you can write to") from None
 
 
 def _history_so_far(log_path):
