@@ -249,6 +249,9 @@ class Config:
         if "precision" in offered and self.precision == "bfloat16" and not hardware.cpu_supports_bfloat16():
             raise ValueError("--precision bfloat16 needs a CPU with AVX512-BF16 or AMX, which this one lacks "
                              "(it would run float32 and be slower); use --precision auto or float32")
+        if "text_column" in offered and self.text_column == self.label_column:
+            raise ValueError(f"--text-column and --label-column both name {self.text_column!r}; name the column "
+                             "that holds the labels with --label-column")
         if "no_header" in offered and self.no_header and not (self.text_column.isdigit()
                                                               and self.label_column.isdigit()):
             raise ValueError("with --no-header, --text-column and --label-column are 0-based column "

@@ -48,14 +48,16 @@ class Task:
         return weighted_binary_cross_entropy
 
     def balanced_weights(self, labels):
-        """scikit-learn's 'balanced' weights: {class: n / (classes x count)} as Keras' class_weight for
-        single-label tasks; for multi-label, each label's negatives / positives as its positive weight."""
+        """scikit-learn's 'balanced' weights: {class: n / (classes present x count)} as Keras' class_weight
+        for single-label tasks (1.0 for a class absent from labels); for multi-label, each label's
+        negatives / positives as its positive weight."""
         labels = np.asarray(labels)
         if self.kind == "multilabel":
             positives = labels.sum(axis=0)
             return np.where(positives > 0, (len(labels) - positives) / np.maximum(positives, 1), 1.0)
         counts = np.bincount(labels.astype(np.int64), minlength=len(self.label_names))
-        return {k: float(len(labels) / (len(counts) * count)) if count else 1.0 for k, count in enumerate(counts)}
+        present = int(np.count_nonzero(counts))  # compute_class_weight counts only the classes in y
+        return {k: float(len(labels) / (present * count)) if count else 1.0 for k, count in enumerate(counts)}
 
     def class_weighting(self, labels):
         """'balanced' weights as (fit's class_weight, the loss's positive weights): Keras' class_weight

@@ -83,3 +83,8 @@ def test_a_resume_compares_every_setting_but_those_marked_otherwise():
     assert set(config.field_names(resumes=False)) == {
         "eval_batch_size", "tensorboard", "plots_dir", "checkpoint_every", "restart", "debug", "require_gpu",
         "model_dir", "data_dir"}
+
+
+def test_one_column_for_both_text_and_label_is_refused():
+    with pytest.raises(ValueError, match="--text-column and --label-column both name 'body'"):
+        config.resolve(text_column="body", label_column="body")

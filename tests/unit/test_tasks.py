@@ -111,3 +111,13 @@ def test_balanced_class_weights_are_scikit_learns_exactly():
     for k in range(4):
         negative, positive = compute_class_weight("balanced", classes=np.arange(2), y=matrix[:, k].astype(int))
         assert positive_weights[k] == pytest.approx(positive / negative, rel=1e-6)  # float32, as the loss uses
+
+
+def test_balanced_class_weights_count_only_the_classes_present():
+    """A class absent from the training split neither dilutes the others' weights nor gets one of its own."""
+    from sklearn.utils.class_weight import compute_class_weight
+    labels = np.array([0] * 6 + [1] * 3 + [3] * 1)  # "fear" (2) never appears
+    weights = tasks.Task("multiclass", NAMES).balanced_weights(labels)
+    expected = compute_class_weight("balanced", classes=np.array([0, 1, 3]), y=labels)
+    assert [weights[k] for k in (0, 1, 3)] == pytest.approx(expected, rel=1e-12)
+    assert weights[2] == 1.0

@@ -1,5 +1,6 @@
 """Reading your own data (data/user_files.py): class folders, CSV, TSV and JSON Lines; binary, multi-class
 and multi-label; bad data."""
+import json
 
 import numpy as np
 import pytest
@@ -383,3 +384,26 @@ def test_invalid_utf8_files_counted_in_a_folder(tmp_path):
     assert texts == ["caf\u00e9", "caf\ufffd"]
     assert logs == [f"warning: {tmp_path / 'train'}: 1 file(s) were not valid UTF-8; their bad bytes were read "
                     "as U+FFFD"]
+
+
+def test_a_one_hot_pair_is_refused_not_read_as_two_labels(tmp_path):
+    path = write(tmp_path, "pairs.jsonl", '{"text": "good", "label": [1, 0]}\n{"text": "bad", "label": [0, 1]}\n')
+    assert "looks like a 0/1 vector" in error_of(user_files.read, path)
+
+
+def test_a_label_on_every_training_text_is_warned_about(tmp_path):
+    rows = "".join(json.dumps({"text": f"text {i}", "label": ["news", "sports" if i % 2 else "politics"]}) + "\n"
+                   for i in range(20))
+    path = write(tmp_path, "tags.jsonl", rows)
+    logs = []
+    user_files.build_splits(path, path, log=logs.append)
+    warned = [line for line in logs if "every training text has the label" in line]
+    assert len(warned) == 1 and "news" in warned[0] and "sports" not in warned[0]
+
+
+def test_an_id_column_as_labels_is_refused_unless_the_task_is_given(tmp_path):
+    path = write(tmp_path, "ids.csv", csv_of([(f"text {i}", f"id-{i}") for i in range(6)]))
+    message = error_of(user_files.build_splits, path, path, log=[].append)
+    assert "each of the 6 texts has a label of its own" in message and "--label-column" in message
+    train, _, _ = user_files.build_splits(path, path, task="multiclass", validation_split=0.5, log=[].append)
+    assert len(train.label_names) == 6

@@ -89,7 +89,7 @@ def _parsed_label(source, label, separator):
     label = tuple(name.strip() for name in label)
     if "" in label:
         raise ValueError(f"{source}: an empty label in {list(label)}; remove the extra separator or fill it in")
-    if len(label) > 2 and set(label) <= {"0", "1"}:
+    if len(label) >= 2 and set(label) <= {"0", "1"}:  # [1, 0] too: a one-hot pair is no pair of labels
         raise ValueError(f"{source}: {list(label)} looks like a 0/1 vector; list the label names a text "
                          "has instead, e.g. [\"sports\", \"politics\"]")
     repeated = next((name for i, name in enumerate(label) if name in label[:i]), None)
@@ -298,6 +298,10 @@ def build_splits(train_path, test_path, validation_path=None, validation_split=0
     label_names = _label_names(raw_labels)
     chosen = decide_task(task, raw_labels, label_names)
     _check_training_labels(train_path, chosen, label_names)
+    if task == "auto" and chosen != "multilabel" and len(texts) > 2 and len(label_names) == len(texts):
+        raise ValueError(f"{train_path}: each of the {len(texts)} texts has a label of its own in the column "
+                         f"{label_column!r}, as an ID column has; name the label column with --label-column, or "
+                         "pass --task multiclass if every text really is a class of its own")
     log(_task_line(chosen, task, label_names, train_path))
     training = _to_split(texts, raw_labels, sources, label_names, chosen, seed)
     del texts, raw_labels, sources  # the unshuffled order's lists, 8 bytes a text each, are not needed again
@@ -309,6 +313,7 @@ def build_splits(train_path, test_path, validation_path=None, validation_split=0
     for role, split in (("train", train), ("validation", validation), ("test", test)):
         log(_counts_line(role, split))
     _warn_rare_classes(training, train_path, log)
+    _warn_labels_on_every_text(training, train_path, log)
     _warn_shared_texts(training, test, train_path, test_path, log)
     return train, validation, test
 
@@ -405,6 +410,15 @@ def _warn_rare_classes(split, train_path, log):
     if rare:
         log(f"warning: {train_path}: under {RARE_CLASS_SHARE:.0%} of the training texts have the label "
             f"{_shown(rare)}; the model may seldom predict it: add texts with it, or weight the classes")
+
+
+def _warn_labels_on_every_text(split, train_path, log):
+    if split.task != "multilabel":
+        return
+    everywhere = [name for name, count in zip(split.label_names, class_counts(split)) if count == len(split)]
+    if everywhere:
+        log(f"warning: {train_path}: every training text has the label {_shown(everywhere)}, so the model learns "
+            "nothing about it; check --label-column and --label-separator, or drop that label")
 
 
 def _warn_shared_texts(training, test, train_path, test_path, log):
