@@ -121,3 +121,19 @@ def test_balanced_class_weights_count_only_the_classes_present():
     expected = compute_class_weight("balanced", classes=np.array([0, 1, 3]), y=labels)
     assert [weights[k] for k in (0, 1, 3)] == pytest.approx(expected, rel=1e-12)
     assert weights[2] == 1.0
+
+
+def test_macro_averages_leave_out_a_class_the_test_data_lacks_as_scikit_learn_does():
+    """A class no test text has and the model never predicts is not averaged in as F1 = 0; it is named."""
+    from tfhub_classifier.inference import evaluation
+    labels = np.array([0, 0, 1, 1, 1, 3, 3])  # no "fear" (2) in the test data
+    logits = np.eye(4)[[0, 1, 1, 1, 1, 3, 0]] * 5.0  # and the model never predicts it
+    report = tasks.Task("multiclass", NAMES).report(labels, logits)
+    predicted = logits.argmax(axis=1)
+    for average in ("macro", "micro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(labels, predicted, average=average, zero_division=0)
+        assert report[average] == pytest.approx({"precision": p, "recall": r, "f1": f}), average
+    assert report["absent_labels"] == ["fear"]
+    shown = evaluation.format_metrics({**report, "task": {"kind": "multiclass", "label_names": list(NAMES)},
+                                       "most_confident_errors": [], "plots": {}})
+    assert any(line.startswith("No test text has the label(s): fear;") for line in shown)

@@ -100,6 +100,9 @@ def format_metrics(metrics):
         if kind == "multiclass":
             lines.append(f"Confusion matrix (rows true, columns predicted; {', '.join(names)}): "
                          f"{metrics['confusion_matrix']}")
+    if metrics.get("absent_labels"):
+        left_out = "" if kind == "multilabel" else "; the macro averages leave out those never predicted either"
+        lines.append(f"No test text has the label(s): {', '.join(metrics['absent_labels'])}{left_out}")
     for error in metrics["most_confident_errors"]:
         snippet = " ".join(error["text"].split())[:100]
         lines.append(f"  wrong, true {error['label']}, predicted {error['predicted']} ({error['score']:.4f}): "

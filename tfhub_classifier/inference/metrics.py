@@ -83,19 +83,28 @@ def per_label_scores(true_positives, predicted, actual):
     return precision, recall, _f1(precision, recall)
 
 
-def averaged_scores(true_positives, predicted, actual):
-    """Macro, micro and support-weighted precision/recall/F1, as scikit-learn averages them."""
+def averaged_scores(true_positives, predicted, actual, every_label=False):
+    """Macro, micro and support-weighted precision/recall/F1, as scikit-learn averages them: for one
+    label a text, the macro average is over the labels in the truth or the predictions (a label neither
+    is not scored 0); every_label (multi-label) averages over all of them, as scikit-learn does there."""
     precision, recall, f1 = per_label_scores(true_positives, predicted, actual)
     micro_precision = _ratio(true_positives.sum(), predicted.sum())
     micro_recall = _ratio(true_positives.sum(), actual.sum())
     weights = actual / actual.sum() if actual.sum() else np.zeros_like(actual, dtype=float)
+    scored = np.ones(len(f1), bool) if every_label else (np.asarray(actual) + np.asarray(predicted)) > 0
     return {
-        "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
+        "macro": {"precision": float(precision[scored].mean()), "recall": float(recall[scored].mean()),
+                  "f1": float(f1[scored].mean())},
         "micro": {"precision": float(micro_precision), "recall": float(micro_recall),
                   "f1": float(_f1(micro_precision, micro_recall))},
         "weighted": {"precision": float(precision @ weights), "recall": float(recall @ weights),
                      "f1": float(f1 @ weights)},
     }
+
+
+def _absent(names, actual):
+    """The labels no test text has, by name."""
+    return [name for name, count in zip(names, actual) if not count]
 
 
 def _per_label_table(names, true_positives, predicted, actual):
@@ -118,7 +127,8 @@ def binary_report(label_names, labels, logits, threshold=0.5):
     report = binary_metrics(labels, logits, threshold)
     matrix = np.asarray(report["confusion_matrix"])
     counts = (np.diag(matrix), matrix.sum(axis=0), matrix.sum(axis=1))
-    return {**report, **averaged_scores(*counts), "per_label": _per_label_table(label_names, *counts)}
+    return {**report, **averaged_scores(*counts), "per_label": _per_label_table(label_names, *counts),
+            "absent_labels": _absent(label_names, counts[2])}
 
 
 def multiclass_report(label_names, labels, probabilities):
@@ -134,6 +144,7 @@ def multiclass_report(label_names, labels, probabilities):
         "loss": float(-np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1)))),
         "accuracy": float(np.mean(predicted == labels)),
         **averaged_scores(true_positives, predicted_counts, actual),
+        "absent_labels": _absent(label_names, actual),
         "per_label": _per_label_table(label_names, true_positives, predicted_counts, actual),
         "confusion_matrix": confusion.tolist(),  # rows: true label, columns: predicted
         "roc_auc_ovr_macro": roc_auc_one_vs_rest(np.eye(count, dtype=np.int64)[labels], probabilities),
@@ -152,7 +163,8 @@ def multilabel_report(label_names, labels, logits, probabilities, threshold):
         "loss": float(loss),  # sigmoid cross-entropy per label, in the stable form Keras uses
         "subset_accuracy": float(np.mean(np.all(predicted == labels, axis=1))),
         "hamming_loss": float(np.mean(predicted != labels)),
-        **averaged_scores(true_positives, predicted.sum(axis=0), labels.sum(axis=0)),
+        **averaged_scores(true_positives, predicted.sum(axis=0), labels.sum(axis=0), every_label=True),
+        "absent_labels": _absent(label_names, labels.sum(axis=0)),
         "per_label": _per_label_table(label_names, true_positives, predicted.sum(axis=0), labels.sum(axis=0)),
         "roc_auc_ovr_macro": roc_auc_one_vs_rest(labels, probabilities),
         "threshold": threshold,
