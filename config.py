@@ -80,19 +80,20 @@ EVERY = SCRIPTS
 
 
 def _option(default, reason, choices=None, *, scripts=(TRAIN,), at_least=None, resumes=True, recorded=None,
-            flag=None, help_in=None):
+            data_path=False, flag=None, help_in=None):
     """A Config field and the facts about it that the scripts read:
 
     scripts: those that offer it as a flag; at_least: its smallest valid value (ints and floats);
     resumes: whether resuming an interrupted run needs the same value (False: it changes neither the
-    weights nor the data trained on); recorded: how evaluate.py treats the value in the model's run
-    record: "inherited" unless the flag is given, "file" (how the recorded test file is read) unless
-    --test-data names another file, None not at all; flag: {script: flag name} where it is not the
+    weights nor the data trained on); recorded: "inherited" if evaluate.py takes the value in the model's
+    run record unless the flag is given (where the test data is and how it is read), None if not;
+    data_path: a file or folder of data, kept absolute in the run record so evaluate.py finds it from
+    any working directory; flag: {script: flag name} where it is not the
     field's name; help_in: {script: reason} where a script explains it otherwise.
     """
     return field(default=default, metadata={
         "help": reason, "choices": choices, "scripts": scripts, "at_least": at_least, "resumes": resumes,
-        "recorded": recorded, "flag": flag or {}, "help_in": help_in or {}})
+        "recorded": recorded, "data_path": data_path, "flag": flag or {}, "help_in": help_in or {}})
 
 
 @dataclass(frozen=True)
@@ -106,33 +107,35 @@ class Config:
 
     # Where things live.
     data_dir: str = _option("data", "the IMDB archive is downloaded and extracted here once",
-                            scripts=(TRAIN, EVALUATE), resumes=False, recorded="inherited")
+                            scripts=(TRAIN, EVALUATE), resumes=False, recorded="inherited", data_path=True)
     dataset_url: str = _option(OFFICIAL_DATASET_URL, "any URL works, file:// included, for an offline copy",
                                scripts=(TRAIN, EVALUATE), recorded="inherited")
     dataset_md5: str = _option("", "checksum for a non-official --dataset-url; the official one is always "
                                "verified", scripts=(TRAIN, EVALUATE), recorded="inherited")
     model_dir: str = _option("models/imdb_bert", "the saved classifier and its run record", scripts=EVERY,
-                             resumes=False)
+                             resumes=False, help_in={TRAIN: "where the classifier and its run record are saved "
+                                                            "(with --train-data: models/ and the data's name)"})
     plots_dir: str = _option("plots", "history and evaluation figures, as PNG", scripts=(TRAIN, EVALUATE),
                              resumes=False, recorded="inherited")
 
     # Your own data instead of IMDB: a folder of class subfolders of .txt files, or a .csv, .tsv or
     # .jsonl file.
     train_data: str = _option("", "training data; empty = IMDB, downloaded as the tutorial does",
-                              recorded="inherited")
+                              recorded="inherited", data_path=True)
     test_data: str = _option("", "test data, labelled like --train-data (required with it)",
                              scripts=(TRAIN, EVALUATE), recorded="inherited",
                              help_in={EVALUATE: "labelled test data with the model's labels; empty = the test "
-                                                "data the model was trained with"})
-    validation_data: str = _option("", "validation data; empty = --validation-split of the training data")
+                                                "data the model was trained with"}, data_path=True)
+    validation_data: str = _option("", "validation data; empty = --validation-split of the training data",
+                                   data_path=True)
     text_column: str = _option("text", "the text's column or JSON field (a 0-based index with --no-header)",
-                               scripts=(TRAIN, EVALUATE), recorded="file")
+                               scripts=(TRAIN, EVALUATE), recorded="inherited")
     label_column: str = _option("label", "the label's column or JSON field (a JSON list = several labels)",
-                                scripts=(TRAIN, EVALUATE), recorded="file")
+                                scripts=(TRAIN, EVALUATE), recorded="inherited")
     label_separator: str = _option("", "splits a CSV/TSV label cell into several labels, e.g. '|'; "
-                                   "empty = one label a row", scripts=(TRAIN, EVALUATE), recorded="file")
+                                   "empty = one label a row", scripts=(TRAIN, EVALUATE), recorded="inherited")
     no_header: bool = _option(False, "CSV/TSV files without a header row: columns are 0-based indexes",
-                              scripts=(TRAIN, EVALUATE), recorded="file")
+                              scripts=(TRAIN, EVALUATE), recorded="inherited")
     task: str = _option("auto", "auto = decided from the data (and printed); binary keeps IMDB's Dense(1)",
                         TASKS)
     class_weight: str = _option("none", "balanced = weigh each class (or each label's positives) by its "
@@ -142,7 +145,7 @@ class Config:
     seed: int = _option(42, "the tutorial's seed: the same 80/20 split of train/ and the same shuffles",
                         recorded="inherited")
     validation_split: float = _option(0.2, "the tutorial holds out 20%% of train/ for validation")
-    max_examples: int = _option(0, "cap each split at N reviews for a quick run; 0 = all",
+    max_examples: int = _option(0, "cap each split at N texts for a quick run; 0 = all",
                                 scripts=(TRAIN, EVALUATE), at_least=0)
 
     # The training recipe; --recipe sets these as a group.
@@ -162,8 +165,8 @@ class Config:
     weight_decay: float = _option(0.01, "BERT's decoupled weight-decay rate")
     epsilon: float = _option(1e-6, "BERT's Adam epsilon")
     clip_norm: float = _option(1.0, "clip gradients to this global norm, as BERT does; 0 = off")
-    seq_length: int = _option(512, "tokens per review incl. [CLS]/[SEP]; most reviews are longer than 128")
-    truncation: str = _option("head+tail", "which tokens of a long review to keep; head+tail = the first "
+    seq_length: int = _option(512, "tokens per text incl. [CLS]/[SEP]; most IMDB reviews are longer than 128")
+    truncation: str = _option("head+tail", "which tokens of a long text to keep; head+tail = the first "
                               "128 and last 382 (Sun et al. 2019)", TRUNCATIONS)
     dropout: float = _option(0.1, "the tutorial's dropout before the classifier")
     pooling: str = _option("mean", "pooled = the encoder's [CLS] pooled_output; mean = masked mean of "
@@ -178,8 +181,8 @@ class Config:
     eval_batch_size: int = _option(128, "evaluation needs no gradients, so larger batches pay",
                                    scripts=(TRAIN, EVALUATE, PREDICT), at_least=1, resumes=False,
                                    recorded="inherited", flag={EVALUATE: "batch-size", PREDICT: "batch-size"},
-                                   help_in={EVALUATE: "reviews per batch (independent of training's)",
-                                            PREDICT: "reviews per batch"})
+                                   help_in={EVALUATE: "texts per batch (independent of training's)",
+                                            PREDICT: "texts per batch"})
     precision: str = _option("auto", "auto = bfloat16 on CPUs with AVX512-BF16/AMX (measured faster, as "
                              "accurate), else float32; bfloat16/float16 rewrite the graph", PRECISIONS,
                              scripts=SCORING)
@@ -377,14 +380,15 @@ def add_flags(parser, script):
         help_text = f"{reason} (default: {spec.default!r}" + (f"; --recipe {by_recipe})" if by_recipe else ")")
         kwargs = dict(default=None, help=help_text, dest=spec.name)
         if spec.metadata["choices"]:
-            kwargs["choices"] = spec.metadata["choices"]
+            kwargs["choices"] = spec.metadata["choices"]  # shown in --help as {a,b,c}
         if isinstance(spec.default, bool) and spec.name.startswith("no_"):
             kwargs.update(action="store_const", const=True)  # --no-header: argparse would read --no- as False
         elif isinstance(spec.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = type(spec.default)
-            kwargs["metavar"] = flag.upper().replace("-", "_")
+            if not spec.metadata["choices"]:
+                kwargs["metavar"] = flag.upper().replace("-", "_")
         parser.add_argument(f"--{flag}", **kwargs)
     return parser
 
@@ -392,11 +396,20 @@ def add_flags(parser, script):
 def from_args(args, base=None, script=None):
     """Defaults (or base), then the chosen recipe, then what the user set; validated for script."""
     given = {k: v for k, v in vars(args).items() if v is not None and k in field_names()}
+    if script == TRAIN and given.get("train_data") and "model_dir" not in given:
+        given["model_dir"] = default_model_dir(given["train_data"])
     config = base or Config()
     recipe = given.get("recipe", config.recipe)
     if recipe not in RECIPES:
         raise ValueError(f"unknown --recipe {recipe!r}; use one of {', '.join(RECIPES)}")
     return dataclasses.replace(config, **{**RECIPES[recipe], **given}).validate(script)
+
+
+def default_model_dir(train_data):
+    """Where train.py saves a model of your own data: models/ and the training file's or folder's stem,
+    so a second data set never lands on the IMDB model's folder."""
+    stem = os.path.splitext(os.path.basename(os.path.normpath(train_data)))[0]
+    return os.path.join("models", stem or "model")
 
 
 def resolve(**overrides):

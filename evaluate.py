@@ -16,7 +16,7 @@ def parse(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_flags(parser, config.EVALUATE)
     parser.add_argument("--show-errors", type=int, default=0, metavar="K",
-                        help="list the K most confidently wrong reviews (default: 0)")
+                        help="list the K texts the model got wrong most confidently (default: 0)")
     return parser.parse_args(argv)
 
 

@@ -1,4 +1,4 @@
-"""Score reviews with a saved classifier: positive-probability and label for each.
+"""Label texts with a saved classifier: the label(s) given to each, with their probabilities.
 
     python predict.py --model-dir models/imdb_bert "The movie was great!" "The movie was terrible..."
     python predict.py --file reviews.txt --format jsonl > scores.jsonl
@@ -16,7 +16,7 @@ MEMORY_FLAGS = "--batch-size"  # named by cli.run when memory runs out; the mode
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sentences", nargs="*", help="reviews to score; none = read --file or standard input")
+    parser.add_argument("sentences", nargs="*", help="texts to label; none = read --file or standard input")
     parser.add_argument("--file", metavar="PATH", help="score each line of PATH ('-' = standard input)")
     parser.add_argument("--format", choices=config.OUTPUT_FORMATS, default="table",
                         help="table (aligned, as the tutorial prints), jsonl or csv (default: table)")
@@ -32,9 +32,9 @@ def stdin_is_terminal():
 def main(argv=None):
     args = parse(argv)
     if args.sentences and args.file:
-        raise ValueError("give reviews as arguments or with --file, not both")
+        raise ValueError("give texts as arguments or with --file, not both")
     if not args.sentences and not args.file and stdin_is_terminal():
-        raise ValueError("no reviews to score: give them as arguments (python predict.py \"Great film!\"), "
+        raise ValueError("no texts to label: give them as arguments (python predict.py \"Great film!\"), "
                          "with --file PATH (one a line), or pipe them in (cat reviews.txt | python predict.py)")
     cfg = config.from_args(args, script=config.PREDICT)
     cli.require_model_dir(args.model_dir or config.Config.model_dir)

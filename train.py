@@ -1,4 +1,4 @@
-"""Fine-tune a TF-Hub BERT to classify IMDB reviews, then test, save and reload it.
+"""Fine-tune a TF-Hub BERT to classify texts (IMDB reviews by default), then test, save and reload it.
 
     python train.py                       # the best recipe on the whole dataset
     python train.py --recipe tutorial     # the seed tutorial, exactly

@@ -65,6 +65,24 @@ def test_multiclass_from_csv_learns_and_records_its_labels(multiclass_run):
     assert [name.decode() for name in model.label_names.numpy()] == ["negative", "neutral", "positive"]
 
 
+def test_a_model_of_your_own_data_is_saved_apart_and_evaluated_from_any_folder(hub_models, tmp_path, monkeypatch):
+    """train.py run on relative paths saves to models/<data's name>, its run record keeps the data's
+    absolute paths, and evaluate.py --model-dir finds the test data from another folder."""
+    project = tmp_path / "project"
+    project.mkdir()
+    write_csv(project / "tickets.csv", multiclass_rows(60, 3))
+    write_csv(project / "tickets_test.csv", multiclass_rows(15, 4))
+    monkeypatch.chdir(project)
+    record = train.main(["--encoder", hub_models[1], "--preprocessor", hub_models[0], "--train-data", "tickets.csv",
+                         "--test-data", "tickets_test.csv", "--plots-dir", str(tmp_path / "plots")]
+                        + QUICK + ["--epochs", "1"])
+    assert record["config"]["model_dir"] == os.path.join("models", "tickets")
+    assert record["config"]["test_data"] == str(project / "tickets_test.csv")
+    monkeypatch.chdir(tmp_path)
+    metrics = evaluate.main(["--model-dir", str(project / "models" / "tickets"), "--plots-dir", str(tmp_path)])
+    assert metrics["examples"] == 15 and metrics["accuracy"] == pytest.approx(record["test_metrics"]["accuracy"])
+
+
 def test_evaluate_multiclass_needs_only_the_model_dir(multiclass_run, capsys):
     flags, record = multiclass_run
     metrics = evaluate.main(model_flags(flags))

@@ -1,6 +1,7 @@
 """Config: each script's flags derived from its fields, and values, conflicts and impossible precisions
 refused before any data or model loads."""
 import dataclasses
+import os
 import re
 
 import pytest
@@ -88,3 +89,15 @@ def test_a_resume_compares_every_setting_but_those_marked_otherwise():
 def test_one_column_for_both_text_and_label_is_refused():
     with pytest.raises(ValueError, match="--text-column and --label-column both name 'body'"):
         config.resolve(text_column="body", label_column="body")
+
+
+def test_your_own_data_gets_a_model_dir_of_its_own():
+    """train.py --train-data tickets.csv saves to models/tickets, not onto the IMDB model."""
+    import train
+    argv = ["--train-data", "data/tickets.csv", "--test-data", "data/tickets_test.csv"]
+    assert config.from_args(train.parse(argv), script=config.TRAIN).model_dir == os.path.join("models", "tickets")
+    assert config.from_args(train.parse(["--train-data", "corpus/"]), script=config.TRAIN).model_dir == os.path.join(
+        "models", "corpus")
+    given = train.parse(argv + ["--model-dir", "models/mine"])
+    assert config.from_args(given, script=config.TRAIN).model_dir == "models/mine"
+    assert config.from_args(train.parse([]), script=config.TRAIN).model_dir == "models/imdb_bert"

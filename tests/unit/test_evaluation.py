@@ -13,27 +13,33 @@ RECORDED = {"test_data": "tickets_test.csv", "text_column": "body", "label_colum
 
 
 def model_dir_with_record(tmp_path):
+    """A model folder whose run record names test data that exists (train.py records it absolute)."""
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "run.json").write_text(json.dumps({"config": RECORDED}))
+    (tmp_path / "tickets_test.csv").write_text("body,team\nlogin fails,it\n")
+    recorded = {**RECORDED, "test_data": str(tmp_path / "tickets_test.csv")}
+    (folder / "run.json").write_text(json.dumps({"config": recorded}))
     return str(folder)
 
 
 def test_evaluate_reads_the_models_own_test_data_as_it_was_read(tmp_path):
     cfg = evaluation.evaluation_config(evaluate.parse(["--model-dir", model_dir_with_record(tmp_path)]))
     assert (cfg.test_data, cfg.text_column, cfg.label_column, cfg.label_separator) == (
-        "tickets_test.csv", "body", "team", "|")
+        str(tmp_path / "tickets_test.csv"), "body", "team", "|")
     assert (cfg.seed, cfg.eval_batch_size, cfg.plots_dir, cfg.data_dir) == (7, 64, "their_plots", "their_data")
     # Not where the test data is: the run's own cap and training settings stay the defaults.
     assert (cfg.max_examples, cfg.learning_rate) == (0, config.Config.learning_rate)
 
 
-def test_other_test_data_is_read_by_the_flags_not_by_the_record(tmp_path):
+def test_new_test_data_is_read_as_the_model_read_its_own_unless_flags_say_otherwise(tmp_path):
+    """A model trained with --text-column body reads a new --test-data file's body column too."""
     argv = ["--model-dir", model_dir_with_record(tmp_path), "--test-data", "other.jsonl", "--batch-size", "3"]
     cfg = evaluation.evaluation_config(evaluate.parse(argv))
     assert (cfg.test_data, cfg.text_column, cfg.label_column, cfg.label_separator) == (
-        "other.jsonl", "text", "label", "")
+        "other.jsonl", "body", "team", "|")
     assert (cfg.seed, cfg.eval_batch_size) == (7, 3)  # the split's seed still the model's; a flag beats both
+    cfg = evaluation.evaluation_config(evaluate.parse(argv + ["--text-column", "review", "--label-separator", ","]))
+    assert (cfg.text_column, cfg.label_column, cfg.label_separator) == ("review", "team", ",")
 
 
 def test_figures_are_written_as_png(tmp_path):
@@ -47,3 +53,16 @@ def test_figures_are_written_as_png(tmp_path):
     for path in written:
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recorded_test_data_that_is_gone_is_named_with_the_fix(tmp_path):
+    record = {"config": {**RECORDED, "test_data": str(tmp_path / "moved_away.csv")}}
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "run.json").write_text(json.dumps(record))
+    try:
+        evaluation.evaluation_config(evaluate.parse(["--model-dir", str(tmp_path / "model")]))
+    except ValueError as error:
+        assert "moved_away.csv, the test data" in str(error) and "run record names, is gone" in str(error)
+        assert "--test-data PATH" in str(error)
+    else:
+        raise AssertionError("a recorded test file that is gone must be refused, naming the fix")

@@ -118,11 +118,14 @@ def evaluation_config(args):
     base = config.Config()
     if record:
         recorded = record.get("config", {})
-        # Where the model's test data is, and how to read it unless --test-data names another file.
-        inherited = config.field_names(recorded="inherited") + ([] if args.test_data else
-                                                                config.field_names(recorded="file"))
+        # Where the model's test data is and how it was read: a new --test-data is read the same way.
+        inherited = config.field_names(recorded="inherited")
         base = dataclasses.replace(base, **{k: v for k, v in recorded.items() if k in inherited})
-    return config.from_args(args, base, script=config.EVALUATE)
+    cfg = config.from_args(args, base, script=config.EVALUATE)
+    if record and not args.test_data and cfg.test_data and not os.path.exists(cfg.test_data):
+        raise ValueError(f"{cfg.test_data}, the test data {cfg.model_dir}'s run record names, is gone; pass "
+                         "--test-data PATH with the model's labelled test data")
+    return cfg
 
 
 def _recorded_run(model_dir):

@@ -242,8 +242,10 @@ def _test(session, work_dir, test, log):
 def _record(session, splits, summary, metrics, seconds):
     """The run record saved beside the model as run.json."""
     cfg, task = session.cfg, session.task
+    data_paths = {name: os.path.abspath(getattr(cfg, name)) for name in config.field_names(data_path=True)
+                  if getattr(cfg, name)}
     return {
-        "config": dataclasses.asdict(cfg),
+        "config": {**dataclasses.asdict(cfg), **data_paths},
         "encoder": cfg.encoder_handle(),
         "preprocessor": cfg.preprocessor_handle(),
         "versions": runtime.package_versions(),
