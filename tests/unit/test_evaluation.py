@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 import config
 import evaluate
@@ -66,3 +67,19 @@ def test_recorded_test_data_that_is_gone_is_named_with_the_fix(tmp_path):
         assert "--test-data PATH" in str(error)
     else:
         raise AssertionError("a recorded test file that is gone must be refused, naming the fix")
+
+
+def test_show_errors_lists_a_multilabel_models_most_confident_mistakes():
+    from tfhub_classifier import tasks
+    from tfhub_classifier.data.split import Split
+    task = tasks.Task("multilabel", ("action", "comedy", "drama"))
+    labels = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1]], dtype=np.float32)
+    probabilities = np.array([[0.9, 0.1, 0.2],    # right
+                              [0.2, 0.8, 0.45],   # drama withheld, narrowly
+                              [0.7, 0.02, 0.97],  # comedy withheld and drama given, both confidently
+                              [0.1, 0.6, 0.9]])   # comedy given, mildly
+    split = Split(["a", "b", "c", "d"], labels, ["f:2", "f:3", "f:4", "f:5"], task.label_names, "multilabel")
+    errors = evaluation.confident_errors(task, split, probabilities, 0.5, 2)
+    assert [(e["text"], e["label"], e["predicted"]) for e in errors] == [
+        ("c", "action|comedy", "action|drama"), ("d", "drama", "comedy|drama")]
+    assert errors[0]["score"] == pytest.approx(0.02)

@@ -55,9 +55,11 @@ def evaluation_split(cfg, task, log=print):
 
 
 def confident_errors(task, split, probabilities, threshold, count):
-    """The count texts a single-label model got wrong with the most confidence."""
-    if not count or task.kind == "multilabel":
+    """The count texts the model got wrong with the most confidence (for multi-label, any label wrong)."""
+    if not count:
         return []
+    if task.kind == "multilabel":
+        return _confident_multilabel_errors(task, split, probabilities, threshold, count)
     predicted = task.predicted_labels(probabilities, threshold)
     wrong = np.nonzero(predicted != split.labels)[0]
     if task.kind == "binary":
@@ -69,6 +71,21 @@ def confident_errors(task, split, probabilities, threshold, count):
              "predicted": task.label_names[predicted[i]],
              "score": float(probabilities[i] if task.kind == "binary" else probabilities[i, predicted[i]]),
              "text": split.texts[i]} for i in worst]
+
+
+def _confident_multilabel_errors(task, split, probabilities, threshold, count):
+    """Texts with a label given or withheld wrongly, the most confident such decision first; score is
+    that label's probability, label and predicted the true and the given label sets."""
+    predicted = task.predicted_labels(probabilities, threshold)
+    wrong_cells = predicted != split.labels.astype(np.int64)
+    margins = np.where(wrong_cells, np.abs(probabilities - threshold), -1.0)
+    wrong = np.nonzero(wrong_cells.any(axis=1))[0]
+    worst = wrong[np.argsort(-margins[wrong].max(axis=1), kind="stable")][:count]
+
+    def names(row):
+        return "|".join(name for name, given in zip(task.label_names, row) if given) or "-"
+    return [{"path": split.paths[i], "label": names(split.labels[i]), "predicted": names(predicted[i]),
+             "score": float(probabilities[i, np.argmax(margins[i])]), "text": split.texts[i]} for i in worst]
 
 
 def format_metrics(metrics):
