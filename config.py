@@ -47,6 +47,21 @@ BERT_PREPROCESSORS = {
     for name in BERT_ENCODERS
 }
 
+# The tutorial's other encoders, each with the preprocessor its map_model_to_preprocess gives it, as
+# its tfhub.dev handles (which resolve to Kaggle Models): name -> (encoder, preprocessor).
+_TFHUB = "https://tfhub.dev/"
+_UNCASED_PREPROCESS = f"{_TFHUB}tensorflow/bert_en_uncased_preprocess/3"
+_OTHER_ENCODERS = {
+    "albert_en_base": (f"{_TFHUB}tensorflow/albert_en_base/2", f"{_TFHUB}tensorflow/albert_en_preprocess/3"),
+    "electra_small": (f"{_TFHUB}google/electra_small/2", _UNCASED_PREPROCESS),
+    "electra_base": (f"{_TFHUB}google/electra_base/2", _UNCASED_PREPROCESS),
+    "experts_pubmed": (f"{_TFHUB}google/experts/bert/pubmed/2", _UNCASED_PREPROCESS),
+    "experts_wiki_books": (f"{_TFHUB}google/experts/bert/wiki_books/2", _UNCASED_PREPROCESS),
+    "talking-heads_base": (f"{_TFHUB}tensorflow/talkheads_ggelu_bert_en_base/1", _UNCASED_PREPROCESS),
+}
+BERT_ENCODERS.update({name: encoder for name, (encoder, _) in _OTHER_ENCODERS.items()})
+BERT_PREPROCESSORS.update({name: preprocessor for name, (_, preprocessor) in _OTHER_ENCODERS.items()})
+
 # The tutorial's five example sentences, scored after training by both the in-memory
 # and the reloaded model.
 EXAMPLE_SENTENCES = (
