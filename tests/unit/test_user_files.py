@@ -407,3 +407,24 @@ def test_an_id_column_as_labels_is_refused_unless_the_task_is_given(tmp_path):
     assert "each of the 6 texts has a label of its own" in message and "--label-column" in message
     train, _, _ = user_files.build_splits(path, path, task="multiclass", validation_split=0.5, log=[].append)
     assert len(train.label_names) == 6
+
+
+def test_numeric_labels_are_numbers_in_csv_and_json_alike(tmp_path):
+    """1 and 1.0 are one label, named as first spelled; 2 sorts before 10; a test file's 10.0 is 10."""
+    train_path = write(tmp_path, "train.csv", csv_of([("a", "1"), ("b", "10"), ("c", "2"), ("d", "1.0"),
+                                                      ("e", "0"), ("f", "2")] * 2))
+    test_path = write(tmp_path, "test.jsonl", "".join(json.dumps({"text": t, "label": label}) + "\n"
+                                                      for t, label in (("x", 10.0), ("y", 1), ("z", "0.0"))))
+    train, validation, test = user_files.build_splits(train_path, test_path, validation_split=0.25, log=[].append)
+    assert train.label_names == ("0", "1", "2", "10") and train.task == "multiclass"
+    assert [train.label_names[i] for i in test.labels] == ["10", "1", "0"]  # the file's order kept
+    counts = np.bincount(np.concatenate([train.labels, validation.labels]), minlength=4)
+    assert counts.tolist() == [2, 4, 4, 2]  # 0; 1 and 1.0 together; 2; 10
+
+
+def test_numbered_class_folders_keep_keras_order(tmp_path):
+    for name in ("1", "10", "2"):
+        for i in range(3):
+            write(tmp_path / "train", f"{name}/{i}.txt", f"text {name} {i}")
+    train, _, _ = user_files.build_splits(str(tmp_path / "train"), str(tmp_path / "train"), log=[].append)
+    assert train.label_names == ("1", "10", "2")  # text_dataset_from_directory's class_names order

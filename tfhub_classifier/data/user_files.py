@@ -9,6 +9,7 @@ No TensorFlow here, so importing this is instant.
 import csv
 import itertools
 import json
+import math
 import os
 import re
 
@@ -61,11 +62,15 @@ def _collect(path, rows, label_separator, label_names):
     """Check each (source, text, label) row and gather them into three lists."""
     texts, labels, sources = [], [], []
     known = None if label_names is None else set(label_names)
+    # Numeric label names (a trained model's "1", "2") take any spelling of their number ("1.0").
+    spelled = _by_number(label_names) if label_names is not None and not os.path.isdir(path) else None
     one_copy = {}  # one str (or tuple) object per distinct label, not one per row, for big files
     for source, text, label in rows:
         if not text.strip():
             raise ValueError(f"{source}: the text is empty; fill it in or remove it")
         label = _parsed_label(source, label, label_separator)
+        if spelled:
+            label = _respelled(label, spelled)
         if known is not None:
             _check_known(source, label, known, label_names)
         texts.append(text)
@@ -96,6 +101,33 @@ def _parsed_label(source, label, separator):
     if repeated is not None:
         raise ValueError(f"{source}: the label {repeated!r} is listed twice in {list(label)}; list it once")
     return label
+
+
+def _number(name):
+    """The finite number a label name spells ("1", "1.0", "2e1"), else None."""
+    try:
+        value = float(name)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _by_number(names):
+    """{number: the first name spelling it} if every name is a number, else None."""
+    numbers = [_number(name) for name in names]
+    if not names or None in numbers:
+        return None
+    by_number = {}
+    for name, number in zip(names, numbers):
+        by_number.setdefault(number, name)
+    return by_number
+
+
+def _respelled(label, by_number):
+    """label (a name or a tuple of names) with each number spelled as by_number spells it."""
+    if isinstance(label, tuple):
+        return tuple(by_number.get(_number(name), name) for name in label)
+    return by_number.get(_number(label), label)
 
 
 def _check_known(source, label, known, label_names):
@@ -295,7 +327,10 @@ def build_splits(train_path, test_path, validation_path=None, validation_split=0
     options = dict(text_column=text_column, label_column=label_column, label_separator=label_separator,
                    no_header=no_header, log=log)
     texts, raw_labels, sources = read(train_path, **options)
-    label_names = _label_names(raw_labels)
+    numeric = not os.path.isdir(train_path)  # class folders keep text_dataset_from_directory's names and order
+    if numeric:
+        raw_labels = _numbers_as_numbers(raw_labels)
+    label_names = _label_names(raw_labels, numeric)
     chosen = decide_task(task, raw_labels, label_names)
     _check_training_labels(train_path, chosen, label_names)
     if task == "auto" and chosen != "multilabel" and len(texts) > 2 and len(label_names) == len(texts):
@@ -337,8 +372,22 @@ def decide_task(task, raw_labels, label_names):
     return "binary" if len(label_names) == 2 else "multiclass"
 
 
-def _label_names(raw_labels):
-    return tuple(sorted({name for label in set(raw_labels) for name in _as_tuple(label)}))
+def _numbers_as_numbers(raw_labels):
+    """If every label is a number, each spelled as its first spelling in the file ("1" and "1.0" one
+    label), so that they compare and sort as numbers; other labels as they are."""
+    first_seen = list(dict.fromkeys(name for label in raw_labels for name in _as_tuple(label)))
+    by_number = _by_number(first_seen)
+    if by_number is None:
+        return raw_labels
+    one_copy = {}
+    return [one_copy.setdefault(label, _respelled(label, by_number)) for label in raw_labels]
+
+
+def _label_names(raw_labels, numeric=True):
+    """The distinct label names, sorted: as numbers if numeric and all are numbers (2 before 10), else
+    as text."""
+    names = {name for label in set(raw_labels) for name in _as_tuple(label)}
+    return tuple(sorted(names, key=float) if numeric and _by_number(list(names)) else sorted(names))
 
 
 def _check_training_labels(path, task, label_names):
