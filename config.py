@@ -5,6 +5,7 @@ them as a set; a flag given on the command line overrides both. Nothing here
 imports TensorFlow, so `--help` and flag errors are instant.
 """
 import argparse
+import codecs
 import dataclasses
 import importlib.util
 import os
@@ -12,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from tfhub_classifier import hardware
+from tfhub_classifier.data.class_folders import REPLACING_ENCODING
 
 OFFICIAL_DATASET_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 OFFICIAL_DATASET_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
@@ -149,6 +151,9 @@ class Config:
                                 scripts=(TRAIN, EVALUATE), recorded="inherited")
     label_separator: str = _option("", "splits a CSV/TSV label cell into several labels, e.g. '|'; "
                                    "empty = one label a row", scripts=(TRAIN, EVALUATE), recorded="inherited")
+    encoding: str = _option("utf-8", "the data files' text encoding, any Python codec (cp1252 for Excel on "
+                            "Windows, latin-1, ...); utf-8:replace reads bytes that are not UTF-8 as U+FFFD "
+                            "instead of stopping", scripts=(TRAIN, EVALUATE), recorded="inherited")
     no_header: bool = _option(False, "CSV/TSV files without a header row: columns are 0-based indexes",
                               scripts=(TRAIN, EVALUATE), recorded="inherited")
     task: str = _option("auto", "auto = decided from the data (and printed); binary keeps IMDB's Dense(1)",
@@ -267,6 +272,12 @@ class Config:
         if "precision" in offered and self.precision == "bfloat16" and not hardware.cpu_supports_bfloat16():
             raise ValueError("--precision bfloat16 needs a CPU with AVX512-BF16 or AMX, which this one lacks "
                              "(it would run float32 and be slower); use --precision auto or float32")
+        if "encoding" in offered and self.encoding != REPLACING_ENCODING:
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise ValueError(f"unknown --encoding {self.encoding!r}; name a Python codec such as utf-8, cp1252 "
+                                 f"or latin-1, or {REPLACING_ENCODING}") from None
         if "text_column" in offered and self.text_column == self.label_column:
             raise ValueError(f"--text-column and --label-column both name {self.text_column!r}; name the column "
                              "that holds the labels with --label-column")

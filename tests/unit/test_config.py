@@ -101,3 +101,9 @@ def test_your_own_data_gets_a_model_dir_of_its_own():
     given = train.parse(argv + ["--model-dir", "models/mine"])
     assert config.from_args(given, script=config.TRAIN).model_dir == "models/mine"
     assert config.from_args(train.parse([]), script=config.TRAIN).model_dir == "models/imdb_bert"
+
+
+def test_an_unknown_encoding_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="unknown --encoding 'utf-9'.*utf-8:replace"):
+        config.resolve(encoding="utf-9")
+    assert config.resolve(encoding="cp1252").encoding == "cp1252"

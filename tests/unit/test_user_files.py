@@ -371,7 +371,7 @@ def test_class_under_one_percent_warned(tmp_path):
 def test_invalid_utf8_replaced_and_lines_counted(tmp_path):
     logs = []
     path = write(tmp_path, "train.csv", b"text,label\nfine,a\nbad \xff here,b\nalso \xed\xa0\x80 bad,a\nok,b\n")
-    texts, _, _ = user_files.read(path, log=logs.append)
+    texts, _, _ = user_files.read(path, log=logs.append, encoding="utf-8:replace")
     assert texts == ["fine", "bad \ufffd here", "also \ufffd\ufffd\ufffd bad", "ok"]
     assert logs == [f"warning: {path}: 2 line(s) were not valid UTF-8; their bad bytes were read as U+FFFD"]
 
@@ -380,7 +380,7 @@ def test_invalid_utf8_files_counted_in_a_folder(tmp_path):
     logs = []
     write(tmp_path, "train/pos/1.txt", b"caf\xe9")
     write(tmp_path, "train/neg/1.txt", "caf\u00e9")
-    texts, _, _ = user_files.read(str(tmp_path / "train"), log=logs.append)
+    texts, _, _ = user_files.read(str(tmp_path / "train"), log=logs.append, encoding="utf-8:replace")
     assert texts == ["caf\u00e9", "caf\ufffd"]
     assert logs == [f"warning: {tmp_path / 'train'}: 1 file(s) were not valid UTF-8; their bad bytes were read "
                     "as U+FFFD"]
@@ -428,3 +428,19 @@ def test_numbered_class_folders_keep_keras_order(tmp_path):
             write(tmp_path / "train", f"{name}/{i}.txt", f"text {name} {i}")
     train, _, _ = user_files.build_splits(str(tmp_path / "train"), str(tmp_path / "train"), log=[].append)
     assert train.label_names == ("1", "10", "2")  # text_dataset_from_directory's class_names order
+
+
+def test_a_cp1252_file_is_refused_naming_its_line_and_read_with_encoding(tmp_path):
+    """Excel on Windows writes cp1252: café and cafè must stay two labels, never both caf\ufffd."""
+    content = "text,label\nnice,café\nfine,cafè\ngood,café\nok,cafè\n".encode("cp1252")
+    path = write(tmp_path, "drinks.csv", content)
+    message = error_of(user_files.read, path)
+    assert message.startswith(f"{path}:2: not utf-8 (byte 0xe9)") and "--encoding cp1252" in message
+    _, labels, _ = user_files.read(path, encoding="cp1252")
+    assert labels == ["café", "cafè", "café", "cafè"]
+    folder = tmp_path / "folders"
+    write(folder, "café/1.txt", "nice".encode("cp1252"))
+    write(folder, "cafè/1.txt", "très bien".encode("cp1252"))
+    assert "not utf-8 (byte 0xe8); pass --encoding cp1252" in error_of(user_files.read, str(folder))
+    texts, _, _ = user_files.read(str(folder), encoding="cp1252")
+    assert sorted(texts) == ["nice", "très bien"]

@@ -34,7 +34,7 @@ _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" m
 # Reading one folder or file.
 
 def read(path, text_column="text", label_column="label", label_separator=None, no_header=False,
-         label_names=None, log=print):
+         label_names=None, log=print, encoding="utf-8"):
     """(texts, raw_labels, sources) of a folder of class subfolders of .txt files, or a .csv, .tsv or
     .jsonl file, streamed once.
 
@@ -44,17 +44,18 @@ def read(path, text_column="text", label_column="label", label_separator=None, n
     With no_header, text_column and label_column are 0-based column numbers ("0", "1").
     label_names (the training data's) orders a folder's classes as text_dataset_from_directory's
     class_names does, and makes any other label a ValueError.
-    Lines or files that are not valid UTF-8 are read with U+FFFD in place of the bad bytes and counted
-    in a warning passed to log.
+    encoding names the files' codec; a byte it can't decode is a ValueError naming the file, the line
+    and the encoding that most likely reads it, except with "utf-8:replace", which reads such bytes as
+    U+FFFD and counts the lines or files that had any in a warning passed to log.
     """
     if not os.path.exists(path):
         raise ValueError(f"{path} does not exist; check the path")
     if os.path.isdir(path):
         if no_header:
             raise ValueError(f"{path} is a folder of class subfolders, which has no columns: drop --no-header")
-        rows = _folder_rows(path, label_names, log)
+        rows = _folder_rows(path, label_names, log, encoding)
     else:
-        rows = _file_rows(path, text_column, label_column, no_header, log)
+        rows = _file_rows(path, text_column, label_column, no_header, log, encoding)
     return _collect(path, rows, label_separator, label_names)
 
 
@@ -139,7 +140,7 @@ def _check_known(source, label, known, label_names):
 
 # Class folders, listed as text_dataset_from_directory lists them.
 
-def _folder_rows(path, label_names, log):
+def _folder_rows(path, label_names, log, encoding):
     """(.txt file, text, class name) per file, class by class, each class's files as imdb.list_reviews
     and text_dataset_from_directory list them."""
     replaced = 0
@@ -149,7 +150,7 @@ def _folder_rows(path, label_names, log):
             raise ValueError(f"{os.path.join(path, name)}: the class folder holds no {TEXT_FILE_SUFFIX} files; "
                              "put its texts there or delete it")
         for file in files:
-            text, had_bad_bytes = class_folders.read_text(file)
+            text, had_bad_bytes = class_folders.read_text(file, encoding)
             replaced += had_bad_bytes
             yield file, text, name
     if replaced:
@@ -172,13 +173,13 @@ def _class_folders(path, label_names):
 
 # CSV, TSV and JSON Lines files.
 
-def _file_rows(path, text_column, label_column, no_header, log):
+def _file_rows(path, text_column, label_column, no_header, log, encoding):
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in TABLE_DELIMITERS and suffix != JSONL_SUFFIX:
         raise ValueError(f"{path}: can't read {suffix or 'a file without a suffix'}; pass a folder of class "
                          "subfolders of .txt files, or a .csv, .tsv or .jsonl file")
     _refuse_utf16(path)
-    lines = _decoded_lines(path, log)
+    lines = _decoded_lines(path, log, encoding)
     if suffix == JSONL_SUFFIX:
         if no_header:
             raise ValueError(f"{path}: --no-header is for .csv and .tsv files; JSON Lines name their fields")
@@ -192,14 +193,21 @@ def _refuse_utf16(path):
             raise ValueError(f"{path}: the file is UTF-16, not UTF-8; save it as UTF-8 (in Excel: CSV UTF-8)")
 
 
-def _decoded_lines(path, log):
+def _decoded_lines(path, log, encoding):
     """The file's lines, a UTF-8 BOM dropped and line ends kept (newline="", so csv reads quoted
-    newlines); bytes that are not UTF-8 become U+FFFD, and how many lines had any is logged at the end."""
+    newlines). A byte the encoding can't decode stops the read naming its line; with utf-8:replace it
+    becomes U+FFFD, and how many lines had any is logged at the end."""
     replaced = 0
-    # surrogateescape marks each bad byte, so exactly the lines that had one are counted and repaired.
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        for line in f:
-            if _ESCAPED_BYTE.search(line):
+    codec = "utf-8-sig" if encoding in ("utf-8", class_folders.REPLACING_ENCODING) else encoding
+    # surrogateescape marks each bad byte, so exactly the lines that had one are found and repaired.
+    with open(path, encoding=codec, errors="surrogateescape", newline="") as f:
+        for number, line in enumerate(f, 1):
+            bad = _ESCAPED_BYTE.search(line)
+            if bad:
+                if encoding != class_folders.REPLACING_ENCODING:
+                    with open(path, "rb") as whole:  # read again, whole, to name the likely encoding
+                        raise class_folders.undecodable(f"{path}:{number}", encoding, whole.read(),
+                                                        ord(bad.group()) - 0xDC00)
                 replaced += 1
                 line = line.encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
             yield line
@@ -313,7 +321,8 @@ def _json_scalar(source, value):
 # Splits.
 
 def build_splits(train_path, test_path, validation_path=None, validation_split=0.2, seed=42, task="auto",
-                 text_column="text", label_column="label", label_separator=None, no_header=False, log=print):
+                 text_column="text", label_column="label", label_separator=None, no_header=False, log=print,
+                 encoding="utf-8"):
     """(train, validation, test) Splits whose labels index the training data's sorted label names.
 
     Without validation_path, validation is the last int(validation_split * n) texts of the training
@@ -325,7 +334,7 @@ def build_splits(train_path, test_path, validation_path=None, validation_split=0
     if task not in ("auto",) + tasks.KINDS:
         raise ValueError(f"unknown --task {task!r}; use auto, {', '.join(tasks.KINDS)}")
     options = dict(text_column=text_column, label_column=label_column, label_separator=label_separator,
-                   no_header=no_header, log=log)
+                   no_header=no_header, log=log, encoding=encoding)
     texts, raw_labels, sources = read(train_path, **options)
     numeric = not os.path.isdir(train_path)  # class folders keep text_dataset_from_directory's names and order
     if numeric:
@@ -354,11 +363,11 @@ def build_splits(train_path, test_path, validation_path=None, validation_split=0
 
 
 def load_split(path, label_names, task, seed=None, text_column="text", label_column="label",
-               label_separator=None, no_header=False, log=print):
+               label_separator=None, no_header=False, log=print, encoding="utf-8"):
     """A Split of labelled data against known label names (a trained model's): ValueError naming the
     row of any other label. Shuffled as text_dataset_from_directory(seed=seed) would; None keeps the order."""
     texts, raw_labels, sources = read(path, text_column, label_column, label_separator, no_header,
-                                      label_names, log)
+                                      label_names, log, encoding)
     return _to_split(texts, raw_labels, sources, tuple(label_names), task, seed)
 
 

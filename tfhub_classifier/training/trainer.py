@@ -284,7 +284,7 @@ def load_data(cfg, log=print):
         return imdb.load_splits(cfg)
     splits = user_files.build_splits(
         cfg.train_data, cfg.test_data, cfg.validation_data or None, cfg.validation_split, cfg.seed, cfg.task,
-        cfg.text_column, cfg.label_column, cfg.label_separator or None, cfg.no_header, log)
+        cfg.text_column, cfg.label_column, cfg.label_separator or None, cfg.no_header, log, cfg.encoding)
     return tuple(split.capped(cfg.max_examples) for split in splits)
 
 
