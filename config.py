@@ -86,6 +86,7 @@ POOLINGS = ("pooled", "mean")
 OUTPUT_FORMATS = ("table", "jsonl", "csv")
 TASKS = ("auto", "binary", "multiclass", "multilabel")
 CLASS_WEIGHTS = ("none", "balanced")
+QUOTINGS = ("csv", "none")
 
 
 # The scripts that offer a field as a flag.
@@ -154,6 +155,11 @@ class Config:
     encoding: str = _option("utf-8", "the data files' text encoding, any Python codec (cp1252 for Excel on "
                             "Windows, latin-1, ...); utf-8:replace reads bytes that are not UTF-8 as U+FFFD "
                             "instead of stopping", scripts=(TRAIN, EVALUATE), recorded="inherited")
+    delimiter: str = _option("", "the CSV/TSV field delimiter; empty = ',' for .csv, a tab for .tsv (';' for the "
+                             "CSV Excel writes in some countries)", scripts=(TRAIN, EVALUATE), recorded="inherited")
+    quoting: str = _option("csv", "csv = double quotes enclose fields, as Excel and Python's csv write them; "
+                           "none = quotes are part of the text (GLUE's TSVs)", QUOTINGS, scripts=(TRAIN, EVALUATE),
+                           recorded="inherited")
     no_header: bool = _option(False, "CSV/TSV files without a header row: columns are 0-based indexes",
                               scripts=(TRAIN, EVALUATE), recorded="inherited")
     task: str = _option("auto", "auto = decided from the data (and printed); binary keeps IMDB's Dense(1)",
@@ -278,6 +284,9 @@ class Config:
             except LookupError:
                 raise ValueError(f"unknown --encoding {self.encoding!r}; name a Python codec such as utf-8, cp1252 "
                                  f"or latin-1, or {REPLACING_ENCODING}") from None
+        if "delimiter" in offered and len(self.delimiter) > 1:
+            raise ValueError(f"--delimiter takes one character, got {self.delimiter!r}; use a tab for .tsv files "
+                             "(their default)")
         if "text_column" in offered and self.text_column == self.label_column:
             raise ValueError(f"--text-column and --label-column both name {self.text_column!r}; name the column "
                              "that holds the labels with --label-column")

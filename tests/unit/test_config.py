@@ -107,3 +107,8 @@ def test_an_unknown_encoding_is_refused_naming_the_choices():
     with pytest.raises(ValueError, match="unknown --encoding 'utf-9'.*utf-8:replace"):
         config.resolve(encoding="utf-9")
     assert config.resolve(encoding="cp1252").encoding == "cp1252"
+
+
+def test_a_delimiter_is_one_character():
+    with pytest.raises(ValueError, match="--delimiter takes one character"):
+        config.resolve(delimiter=";;")

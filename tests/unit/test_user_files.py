@@ -444,3 +444,23 @@ def test_a_cp1252_file_is_refused_naming_its_line_and_read_with_encoding(tmp_pat
     assert "not utf-8 (byte 0xe8); pass --encoding cp1252" in error_of(user_files.read, str(folder))
     texts, _, _ = user_files.read(str(folder), encoding="cp1252")
     assert sorted(texts) == ["nice", "très bien"]
+
+
+def test_a_tsv_quote_that_swallows_rows_is_warned_about_and_quoting_none_reads_it(tmp_path):
+    """GLUE-style TSVs have bare quotes in texts: csv quoting reads 4 rows as 2, and says so."""
+    content = 'text\tlabel\n"great movie\tpos\nawful\tneg\nfine" he said\tpos\nok\tneg\n'
+    path = write(tmp_path, "glue.tsv", content)
+    logs = []
+    texts, _, _ = user_files.read(path, log=logs.append)
+    assert len(texts) == 2
+    assert len(logs) == 1 and logs[0].startswith(f"warning: {path}:2: the text of 1 row(s) runs over several lines")
+    assert "--quoting none" in logs[0]
+    texts, labels, _ = user_files.read(path, quoting="none", log=logs.append)
+    assert texts == ['"great movie', "awful", 'fine" he said', "ok"] and labels == ["pos", "neg", "pos", "neg"]
+
+
+def test_semicolon_csv_is_explained_and_read_with_its_delimiter(tmp_path):
+    path = write(tmp_path, "excel.csv", "text;label\ngood;pos\nbad;neg\n")
+    assert "pass --delimiter ';'" in error_of(user_files.read, path)
+    texts, labels, _ = user_files.read(path, delimiter=";")
+    assert (texts, labels) == (["good", "bad"], ["pos", "neg"])

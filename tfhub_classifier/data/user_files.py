@@ -34,7 +34,7 @@ _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" m
 # Reading one folder or file.
 
 def read(path, text_column="text", label_column="label", label_separator=None, no_header=False,
-         label_names=None, log=print, encoding="utf-8"):
+         label_names=None, log=print, encoding="utf-8", delimiter="", quoting="csv"):
     """(texts, raw_labels, sources) of a folder of class subfolders of .txt files, or a .csv, .tsv or
     .jsonl file, streamed once.
 
@@ -46,7 +46,8 @@ def read(path, text_column="text", label_column="label", label_separator=None, n
     class_names does, and makes any other label a ValueError.
     encoding names the files' codec; a byte it can't decode is a ValueError naming the file, the line
     and the encoding that most likely reads it, except with "utf-8:replace", which reads such bytes as
-    U+FFFD and counts the lines or files that had any in a warning passed to log.
+    U+FFFD and counts the lines or files that had any in a warning passed to log. delimiter replaces the
+    one a .csv or .tsv suffix implies; quoting "none" reads double quotes as text (GLUE-style TSVs).
     """
     if not os.path.exists(path):
         raise ValueError(f"{path} does not exist; check the path")
@@ -55,7 +56,7 @@ def read(path, text_column="text", label_column="label", label_separator=None, n
             raise ValueError(f"{path} is a folder of class subfolders, which has no columns: drop --no-header")
         rows = _folder_rows(path, label_names, log, encoding)
     else:
-        rows = _file_rows(path, text_column, label_column, no_header, log, encoding)
+        rows = _file_rows(path, text_column, label_column, no_header, log, encoding, delimiter, quoting)
     return _collect(path, rows, label_separator, label_names)
 
 
@@ -173,7 +174,7 @@ def _class_folders(path, label_names):
 
 # CSV, TSV and JSON Lines files.
 
-def _file_rows(path, text_column, label_column, no_header, log, encoding):
+def _file_rows(path, text_column, label_column, no_header, log, encoding, delimiter, quoting):
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in TABLE_DELIMITERS and suffix != JSONL_SUFFIX:
         raise ValueError(f"{path}: can't read {suffix or 'a file without a suffix'}; pass a folder of class "
@@ -184,7 +185,8 @@ def _file_rows(path, text_column, label_column, no_header, log, encoding):
         if no_header:
             raise ValueError(f"{path}: --no-header is for .csv and .tsv files; JSON Lines name their fields")
         return _jsonl_rows(path, lines, text_column, label_column)
-    return _table_rows(path, lines, TABLE_DELIMITERS[suffix], text_column, label_column, no_header)
+    return _table_rows(path, lines, delimiter or TABLE_DELIMITERS[suffix], text_column, label_column, no_header,
+                       quoting, log, chosen_delimiter=bool(delimiter))
 
 
 def _refuse_utf16(path):
@@ -215,12 +217,20 @@ def _decoded_lines(path, log, encoding):
         log(f"warning: {path}: {replaced} line(s) were not valid UTF-8; their bad bytes were read as U+FFFD")
 
 
-def _table_rows(path, lines, delimiter, text_column, label_column, no_header):
-    """(file:line, text, label) per record of a CSV or TSV file, each checked to be as wide as the first."""
-    records = _csv_records(path, csv.reader(lines, dialect="excel", delimiter=delimiter))
+def _table_rows(path, lines, delimiter, text_column, label_column, no_header, quoting="csv", log=print,
+                chosen_delimiter=False):
+    """(file:line, text, label) per record of a CSV or TSV file, each checked to be as wide as the first.
+    A record that runs over several lines with the delimiter inside a field (an unclosed quote that
+    swallowed the lines after it) is warned about, naming its line."""
+    reader = csv.reader(lines, dialect="excel", delimiter=delimiter,
+                        quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
+    records = _csv_records(path, reader)
     first_line, first = next(records, (1, None))
     if first is None:  # an empty file: _collect says it holds no texts
         return
+    if len(first) == 1 and not chosen_delimiter and ";" in first[0] and delimiter != ";":
+        raise ValueError(f"{path}:{first_line}: one column, holding ';' (as Excel writes CSV in some countries); "
+                         "pass --delimiter ';'")
     if no_header:
         text_index = _numbered_column(path, first_line, first, text_column, "--text-column")
         label_index = _numbered_column(path, first_line, first, label_column, "--label-column")
@@ -229,12 +239,19 @@ def _table_rows(path, lines, delimiter, text_column, label_column, no_header):
         text_index = _named_column(path, first, text_column, "--text-column")
         label_index = _named_column(path, first, label_column, "--label-column")
     first_row = "the first row" if no_header else "the header"
+    swallowed = []
     for line, fields in records:
         if len(fields) != len(first):
             raise ValueError(f"{path}:{line}: {len(fields)} fields where {first_row} has {len(first)}; put "
                              f"double quotes around any field holding the delimiter ({delimiter!r}) or a "
                              "newline, and give every row the same columns")
+        if "\n" in fields[text_index] and delimiter in fields[text_index]:
+            swallowed.append(line)
         yield f"{path}:{line}", fields[text_index], fields[label_index]
+    if swallowed:
+        log(f"warning: {path}:{swallowed[0]}: the text of {len(swallowed)} row(s) runs over several lines and "
+            f"holds the delimiter {delimiter!r}: an unclosed double quote may have swallowed the rows after it; "
+            "if quotes are part of the texts (as in GLUE's TSVs), pass --quoting none")
 
 
 def _csv_records(path, reader):
@@ -320,9 +337,16 @@ def _json_scalar(source, value):
 
 # Splits.
 
+def reading_options(cfg):
+    """How a Config says the user's files are read, as build_splits and load_split take it."""
+    return dict(text_column=cfg.text_column, label_column=cfg.label_column,
+                label_separator=cfg.label_separator or None, no_header=cfg.no_header, encoding=cfg.encoding,
+                delimiter=cfg.delimiter, quoting=cfg.quoting)
+
+
 def build_splits(train_path, test_path, validation_path=None, validation_split=0.2, seed=42, task="auto",
                  text_column="text", label_column="label", label_separator=None, no_header=False, log=print,
-                 encoding="utf-8"):
+                 encoding="utf-8", delimiter="", quoting="csv"):
     """(train, validation, test) Splits whose labels index the training data's sorted label names.
 
     Without validation_path, validation is the last int(validation_split * n) texts of the training
@@ -334,7 +358,7 @@ def build_splits(train_path, test_path, validation_path=None, validation_split=0
     if task not in ("auto",) + tasks.KINDS:
         raise ValueError(f"unknown --task {task!r}; use auto, {', '.join(tasks.KINDS)}")
     options = dict(text_column=text_column, label_column=label_column, label_separator=label_separator,
-                   no_header=no_header, log=log, encoding=encoding)
+                   no_header=no_header, log=log, encoding=encoding, delimiter=delimiter, quoting=quoting)
     texts, raw_labels, sources = read(train_path, **options)
     numeric = not os.path.isdir(train_path)  # class folders keep text_dataset_from_directory's names and order
     if numeric:
@@ -363,11 +387,11 @@ def build_splits(train_path, test_path, validation_path=None, validation_split=0
 
 
 def load_split(path, label_names, task, seed=None, text_column="text", label_column="label",
-               label_separator=None, no_header=False, log=print, encoding="utf-8"):
+               label_separator=None, no_header=False, log=print, encoding="utf-8", delimiter="", quoting="csv"):
     """A Split of labelled data against known label names (a trained model's): ValueError naming the
     row of any other label. Shuffled as text_dataset_from_directory(seed=seed) would; None keeps the order."""
     texts, raw_labels, sources = read(path, text_column, label_column, label_separator, no_header,
-                                      label_names, log, encoding)
+                                      label_names, log, encoding, delimiter, quoting)
     return _to_split(texts, raw_labels, sources, tuple(label_names), task, seed)
 
 

@@ -44,9 +44,8 @@ def evaluate(cfg, show_errors=0, threshold=0.5, log=print):
 def evaluation_split(cfg, task, log=print):
     """The labelled texts to evaluate on: --test-data against the model's label names, else IMDB's test split."""
     if cfg.test_data:
-        split = user_files.load_split(cfg.test_data, task.label_names, task.kind, cfg.seed, cfg.text_column,
-                                      cfg.label_column, cfg.label_separator or None, cfg.no_header, log,
-                                      cfg.encoding)
+        split = user_files.load_split(cfg.test_data, task.label_names, task.kind, cfg.seed, log=log,
+                                      **user_files.reading_options(cfg))
         return split.capped(cfg.max_examples)
     if task.label_names != imdb.CLASS_NAMES:
         raise ValueError(f"{cfg.model_dir} was not trained on IMDB (labels {', '.join(task.label_names)}); "

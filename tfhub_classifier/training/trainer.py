@@ -282,9 +282,8 @@ def load_data(cfg, log=print):
     tutorial splits it."""
     if not cfg.train_data:
         return imdb.load_splits(cfg)
-    splits = user_files.build_splits(
-        cfg.train_data, cfg.test_data, cfg.validation_data or None, cfg.validation_split, cfg.seed, cfg.task,
-        cfg.text_column, cfg.label_column, cfg.label_separator or None, cfg.no_header, log, cfg.encoding)
+    splits = user_files.build_splits(cfg.train_data, cfg.test_data, cfg.validation_data or None, cfg.validation_split,
+                                     cfg.seed, cfg.task, log=log, **user_files.reading_options(cfg))
     return tuple(split.capped(cfg.max_examples) for split in splits)
 
 
