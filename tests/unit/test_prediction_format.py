@@ -42,3 +42,13 @@ def test_table_lines_for_each_task():
     multilabel = tasks.Task("multilabel", NAMES)
     none = prediction.labelled(multilabel, np.array([0.1, 0.2, 0.3, 0.4]), threshold=0.5)
     assert prediction.table_line("x" * 80, none) == f"input: {'x' * 59}… : -"
+
+
+def test_lines_drop_a_leading_bom_and_blank_ones_are_reported(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_bytes(b"\xef\xbb\xbfgreat film\r\n\nawful\n   \n")
+    logs = []
+    lines = list(prediction.read_lines(str(path), log=logs.append))
+    assert lines == [b"great film", b"", b"awful", b"   "]  # every line keeps its place
+    assert logs == [f"warning: {path}: 2 blank line(s), the first line 2, were scored as empty texts; remove them "
+                    "if they hold no text"]

@@ -1,4 +1,5 @@
 """Scoring any texts with a saved classifier and writing what it says of each: table, JSON Lines or CSV."""
+import codecs
 import csv
 import io
 import json
@@ -10,18 +11,31 @@ from tfhub_classifier.data import imdb
 from tfhub_classifier.inference import scoring
 
 
-def read_lines(path):
-    """Reviews from a file (one a line) or '-' for standard input, lazily; ValueError if binary."""
+def read_lines(path, log=None):
+    """Texts from a file (one a line) or '-' for standard input, lazily, a leading UTF-8 BOM dropped;
+    ValueError if binary. Blank lines are scored as empty texts, so results keep the lines' places, and
+    counted in a warning passed to log (default: stderr) at the end."""
+    log = log or (lambda line: print(line, file=sys.stderr))
+    name = "standard input" if path == "-" else path
     stream = sys.stdin.buffer if path == "-" else open(path, "rb")
+    blank = []
     try:
         for number, line in enumerate(stream, start=1):
             if b"\x00" in line:
-                raise ValueError(f"{'standard input' if path == '-' else path} looks binary (NUL byte on line "
-                                 f"{number}); give a text file with one review per line")
-            yield line.rstrip(b"\r\n")
+                raise ValueError(f"{name} looks binary (NUL byte on line {number}); give a text file with one "
+                                 "review per line")
+            if number == 1 and line.startswith(codecs.BOM_UTF8):
+                line = line[len(codecs.BOM_UTF8):]
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                blank.append(number)
+            yield line
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
+    if blank:
+        log(f"warning: {name}: {len(blank)} blank line(s), the first line {blank[0]}, were scored as empty texts; "
+            "remove them if they hold no text")
 
 
 def predict(model, task, texts, batch_size, progress=False):
