@@ -280,7 +280,8 @@ class Config:
                              "(it would run float32 and be slower); use --precision auto or float32")
         if "encoding" in offered and self.encoding != REPLACING_ENCODING:
             try:
-                codecs.lookup(self.encoding)
+                if not codecs.lookup(self.encoding)._is_text_encoding:  # base64, zlib, ...: bytes to bytes
+                    raise LookupError(self.encoding)
             except LookupError:
                 raise ValueError(f"unknown --encoding {self.encoding!r}; name a Python codec such as utf-8, cp1252 "
                                  f"or latin-1, or {REPLACING_ENCODING}") from None

@@ -63,7 +63,7 @@ def test_recorded_test_data_that_is_gone_is_named_with_the_fix(tmp_path):
     try:
         evaluation.evaluation_config(evaluate.parse(["--model-dir", str(tmp_path / "model")]))
     except ValueError as error:
-        assert "moved_away.csv, the test data" in str(error) and "run record names, is gone" in str(error)
+        assert "moved_away.csv, the test data" in str(error) and "run record names, is not there" in str(error)
         assert "--test-data PATH" in str(error)
     else:
         raise AssertionError("a recorded test file that is gone must be refused, naming the fix")

@@ -464,3 +464,49 @@ def test_semicolon_csv_is_explained_and_read_with_its_delimiter(tmp_path):
     assert "pass --delimiter ';'" in error_of(user_files.read, path)
     texts, labels, _ = user_files.read(path, delimiter=";")
     assert (texts, labels) == (["good", "bad"], ["pos", "neg"])
+
+
+def test_codes_that_only_look_like_numbers_stay_apart_and_merges_are_logged(tmp_path):
+    rows = [("a", "007"), ("b", "7"), ("c", "1_000"), ("d", "1000")] * 3
+    train, _, _ = user_files.build_splits(write(tmp_path, "codes.csv", csv_of(rows)),
+                                          write(tmp_path, "t.csv", csv_of(rows)), task="multiclass", log=[].append)
+    assert train.label_names == ("007", "1000", "1_000", "7")  # not numbers: four labels, in text order
+    big = [("a", "9007199254740993"), ("b", "9007199254740992"), ("c", "1"), ("d", "1.0")] * 3
+    logs = []
+    train, _, _ = user_files.build_splits(write(tmp_path, "big.csv", csv_of(big)),
+                                          write(tmp_path, "t2.csv", csv_of(big)), log=logs.append)
+    assert train.label_names == ("1", "9007199254740992", "9007199254740993")  # exact: beyond float's 2^53
+    assert any("compared as numbers: read 1.0 as 1" in line for line in logs)
+
+
+def test_a_models_own_label_names_are_never_respelled(tmp_path):
+    """A model whose labels are 1 and 1.0 (trained before numbers were compared) keeps them apart."""
+    path = write(tmp_path, "test.csv", csv_of([("x", "1.0"), ("y", "1"), ("z", "2.0")]))
+    split = user_files.load_split(path, ("1", "1.0", "2"), "multiclass")
+    assert [split.label_names[i] for i in split.labels] == ["1.0", "1", "2"]
+
+
+def test_float_and_boolean_one_hot_pairs_are_refused_too(tmp_path):
+    for pair in ([1.0, 0.0], [True, False]):
+        path = write(tmp_path, "pairs.jsonl", json.dumps({"text": "good", "label": pair}) + "\n")
+        assert "looks like a 0/1 vector" in error_of(user_files.read, path)
+
+
+def test_replaced_bytes_never_make_a_label(tmp_path):
+    """utf-8:replace may read a text's bad bytes as U+FFFD, but café and cafè must not both become caf\ufffd."""
+    path = write(tmp_path, "drinks.csv", "text,label\nnice,café\n".encode("cp1252"))
+    message = error_of(user_files.read, path, encoding="utf-8:replace")
+    assert message.startswith(f"{path}:2: the label") and "--encoding" in message
+
+
+def test_any_spelling_of_utf8_drops_the_bom(tmp_path):
+    path = write(tmp_path, "bom.csv", b"\xef\xbb\xbftext,label\ngood,pos\n")
+    for encoding in ("UTF-8", "utf8", "utf-8"):
+        assert user_files.read(path, encoding=encoding)[:2] == (["good"], ["pos"])
+
+
+def test_a_quoted_multi_line_csv_field_is_no_swallowed_row(tmp_path):
+    path = write(tmp_path, "reviews.csv", 'text,label\n"First paragraph, with a comma.\nSecond one.",pos\n')
+    logs = []
+    texts, _, _ = user_files.read(path, log=logs.append)
+    assert texts == ["First paragraph, with a comma.\nSecond one."] and logs == []

@@ -32,12 +32,15 @@ def read_text(path, encoding=REPLACING_ENCODING):
 
 
 def likely_encoding(data):
-    """What Excel on Windows writes (cp1252) if it decodes data, else latin-1, which decodes any bytes."""
-    try:
-        data.decode("cp1252")
-        return "cp1252"
-    except UnicodeDecodeError:
-        return "latin-1"
+    """The first of UTF-8 and what Excel on Windows writes (cp1252) that decodes data, else latin-1,
+    which decodes any bytes."""
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            data.decode(encoding)
+            return encoding
+        except UnicodeDecodeError:
+            pass
+    return "latin-1"
 
 
 def undecodable(where, encoding, data, byte):

@@ -37,7 +37,9 @@ class TextToTokens(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def __call__(self, texts):
-        tokens = self.preprocessor.tokenize(texts).merge_dims(-2, -1)  # [batch, (word pieces)]
+        tokens = self.preprocessor.tokenize(texts)
+        if tokens.ragged_rank == 2:  # BERT's [batch, (words), (pieces)]; SentencePiece's (ALBERT) has no words
+            tokens = tokens.merge_dims(-2, -1)  # [batch, (word pieces)]
         lengths = tokens.row_lengths()
         keep = tf.concat([tf.ragged.range(start, limit) for start, limit in self._keep(lengths)], axis=1)
         kept = tf.gather(tokens, keep, batch_dims=1)

@@ -6,10 +6,11 @@ training data's sorted label names, shuffled as text_dataset_from_directory(seed
 Bad data is a ValueError of one line naming the file, the line (or .txt file) and the fix.
 No TensorFlow here, so importing this is instant.
 """
+import codecs
 import csv
+import decimal
 import itertools
 import json
-import math
 import os
 import re
 
@@ -71,8 +72,11 @@ def _collect(path, rows, label_separator, label_names):
         if not text.strip():
             raise ValueError(f"{source}: the text is empty; fill it in or remove it")
         label = _parsed_label(source, label, label_separator)
+        if any("\ufffd" in name for name in _as_tuple(label)):
+            raise ValueError(f"{source}: the label {label!r} holds bytes that are not UTF-8, so it can't be read "
+                             "as written; pass the file's --encoding (cp1252 for Excel on Windows)")
         if spelled:
-            label = _respelled(label, spelled)
+            label = _respelled(label, spelled, known)
         if known is not None:
             _check_known(source, label, known, label_names)
         texts.append(text)
@@ -96,7 +100,8 @@ def _parsed_label(source, label, separator):
     label = tuple(name.strip() for name in label)
     if "" in label:
         raise ValueError(f"{source}: an empty label in {list(label)}; remove the extra separator or fill it in")
-    if len(label) >= 2 and set(label) <= {"0", "1"}:  # [1, 0] too: a one-hot pair is no pair of labels
+    if len(label) >= 2 and all(name in ("true", "false") or _number(name) in (0, 1) for name in label):
+        # [1, 0], [1.0, 0.0] and [true, false] too: a one-hot pair is no pair of labels
         raise ValueError(f"{source}: {list(label)} looks like a 0/1 vector; list the label names a text "
                          "has instead, e.g. [\"sports\", \"politics\"]")
     repeated = next((name for i, name in enumerate(label) if name in label[:i]), None)
@@ -106,12 +111,15 @@ def _parsed_label(source, label, separator):
 
 
 def _number(name):
-    """The finite number a label name spells ("1", "1.0", "2e1"), else None."""
-    try:
-        value = float(name)
-    except ValueError:
+    """The finite number a label name spells ("1", "1.0", "2e1"), exactly, else None. Codes that only
+    look like numbers ("007", "1_000") are not numbers."""
+    if "_" in name or re.match(r"\s*[+-]?0\d", name):
         return None
-    return value if math.isfinite(value) else None
+    try:
+        value = decimal.Decimal(name.strip())
+    except decimal.InvalidOperation:
+        return None
+    return value.normalize() if value.is_finite() else None
 
 
 def _by_number(names):
@@ -125,11 +133,12 @@ def _by_number(names):
     return by_number
 
 
-def _respelled(label, by_number):
-    """label (a name or a tuple of names) with each number spelled as by_number spells it."""
+def _respelled(label, by_number, keep=()):
+    """label (a name or a tuple of names) with each number spelled as by_number spells it; a name in
+    keep (a trained model's own) stays as it is."""
     if isinstance(label, tuple):
-        return tuple(by_number.get(_number(name), name) for name in label)
-    return by_number.get(_number(label), label)
+        return tuple(name if name in keep else by_number.get(_number(name), name) for name in label)
+    return label if label in keep else by_number.get(_number(label), label)
 
 
 def _check_known(source, label, known, label_names):
@@ -179,7 +188,8 @@ def _file_rows(path, text_column, label_column, no_header, log, encoding, delimi
     if suffix not in TABLE_DELIMITERS and suffix != JSONL_SUFFIX:
         raise ValueError(f"{path}: can't read {suffix or 'a file without a suffix'}; pass a folder of class "
                          "subfolders of .txt files, or a .csv, .tsv or .jsonl file")
-    _refuse_utf16(path)
+    if encoding == class_folders.REPLACING_ENCODING or not codecs.lookup(encoding).name.startswith("utf-16"):
+        _refuse_utf16(path)
     lines = _decoded_lines(path, log, encoding)
     if suffix == JSONL_SUFFIX:
         if no_header:
@@ -192,7 +202,8 @@ def _file_rows(path, text_column, label_column, no_header, log, encoding, delimi
 def _refuse_utf16(path):
     with open(path, "rb") as f:
         if f.read(2) in UTF16_BOMS:
-            raise ValueError(f"{path}: the file is UTF-16, not UTF-8; save it as UTF-8 (in Excel: CSV UTF-8)")
+            raise ValueError(f"{path}: the file is UTF-16, not UTF-8; pass --encoding utf-16, or save it as UTF-8 "
+                             "(in Excel: CSV UTF-8)")
 
 
 def _decoded_lines(path, log, encoding):
@@ -200,7 +211,8 @@ def _decoded_lines(path, log, encoding):
     newlines). A byte the encoding can't decode stops the read naming its line; with utf-8:replace it
     becomes U+FFFD, and how many lines had any is logged at the end."""
     replaced = 0
-    codec = "utf-8-sig" if encoding in ("utf-8", class_folders.REPLACING_ENCODING) else encoding
+    utf8 = encoding == class_folders.REPLACING_ENCODING or codecs.lookup(encoding).name == "utf-8"
+    codec = "utf-8-sig" if utf8 else encoding
     # surrogateescape marks each bad byte, so exactly the lines that had one are found and repaired.
     with open(path, encoding=codec, errors="surrogateescape", newline="") as f:
         for number, line in enumerate(f, 1):
@@ -242,10 +254,12 @@ def _table_rows(path, lines, delimiter, text_column, label_column, no_header, qu
     swallowed = []
     for line, fields in records:
         if len(fields) != len(first):
+            quotes = " (or, if double quotes are part of the texts, pass --quoting none)" if (
+                delimiter == "\t" and quoting == "csv") else ""
             raise ValueError(f"{path}:{line}: {len(fields)} fields where {first_row} has {len(first)}; put "
                              f"double quotes around any field holding the delimiter ({delimiter!r}) or a "
-                             "newline, and give every row the same columns")
-        if "\n" in fields[text_index] and delimiter in fields[text_index]:
+                             f"newline, and give every row the same columns{quotes}")
+        if delimiter == "\t" and any("\n" in field and "\t" in field for field in fields):
             swallowed.append(line)
         yield f"{path}:{line}", fields[text_index], fields[label_index]
     if swallowed:
@@ -362,11 +376,11 @@ def build_splits(train_path, test_path, validation_path=None, validation_split=0
     texts, raw_labels, sources = read(train_path, **options)
     numeric = not os.path.isdir(train_path)  # class folders keep text_dataset_from_directory's names and order
     if numeric:
-        raw_labels = _numbers_as_numbers(raw_labels)
+        raw_labels = _numbers_as_numbers(raw_labels, train_path, log)
     label_names = _label_names(raw_labels, numeric)
     chosen = decide_task(task, raw_labels, label_names)
     _check_training_labels(train_path, chosen, label_names)
-    if task == "auto" and chosen != "multilabel" and len(texts) > 2 and len(label_names) == len(texts):
+    if numeric and task == "auto" and chosen != "multilabel" and 2 < len(texts) == len(label_names):
         raise ValueError(f"{train_path}: each of the {len(texts)} texts has a label of its own in the column "
                          f"{label_column!r}, as an ID column has; name the label column with --label-column, or "
                          "pass --task multiclass if every text really is a class of its own")
@@ -405,13 +419,16 @@ def decide_task(task, raw_labels, label_names):
     return "binary" if len(label_names) == 2 else "multiclass"
 
 
-def _numbers_as_numbers(raw_labels):
+def _numbers_as_numbers(raw_labels, path, log):
     """If every label is a number, each spelled as its first spelling in the file ("1" and "1.0" one
-    label), so that they compare and sort as numbers; other labels as they are."""
+    label, logged), so that they compare and sort as numbers; other labels as they are."""
     first_seen = list(dict.fromkeys(name for label in raw_labels for name in _as_tuple(label)))
     by_number = _by_number(first_seen)
     if by_number is None:
         return raw_labels
+    merged = [f"{name} as {by_number[_number(name)]}" for name in first_seen if by_number[_number(name)] != name]
+    if merged:
+        log(f"{path}: the labels are numbers, compared as numbers: read {_shown(merged)}")
     one_copy = {}
     return [one_copy.setdefault(label, _respelled(label, by_number)) for label in raw_labels]
 
@@ -420,7 +437,7 @@ def _label_names(raw_labels, numeric=True):
     """The distinct label names, sorted: as numbers if numeric and all are numbers (2 before 10), else
     as text."""
     names = {name for label in set(raw_labels) for name in _as_tuple(label)}
-    return tuple(sorted(names, key=float) if numeric and _by_number(list(names)) else sorted(names))
+    return tuple(sorted(names, key=_number) if numeric and _by_number(list(names)) else sorted(names))
 
 
 def _check_training_labels(path, task, label_names):

@@ -7,6 +7,7 @@ import numpy as np
 
 import config
 from tfhub_classifier.data import imdb, user_files
+from tfhub_classifier.data.class_folders import REPLACING_ENCODING
 from tfhub_classifier.inference import plots, scoring
 from tfhub_classifier.model import saving
 
@@ -138,10 +139,13 @@ def evaluation_config(args):
         # Where the model's test data is and how it was read: a new --test-data is read the same way.
         inherited = config.field_names(recorded="inherited")
         base = dataclasses.replace(base, **{k: v for k, v in recorded.items() if k in inherited})
+        if "encoding" not in recorded:  # a model saved before --encoding read bad bytes as U+FFFD
+            base = dataclasses.replace(base, encoding=REPLACING_ENCODING)
     cfg = config.from_args(args, base, script=config.EVALUATE)
     if record and not args.test_data and cfg.test_data and not os.path.exists(cfg.test_data):
-        raise ValueError(f"{cfg.test_data}, the test data {cfg.model_dir}'s run record names, is gone; pass "
-                         "--test-data PATH with the model's labelled test data")
+        where = "" if os.path.isabs(cfg.test_data) else " (relative to the folder train.py ran in)"
+        raise ValueError(f"{cfg.test_data}, the test data {cfg.model_dir}'s run record names{where}, is not there; "
+                         "pass --test-data PATH with the model's labelled test data")
     return cfg
 
 
