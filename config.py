@@ -441,11 +441,17 @@ def from_args(args, base=None, script=None):
     return dataclasses.replace(config, **{**RECIPES[recipe], **given}).validate(script)
 
 
+GENERIC_DATA_NAMES = ("train", "training", "data", "dataset", "train_data")
+
+
 def default_model_dir(train_data):
     """Where train.py saves a model of your own data: models/ and the training file's or folder's stem,
     so a second data set never lands on the IMDB model's folder."""
-    stem = os.path.splitext(os.path.basename(os.path.normpath(train_data)))[0]
-    return os.path.join("models", stem or "model")
+    path = os.path.abspath(train_data)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if stem.lower() in GENERIC_DATA_NAMES:  # data/imdb/train.csv -> models/imdb_train
+        stem = f"{os.path.basename(os.path.dirname(path))}_{stem}"
+    return os.path.join("models", stem)
 
 
 def resolve(**overrides):

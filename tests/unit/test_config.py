@@ -101,6 +101,9 @@ def test_your_own_data_gets_a_model_dir_of_its_own():
     given = train.parse(argv + ["--model-dir", "models/mine"])
     assert config.from_args(given, script=config.TRAIN).model_dir == "models/mine"
     assert config.from_args(train.parse([]), script=config.TRAIN).model_dir == "models/imdb_bert"
+    # A generic file name takes its folder's: two data sets' train.csv don't share a model folder.
+    assert config.default_model_dir("data/sst2/train.tsv") == os.path.join("models", "sst2_train")
+    assert config.default_model_dir(".") == os.path.join("models", os.path.basename(os.getcwd()))
 
 
 def test_an_unknown_encoding_is_refused_naming_the_choices():
