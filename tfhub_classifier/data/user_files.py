@@ -136,9 +136,8 @@ def _by_number(names):
 def _respelled(label, by_number, keep=()):
     """label (a name or a tuple of names) with each number spelled as by_number spells it; a name in
     keep (a trained model's own) stays as it is."""
-    if isinstance(label, tuple):
-        return tuple(name if name in keep else by_number.get(_number(name), name) for name in label)
-    return label if label in keep else by_number.get(_number(label), label)
+    names = tuple(name if name in keep else by_number.get(_number(name), name) for name in _as_tuple(label))
+    return names if isinstance(label, tuple) else names[0]
 
 
 def _check_known(source, label, known, label_names):
