@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from tfhub_classifier import hardware
 from tfhub_classifier.data.class_folders import REPLACING_ENCODING
+from tfhub_classifier.inference import thresholds
 
 OFFICIAL_DATASET_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 OFFICIAL_DATASET_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
@@ -87,6 +88,8 @@ OUTPUT_FORMATS = ("table", "jsonl", "csv")
 TASKS = ("auto", "binary", "multiclass", "multilabel")
 CLASS_WEIGHTS = ("none", "balanced")
 QUOTINGS = ("csv", "none")
+EARLY_STOPPING_METRICS = ("val_loss", "val_accuracy", "macro_f1")
+CALIBRATIONS = ("none", "temperature")
 
 
 # The scripts that offer a field as a flag.
@@ -98,7 +101,7 @@ EVERY = SCRIPTS
 
 
 def _option(default, reason, choices=None, *, scripts=(TRAIN,), at_least=None, resumes=True, recorded=None,
-            data_path=False, flag=None, help_in=None):
+            data_path=False, flag=None, help_in=None, value_type=None):
     """A Config field and the facts about it that the scripts read:
 
     scripts: those that offer it as a flag; at_least: its smallest valid value (ints and floats);
@@ -107,11 +110,13 @@ def _option(default, reason, choices=None, *, scripts=(TRAIN,), at_least=None, r
     run record unless the flag is given (where the test data is and how it is read), None if not;
     data_path: a file or folder of data, kept absolute in the run record so evaluate.py finds it from
     any working directory; flag: {script: flag name} where it is not the
-    field's name; help_in: {script: reason} where a script explains it otherwise.
+    field's name; help_in: {script: reason} where a script explains it otherwise; value_type: the
+    flag's type where the default (None) does not say it.
     """
     return field(default=default, metadata={
         "help": reason, "choices": choices, "scripts": scripts, "at_least": at_least, "resumes": resumes,
-        "recorded": recorded, "data_path": data_path, "flag": flag or {}, "help_in": help_in or {}})
+        "recorded": recorded, "data_path": data_path, "flag": flag or {}, "help_in": help_in or {},
+        "value_type": value_type or type(default)})
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,9 @@ class Config:
                               scripts=(TRAIN, EVALUATE), recorded="inherited")
     task: str = _option("auto", "auto = decided from the data (and printed); binary keeps IMDB's Dense(1)",
                         TASKS)
+    positive_label: str = _option("", "binary: the label whose precision, recall and F1 are reported and whose "
+                                  "probability is the score (e.g. fraud); empty = the second in sorted order "
+                                  "(IMDB: pos)")
     class_weight: str = _option("none", "balanced = weigh each class (or each label's positives) by its "
                                 "rarity, for imbalanced data", CLASS_WEIGHTS)
 
@@ -198,8 +206,22 @@ class Config:
     pooling: str = _option("mean", "pooled = the encoder's [CLS] pooled_output; mean = masked mean of "
                            "every token (measured better here)",
                            POOLINGS)
-    early_stopping_patience: int = _option(1, "stop after N epochs without a better validation loss and "
-                                           "keep the best epoch's weights; 0 = off", at_least=0)
+    early_stopping_patience: int = _option(1, "stop after N epochs without a better validation score (see "
+                                           "--early-stopping-metric) and keep the best epoch's weights; 0 = off",
+                                           at_least=0)
+    early_stopping_metric: str = _option("val_loss", "what early stopping watches on the validation data: "
+                                         "val_loss, val_accuracy, or macro_f1 when that is the target (one "
+                                         "more pass over the validation texts an epoch)", EARLY_STOPPING_METRICS)
+    stratify: bool = _option(False, "your own data: cut --validation-split so each label keeps its share "
+                             "(single-label data); off = the last share of the shuffled texts, as Keras cuts")
+
+    # After training, on the validation data: saved with the model, so every consumer uses them.
+    calibrate: str = _option("none", "temperature = divide the logits by one scalar fitted on the validation "
+                             "data, so probabilities match frequencies (Guo et al. 2017)", CALIBRATIONS,
+                             resumes=False)
+    threshold_metric: str = _option("", "binary and multi-label: choose the threshold on the validation data "
+                                    "for f1, precision:P (the most recall with precision >= P) or recall:R; "
+                                    "empty = keep 0.5 and report what f1's would give", resumes=False)
 
     # How to run it.
     pipeline: str = _option("fast", "fast = tokenize in tf.data, pad per batch; tutorial = strings into the "
@@ -252,9 +274,10 @@ class Config:
                                     scripts=(SERVE,), at_least=1)
 
     # How a model's probabilities become labels.
-    threshold: float = _option(0.5, "binary: score at or above which a text gets the second label (IMDB: "
-                               "pos); multi-label: probability at or above which a label is given",
-                               scripts=(EVALUATE, *USING))
+    threshold: float = _option(None, "binary: score at or above which a text gets the positive label; "
+                               "multi-label: probability at or above which a label is given; empty = the "
+                               "model's own (chosen on the validation data at training), else 0.5",
+                               scripts=(EVALUATE, *USING), value_type=float)
     top_k: int = _option(1, "multi-class: give the K most likely labels, each with its probability",
                          scripts=USING, at_least=1)
 
@@ -273,7 +296,7 @@ class Config:
             if spec.name in offered and least is not None and value < least:
                 bound = "at least 1" if least == 1 else f"{least} or more"
                 raise ValueError(f"--{flag_name(spec.name, script)} must be {bound}, got {value}")
-        if "threshold" in offered and not 0 <= self.threshold <= 1:
+        if "threshold" in offered and self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if "precision" in offered and self.precision == "bfloat16" and not hardware.cpu_supports_bfloat16():
             raise ValueError("--precision bfloat16 needs a CPU with AVX512-BF16 or AMX, which this one lacks "
@@ -308,6 +331,7 @@ class Config:
                              "for the names, or pass --encoder and --preprocessor")
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown --recipe {self.recipe!r}; use one of {', '.join(RECIPES)}")
+        thresholds.check_metric(self.threshold_metric)
         if not 0 < self.validation_split < 1:
             raise ValueError(f"--validation-split must be between 0 and 1 (the tutorial uses 0.2), "
                              f"got {self.validation_split}")
@@ -345,6 +369,11 @@ class Config:
                              "--validation-data), or neither for IMDB")
         if self.validation_data and not self.train_data:
             raise ValueError("--validation-data needs --train-data and --test-data")
+        if self.stratify and not self.train_data:
+            raise ValueError("--stratify is for your own --train-data; IMDB's validation split stays the tutorial's")
+        if self.stratify and self.validation_data:
+            raise ValueError("--stratify cuts --validation-split from the training data; with --validation-data "
+                             "there is no cut: drop one of them")
         if not self.train_data and self.task not in ("auto", "binary"):
             raise ValueError(f"IMDB is a binary task; --task {self.task} needs your own --train-data and --test-data")
         return self
@@ -413,7 +442,8 @@ def add_flags(parser, script):
         by_recipe = ", ".join(f"{recipe}: {values[spec.name]!r}" for recipe, values in RECIPES.items()
                               if spec.name in values) if script == TRAIN else ""
         reason = spec.metadata["help_in"].get(script, spec.metadata["help"])
-        help_text = f"{reason} (default: {spec.default!r}" + (f"; --recipe {by_recipe})" if by_recipe else ")")
+        help_text = reason if spec.default is None else (
+            f"{reason} (default: {spec.default!r}" + (f"; --recipe {by_recipe})" if by_recipe else ")"))
         kwargs = dict(default=None, help=help_text, dest=spec.name)
         if spec.metadata["choices"]:
             kwargs["choices"] = spec.metadata["choices"]  # shown in --help as {a,b,c}
@@ -422,7 +452,7 @@ def add_flags(parser, script):
         elif isinstance(spec.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = type(spec.default)
+            kwargs["type"] = spec.metadata["value_type"]
             if not spec.metadata["choices"]:
                 kwargs["metavar"] = flag.upper().replace("-", "_")
         parser.add_argument(f"--{flag}", **kwargs)

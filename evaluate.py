@@ -12,7 +12,7 @@ MEMORY_FLAGS = "--batch-size"  # named by cli.run when memory runs out; the mode
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_flags(parser, config.EVALUATE)
     parser.add_argument("--show-errors", type=int, default=0, metavar="K",
@@ -27,7 +27,7 @@ def main(argv=None):
     cfg = evaluation.evaluation_config(args)
     if args.show_errors < 0:
         raise ValueError(f"--show-errors must be 0 or more, got {args.show_errors}")
-    metrics = evaluation.evaluate(cfg, args.show_errors, cfg.threshold)
+    metrics = evaluation.evaluate(cfg, args.show_errors)
     print("\n".join(evaluation.format_metrics(metrics)))
     return metrics
 

@@ -14,7 +14,7 @@ MEMORY_FLAGS = "--batch-size"  # named by cli.run when memory runs out; the mode
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sentences", nargs="*", help="texts to label; none = read --file or standard input")
     parser.add_argument("--file", metavar="PATH", help="score each line of PATH ('-' = standard input)")
@@ -44,7 +44,8 @@ def main(argv=None):
     task = saving.task_of_record(record)
     prediction.check_top_k(task, cfg.top_k)
     texts = args.sentences or prediction.read_lines(args.file or "-")
-    writer = prediction.Writer(args.format, task, cfg.threshold, cfg.top_k, prediction.stdout_text())
+    threshold = saving.threshold_in_use(cfg.threshold, record)
+    writer = prediction.Writer(args.format, task, threshold, cfg.top_k, prediction.stdout_text())
     results = []
     for text, probabilities in prediction.predict(model, task, texts, cfg.eval_batch_size,
                                                  progress=bool(args.file)):

@@ -18,7 +18,7 @@ MEMORY_FLAGS = "--batch-size"  # named by cli.run when memory runs out; the mode
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_flags(parser, config.SERVE)
     return parser.parse_args(argv)

@@ -14,7 +14,7 @@ MEMORY_FLAGS = cli.TRAINING_MEMORY_FLAGS  # named by cli.run when memory runs ou
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list-models", action="store_true",
                         help="print every known --bert-model with its encoder and preprocessor, and exit")

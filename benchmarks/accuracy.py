@@ -3,6 +3,10 @@
     python benchmarks/accuracy.py --protocol compare   # best, official, tutorial on a fixed subset
     python benchmarks/accuracy.py --protocol full      # best recipe, whole split (hours on 2 cores)
     python benchmarks/accuracy.py --protocol ratings   # 4 star-rating classes from CSV, vs TF-IDF + LR
+    python benchmarks/accuracy.py --protocol compare --recipes best --calibrate temperature --threshold-metric f1
+
+With --calibrate or --threshold-metric it also prints the test set's ECE and Brier score before and
+after temperature scaling and, for binary tasks, F1 at 0.5 and at the threshold chosen on validation.
 
 Runs the suite's own training code (trainer.run) and prints one line per recipe.
 """
@@ -32,6 +36,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, help="override the recipes' epochs, to fit a time budget")
     parser.add_argument("--class-weight", choices=("none", "balanced"), help="passed to the suite")
     parser.add_argument("--early-stopping-patience", type=int, help="passed to the suite (0 = keep the last epoch)")
+    parser.add_argument("--calibrate", choices=("none", "temperature"), help="passed to the suite")
+    parser.add_argument("--threshold-metric", help="passed to the suite, e.g. f1")
     args = parser.parse_args(argv)
     protocol = PROTOCOLS[args.protocol]
     flags = common.real_data_flags()
@@ -54,6 +60,8 @@ def main(argv=None):
                            "best_epoch": record["best_epoch"], "epochs_run": len(record["history"]["loss"]),
                            "split_sizes": record["split_sizes"], "precision": record["precision"],
                            "wall_seconds": round(time.time() - started)}
+        if cfg.calibrate != "none" or cfg.threshold_metric:
+            results[recipe]["operating_point"] = operating_point(cfg, splits[2], record)
         print(f"RESULT protocol={args.protocol} recipe={recipe} "
               f"test_accuracy={results[recipe]['test_accuracy']:.4f} "
               f"wall={results[recipe]['wall_seconds']}s", flush=True)
@@ -64,9 +72,34 @@ def main(argv=None):
     return results
 
 
+def operating_point(cfg, test, record):
+    """The saved model on the test split: ECE, Brier and NLL before and after its temperature and, for a
+    binary model, precision, recall and F1 at 0.5 and at its chosen threshold; printed and returned."""
+    from tfhub_classifier.inference import calibration, scoring
+    from tfhub_classifier.model import saving
+    model, _ = saving.load(cfg.model_dir)
+    task, temperature = saving.task_of_record(record), saving.temperature_of_record(record)
+    logits = scoring.logits_of(model, test.texts, cfg.eval_batch_size)
+    result = {"temperature": temperature, "threshold": saving.threshold_of_record(record),
+              "validation": {key: record.get(key) for key in ("calibration", "threshold_choice")}}
+    for name, scores in (("before", logits * temperature), ("after", logits)):
+        summary = calibration.summary(task.kind, test.labels, scores)
+        result[f"test_{name}_temperature"] = {key: summary[key] for key in ("ece", "brier", "nll")}
+    print(f"test ECE {result['test_before_temperature']['ece']:.4f} -> {result['test_after_temperature']['ece']:.4f}, "
+          f"Brier {result['test_before_temperature']['brier']:.4f} -> {result['test_after_temperature']['brier']:.4f} "
+          f"(temperature {temperature:.4f})")
+    if task.kind == "binary":
+        for name, threshold in (("at_0.5", 0.5), ("at_chosen", result["threshold"])):
+            report = task.report(test.labels, logits, threshold)
+            result[f"test_{name}"] = {key: report[key] for key in ("precision", "recall", "f1", "accuracy")}
+        print(f"test F1 at 0.5: {result['test_at_0.5']['f1']:.4f}; at the chosen {result['threshold']:.4f}: "
+              f"{result['test_at_chosen']['f1']:.4f}")
+    return result
+
+
 def suite_overrides(args):
     """The suite settings given on this command line, over the recipe's own."""
-    names = ("epochs", "precision", "class_weight", "early_stopping_patience")
+    names = ("epochs", "precision", "class_weight", "early_stopping_patience", "calibrate", "threshold_metric")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -137,11 +170,17 @@ def ratings(args, flags):
                          **{k: v for k, v in flags.items() if k in ("encoder", "preprocessor")}, **overrides)
     started = time.time()
     record = trainer.run(cfg)
-    metrics = evaluation.evaluate(cfg)  # the confusion matrix PNGs, from the saved model
+    metrics = evaluation.evaluate(cfg)  # the confusion matrix and reliability PNGs, from the saved model
     ours = {"macro_f1": record["test_metrics"]["macro"]["f1"], "accuracy": record["test_metrics"]["accuracy"],
             "confusion_matrix": record["test_metrics"]["confusion_matrix"], "plots": metrics["plots"],
             "precision": record["precision"], "best_epoch": record["best_epoch"], "overrides": overrides,
-            "epochs_run": len(record["history"]["loss"]), "wall_seconds": round(time.time() - started)}
+            "epochs_run": len(record["history"]["loss"]), "wall_seconds": round(time.time() - started),
+            "calibration": {key: value for key, value in metrics["calibration"].items() if key != "bins"},
+            "validation_calibration": record.get("calibration")}
+    if "before_temperature" in metrics["calibration"]:
+        before, after = metrics["calibration"]["before_temperature"], metrics["calibration"]
+        print(f"test ECE {before['ece']:.4f} -> {after['ece']:.4f}, Brier {before['brier']:.4f} -> "
+              f"{after['brier']:.4f} (temperature {after['temperature']:.4f})")
     result = {"machine": common.machine(), "split_sizes": record["split_sizes"],
               "label_names": record["task"]["label_names"], "suite_best": ours, **baselines}
     common.save_result("accuracy_ratings", result)

@@ -364,7 +364,8 @@ def test_labelling_flags_come_from_config_for_predict_and_serve_and_not_train():
         args = parse(["--threshold", "0.7", "--top-k", "2"])
         assert (args.threshold, args.top_k) == (0.7, 2)
         defaults = config.from_args(parse([]))
-        assert (defaults.threshold, defaults.top_k) == (config.Config.threshold, config.Config.top_k) == (0.5, 1)
+        # No --threshold: None, the saved model's own threshold (0.5 unless chosen at training).
+        assert (defaults.threshold, defaults.top_k) == (config.Config.threshold, config.Config.top_k) == (None, 1)
     assert {"threshold", "top_k"} <= set(config.field_names(config.PREDICT)) & set(config.field_names(config.SERVE))
     assert not {"threshold", "top_k", "host", "port"} & set(config.field_names(config.TRAIN))
     for flag in ("--port", "--threshold"):

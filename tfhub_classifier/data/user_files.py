@@ -359,14 +359,15 @@ def reading_options(cfg):
 
 def build_splits(train_path, test_path, validation_path=None, validation_split=0.2, seed=42, task="auto",
                  text_column="text", label_column="label", label_separator=None, no_header=False, log=print,
-                 encoding="utf-8", delimiter="", quoting="csv"):
+                 encoding="utf-8", delimiter="", quoting="csv", stratify=False):
     """(train, validation, test) Splits whose labels index the training data's sorted label names.
 
     Without validation_path, validation is the last int(validation_split * n) texts of the training
     data after shuffling it as imdb.list_reviews and text_dataset_from_directory(seed=seed) do; every
-    split is shuffled so with the seed. task "auto" is multilabel if any text has a list of labels,
-    else binary for exactly 2 labels, else multiclass. Logs the task and each split's class counts,
-    and warns of texts in both training and test data and of classes under 1% of the training data.
+    split is shuffled so with the seed; stratify cuts it so each label keeps its share. task "auto" is
+    multilabel if any text has a list of labels, else binary for exactly 2 labels, else multiclass. Logs
+    the task and each split's class counts, and warns of texts in both training and test data, of classes
+    under 1% of the training data, and of labels no training text has.
     """
     if task not in ("auto",) + tasks.KINDS:
         raise ValueError(f"unknown --task {task!r}; use auto, {', '.join(tasks.KINDS)}")
@@ -387,7 +388,7 @@ def build_splits(train_path, test_path, validation_path=None, validation_split=0
     training = _to_split(texts, raw_labels, sources, label_names, chosen, seed)
     del texts, raw_labels, sources  # the unshuffled order's lists, 8 bytes a text each, are not needed again
     if validation_path is None:
-        train, validation = training.held_out(validation_split, train_path)
+        train, validation = training.held_out(validation_split, train_path, stratify_seed=seed if stratify else None)
     else:
         train, validation = training, load_split(validation_path, label_names, chosen, seed, **options)
     test = load_split(test_path, label_names, chosen, seed, **options)
@@ -395,6 +396,7 @@ def build_splits(train_path, test_path, validation_path=None, validation_split=0
         log(_counts_line(role, split))
     _warn_rare_classes(training, train_path, log)
     _warn_labels_on_every_text(training, train_path, log)
+    _warn_labels_on_no_text(train, train_path, log, cut=validation_path is None)
     _warn_shared_texts(training, test, train_path, test_path, log)
     return train, validation, test
 
@@ -517,6 +519,15 @@ def _warn_labels_on_every_text(split, train_path, log):
     if everywhere:
         log(f"warning: {train_path}: every training text has the label {_shown(everywhere)}, so the model learns "
             "nothing about it; check --label-column and --label-separator, or drop that label")
+
+
+def _warn_labels_on_no_text(train, train_path, log, cut):
+    nowhere = [name for name, count in zip(train.label_names, class_counts(train)) if count == 0]
+    if nowhere:
+        where = "after the validation cut, " if cut else ""
+        fix = "add texts with it, or pass --stratify" if cut else "add texts with it"
+        log(f"warning: {train_path}: {where}no training text has the label {_shown(nowhere)}, so the model "
+            f"can't learn it; {fix}")
 
 
 def _warn_shared_texts(training, test, train_path, test_path, log):

@@ -171,17 +171,20 @@ def score_on_server(tokens, url):
 
 
 def labelled(probabilities, task, names, threshold=0.5, top_k=1):
-    """One text's result as predict.py --format jsonl gives it (after the text): binary: the second
-    label's score and the label given; multi-class: the top label and its probability (and the top_k);
-    multi-label: the labels at or over the threshold, and each label's probability."""
+    """One text's result as predict.py --format jsonl gives it (after the text): binary: the positive
+    (second) label's score, its name, and the label given; multi-class: the top label and its probability
+    (and the top_k); multi-label: the labels at or over their threshold (one for all, or one per label),
+    and each label's probability."""
     if task == "binary":
-        return {"score": round(float(probabilities), 6), "label": names[int(float(probabilities) >= threshold)]}
+        score = float(probabilities)
+        return {"score": round(score, 6), "positive_label": names[1], "label": names[int(score >= threshold)]}
     if task == "multiclass":
         ranked = sorted(range(len(names)), key=lambda i: -probabilities[i])[:top_k]  # stable, as predict.py
         top = [{"label": names[i], "probability": round(float(probabilities[i]), 6)} for i in ranked]
         result = {"label": top[0]["label"], "probability": top[0]["probability"]}
         return {**result, "top_k": top} if top_k > 1 else result
-    return {"labels": [name for name, p in zip(names, probabilities) if p >= threshold],
+    limits = threshold if isinstance(threshold, (list, tuple)) else [threshold] * len(names)
+    return {"labels": [name for name, p, limit in zip(names, probabilities, limits) if p >= limit],
             "probabilities": {name: round(float(p), 6) for name, p in zip(names, probabilities)}}
 
 
@@ -191,9 +194,10 @@ def main(argv=None):
     parser.add_argument("--export-dir", default=HERE, help="the export (default: this file's folder)")
     parser.add_argument("--request", action="store_true", help="print TF Serving's REST request and stop")
     parser.add_argument("--server", metavar="URL", help="score with TF Serving at URL instead of locally")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="binary: score at or above which a text gets the second label; multi-label: "
-                             "probability at or above which a label is given (default: 0.5)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="binary: score at or above which a text gets the positive label; multi-label: "
+                             "probability at or above which a label is given (default: the model's own, "
+                             "in labels.json)")
     parser.add_argument("--top-k", type=int, default=1, metavar="K",
                         help="multi-class: also list the K most likely labels (default: 1)")
     args = parser.parse_args(argv)
@@ -204,7 +208,8 @@ def main(argv=None):
     probabilities = score_on_server(tokens, args.server) if args.server else score_locally(tokens, args.export_dir)
     with open(os.path.join(args.export_dir, "labels.json")) as f:
         labels = json.load(f)
-    results = [{"text": text, **labelled(p, labels["task"], labels["display_names"], args.threshold, args.top_k)}
+    threshold = args.threshold if args.threshold is not None else labels.get("threshold", 0.5)
+    results = [{"text": text, **labelled(p, labels["task"], labels["display_names"], threshold, args.top_k)}
                for text, p in zip(args.texts, probabilities)]
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # as predict.py: never fail on what the terminal can't show

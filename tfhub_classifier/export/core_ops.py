@@ -104,8 +104,8 @@ def export_core_ops(model_dir, out, log=print):
         with open(os.path.join(staging, "tokenizer.json"), "w") as f:
             json.dump(settings, f, indent=2)
         with open(os.path.join(staging, "labels.json"), "w") as f:
-            json.dump({"task": task.kind, "label_names": list(task.label_names), "display_names": names}, f,
-                      indent=2)
+            json.dump({"task": task.kind, "label_names": list(task.label_names), "display_names": names,
+                       "threshold": saving.threshold_of_record(record)}, f, indent=2)
         with open(os.path.join(staging, "labels.txt"), "w") as f:
             f.write("".join(f"{name}\n" for name in names))
         shutil.copy(client_example.__file__, os.path.join(staging, "client_example.py"))

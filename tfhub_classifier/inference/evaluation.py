@@ -8,15 +8,17 @@ import numpy as np
 import config
 from tfhub_classifier.data import imdb, user_files
 from tfhub_classifier.data.class_folders import REPLACING_ENCODING
-from tfhub_classifier.inference import plots, scoring
+from tfhub_classifier.inference import calibration, plots, scoring, thresholds
 from tfhub_classifier.model import saving
 
 
-def evaluate(cfg, show_errors=0, threshold=0.5, log=print):
+def evaluate(cfg, show_errors=0, log=print):
     """Metrics of the saved model in cfg.model_dir on its test data (IMDB's test split, or
-    --test-data), written beside the model as evaluation.json, with plots in cfg.plots_dir."""
+    --test-data) at --threshold or the model's own, with its calibration (before and after temperature
+    scaling if it was applied), written beside the model as evaluation.json, with plots in cfg.plots_dir."""
     model, record, precision = saving.load_model(cfg.model_dir, cfg.precision)
     task = saving.task_of_record(record)
+    threshold = saving.threshold_in_use(cfg.threshold, record)
     test = evaluation_split(cfg, task, log)
     log(f"Evaluating {cfg.model_dir} on {len(test):,} test texts ({task.kind}, {precision}) ...")
     logits = scoring.logits_of(model, test.texts, cfg.eval_batch_size, progress=True)
@@ -30,6 +32,13 @@ def evaluate(cfg, show_errors=0, threshold=0.5, log=print):
                                                     cfg.plots_dir, prefix)
     else:
         metrics["plots"] = {}
+    metrics["calibration"] = calibration_report(task, test.labels, logits, saving.temperature_of_record(record))
+    metrics["plots"]["reliability_diagram"] = plots.plot_reliability(
+        metrics["calibration"], os.path.join(cfg.plots_dir, f"{prefix}_reliability_diagram.png"),
+        metrics["calibration"].get("before_temperature"))
+    metrics["threshold_source"] = ("--threshold" if cfg.threshold is not None else
+                                   f"chosen for {record['threshold_choice']['metric']} at training"
+                                   if "threshold" in record else "the default")
     metrics["most_confident_errors"] = confident_errors(task, test, task.probabilities(logits), threshold,
                                                         show_errors)
     metrics["precision_mode"] = precision
@@ -48,11 +57,21 @@ def evaluation_split(cfg, task, log=print):
         split = user_files.load_split(cfg.test_data, task.label_names, task.kind, cfg.seed, log=log,
                                       **user_files.reading_options(cfg))
         return split.capped(cfg.max_examples)
-    if task.label_names != imdb.CLASS_NAMES:
+    if sorted(task.label_names) != sorted(imdb.CLASS_NAMES):
         raise ValueError(f"{cfg.model_dir} was not trained on IMDB (labels {', '.join(task.label_names)}); "
                          "pass --test-data PATH with its labelled test data")
     _, _, test = imdb.load_splits(cfg, with_train=False)
-    return test
+    return test.with_positive_label(task.label_names[1])  # the model's positive label (--positive-label neg)
+
+
+def calibration_report(task, labels, logits, temperature):
+    """ECE, Brier score, NLL and reliability bins of the model's probabilities; with a temperature other
+    than 1, also those of the logits before it (the saved model's logits are already divided by it)."""
+    report = calibration.summary(task.kind, labels, logits)
+    if temperature != 1.0:
+        report["temperature"] = temperature
+        report["before_temperature"] = calibration.summary(task.kind, labels, np.asarray(logits) * temperature)
+    return report
 
 
 def confident_errors(task, split, probabilities, threshold, count):
@@ -64,7 +83,7 @@ def confident_errors(task, split, probabilities, threshold, count):
     predicted = task.predicted_labels(probabilities, threshold)
     wrong = np.nonzero(predicted != split.labels)[0]
     if task.kind == "binary":
-        confidence = np.abs(probabilities[wrong] - 0.5)
+        confidence = np.abs(probabilities[wrong] - threshold)
     else:
         confidence = probabilities[wrong, predicted[wrong]]
     worst = wrong[np.argsort(-confidence, kind="stable")][:count]
@@ -96,37 +115,61 @@ def format_metrics(metrics):
     if kind == "binary":
         (tn, fp), (fn, tp) = metrics["confusion_matrix"]
         lines += [f"Accuracy: {metrics['accuracy']:.4f}",
-                  f"Precision: {metrics['precision']:.4f}  Recall: {metrics['recall']:.4f}  F1: {metrics['f1']:.4f}",
+                  f"Positive label: {names[1]} (at threshold {metrics['threshold']:.4f}, "
+                  f"{metrics.get('threshold_source', 'the default')})",
+                  f"Precision: {metrics['precision']:.4f}  Recall: {metrics['recall']:.4f}  F1: {metrics['f1']:.4f}"
+                  f"  (of {names[1]})",
+                  f"Macro F1: {metrics['macro']['f1']:.4f}",
                   f"ROC AUC: {metrics['roc_auc']:.4f}",
                   f"Confusion matrix (rows true, columns predicted; {names[0]}, {names[1]}): "
                   f"[[{tn}, {fp}], [{fn}, {tp}]]"]
+        lines += _per_label_lines(metrics)
     else:
         if kind == "multiclass":
             lines.append(f"Accuracy: {metrics['accuracy']:.4f}")
         else:
             lines.append(f"Subset accuracy: {metrics['subset_accuracy']:.4f}  "
                          f"Hamming loss: {metrics['hamming_loss']:.4f}")
+            lines.append(f"Threshold: {thresholds.describe(metrics['threshold'])} "
+                         f"({metrics.get('threshold_source', 'the default')})")
         for average in ("macro", "micro", "weighted"):
             scores = metrics[average]
             lines.append(f"{average.capitalize()} precision: {scores['precision']:.4f}  recall: "
                          f"{scores['recall']:.4f}  F1: {scores['f1']:.4f}")
         lines.append(f"ROC AUC (one-vs-rest, macro): {metrics['roc_auc_ovr_macro']:.4f}")
-        lines.append(f"{'label':<20} precision  recall  F1      support")
-        for name, row in metrics["per_label"].items():
-            lines.append(f"{name[:20]:<20} {row['precision']:.4f}     {row['recall']:.4f}  {row['f1']:.4f}  "
-                         f"{row['support']}")
+        lines += _per_label_lines(metrics)
         if kind == "multiclass":
             lines.append(f"Confusion matrix (rows true, columns predicted; {', '.join(names)}): "
                          f"{metrics['confusion_matrix']}")
     if metrics.get("absent_labels"):
         left_out = "" if kind == "multilabel" else "; the macro averages leave out those never predicted either"
         lines.append(f"No test text has the label(s): {', '.join(metrics['absent_labels'])}{left_out}")
+    lines += _calibration_lines(metrics.get("calibration"))
     for error in metrics["most_confident_errors"]:
         snippet = " ".join(error["text"].split())[:100]
         lines.append(f"  wrong, true {error['label']}, predicted {error['predicted']} ({error['score']:.4f}): "
                      f"{snippet}")
     for name, path in metrics["plots"].items():
         lines.append(f"Plot ({name.replace('_', ' ')}): {path}")
+    return lines
+
+
+def _calibration_lines(calibrated):
+    if not calibrated:
+        return []
+    line = f"Calibration: ECE {calibrated['ece']:.4f}  Brier {calibrated['brier']:.4f}"
+    if "before_temperature" in calibrated:
+        before = calibrated["before_temperature"]
+        line += (f" (temperature {calibrated['temperature']:.4f}; before it: ECE {before['ece']:.4f}  "
+                 f"Brier {before['brier']:.4f})")
+    return [line]
+
+
+def _per_label_lines(metrics):
+    lines = [f"{'label':<20} precision  recall  F1      support"]
+    for name, row in metrics["per_label"].items():
+        lines.append(f"{name[:20]:<20} {row['precision']:.4f}     {row['recall']:.4f}  {row['f1']:.4f}  "
+                     f"{row['support']}")
     return lines
 
 

@@ -102,3 +102,24 @@ def plot_evaluation(labels, logits, metrics, plots_dir, prefix, label_names=("ne
     axes.legend()
     paths["score_histogram"] = _save(figure, os.path.join(plots_dir, f"{prefix}_score_histogram.png"))
     return paths
+
+
+def plot_reliability(calibrated, path, uncalibrated=None):
+    """The reliability diagram: each confidence bin's accuracy against its mean confidence (the
+    diagonal is perfect calibration), with the uncalibrated bins beside when temperature scaling was
+    applied. Each argument is calibration.summary's output."""
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
+    for summary, style, name in ((uncalibrated, "s--", "before temperature scaling"), (calibrated, "o-", "model")):
+        if summary is None:
+            continue
+        filled = [row for row in summary["bins"] if row["count"]]
+        axes.plot([row["confidence"] for row in filled], [row["accuracy"] for row in filled], style,
+                  label=f"{name} (ECE {summary['ece']:.4f})")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("Confidence in the label given")
+    axes.set_ylabel("Share of those labels that are right")
+    axes.set_title("Reliability diagram")
+    axes.legend(loc="upper left")
+    return _save(figure, path)

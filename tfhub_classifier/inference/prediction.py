@@ -65,20 +65,22 @@ def _as_text(text):
 
 def labelled(task, probabilities, threshold=0.5, top_k=1):
     """What the model says of one text, as predict.py's JSON Lines and serve.py's predictions give it
-    (without the text): binary, the positive label's score and the label it gives; multi-class, the top
-    label and its probability, and with top_k over 1 the top_k; multi-label, every label at or over the
-    threshold, and each label's probability. The export's client_example.py keeps a copy (it cannot
-    import the suite), which a test holds to this one."""
+    (without the text): binary, the positive label's score, which label that is, and the label given;
+    multi-class, the top label and its probability, and with top_k over 1 the top_k; multi-label, every
+    label at or over its threshold (one for all, or a list with one per label), and each label's
+    probability. The export's client_example.py keeps a copy (it cannot import the suite), which a test
+    holds to this one."""
     names = display_names(task)
     if task.kind == "binary":
         score = float(probabilities)
-        return {"score": round(score, 6), "label": names[int(score >= threshold)]}
+        return {"score": round(score, 6), "positive_label": names[1], "label": names[int(score >= threshold)]}
     if task.kind == "multiclass":
         ranked = np.argsort(-probabilities, kind="stable")[:top_k]
         top = [{"label": names[i], "probability": round(float(probabilities[i]), 6)} for i in ranked]
         result = {"label": top[0]["label"], "probability": top[0]["probability"]}
         return {**result, "top_k": top} if top_k > 1 else result
-    return {"labels": [name for name, p in zip(names, probabilities) if p >= threshold],
+    limits = np.broadcast_to(np.asarray(threshold, dtype=np.float64), len(names))
+    return {"labels": [name for name, p, limit in zip(names, probabilities, limits) if p >= limit],
             "probabilities": {name: round(float(p), 6) for name, p in zip(names, probabilities)}}
 
 
@@ -100,7 +102,7 @@ def table_line(text, result):
 class Writer:
     """Writes each text's label(s) and probabilities as an aligned table, JSON Lines or CSV.
 
-    binary: the positive label's score and the label it gives; multi-class: the top_k labels with
+    binary: the positive label's score, its name, and the label given; multi-class: the top_k labels with
     their probabilities; multi-label: every label at or over the threshold, and each label's probability.
     """
 
@@ -113,7 +115,7 @@ class Writer:
 
     def _csv_header(self):
         if self.task.kind == "binary":
-            return ["text", "score", "label"]
+            return ["text", "score", "positive_label", "label"]
         if self.task.kind == "multiclass":
             return ["text"] + [f"{field}_{rank}" if rank > 1 else field for rank in range(1, self.top_k + 1)
                                for field in ("label", "probability")]
@@ -131,7 +133,7 @@ class Writer:
 
     def _csv_fields(self, result):
         if self.task.kind == "binary":
-            return [f"{result['score']:.6f}", result["label"]]
+            return [f"{result['score']:.6f}", result["positive_label"], result["label"]]
         if self.task.kind == "multiclass":
             return [value for entry in result.get("top_k", [result])
                     for value in (entry["label"], f"{entry['probability']:.6f}")]

@@ -33,6 +33,9 @@ class ExportedClassifier(tf.Module):
         self._kind = task.kind  # fixes the probabilities' graph when `serve` is traced
         self.task_kind = tf.Variable(task.kind, trainable=False, name="task_kind")
         self.label_names = tf.Variable(list(task.label_names), trainable=False, name="label_names")
+        # Set after training by --calibrate and --threshold-metric; 1 and 0.5 leave the model as trained.
+        self.temperature = tf.Variable(1.0, trainable=False, name="temperature")
+        self.threshold = tf.Variable(tf.fill([task.units], 0.5), trainable=False, name="threshold")
         # A new, uncompiled model over the same layers, so the optimizer is not saved with it.
         self.token_classifier = keras.Model(token_classifier.inputs, token_classifier.outputs)
 
@@ -42,7 +45,10 @@ class ExportedClassifier(tf.Module):
 
     @tf.function(input_signature=[{key: tf.TensorSpec([None, None], tf.int32) for key in tokenization.TOKEN_KEYS}])
     def classify_tokens(self, tokens):
-        return self.token_classifier(tokens, training=False)
+        """Logits divided by the fitted temperature, so every consumer of the saved model (scoring,
+        serving, the core-ops export) gets calibrated probabilities."""
+        logits = tf.cast(self.token_classifier(tokens, training=False), tf.float32)
+        return logits / self.temperature
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def __call__(self, texts):
@@ -121,6 +127,21 @@ def load_model(model_dir, precision):
     precision = runtime.set_precision(precision)
     model, record = load(model_dir)
     return model, record, precision
+
+
+def temperature_of_record(record):
+    """The temperature the saved model divides its logits by (1.0: not calibrated)."""
+    return float((record.get("calibration") or {}).get("temperature", 1.0))
+
+
+def threshold_of_record(record):
+    """The threshold(s) chosen at training (--threshold-metric), else 0.5: a float, or a list per label."""
+    return record.get("threshold", 0.5)
+
+
+def threshold_in_use(given, record):
+    """--threshold if given, else the saved model's own."""
+    return given if given is not None else threshold_of_record(record)
 
 
 def task_of_record(record):

@@ -20,7 +20,8 @@ class Servable:
         model, record, precision = saving.load_model(cfg.model_dir, cfg.precision)
         task = saving.task_of_record(record)
         prediction.check_top_k(task, cfg.top_k)
-        servable = cls(model, record, task, cfg.threshold, cfg.top_k, cfg.serve_batch_size,
+        threshold = saving.threshold_in_use(cfg.threshold, record)
+        servable = cls(model, record, task, threshold, cfg.top_k, cfg.serve_batch_size,
                        protocol.signature_tensor_names(cfg.model_dir))
         servable.score(["A warm-up review, so the first request is not the one that waits."])
         log(f"Loaded {cfg.model_dir} ({task.kind}: {', '.join(task.label_names)}; {precision})")

@@ -11,7 +11,7 @@ import numpy as np
 import config
 from tfhub_classifier import files, runtime, tasks
 from tfhub_classifier.data import imdb, tokenization, user_files
-from tfhub_classifier.inference import plots, prediction, scoring
+from tfhub_classifier.inference import calibration, plots, prediction, scoring, thresholds
 from tfhub_classifier.model import hub_models, modeling, saving
 from tfhub_classifier.runtime import keras, tf
 from tfhub_classifier.training import checkpoints, optimization
@@ -57,6 +57,21 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.bad_step = int(self.model.optimizer.iterations.numpy())
             self.model.stop_training = True
+
+
+class ValidationMacroF1(keras.callbacks.Callback):
+    """Adds val_macro_f1 (as evaluate.py computes it) to each epoch's logs, for early stopping and the
+    history; placed before the callbacks that read the logs."""
+
+    def __init__(self, task, validation_batches):
+        super().__init__()
+        self.task, self.validation_batches = task, validation_batches
+
+    def on_epoch_end(self, epoch, logs=None):
+        labels = np.concatenate([labels.numpy() for _, labels in self.validation_batches])
+        logits = self.model.predict(self.validation_batches, verbose=0)
+        logits = logits.reshape(-1) if self.task.kind == "binary" else logits
+        logs["val_macro_f1"] = self.task.report(labels, logits)["macro"]["f1"]
 
 
 class Session:
@@ -111,16 +126,26 @@ class Session:
                           jit_compile=cfg.jit_compile)
         return model
 
-    def callbacks(self, work_dir):
+    def early_stopping_monitor(self):
+        """(the logs' key, mode) early stopping watches for --early-stopping-metric."""
+        metric = self.cfg.early_stopping_metric
+        if metric == "val_accuracy":
+            return ("val_accuracy" if self.task.kind == "multiclass" else "val_binary_accuracy"), "max"
+        return ("val_macro_f1", "max") if metric == "macro_f1" else ("val_loss", "min")
+
+    def callbacks(self, work_dir, validation_batches):
         """Keras callbacks for fit; the checkpointing one last, so each checkpoint holds what the
         others did in that epoch (early stopping's memory included)."""
         cfg = self.cfg
         early_stopping = None
         callbacks = [keras.callbacks.CSVLogger(work_dir.log, append=True)]
         if cfg.early_stopping_patience:
+            monitor, mode = self.early_stopping_monitor()
             early_stopping = checkpoints.ResumableEarlyStopping(
-                monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True)
+                monitor=monitor, mode=mode, patience=cfg.early_stopping_patience, restore_best_weights=True)
             callbacks.insert(0, early_stopping)
+        if cfg.early_stopping_metric == "macro_f1":
+            callbacks.insert(0, ValidationMacroF1(self.task, validation_batches))
         if cfg.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(work_dir.path, "tensorboard")))
         return callbacks + [checkpoints.Backup(work_dir, cfg.checkpoint_every, early_stopping)]
@@ -157,13 +182,14 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
     task = task_of(train)
     session = Session(cfg, log, task)
     summary = _train(session, work_dir, train, validation, log)
-    metrics = _test(session, work_dir, test, log)
+    tuned = _tune(session, validation, log)
+    metrics = _test(session, work_dir, test, tuned.get("threshold", thresholds.DEFAULT), log)
     name = os.path.basename(os.path.abspath(cfg.model_dir))
     history_plot = plots.plot_history(summary["history"], os.path.join(cfg.plots_dir, f"{name}_history.png"),
                                       summary["best_epoch"])
     log(f"History plot: {history_plot}")
     record = _record(session, {"train": train, "validation": validation, "test": test}, summary, metrics,
-                     time.time() - started)
+                     time.time() - started, tuned)
     _save(session, work_dir, record, strategy, log)
     examples = config.EXAMPLE_SENTENCES if not cfg.train_data else [text[:200] for text in test.texts[:5]]
     # Scored by the saved model after its save: returned with the record, not in its run.json.
@@ -197,7 +223,8 @@ def _load_checked_data(cfg, log, splits, work_dir):
     work_dir.check_data({"label_names": list(task.label_names), "task": task.kind,
                          "split_sizes": [len(train), len(validation), len(test)]})
     log(f"{'Your data' if cfg.train_data else 'IMDB'}: {len(train):,} training, {len(validation):,} validation, "
-        f"{len(test):,} test texts; {task.kind}, labels {', '.join(task.label_names)}")
+        f"{len(test):,} test texts; {task.kind}, labels {', '.join(task.label_names)}"
+        + (f" (positive: {task.label_names[1]})" if task.kind == "binary" else ""))
     return train, validation, test
 
 
@@ -222,8 +249,67 @@ def _train(session, work_dir, train, validation, log):
     return summary
 
 
-def _test(session, work_dir, test, log):
-    """The trained model's metrics on the test split."""
+def _tune(session, validation, log):
+    """After training, on the validation split: fit the temperature (--calibrate) and choose the
+    threshold (--threshold-metric), both set in the model to be saved; without --threshold-metric,
+    report what f1's threshold would give. Returns what the run record keeps of them."""
+    cfg, task = session.cfg, session.task
+    if cfg.calibrate == "none" and task.kind == "multiclass":
+        return {}
+    log("Scoring the validation set to " + ("calibrate and " if cfg.calibrate != "none" else "")
+        + ("choose the threshold ..." if cfg.threshold_metric else "report the operating point ..."))
+    logits = scoring.logits_of(session.exported, validation.texts, cfg.eval_batch_size)  # temperature 1 here
+    tuned = {}
+    if cfg.calibrate == "temperature":
+        before = calibration.summary(task.kind, validation.labels, logits)
+        temperature = calibration.fit_temperature(task.kind, validation.labels, logits)
+        logits = logits / temperature
+        after = calibration.summary(task.kind, validation.labels, logits)
+        session.exported.temperature.assign(temperature)
+        tuned["calibration"] = {"method": "temperature", "temperature": temperature, "validation": {
+            "before": {key: before[key] for key in ("ece", "brier", "nll")},
+            "after": {key: after[key] for key in ("ece", "brier", "nll")}}}
+        log(f"Temperature scaling: T = {temperature:.4f}; on the validation texts ECE {before['ece']:.4f} -> "
+            f"{after['ece']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f}, "
+            f"NLL {before['nll']:.4f} -> {after['nll']:.4f}")
+    if task.kind == "multiclass":
+        return tuned
+    spec = cfg.threshold_metric or "f1"
+    chosen, kept = thresholds.choose_all(task.kind, validation.labels, task.probabilities(logits), spec)
+    at_default, at_chosen = (_f1_scores(task.report(validation.labels, logits, threshold))
+                             for threshold in (thresholds.DEFAULT, chosen))
+    for k, reason in kept.items():
+        log(f"warning: {task.label_names[k] if task.kind == 'multilabel' else 'the threshold'} keeps 0.5: {reason}")
+    if cfg.threshold_metric:
+        session.exported.threshold.assign(np.atleast_1d(np.asarray(chosen, np.float32)))
+        tuned["threshold"] = chosen
+        tuned["threshold_choice"] = {"metric": spec, "validation": {"at_0.5": at_default, "chosen": at_chosen},
+                                     "kept_0.5": {task.label_names[k] if task.kind == "multilabel" else "all": r
+                                                  for k, r in kept.items()}}
+        log(f"Threshold for {spec}, chosen on the validation texts: {thresholds.describe(chosen)} "
+            f"({_described(at_chosen)}; at 0.5: {_described(at_default)}); saved with the model")
+    else:
+        log(f"Threshold 0.5: {_described(at_default)} on the validation texts; --threshold-metric f1 would "
+            f"choose {thresholds.describe(chosen)} ({_described(at_chosen)})")
+    if task.kind == "multilabel" and not (task.probabilities(logits) >= thresholds.DEFAULT).any():
+        log("warning: at threshold 0.5 the model gives no label to any validation text; train longer, or add "
+            "--threshold-metric f1 to choose each label's threshold on the validation texts")
+    return tuned
+
+
+def _f1_scores(report):
+    """The F1 figures a threshold is judged by: binary F1, or multi-label micro and macro F1."""
+    if "f1" in report:
+        return {"f1": report["f1"], "precision": report["precision"], "recall": report["recall"]}
+    return {"micro_f1": report["micro"]["f1"], "macro_f1": report["macro"]["f1"]}
+
+
+def _described(scores):
+    return ", ".join(f"{name.replace('_', ' ')} {value:.4f}" for name, value in scores.items())
+
+
+def _test(session, work_dir, test, threshold, log):
+    """The trained model's metrics on the test split, at the threshold the model is saved with."""
     cfg = session.cfg
     log("Scoring the test set ...")
     try:
@@ -232,15 +318,15 @@ def _test(session, work_dir, test, log):
         raise ValueError(f"out of memory scoring the test set; the trained weights are kept in {work_dir.path}: "
                          f"run the same command with a lower --eval-batch-size (now {cfg.eval_batch_size}) "
                          "to test and save them without training again") from None
-    metrics = session.task.report(test.labels, test_logits)
+    metrics = session.task.report(test.labels, test_logits, threshold)
     log(f"Test loss: {metrics['loss']:.4f}  " + ("  ".join(
         f"{name.replace('_', ' ')}: {metrics[name]:.4f}" for name in ("accuracy", "subset_accuracy")
         if name in metrics) + (f"  macro F1: {metrics['macro']['f1']:.4f}" if "macro" in metrics else "")))
     return metrics
 
 
-def _record(session, splits, summary, metrics, seconds):
-    """The run record saved beside the model as run.json."""
+def _record(session, splits, summary, metrics, seconds, tuned):
+    """The run record saved beside the model as run.json, with the temperature and threshold (tuned)."""
     cfg, task = session.cfg, session.task
     data_paths = {name: os.path.abspath(getattr(cfg, name)) for name in config.field_names(data_path=True)
                   if getattr(cfg, name)}
@@ -257,6 +343,7 @@ def _record(session, splits, summary, metrics, seconds):
         "precision": session.precision,
         "optimizer_steps": summary["optimizer_steps"],
         "task": {"kind": task.kind, "label_names": list(task.label_names)},
+        **tuned,
     }
 
 
@@ -281,10 +368,15 @@ def load_data(cfg, log=print):
     """(train, validation, test): the user's files (--train-data, --test-data), else IMDB as the
     tutorial splits it."""
     if not cfg.train_data:
-        return imdb.load_splits(cfg)
-    splits = user_files.build_splits(cfg.train_data, cfg.test_data, cfg.validation_data or None, cfg.validation_split,
-                                     cfg.seed, cfg.task, log=log, **user_files.reading_options(cfg))
-    return tuple(split.capped(cfg.max_examples) for split in splits)
+        splits = imdb.load_splits(cfg)
+    else:
+        splits = user_files.build_splits(cfg.train_data, cfg.test_data, cfg.validation_data or None,
+                                         cfg.validation_split, cfg.seed, cfg.task, log=log,
+                                         stratify=cfg.stratify, **user_files.reading_options(cfg))
+        splits = tuple(split.capped(cfg.max_examples) for split in splits)
+    if cfg.positive_label:
+        splits = tuple(split.with_positive_label(cfg.positive_label) for split in splits)
+    return splits
 
 
 def task_of(split):
@@ -317,7 +409,7 @@ def fit(session, model, work_dir, train, validation, steps_per_epoch, log=print,
     epoch, step, stopped_early = work_dir.resume_position(steps_per_epoch)
     train_batches, validation_batches = session.datasets(train, validation, epoch * steps_per_epoch + step)
     non_finite = StopOnNonFiniteLoss()
-    callbacks = session.callbacks(work_dir) + [non_finite]
+    callbacks = session.callbacks(work_dir, validation_batches) + [non_finite]
     backup = next(callback for callback in callbacks if isinstance(callback, checkpoints.Backup))
     try:
         model.fit(train_batches, validation_data=validation_batches, steps_per_epoch=steps_per_epoch,
@@ -330,7 +422,8 @@ def fit(session, model, work_dir, train, validation, steps_per_epoch, log=print,
                          f"lower --learning-rate (now {cfg.learning_rate}) and add --restart. No model was saved"
                          + (f"; the one in {cfg.model_dir} is unchanged" if os.path.exists(cfg.model_dir) else ""))
     history = _history_so_far(work_dir.log)
-    early_stopping = callbacks[0] if isinstance(callbacks[0], checkpoints.ResumableEarlyStopping) else None
+    early_stopping = next((callback for callback in callbacks
+                           if isinstance(callback, checkpoints.ResumableEarlyStopping)), None)
     summary = {"history": history,
                "best_epoch": early_stopping.best_epoch + 1 if early_stopping else len(history["loss"]),
                "optimizer_steps": int(model.optimizer.iterations.numpy()),
