@@ -115,3 +115,19 @@ def test_an_unknown_encoding_is_refused_naming_the_choices():
 def test_a_delimiter_is_one_character():
     with pytest.raises(ValueError, match="--delimiter takes one character"):
         config.resolve(delimiter=";;")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--stratify is for your own --train-data; IMDB's validation split stays the tutorial's"),
+    (["--train-data", "a.csv", "--test-data", "b.csv", "--validation-data", "c.csv"],
+     "--stratify cuts --validation-split from the training data; with --validation-data there is no cut"),
+])
+def test_stratify_is_refused_where_there_is_no_cut_of_your_own(extra, message, capsys):
+    fails_with(train.main, ["--stratify"] + extra, capsys, message)
+
+
+def test_no_flag_is_taken_for_an_abbreviation_of_another(capsys):
+    """--threshold is evaluate.py's; train.py must not read it as --threshold-metric."""
+    with pytest.raises(SystemExit):
+        train.parse(["--threshold", "0.7"])
+    assert "unrecognized arguments: --threshold 0.7" in capsys.readouterr().err

@@ -12,9 +12,10 @@ NAMES = ("anger", "fear", "joy", "surprise")
 
 @settings(max_examples=200, deadline=None)
 @given(kind=st.sampled_from(["binary", "multiclass", "multilabel"]), seed=st.integers(0, 2**32 - 1),
-       threshold=st.floats(0.05, 0.95), top_k=st.integers(1, 4), ties=st.booleans())
-def test_the_shipped_client_labels_as_the_suite_does(kind, seed, threshold, top_k, ties):
-    """client_example.py keeps its own copy of labelled() (it can't import the suite): the two agree."""
+       threshold=st.floats(0.05, 0.95), top_k=st.integers(1, 4), ties=st.booleans(), per_label=st.booleans())
+def test_the_shipped_client_labels_as_the_suite_does(kind, seed, threshold, top_k, ties, per_label):
+    """client_example.py keeps its own copy of labelled() (it can't import the suite): the two agree,
+    multi-label thresholds chosen per label included."""
     names = NAMES[:2] if kind == "binary" else NAMES
     rng = np.random.default_rng(seed)
     if kind == "binary":
@@ -26,9 +27,22 @@ def test_the_shipped_client_labels_as_the_suite_does(kind, seed, threshold, top_
         if kind == "multiclass":
             probabilities /= probabilities.sum()
     top_k = top_k if kind == "multiclass" else 1
+    if kind == "multilabel" and per_label:  # as a saved model's run.json lists them
+        threshold = [float(t) for t in rng.random(len(names))]
     ours = prediction.labelled(tasks.Task(kind, names), probabilities, threshold, top_k)
     shipped = client_example.labelled(probabilities, kind, list(names), threshold, top_k)
     assert ours == shipped
+
+
+def test_a_multilabel_model_gives_each_label_at_its_own_threshold():
+    task = tasks.Task("multilabel", NAMES)
+    result = prediction.labelled(task, np.array([0.3, 0.3, 0.8, 0.8]), threshold=[0.2, 0.5, 0.9, 0.5])
+    assert result["labels"] == ["anger", "surprise"]
+
+
+def test_a_binary_result_names_the_label_its_score_is_for():
+    result = prediction.labelled(tasks.Task("binary", ("legit", "fraud")), np.float64(0.3), 0.25)
+    assert result == {"score": 0.3, "positive_label": "fraud", "label": "fraud"}
 
 
 def test_table_lines_for_each_task():

@@ -510,3 +510,21 @@ def test_a_quoted_multi_line_csv_field_is_no_swallowed_row(tmp_path):
     logs = []
     texts, _, _ = user_files.read(path, log=logs.append)
     assert texts == ["First paragraph, with a comma.\nSecond one."] and logs == []
+
+
+def test_a_label_the_validation_cut_takes_from_every_training_text_is_warned_of(tmp_path):
+    """The cut keeps the last rows: a label only they have is on no training text, which is said."""
+    rows = [(f"a{i}", "a") for i in range(10)] + [(f"b{i}", "b") for i in range(10)] + [("c0", "c"), ("c1", "c")]
+    train_path = write(tmp_path, "train.csv", csv_of(rows))
+    test_path = write(tmp_path, "test.csv", csv_of([("x", "a")]))
+    for stratify, expected in ((False, 1), (True, 0)):
+        logs = []  # seed 1 shuffles both c rows into the held-out half
+        train, _, _ = user_files.build_splits(train_path, test_path, validation_split=0.5, seed=1, log=logs.append,
+                                              stratify=stratify)
+        warned = [line for line in logs if "no training text has the label" in line]
+        counts = user_files.class_counts(train)
+        assert len(warned) == expected == int((counts == 0).sum()), (stratify, counts)
+        if warned:
+            missing = [name for name, count in zip(train.label_names, counts) if count == 0]
+            assert warned[0].endswith(f"no training text has the label {', '.join(missing)}, so the model can't "
+                                      "learn it; add texts with it, or pass --stratify")
