@@ -97,6 +97,7 @@ TRAIN, EVALUATE, PREDICT, SERVE, EXPORT = "train", "evaluate", "predict", "serve
 SCRIPTS = (TRAIN, EVALUATE, PREDICT, SERVE, EXPORT)
 SCORING = (TRAIN, EVALUATE, PREDICT, SERVE)  # the scripts that run the model on texts
 USING = (PREDICT, SERVE)  # the scripts that turn probabilities into labels
+READING = (TRAIN, EVALUATE, PREDICT)  # the scripts that read CSV, TSV and JSON Lines files
 EVERY = SCRIPTS
 
 
@@ -152,21 +153,24 @@ class Config:
     validation_data: str = _option("", "validation data; empty = --validation-split of the training data",
                                    data_path=True)
     text_column: str = _option("text", "the text's column or JSON field (a 0-based index with --no-header)",
-                               scripts=(TRAIN, EVALUATE), recorded="inherited")
+                               scripts=READING, recorded="inherited")
     label_column: str = _option("label", "the label's column or JSON field (a JSON list = several labels)",
                                 scripts=(TRAIN, EVALUATE), recorded="inherited")
     label_separator: str = _option("", "splits a CSV/TSV label cell into several labels, e.g. '|'; "
                                    "empty = one label a row", scripts=(TRAIN, EVALUATE), recorded="inherited")
     encoding: str = _option("utf-8", "the data files' text encoding, any Python codec (cp1252 for Excel on "
                             "Windows, latin-1, ...); utf-8:replace reads bytes that are not UTF-8 as U+FFFD "
-                            "instead of stopping", scripts=(TRAIN, EVALUATE), recorded="inherited")
+                            "instead of stopping", scripts=READING, recorded="inherited")
     delimiter: str = _option("", "the CSV/TSV field delimiter; empty = ',' for .csv, a tab for .tsv (';' for the "
-                             "CSV Excel writes in some countries)", scripts=(TRAIN, EVALUATE), recorded="inherited")
+                             "CSV Excel writes in some countries)", scripts=READING, recorded="inherited")
     quoting: str = _option("csv", "csv = double quotes enclose fields, as Excel and Python's csv write them; "
-                           "none = quotes are part of the text (GLUE's TSVs)", QUOTINGS, scripts=(TRAIN, EVALUATE),
+                           "none = quotes are part of the text (GLUE's TSVs)", QUOTINGS, scripts=READING,
                            recorded="inherited")
+    keep_columns: str = _option("", "predict.py --file with a .csv, .tsv or .jsonl file: the columns (JSON fields) "
+                                "to copy into each result, comma-separated, or all; the text is always given",
+                                scripts=(PREDICT,))
     no_header: bool = _option(False, "CSV/TSV files without a header row: columns are 0-based indexes",
-                              scripts=(TRAIN, EVALUATE), recorded="inherited")
+                              scripts=READING, recorded="inherited")
     task: str = _option("auto", "auto = decided from the data (and printed); binary keeps IMDB's Dense(1)",
                         TASKS)
     positive_label: str = _option("", "binary: the label whose precision, recall and F1 are reported and whose "
@@ -311,11 +315,14 @@ class Config:
         if "delimiter" in offered and len(self.delimiter) > 1:
             raise ValueError(f"--delimiter takes one character, got {self.delimiter!r}; use a tab for .tsv files "
                              "(their default)")
-        if "text_column" in offered and self.text_column == self.label_column:
+        if "label_column" in offered and self.text_column == self.label_column:
             raise ValueError(f"--text-column and --label-column both name {self.text_column!r}; name the column "
                              "that holds the labels with --label-column")
-        if "no_header" in offered and self.no_header and not (self.text_column.isdigit()
-                                                              and self.label_column.isdigit()):
+        if "no_header" in offered and self.no_header and not (self.text_column.isdigit() and (
+                "label_column" not in offered or self.label_column.isdigit())):
+            if "label_column" not in offered:
+                raise ValueError("with --no-header, --text-column is a 0-based column index, e.g. --text-column 1 "
+                                 f"(got {self.text_column!r})")
             raise ValueError("with --no-header, --text-column and --label-column are 0-based column "
                              f"indexes, e.g. --text-column 1 --label-column 0 (got {self.text_column!r}, "
                              f"{self.label_column!r})")
@@ -469,6 +476,20 @@ def from_args(args, base=None, script=None):
     if recipe not in RECIPES:
         raise ValueError(f"unknown --recipe {recipe!r}; use one of {', '.join(RECIPES)}")
     return dataclasses.replace(config, **{**RECIPES[recipe], **given}).validate(script)
+
+
+def recorded_defaults(record):
+    """The defaults evaluate.py and predict.py start from: a saved model's recorded settings where a
+    field is marked recorded="inherited" (where its data is and how it was read), else Config's."""
+    base = Config()
+    if not record:
+        return base
+    recorded = record.get("config", {})
+    inherited = field_names(recorded="inherited")
+    base = dataclasses.replace(base, **{k: v for k, v in recorded.items() if k in inherited})
+    if "encoding" not in recorded:  # a model saved before --encoding read bad bytes as U+FFFD
+        base = dataclasses.replace(base, encoding=REPLACING_ENCODING)
+    return base
 
 
 GENERIC_DATA_NAMES = ("train", "training", "data", "dataset", "train_data")

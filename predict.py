@@ -2,7 +2,12 @@
 
     python predict.py --model-dir models/imdb_bert "The movie was great!" "The movie was terrible..."
     python predict.py --file reviews.txt --format jsonl > scores.jsonl
+    python predict.py --file tickets.csv --text-column body --keep-columns id,date --format csv > labelled.csv
     cat reviews.txt | python predict.py --format csv
+
+A .csv, .tsv or .jsonl --file is read as train.py reads data (the model's recorded --text-column,
+--encoding, ... unless given); any other file and standard input hold one text a line. Results are
+written as each window of texts is scored, so memory does not grow with the file.
 """
 import argparse
 import sys
@@ -17,7 +22,8 @@ def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sentences", nargs="*", help="texts to label; none = read --file or standard input")
-    parser.add_argument("--file", metavar="PATH", help="score each line of PATH ('-' = standard input)")
+    parser.add_argument("--file", metavar="PATH", help="score each row of a .csv, .tsv or .jsonl PATH, or each "
+                                                       "line of any other ('-' = standard input)")
     parser.add_argument("--format", choices=config.OUTPUT_FORMATS, default="table",
                         help="table (aligned, as the tutorial prints), jsonl or csv (default: table)")
     config.add_flags(parser, config.PREDICT)
@@ -36,23 +42,16 @@ def main(argv=None):
     if not args.sentences and not args.file and stdin_is_terminal():
         raise ValueError("no texts to label: give them as arguments (python predict.py \"Great film!\"), "
                          "with --file PATH (one a line), or pipe them in (cat reviews.txt | python predict.py)")
-    cfg = config.from_args(args, script=config.PREDICT)
-    cli.require_model_dir(args.model_dir or config.Config.model_dir)
+    model_dir = cli.require_model_dir(args.model_dir or config.Config.model_dir)
+    cfg = config.from_args(args, config.recorded_defaults(cli.read_run_record(model_dir)), script=config.PREDICT)
+    from tfhub_classifier.data import table_files
+    given = [name for name in ("text_column", "keep_columns", "no_header", "encoding", "delimiter", "quoting")
+             if getattr(args, name) is not None]
+    if given and not (args.file and table_files.is_table(args.file)):
+        raise ValueError(f"--{config.flag_name(given[0], config.PREDICT)} is for a .csv, .tsv or .jsonl --file; "
+                         "texts given as arguments, in other files or on standard input are one a line")
     from tfhub_classifier.inference import prediction  # TensorFlow loads only once the flags are known to be good
-    from tfhub_classifier.model import saving  # TensorFlow loads only once the flags are known to be good
-    model, record, _ = saving.load_model(cfg.model_dir, cfg.precision)
-    task = saving.task_of_record(record)
-    prediction.check_top_k(task, cfg.top_k)
-    texts = args.sentences or prediction.read_lines(args.file or "-")
-    threshold = saving.threshold_in_use(cfg.threshold, record)
-    writer = prediction.Writer(args.format, task, threshold, cfg.top_k, prediction.stdout_text())
-    results = []
-    for text, probabilities in prediction.predict(model, task, texts, cfg.eval_batch_size,
-                                                 progress=bool(args.file)):
-        writer.write(text, probabilities)
-        results.append(float(probabilities) if task.kind == "binary" else probabilities.tolist())
-    return results
-
+    return prediction.run(cfg, args.sentences, args.file, args.format)
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

@@ -41,19 +41,22 @@ class KilledAfterEpoch(Exception):
     """What a kill right after an epoch's checkpoint looks like to the test that caused it."""
 
 
+def add_callback(monkeypatch, callback):
+    """Make training's fit run callback last, after the suite's own (until monkeypatch.undo())."""
+    from tfhub_classifier.training import trainer
+    real_callbacks = trainer.Session.callbacks
+    monkeypatch.setattr(trainer.Session, "callbacks", lambda session, *args: real_callbacks(session, *args) + [callback])
+
+
 def interrupted_after_first_epoch(monkeypatch, argv):
     """Run train.py's argv until its first epoch's checkpoint, as a kill there would leave it."""
     import train
     from tfhub_classifier.runtime import keras
-    from tfhub_classifier.training import trainer
-    real_callbacks = trainer.Session.callbacks
 
-    def killed(session, work_dir):
-        class Kill(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                raise KilledAfterEpoch
-        return real_callbacks(session, work_dir) + [Kill()]
-    monkeypatch.setattr(trainer.Session, "callbacks", killed)
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KilledAfterEpoch
+    add_callback(monkeypatch, Kill())
     with pytest.raises(KilledAfterEpoch):
         train.main(argv)
     monkeypatch.undo()

@@ -2,6 +2,7 @@
 
 Nothing here imports TensorFlow (its errors are recognised by class name), so flag errors stay instant.
 """
+import json
 import os
 import sys
 
@@ -81,6 +82,15 @@ def debug_requested(argv=None):
 def previous_model_dir(model_dir):
     """Where a save parks the old model between its two renames."""
     return model_dir.rstrip("/") + ".previous"
+
+
+def read_run_record(model_dir):
+    """The run record beside a saved model, or None if it can't be read (saving.load says why)."""
+    try:
+        with open(os.path.join(model_dir, RUN_RECORD)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def require_model_dir(model_dir):

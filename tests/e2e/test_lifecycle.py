@@ -10,7 +10,15 @@ import time
 
 import numpy as np
 import pytest
-from helpers import QUICK, ROOT, KilledAfterEpoch, disk_full_save, flag, interrupted_after_first_epoch
+from helpers import (
+    QUICK,
+    ROOT,
+    KilledAfterEpoch,
+    add_callback,
+    disk_full_save,
+    flag,
+    interrupted_after_first_epoch,
+)
 
 import config
 import train
@@ -151,15 +159,12 @@ def test_early_stopping_survives_a_resume(flags, monkeypatch, patience, killed_a
     shutil.rmtree(cfg.model_dir)
 
     from tfhub_classifier.runtime import keras
-    real_callbacks = trainer.Session.callbacks
 
-    def killed(session, work_dir):  # a kill right after the epoch's checkpoint
-        class Kill(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if epoch + 1 == killed_after:
-                    raise KilledAfterEpoch
-        return real_callbacks(session, work_dir) + [Kill()]
-    monkeypatch.setattr(trainer.Session, "callbacks", killed)
+    class Kill(keras.callbacks.Callback):  # a kill right after the epoch's checkpoint
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == killed_after:
+                raise KilledAfterEpoch
+    add_callback(monkeypatch, Kill())
     with pytest.raises(KilledAfterEpoch):
         trainer.run(cfg, log=lambda *_: None, splits=rising_validation(cfg))
     monkeypatch.undo()
@@ -228,17 +233,14 @@ def test_sigterm_stops_at_the_end_of_the_step_it_arrives_in(flags, big_archive_u
     from tfhub_classifier.training import checkpoints
     flags[flags.index("--dataset-url") + 1] = big_archive_url
     argv = flags + QUICK + ["--epochs", "2", "--batch-size", "2", "--checkpoint-every", "50"]
-    real_callbacks = trainer.Session.callbacks
     signalled_at = []
 
-    def signalling(session, work_dir):
-        class Signal(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                if batch == 7 and not signalled_at:
-                    signalled_at.append(int(self.model.optimizer.iterations.numpy()))
-                    os.kill(os.getpid(), signal.SIGTERM)
-        return real_callbacks(session, work_dir) + [Signal()]
-    monkeypatch.setattr(trainer.Session, "callbacks", signalling)
+    class Signal(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 7 and not signalled_at:
+                signalled_at.append(int(self.model.optimizer.iterations.numpy()))
+                os.kill(os.getpid(), signal.SIGTERM)
+    add_callback(monkeypatch, Signal())
     with pytest.raises(checkpoints.Stopped) as stopped:
         train.main(argv)
     assert "SIGTERM" in str(stopped.value)

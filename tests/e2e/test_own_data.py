@@ -263,3 +263,60 @@ def test_a_record_without_a_task_predicts_positive_and_negative(trained, tmp_pat
     scores = predict.main(["--model-dir", model_dir, "--format", "jsonl", "great wonderful", "awful boring"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [row["label"] for row in rows] == ["positive" if s >= 0.5 else "negative" for s in scores]
+
+
+def test_predict_reads_the_training_format_and_keeps_the_columns_asked_for(multiclass_run, tmp_path, capsys):
+    """A CSV like the training file is labelled row by row, its id copied through so results join back."""
+    flags, _ = multiclass_run
+    rows = multiclass_rows(7, 20)
+    path = write_csv(tmp_path / "new.csv", rows)
+    count = predict.main(model_flags(flags) + ["--file", path, "--keep-columns", "id", "--format", "jsonl"])
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert count == 7 and [(r["id"], r["text"]) for r in results] == [(str(i), text) for i, (text, _) in
+                                                                        enumerate(rows)]
+    alone = predict.main(model_flags(flags) + ["--format", "jsonl", *[text for text, _ in rows]])
+    capsys.readouterr()
+    assert [r["probability"] for r in results] == pytest.approx([max(p) for p in alone], abs=1e-5)
+    predict.main(model_flags(flags) + ["--file", path, "--keep-columns", "all", "--format", "csv"])
+    table = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    # The file's own label column is kept as input_label beside the model's label.
+    assert list(table[0])[:4] == ["id", "input_label", "text", "label"]
+    assert [row["input_label"] for row in table] == [label for _, label in rows]
+
+
+def test_predict_takes_the_models_text_column_and_reads_json_lines_and_headerless_tsv(multiclass_run, tmp_path,
+                                                                                      capsys):
+    flags, _ = multiclass_run
+    copy = tmp_path / "model"
+    import shutil
+    shutil.copytree(model_flags(flags)[1], copy)
+    with open(copy / "run.json") as f:
+        record = json.load(f)
+    record["config"]["text_column"] = "body"  # as if trained with --text-column body
+    with open(copy / "run.json", "w") as f:
+        json.dump(record, f)
+    texts = [text for text, _ in multiclass_rows(4, 21)]
+    with open(tmp_path / "new.jsonl", "w") as f:
+        f.writelines(json.dumps({"ref": f"r{i}", "body": text}) + "\n" for i, text in enumerate(texts))
+    predict.main(["--model-dir", str(copy), "--file", str(tmp_path / "new.jsonl"), "--keep-columns", "ref",
+                  "--format", "jsonl"])
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["ref"], r["text"]) for r in results] == [(f"r{i}", text) for i, text in enumerate(texts)]
+    (tmp_path / "new.tsv").write_text("".join(f"{i}\t{text}\n" for i, text in enumerate(texts)))
+    predict.main(["--model-dir", str(copy), "--file", str(tmp_path / "new.tsv"), "--no-header", "--text-column", "1",
+                  "--keep-columns", "0", "--format", "jsonl"])
+    again = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["0"], r["text"], r["label"]) for r in again] == [(str(i), r["text"], r["label"])
+                                                                  for i, r in enumerate(results)]
+
+
+def test_predict_names_a_missing_column_and_refuses_table_flags_for_plain_lines(multiclass_run, tmp_path, capsys):
+    from helpers import fails_with
+    flags, _ = multiclass_run
+    path = write_csv(tmp_path / "new.csv", multiclass_rows(3, 22))
+    fails_with(predict.main, model_flags(flags) + ["--file", path, "--keep-columns", "id,date"], capsys,
+               "no column 'date' in the header", "--keep-columns")
+    fails_with(predict.main, model_flags(flags) + ["--file", path, "--text-column", "body"], capsys,
+               "no column 'body' in the header", "--text-column")
+    fails_with(predict.main, model_flags(flags) + ["--text-column", "body", "a text"], capsys,
+               "--text-column is for a .csv, .tsv or .jsonl --file")

@@ -126,10 +126,10 @@ def test_binary_file_is_refused(trained, tmp_path, capsys):
 def test_hundred_thousand_lines(trained, tmp_path, capsys):
     lines = tmp_path / "reviews.txt"
     lines.write_text("".join(f"{'great' if i % 2 else 'awful'} film number {i}\n" for i in range(100_000)))
-    scores = predict.main(["--model-dir", trained[0]["--model-dir"], "--file", str(lines), "--format", "csv",
-                           "--batch-size", "512"])
+    count = predict.main(["--model-dir", trained[0]["--model-dir"], "--file", str(lines), "--format", "csv",
+                          "--batch-size", "512"])
     out = capsys.readouterr().out.splitlines()
-    assert len(scores) == 100_000 and len(out) == 100_001
+    assert count == 100_000 and len(out) == 100_001
     assert out[1].startswith("awful film number 0,") and out[-1].startswith("great film number 99999,")
 
 

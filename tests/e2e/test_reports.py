@@ -38,31 +38,34 @@ def test_prediction_formats_keep_input_order(trained, tmp_path, capsys, output_f
     texts = ["great great film", "awful, boring", "", "brilliant, \"quoted\" acting", "dull plot"]
     reviews = tmp_path / "reviews.txt"
     reviews.write_text("\n".join(texts) + "\n")
-    scores = predict.main(["--model-dir", flags["--model-dir"], "--file", str(reviews), "--format",
-                           output_format, "--threshold", "0.6"])
+    count = predict.main(["--model-dir", flags["--model-dir"], "--file", str(reviews), "--format",
+                          output_format, "--threshold", "0.6"])
     out = capsys.readouterr().out
-    alone = [predict.main(["--model-dir", flags["--model-dir"], text])[0] for text in texts]
+    scores = [predict.main(["--model-dir", flags["--model-dir"], text])[0] for text in texts]
     capsys.readouterr()
-    np.testing.assert_allclose(scores, alone, atol=1e-5)  # batch-mates don't change a score
+    assert count == len(texts)
     if output_format == "jsonl":
         rows = [json.loads(line) for line in out.splitlines()]
         assert [r["text"] for r in rows] == texts
+        np.testing.assert_allclose([r["score"] for r in rows], scores, atol=1e-5)  # batch-mates change no score
         assert [r["label"] for r in rows] == ["positive" if s >= 0.6 else "negative" for s in scores]
+        assert {r["positive_label"] for r in rows} == {"positive"}
     elif output_format == "csv":
         rows = list(csv.DictReader(io.StringIO(out)))
         assert [r["text"] for r in rows] == texts
-        np.testing.assert_allclose([float(r["score"]) for r in rows], scores, atol=1e-6)
+        np.testing.assert_allclose([float(r["score"]) for r in rows], scores, atol=1e-5)
     else:
-        assert len(out.splitlines()) == len(texts)
+        assert [float(line.split("score: ")[1].split()[0]) for line in out.splitlines()] == pytest.approx(
+            scores, abs=1e-5)
 
 
 def test_standard_input(trained, monkeypatch, capsys):
     flags, _ = trained
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"great film\nawful film\n")))
-    scores = predict.main(["--model-dir", flags["--model-dir"], "--format", "jsonl"])
+    count = predict.main(["--model-dir", flags["--model-dir"], "--format", "jsonl"])
     assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == ["great film",
                                                                                            "awful film"]
-    assert len(scores) == 2
+    assert count == 2
 
 
 def test_run_record_says_what_made_the_model(trained):

@@ -1,5 +1,7 @@
-"""One formatter of a prediction: the table line, and the export's client held to the suite's labelled()."""
+"""One formatter of a prediction: the table line, and the export's client held to the suite's labelled();
+and the files predict.py reads."""
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -66,3 +68,20 @@ def test_lines_drop_a_leading_bom_and_blank_ones_are_reported(tmp_path):
     assert lines == [b"great film", b"", b"awful", b"   "]  # every line keeps its place
     assert logs == [f"warning: {path}: 2 blank line(s), the first line 2, were scored as empty texts; remove them "
                     "if they hold no text"]
+
+
+def test_a_table_is_read_row_by_row_as_it_is_scored(tmp_path):
+    """The rows stream: a broken row far down the file is found only when reading reaches it, and an
+    empty text is reported at the end."""
+    path = tmp_path / "big.csv"
+    path.write_text("id,text\n" + "".join(f"{i},text {i}\n" for i in range(5000)) + "5000,\n" + "5001,a,b\n")
+    logs = []
+    names, rows = prediction.table_rows(str(path), keep_columns="id", log=logs.append)
+    assert names == ["id"] and next(rows) == ("text 0", ["0"])
+    with pytest.raises(ValueError, match="big.csv:5003: 3 fields where the header has 2"):
+        for _ in rows:
+            pass
+    path.write_text("id,text\n1,\n2,fine\n")
+    names, rows = prediction.table_rows(str(path), keep_columns="all", log=logs.append)
+    assert names == ["id"] and list(rows) == [("", ["1"]), ("fine", ["2"])]
+    assert logs[-1] == f"warning: {path}: 1 row(s) with an empty text, the first at {path}:2, were scored as empty texts"

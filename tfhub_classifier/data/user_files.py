@@ -6,10 +6,7 @@ training data's sorted label names, shuffled as text_dataset_from_directory(seed
 Bad data is a ValueError of one line naming the file, the line (or .txt file) and the fix.
 No TensorFlow here, so importing this is instant.
 """
-import codecs
-import csv
 import decimal
-import itertools
 import json
 import os
 import re
@@ -17,19 +14,12 @@ import re
 import numpy as np
 
 from tfhub_classifier import tasks
-from tfhub_classifier.data import class_folders
+from tfhub_classifier.data import class_folders, table_files
 from tfhub_classifier.data.class_folders import TEXT_FILE_SUFFIX
 from tfhub_classifier.data.split import Split, shuffled_order
 
-csv.field_size_limit(2 ** 31 - 1)  # a document may be far longer than csv's default 128 KiB field
-
-TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
-JSONL_SUFFIX = ".jsonl"
 RARE_CLASS_SHARE = 0.01
 NAMES_SHOWN = 20  # label names listed in one log line before "... and N more"
-UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a non-UTF-8 byte
 
 
 # Reading one folder or file.
@@ -183,130 +173,20 @@ def _class_folders(path, label_names):
 # CSV, TSV and JSON Lines files.
 
 def _file_rows(path, text_column, label_column, no_header, log, encoding, delimiter, quoting):
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in TABLE_DELIMITERS and suffix != JSONL_SUFFIX:
-        raise ValueError(f"{path}: can't read {suffix or 'a file without a suffix'}; pass a folder of class "
-                         "subfolders of .txt files, or a .csv, .tsv or .jsonl file")
-    if encoding == class_folders.REPLACING_ENCODING or not codecs.lookup(encoding).name.startswith("utf-16"):
-        _refuse_utf16(path)
-    lines = _decoded_lines(path, log, encoding)
-    if suffix == JSONL_SUFFIX:
-        if no_header:
-            raise ValueError(f"{path}: --no-header is for .csv and .tsv files; JSON Lines name their fields")
-        return _jsonl_rows(path, lines, text_column, label_column)
-    return _table_rows(path, lines, delimiter or TABLE_DELIMITERS[suffix], text_column, label_column, no_header,
-                       quoting, log, chosen_delimiter=bool(delimiter))
+    """(file:line, text, label) per record of a CSV, TSV or JSON Lines file."""
+    columns, records = table_files.file_records(path, no_header, log, encoding, delimiter, quoting)
+    if table_files.is_jsonl(path):
+        return _jsonl_rows(records, text_column, label_column)
+    if columns is None:  # an empty file: _collect says it holds no texts
+        return iter(())
+    text_index = table_files.column_index(path, columns, text_column, "--text-column")
+    label_index = table_files.column_index(path, columns, label_column, "--label-column")
+    return ((source, fields[text_index], fields[label_index]) for source, fields in records)
 
 
-def _refuse_utf16(path):
-    with open(path, "rb") as f:
-        if f.read(2) in UTF16_BOMS:
-            raise ValueError(f"{path}: the file is UTF-16, not UTF-8; pass --encoding utf-16, or save it as UTF-8 "
-                             "(in Excel: CSV UTF-8)")
-
-
-def _decoded_lines(path, log, encoding):
-    """The file's lines, a UTF-8 BOM dropped and line ends kept (newline="", so csv reads quoted
-    newlines). A byte the encoding can't decode stops the read naming its line; with utf-8:replace it
-    becomes U+FFFD, and how many lines had any is logged at the end."""
-    replaced = 0
-    utf8 = encoding == class_folders.REPLACING_ENCODING or codecs.lookup(encoding).name == "utf-8"
-    codec = "utf-8-sig" if utf8 else encoding
-    # surrogateescape marks each bad byte, so exactly the lines that had one are found and repaired.
-    with open(path, encoding=codec, errors="surrogateescape", newline="") as f:
-        for number, line in enumerate(f, 1):
-            bad = _ESCAPED_BYTE.search(line)
-            if bad:
-                if encoding != class_folders.REPLACING_ENCODING:
-                    with open(path, "rb") as whole:  # read again, whole, to name the likely encoding
-                        raise class_folders.undecodable(f"{path}:{number}", encoding, whole.read(),
-                                                        ord(bad.group()) - 0xDC00)
-                replaced += 1
-                line = line.encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
-            yield line
-    if replaced:
-        log(f"warning: {path}: {replaced} line(s) were not valid UTF-8; their bad bytes were read as U+FFFD")
-
-
-def _table_rows(path, lines, delimiter, text_column, label_column, no_header, quoting="csv", log=print,
-                chosen_delimiter=False):
-    """(file:line, text, label) per record of a CSV or TSV file, each checked to be as wide as the first.
-    A record that runs over several lines with the delimiter inside a field (an unclosed quote that
-    swallowed the lines after it) is warned about, naming its line."""
-    reader = csv.reader(lines, dialect="excel", delimiter=delimiter,
-                        quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
-    records = _csv_records(path, reader)
-    first_line, first = next(records, (1, None))
-    if first is None:  # an empty file: _collect says it holds no texts
-        return
-    if len(first) == 1 and not chosen_delimiter and ";" in first[0] and delimiter != ";":
-        raise ValueError(f"{path}:{first_line}: one column, holding ';' (as Excel writes CSV in some countries); "
-                         "pass --delimiter ';'")
-    if no_header:
-        text_index = _numbered_column(path, first_line, first, text_column, "--text-column")
-        label_index = _numbered_column(path, first_line, first, label_column, "--label-column")
-        records = itertools.chain([(first_line, first)], records)
-    else:
-        text_index = _named_column(path, first, text_column, "--text-column")
-        label_index = _named_column(path, first, label_column, "--label-column")
-    first_row = "the first row" if no_header else "the header"
-    swallowed = []
-    for line, fields in records:
-        if len(fields) != len(first):
-            quotes = " (or, if double quotes are part of the texts, pass --quoting none)" if (
-                delimiter == "\t" and quoting == "csv") else ""
-            raise ValueError(f"{path}:{line}: {len(fields)} fields where {first_row} has {len(first)}; put "
-                             f"double quotes around any field holding the delimiter ({delimiter!r}) or a "
-                             f"newline, and give every row the same columns{quotes}")
-        if delimiter == "\t" and any("\n" in field and "\t" in field for field in fields):
-            swallowed.append(line)
-        yield f"{path}:{line}", fields[text_index], fields[label_index]
-    if swallowed:
-        log(f"warning: {path}:{swallowed[0]}: the text of {len(swallowed)} row(s) runs over several lines and "
-            f"holds the delimiter {delimiter!r}: an unclosed double quote may have swallowed the rows after it; "
-            "if quotes are part of the texts (as in GLUE's TSVs), pass --quoting none")
-
-
-def _csv_records(path, reader):
-    """(line the record starts on, fields) per non-blank record, csv's own errors named by line."""
-    start = 1
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            raise ValueError(f"{path}:{start}: {error}; look for a double quote that is never closed") from None
-        if fields:
-            yield start, fields
-        start = reader.line_num + 1
-
-
-def _named_column(path, header, column, flag):
-    if column not in header:
-        raise ValueError(f"{path}:1: no column {column!r} in the header (columns found: "
-                         f"{', '.join(map(repr, header)) or 'none'}); name the right one with {flag}, or pass "
-                         "--no-header and column numbers if the file has no header row")
-    return header.index(column)
-
-
-def _numbered_column(path, line, first, column, flag):
-    if not str(column).isdigit():
-        raise ValueError(f"{path}: with --no-header, {flag} takes a 0-based column number such as 0, "
-                         f"not {column!r}")
-    if int(column) >= len(first):
-        raise ValueError(f"{path}:{line}: {flag} {column} is past the last column: the row has {len(first)} "
-                         f"(0 to {len(first) - 1})")
-    return int(column)
-
-
-def _jsonl_rows(path, lines, text_key, label_key):
-    """(file:line, text, label) per non-blank line of a JSON Lines file."""
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        source = f"{path}:{number}"
-        record = _json_object(source, line)
+def _jsonl_rows(records, text_key, label_key):
+    """(file:line, text, label) per JSON object of a JSON Lines file."""
+    for source, record in records:
         missing = [key for key in (text_key, label_key) if key not in record]
         if missing:
             flag = "--text-column" if missing[0] == text_key else "--label-column"
@@ -316,18 +196,6 @@ def _jsonl_rows(path, lines, text_key, label_key):
         if text is not None and not isinstance(text, str):
             raise ValueError(f"{source}: the text must be a JSON string, not {json.dumps(text)[:40]}")
         yield source, text or "", _json_label(source, record[label_key])
-
-
-def _json_object(source, line):
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{source}: not valid JSON ({error.msg}, column {error.colno}); each line must be one "
-                         'JSON object such as {"text": "...", "label": "..."}') from None
-    if not isinstance(record, dict):
-        raise ValueError(f'{source}: a JSON {type(record).__name__}, not an object such as '
-                         '{"text": "...", "label": "..."}')
-    return record
 
 
 def _json_label(source, value):

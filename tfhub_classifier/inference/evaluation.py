@@ -1,13 +1,12 @@
 """Evaluating a saved classifier on labelled test data: metrics, plots, its most confident mistakes."""
-import dataclasses
 import json
 import os
 
 import numpy as np
 
 import config
+from tfhub_classifier import cli
 from tfhub_classifier.data import imdb, user_files
-from tfhub_classifier.data.class_folders import REPLACING_ENCODING
 from tfhub_classifier.inference import calibration, plots, scoring, thresholds
 from tfhub_classifier.model import saving
 
@@ -175,27 +174,10 @@ def _per_label_lines(metrics):
 
 def evaluation_config(args):
     """The Config evaluate.py uses: the model's own recorded data settings, then the flags."""
-    record = _recorded_run(args.model_dir or config.Config.model_dir)
-    base = config.Config()
-    if record:
-        recorded = record.get("config", {})
-        # Where the model's test data is and how it was read: a new --test-data is read the same way.
-        inherited = config.field_names(recorded="inherited")
-        base = dataclasses.replace(base, **{k: v for k, v in recorded.items() if k in inherited})
-        if "encoding" not in recorded:  # a model saved before --encoding read bad bytes as U+FFFD
-            base = dataclasses.replace(base, encoding=REPLACING_ENCODING)
-    cfg = config.from_args(args, base, script=config.EVALUATE)
+    record = cli.read_run_record(args.model_dir or config.Config.model_dir)
+    cfg = config.from_args(args, config.recorded_defaults(record), script=config.EVALUATE)
     if record and not args.test_data and cfg.test_data and not os.path.exists(cfg.test_data):
         where = "" if os.path.isabs(cfg.test_data) else " (relative to the folder train.py ran in)"
         raise ValueError(f"{cfg.test_data}, the test data {cfg.model_dir}'s run record names{where}, is not there; "
                          "pass --test-data PATH with the model's labelled test data")
     return cfg
-
-
-def _recorded_run(model_dir):
-    """The run record beside a saved model, or None if it can't be read (load() says why)."""
-    try:
-        with open(os.path.join(model_dir, saving.RUN_RECORD)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None

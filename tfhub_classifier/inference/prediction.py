@@ -2,12 +2,13 @@
 import codecs
 import csv
 import io
+import itertools
 import json
 import sys
 
 import numpy as np
 
-from tfhub_classifier.data import imdb
+from tfhub_classifier.data import imdb, table_files
 from tfhub_classifier.inference import scoring
 
 
@@ -38,20 +39,97 @@ def read_lines(path, log=None):
             "remove them if they hold no text")
 
 
-def predict(model, task, texts, batch_size, progress=False):
+def run(cfg, sentences=(), path=None, output_format="table"):
+    """predict.py: label sentences, or the texts of the file at path ('-' or None: standard input), with
+    the model in cfg.model_dir, writing each result to stdout as its window is scored. Returns the
+    sentences' scores, or for a file only how many texts it scored, so memory stays flat in its length."""
+    from tfhub_classifier.model import saving
+    kept_columns, rows = [], None
+    if path and table_files.is_table(path):  # read before the model loads, so a wrong column is said at once
+        kept_columns, rows = table_rows(path, cfg.text_column, cfg.keep_columns, None, cfg.no_header, cfg.encoding,
+                                        cfg.delimiter, cfg.quoting)
+        first = next(rows, None)
+        rows = iter(()) if first is None else itertools.chain([first], rows)
+    model, record, _ = saving.load_model(cfg.model_dir, cfg.precision)
+    task = saving.task_of_record(record)
+    check_top_k(task, cfg.top_k)
+    if rows is None:
+        rows = ((text, ()) for text in (sentences or read_lines(path or "-")))
+    writer = Writer(output_format, task, saving.threshold_in_use(cfg.threshold, record), cfg.top_k, stdout_text(),
+                    kept_columns)
+    scores, count = ([] if sentences else None), 0
+    for (text, kept), probabilities in predict(model, task, rows, cfg.eval_batch_size, progress=bool(path),
+                                               text_of=lambda row: row[0]):
+        writer.write(text, probabilities, kept)
+        count += 1
+        if scores is not None:
+            scores.append(float(probabilities) if task.kind == "binary" else probabilities.tolist())
+    return scores if scores is not None else count
+
+
+def predict(model, task, texts, batch_size, progress=False, text_of=None):
     """(text, probabilities) pairs in input order, streamed window by window: a score for a binary
-    task, one probability per label otherwise; progress: a bar on stderr."""
+    task, one probability per label otherwise; progress: a bar on stderr. With text_of, texts are
+    rows (e.g. a text and the columns kept with it) and text_of(row) is the text scored."""
     texts = iter(texts)
     pending = []
 
     def remember():  # keep each text until its score comes back
         for text in texts:
             pending.append(text)
-            yield text
+            yield text if text_of is None else text_of(text)
 
     for logits in scoring.score_texts(model, remember(), batch_size, progress=progress):
         done, pending[:] = pending[:len(logits)], pending[len(logits):]
         yield from zip(done, task.probabilities(logits))
+
+
+def table_rows(path, text_column="text", keep_columns="", log=None, no_header=False, encoding="utf-8",
+               delimiter="", quoting="csv"):
+    """(kept column names, rows) of a .csv, .tsv or .jsonl file to score, read as training reads it:
+    rows yields (text, kept values) lazily, one row in memory at a time. keep_columns is a comma-separated
+    list of columns (JSON fields) to copy through, or "all" for every one but the text's. An empty text
+    is scored as such and counted in a warning passed to log (default: stderr) at the end."""
+    log = log or (lambda line: print(line, file=sys.stderr))
+    columns, records = table_files.file_records(path, no_header, log, encoding, delimiter, quoting)
+    wanted = [name.strip() for name in keep_columns.split(",") if name.strip()] if keep_columns != "all" else None
+    if columns is None and not table_files.is_jsonl(path):
+        raise ValueError(f"{path} holds no texts; check that it is the right file")
+    if columns is not None:
+        text_index = table_files.column_index(path, columns, text_column, "--text-column")
+        kept = [(name, index) for index, name in enumerate(columns) if index != text_index] if wanted is None else [
+            (name, table_files.column_index(path, columns, name, "--keep-columns")) for name in wanted]
+        rows = ((source, fields[text_index], [fields[index] for _, index in kept]) for source, fields in records)
+        return [name for name, _ in kept], _reporting_empty(path, rows, log)
+    first = next(records, None)
+    if first is None:
+        raise ValueError(f"{path} holds no texts; check that it is the right file")
+    names = [key for key in first[1] if key != text_column] if wanted is None else wanted
+    rows = ((source, _json_text(source, record, text_column), [record.get(name) for name in names])
+            for source, record in itertools.chain([first], records))
+    return names, _reporting_empty(path, rows, log)
+
+
+def _json_text(source, record, key):
+    if key not in record:
+        raise ValueError(f"{source}: no {key!r} field (fields found: {', '.join(map(repr, record)) or 'none'}); "
+                         "name the text's field with --text-column")
+    text = record[key]
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"{source}: the text must be a JSON string, not {json.dumps(text)[:40]}")
+    return text or ""
+
+
+def _reporting_empty(path, rows, log):
+    """(text, kept) per row; the rows with an empty text are counted in a warning at the end."""
+    empty = []
+    for source, text, kept in rows:
+        if not text.strip():
+            empty.append(source)
+        yield text, kept
+    if empty:
+        log(f"warning: {path}: {len(empty)} row(s) with an empty text, the first at {empty[0]}, were scored as "
+            "empty texts")
 
 
 def display_names(task):
@@ -99,6 +177,9 @@ def table_line(text, result):
     return f"input: {shown:<30} : {labels}"
 
 
+OUTPUT_FIELDS = {"text", "score", "positive_label", "label", "probability", "top_k", "labels", "probabilities"}
+
+
 class Writer:
     """Writes each text's label(s) and probabilities as an aligned table, JSON Lines or CSV.
 
@@ -106,12 +187,15 @@ class Writer:
     their probabilities; multi-label: every label at or over the threshold, and each label's probability.
     """
 
-    def __init__(self, output_format, task, threshold=0.5, top_k=1, stream=None):
+    def __init__(self, output_format, task, threshold=0.5, top_k=1, stream=None, kept_columns=()):
         self.format, self.task, self.threshold, self.top_k = output_format, task, threshold, top_k
         self.stream = stream or sys.stdout
         self.csv = csv.writer(self.stream) if output_format == "csv" else None
+        own = set(self._csv_header()) | OUTPUT_FIELDS
+        # A kept column named like an output field (a test file's "label") is written as input_<name>.
+        self.kept_columns = [f"input_{name}" if name in own else name for name in kept_columns]
         if self.csv:
-            self.csv.writerow(self._csv_header())
+            self.csv.writerow(self.kept_columns + self._csv_header())
 
     def _csv_header(self):
         if self.task.kind == "binary":
@@ -121,13 +205,14 @@ class Writer:
                                for field in ("label", "probability")]
         return ["text", "labels"] + list(self.task.label_names)
 
-    def write(self, text, probabilities):
+    def write(self, text, probabilities, kept=()):
+        """One text's line; kept: the values of the kept columns, in their order."""
         text = _as_text(text)
         result = labelled(self.task, probabilities, self.threshold, self.top_k)
         if self.format == "jsonl":
-            self.stream.write(json.dumps({"text": text, **result}) + "\n")
+            self.stream.write(json.dumps({**dict(zip(self.kept_columns, kept)), "text": text, **result}) + "\n")
         elif self.csv:
-            self.csv.writerow([text] + self._csv_fields(result))
+            self.csv.writerow(list(kept) + [text] + self._csv_fields(result))
         else:
             self.stream.write(table_line(text, result) + "\n")
 
