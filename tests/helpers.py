@@ -45,7 +45,8 @@ def add_callback(monkeypatch, callback):
     """Make training's fit run callback last, after the suite's own (until monkeypatch.undo())."""
     from tfhub_classifier.training import trainer
     real_callbacks = trainer.Session.callbacks
-    monkeypatch.setattr(trainer.Session, "callbacks", lambda session, *args: real_callbacks(session, *args) + [callback])
+    monkeypatch.setattr(trainer.Session, "callbacks",
+                        lambda session, *args: real_callbacks(session, *args) + [callback])
 
 
 def interrupted_after_first_epoch(monkeypatch, argv):

@@ -84,4 +84,5 @@ def test_a_table_is_read_row_by_row_as_it_is_scored(tmp_path):
     path.write_text("id,text\n1,\n2,fine\n")
     names, rows = prediction.table_rows(str(path), keep_columns="all", log=logs.append)
     assert names == ["id"] and list(rows) == [("", ["1"]), ("fine", ["2"])]
-    assert logs[-1] == f"warning: {path}: 1 row(s) with an empty text, the first at {path}:2, were scored as empty texts"
+    assert logs[-1] == (f"warning: {path}: 1 row(s) with an empty text, the first at {path}:2, were scored as "
+                        "empty texts")
