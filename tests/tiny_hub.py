@@ -76,6 +76,54 @@ def save_preprocessor(directory, lower_case=True, **tokenizer_options):
     return preprocess
 
 
+class TinySentencePiecePreprocessor(tf.Module):
+    """ALBERT's kind of preprocessor: a SentencePiece model (trained here on the tiny vocabulary's words,
+    ids below the tiny encoder's vocabulary size), tokenize giving [batch, (pieces)] with no word
+    dimension, and bert_pack_inputs taking segments of ragged rank 1 or 2, as TF Model Garden's
+    export_tfhub_lib saves it."""
+
+    def __init__(self, seq_length=128):
+        super().__init__()
+        import sentencepiece
+        model = io.BytesIO()
+        rng = random.Random(0)
+        words = POSITIVE_WORDS + NEGATIVE_WORDS + FILLER_WORDS
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter([" ".join(rng.choice(words) for _ in range(8)) for _ in range(500)]),
+            model_writer=model, vocab_size=len(VOCAB) - 2, model_type="unigram", pad_id=0, unk_id=1, bos_id=-1,
+            eos_id=-1, user_defined_symbols=["[CLS]", "[SEP]"], hard_vocab_limit=False, minloglevel=2)
+        self.tokenizer = text.SentencepieceTokenizer(model=model.getvalue(), out_type=tf.int32)
+        self.seq_length = seq_length
+        self.bert_pack_inputs = tf.function(self._pack)
+        for ragged_rank in (1, 2):
+            self.bert_pack_inputs.get_concrete_function([tf.RaggedTensorSpec([None] * (ragged_rank + 1), tf.int32)],
+                                            tf.TensorSpec([], tf.int32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def tokenize(self, sentences):
+        return self.tokenizer.tokenize(sentences)
+
+    def _pack(self, segments, seq_length):
+        flat = [s.merge_dims(-2, -1) if s.ragged_rank == 2 else s for s in segments]
+        trimmed = text.RoundRobinTrimmer(seq_length - 1 - len(flat)).trim(flat)
+        ids, types = text.combine_segments(trimmed, 2, 3)  # [CLS], [SEP]: the first user-defined pieces
+        word_ids, mask = text.pad_model_inputs(ids, seq_length)
+        type_ids, _ = text.pad_model_inputs(types, seq_length)
+        return {"input_word_ids": tf.cast(word_ids, tf.int32), "input_mask": tf.cast(mask, tf.int32),
+                "input_type_ids": tf.cast(type_ids, tf.int32)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def __call__(self, sentences):
+        return self._pack([self.tokenizer.tokenize(sentences)], self.seq_length)
+
+
+def save_sentencepiece_preprocessor(directory):
+    """Write a tiny ALBERT-style (SentencePiece) preprocessor to directory/preprocess; return its path."""
+    preprocess = os.path.join(directory, "preprocess")
+    tf.saved_model.save(TinySentencePiecePreprocessor(), preprocess)
+    return preprocess
+
+
 def build_encoder(layers=2, width=WIDTH, heads=2, seed=0):
     """A 2-layer, 32-wide BERT-style encoder with TF-Hub's inputs and outputs."""
     keras.utils.set_random_seed(seed)

@@ -19,6 +19,26 @@ def test_saved_model_applies_length_and_truncation_to_raw_strings(flags):
     assert record["config"]["truncation"] == "tail"
 
 
+def test_a_sentencepiece_preprocessor_runs_the_fast_pipeline(flags, tmp_path):
+    """ALBERT's kind of preprocessor (SentencePiece, no word dimension) trains, keeps head+tail and
+    scores through the fast pipeline as BERT's does."""
+    import tensorflow as tf
+    import tiny_hub
+    flags[flags.index("--preprocessor") + 1] = tiny_hub.save_sentencepiece_preprocessor(str(tmp_path / "albert"))
+    record = train.main(flags + QUICK + ["--epochs", "1", "--seq-length", "16", "--truncation", "head+tail"])
+    assert record["config"]["pipeline"] == "fast"
+    model_dir = flags[flags.index("--model-dir") + 1]
+    model = tf.saved_model.load(model_dir)
+    own = tf.saved_model.load(flags[flags.index("--preprocessor") + 1])
+    short, long = "great film", "dull " * 40 + "wonderful acting"
+    assert model.preprocess(tf.constant([short]))["input_word_ids"].numpy()[0].tolist() == (
+        own(tf.constant([short]))["input_word_ids"].numpy()[0, :16].tolist())
+    pieces = own.tokenize(tf.constant([long])).flat_values.numpy().tolist()
+    ids = model.preprocess(tf.constant([long]))["input_word_ids"].numpy()[0].tolist()
+    assert ids == [2] + pieces[:4] + pieces[-10:] + [3]  # of 14: round(14 * 128 / 510) head, the rest tail
+    assert_predict_scores_are_the_saved_models(model_dir, [short, long])
+
+
 def test_score_does_not_depend_on_batch_mates(trained_model):
     from tfhub_classifier.inference import scoring
     review = "great acting and a wonderful story"
