@@ -168,3 +168,35 @@ def test_early_stopping_on_macro_f1_keeps_its_best_epoch(fraud_run):
     history, best_epoch = fraud_run[1]["history"], fraud_run[1]["best_epoch"]
     assert len(history["val_macro_f1"]) == len(history["loss"])
     assert best_epoch == 1 + int(np.argmax(history["val_macro_f1"]))
+
+
+def test_serving_and_the_export_label_and_score_as_predict_does(fraud_run, tmp_path, capsys):
+    """serve.py's model and the core-ops export (with its client) use the saved temperature and threshold."""
+    import importlib.util
+
+    import export
+    from tfhub_classifier.serving.servable import Servable
+    record, texts = fraud_run[1], [text for text, _ in fraud_rows(12, 4)]
+    predict.main(["--model-dir", model_dir(fraud_run), "--format", "jsonl", "--precision", "float32", *texts])
+    expected = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    servable = Servable.load(config.resolve(model_dir=model_dir(fraud_run), precision="float32"), log=lambda _: None)
+    assert servable.threshold == record["threshold"]
+    served = servable.score(texts)
+    assert [(r["label"], r["positive_label"]) for r in served] == [(r["label"], r["positive_label"]) for r in expected]
+    assert [r["probabilities"] for r in served] == pytest.approx([r["score"] for r in expected], abs=1e-5)
+    out = tmp_path / "export"
+    export.main(["--model-dir", model_dir(fraud_run), "--out", str(out)])
+    with open(out / "labels.json") as f:
+        labels = json.load(f)
+    assert labels["threshold"] == record["threshold"]
+    spec = importlib.util.spec_from_file_location("client_example", out / "client_example.py")
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+    capsys.readouterr()
+    results = client.main(texts)
+    assert [r["label"] for r in results] == [r["label"] for r in expected]
+    assert [r["score"] for r in results] == pytest.approx([r["score"] for r in expected], abs=1e-5)  # calibrated
+    labels["threshold"] = 0.999  # the client's default threshold is the one labels.json holds
+    with open(out / "labels.json", "w") as f:
+        json.dump(labels, f)
+    assert [r["label"] for r in client.main(texts)] == ["fraud" if r["score"] >= 0.999 else "legit" for r in results]
