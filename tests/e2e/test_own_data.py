@@ -140,19 +140,25 @@ def test_multilabel_from_json_lines(hub_models, tmp_path, capsys):
             f.writelines(json.dumps(row) + "\n" for row in rows)
     flags = ["--encoder", hub_models[1], "--preprocessor", hub_models[0], "--model-dir", str(tmp_path / "model"),
              "--plots-dir", str(tmp_path / "plots"), "--train-data", str(tmp_path / "train.jsonl"),
-             "--test-data", str(tmp_path / "test.jsonl"), "--label-column", "labels"]
+             "--test-data", str(tmp_path / "test.jsonl"), "--label-column", "labels", "--threshold-metric", "f1"]
     record = train.main(flags + FAST)
     assert record["task"] == {"kind": "multilabel", "label_names": ["bad", "good"]}
     assert record["test_metrics"]["subset_accuracy"] >= 0.7
+    thresholds = record["threshold"]  # one per label, chosen on the validation texts
+    assert len(thresholds) == 2 and record["test_metrics"]["threshold"] == thresholds
     metrics = evaluate.main(model_flags(flags))
     assert {"subset_accuracy", "hamming_loss", "micro", "macro", "per_label"} <= set(metrics)
-    capsys.readouterr()
+    assert metrics["subset_accuracy"] == pytest.approx(record["test_metrics"]["subset_accuracy"])
+    assert f"Threshold: per label {thresholds[0]:.4f}, {thresholds[1]:.4f} (chosen for f1 at training)" in (
+        capsys.readouterr().out)
     texts = ["great film awful plot", "the movie was a film", "wonderful"]
     predict.main(model_flags(flags) + ["--format", "jsonl", *texts])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [row["text"] for row in rows] == texts
     assert [sorted(row["labels"]) for row in rows] == [["bad", "good"], [], ["good"]]
     assert all(set(row["probabilities"]) == {"bad", "good"} for row in rows)
+    assert [row["labels"] for row in rows] == [[name for name, limit in zip(("bad", "good"), thresholds)
+                                                if row["probabilities"][name] >= limit] for row in rows]
 
 
 def write_class_folders(root, rows):
