@@ -30,6 +30,23 @@ def parse(argv=None):
     return parser.parse_args(argv)
 
 
+def _reading_as_trained(args, cfg, jsonl):
+    """cfg for reading a table --file: the model's recorded reading settings where no flag is given, said
+    on stderr so a file laid out otherwise is understood; JSON Lines name their fields (no --no-header)."""
+    import dataclasses
+    if jsonl and args.no_header is None:
+        cfg = dataclasses.replace(cfg, no_header=False)
+    inherited = [name for name in ("text_column", "no_header", "encoding", "delimiter", "quoting")
+                 if getattr(args, name) is None and getattr(cfg, name) != getattr(config.Config, name)]
+    if inherited:
+        shown = " ".join(f"--{config.flag_name(name, config.PREDICT)}" + ("" if isinstance(getattr(cfg, name), bool)
+                                                                         else f" {getattr(cfg, name)!r}")
+                         for name in inherited)
+        print(f"Reading {args.file} as the model's training data was read: {shown} (give flags to read it "
+              "otherwise)", file=sys.stderr)
+    return cfg
+
+
 def stdin_is_terminal():
     """True when nothing is piped in, so reading standard input would wait for typing."""
     return sys.stdin is None or sys.stdin.isatty()
@@ -50,6 +67,11 @@ def main(argv=None):
     if given and not (args.file and table_files.is_table(args.file)):
         raise ValueError(f"--{config.flag_name(given[0], config.PREDICT)} is for a .csv, .tsv or .jsonl --file; "
                          "texts given as arguments, in other files or on standard input are one a line")
+    if args.keep_columns and args.format == "table":
+        raise ValueError("--keep-columns copies columns into JSON Lines or CSV results; add --format jsonl or "
+                         "--format csv")
+    if args.file and table_files.is_table(args.file):
+        cfg = _reading_as_trained(args, cfg, table_files.is_jsonl(args.file))
     from tfhub_classifier.inference import prediction  # TensorFlow loads only once the flags are known to be good
     return prediction.run(cfg, args.sentences, args.file, args.format)
 

@@ -120,7 +120,8 @@ def ceiling(spec):
     reviews = test_reviews(REVIEWS)[:CEILING_REVIEWS]
     figures = {"precision": precision}
     for setting, batch_size in SETTINGS.items():
-        servable = Servable(model, record, task, defaults.threshold, defaults.top_k, batch_size)
+        servable = Servable(model, record, task, saving.threshold_in_use(defaults.threshold, record), defaults.top_k,
+                            batch_size)
         calls = [reviews[start:start + batch_size] for start in range(0, len(reviews), batch_size)]
         figures[setting] = len(reviews) / common.fastest(
             lambda servable=servable, calls=calls: [servable.score(texts) for texts in calls])

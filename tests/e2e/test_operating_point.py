@@ -44,14 +44,20 @@ def write_csv(path, rows):
 
 @pytest.fixture(scope="module")
 def fraud_run(hub_models, tmp_path_factory):
-    """A binary model whose positive label sorts first, with every operating-point option on."""
+    """A binary model whose positive label sorts first, with every operating-point option on: (flags, run
+    record, folder, the callbacks fit ran with)."""
     tmp = tmp_path_factory.mktemp("fraud")
     flags = ["--encoder", hub_models[1], "--preprocessor", hub_models[0], "--model-dir", str(tmp / "model"),
              "--plots-dir", str(tmp / "plots"), "--train-data", write_csv(tmp / "train.csv", fraud_rows(400, 1)),
              "--test-data", write_csv(tmp / "test.csv", fraud_rows(200, 2)), "--positive-label", "fraud",
              "--threshold-metric", "f1", "--calibrate", "temperature", "--early-stopping-metric", "macro_f1",
              "--early-stopping-patience", "1", "--stratify"]
-    return flags, train.main(flags + QUICK + ["--epochs", "3", "--learning-rate", "3e-3"]), tmp
+    from tfhub_classifier.training import trainer
+    real_callbacks, made = trainer.Session.callbacks, []
+    with pytest.MonkeyPatch.context() as patch:  # keep the callbacks fit ran with
+        patch.setattr(trainer.Session, "callbacks", lambda *args: made.extend(real_callbacks(*args)) or made)
+        record = train.main(flags + QUICK + ["--epochs", "3", "--learning-rate", "3e-3"])
+    return flags, record, tmp, made
 
 
 def model_dir(run):
@@ -107,7 +113,11 @@ def test_the_temperature_minimises_validation_nll_and_every_consumer_gets_it(fra
     model, _ = saving.load(model_dir(fraud_run))
     assert float(model.temperature.numpy()) == pytest.approx(temperature, rel=1e-6)
     validation, calibrated = validation_logits(fraud_run)
-    raw = calibrated * temperature  # the saved model divides its logits by the temperature
+    from tfhub_classifier.inference import scoring
+    model.temperature.assign(1.0)  # the same saved network, uncalibrated
+    raw = scoring.logits_of(model, validation.texts, 64)
+    np.testing.assert_allclose(calibrated, raw / temperature, rtol=1e-5, atol=1e-6)  # what every consumer gets
+    assert abs(temperature - 1) > 0.01
 
     def nll(t):
         return calibration.negative_log_likelihood("binary", validation.labels, raw / t)
@@ -165,6 +175,9 @@ def test_predict_labels_at_the_saved_threshold_and_says_which_label_the_score_is
 
 
 def test_early_stopping_on_macro_f1_keeps_its_best_epoch(fraud_run):
+    from tfhub_classifier.training import checkpoints
+    stopping = [c for c in fraud_run[3] if isinstance(c, checkpoints.ResumableEarlyStopping)]
+    assert [(c.monitor, c.monitor_op.__name__) for c in stopping] == [("val_macro_f1", "greater")]  # mode max
     history, best_epoch = fraud_run[1]["history"], fraud_run[1]["best_epoch"]
     assert len(history["val_macro_f1"]) == len(history["loss"])
     assert best_epoch == 1 + int(np.argmax(history["val_macro_f1"]))

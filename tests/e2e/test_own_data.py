@@ -306,7 +306,10 @@ def test_predict_takes_the_models_text_column_and_reads_json_lines_and_headerles
         f.writelines(json.dumps({"ref": f"r{i}", "body": text}) + "\n" for i, text in enumerate(texts))
     predict.main(["--model-dir", str(copy), "--file", str(tmp_path / "new.jsonl"), "--keep-columns", "ref",
                   "--format", "jsonl"])
-    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    out, err = capsys.readouterr()
+    results = [json.loads(line) for line in out.splitlines()]
+    assert (f"Reading {tmp_path / 'new.jsonl'} as the model's training data was read: --text-column 'body' "
+            "(give flags to read it otherwise)") in err
     assert [(r["ref"], r["text"]) for r in results] == [(f"r{i}", text) for i, text in enumerate(texts)]
     (tmp_path / "new.tsv").write_text("".join(f"{i}\t{text}\n" for i, text in enumerate(texts)))
     predict.main(["--model-dir", str(copy), "--file", str(tmp_path / "new.tsv"), "--no-header", "--text-column", "1",
@@ -320,9 +323,12 @@ def test_predict_names_a_missing_column_and_refuses_table_flags_for_plain_lines(
     from helpers import fails_with
     flags, _ = multiclass_run
     path = write_csv(tmp_path / "new.csv", multiclass_rows(3, 22))
-    fails_with(predict.main, model_flags(flags) + ["--file", path, "--keep-columns", "id,date"], capsys,
+    fails_with(predict.main, model_flags(flags) + ["--file", path, "--keep-columns", "id,date", "--format", "csv"],
+               capsys,
                "no column 'date' in the header", "--keep-columns")
     fails_with(predict.main, model_flags(flags) + ["--file", path, "--text-column", "body"], capsys,
                "no column 'body' in the header", "--text-column")
     fails_with(predict.main, model_flags(flags) + ["--text-column", "body", "a text"], capsys,
                "--text-column is for a .csv, .tsv or .jsonl --file")
+    fails_with(predict.main, model_flags(flags) + ["--file", path, "--keep-columns", "id"], capsys,
+               "--keep-columns copies columns into JSON Lines or CSV results; add --format jsonl or --format csv")

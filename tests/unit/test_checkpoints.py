@@ -38,3 +38,21 @@ def test_restart_discards_the_interrupted_run(tmp_path):
     checkpoints.WorkDir(cfg.model_dir).prepare(dataclasses.replace(cfg, learning_rate=1e-3, restart=True),
                                                log=lambda *_: None)
     assert work_dir.trained_summary() is None
+
+
+def test_a_setting_the_interrupted_run_did_not_record_counts_as_its_default(tmp_path):
+    """A run interrupted before a setting existed trained with its default: resuming with another value
+    of it is refused, with the default's value named."""
+    import json
+    cfg = config.resolve(model_dir=str(tmp_path / "model"))
+    work_dir = interrupted(tmp_path, cfg)
+    settings_path = tmp_path / "model.training" / "config.json"
+    with open(settings_path) as f:
+        older = {k: v for k, v in json.load(f).items() if k != "early_stopping_metric"}
+    with open(settings_path, "w") as f:
+        json.dump(older, f)
+    with pytest.raises(ValueError, match=r"--early-stopping-metric 'val_loss' -> 'macro_f1'"):
+        checkpoints.WorkDir(cfg.model_dir).prepare(dataclasses.replace(cfg, early_stopping_metric="macro_f1"),
+                                                   log=lambda *_: None)
+    checkpoints.WorkDir(cfg.model_dir).prepare(cfg, log=lambda *_: None)  # its default: resumes
+    assert work_dir.trained_summary() == {}

@@ -128,3 +128,18 @@ def test_a_binary_report_names_its_positive_label_and_lists_both_classes():
     predicted = (logits > 0).astype(int)
     assert f"Macro F1: {skm.f1_score(labels, predicted, average='macro'):.4f}" in shown
     assert any(line.startswith("legit") and line.split()[2] == "1.0000" for line in shown)  # legit's recall
+
+
+def test_a_label_the_model_never_gives_or_always_gives_is_warned_of():
+    from tfhub_classifier import tasks
+    labels = np.array([1] * 10 + [0] * 90)
+    everything_fraud = tasks.Task("binary", ("legit", "fraud")).report(labels, np.full(100, 2.0), 0.5)
+    shown = evaluation.format_metrics({**everything_fraud, "most_confident_errors": [], "plots": {},
+                                       "task": {"kind": "binary", "label_names": ["legit", "fraud"]}})
+    assert any(line.startswith("warning: the model gives no test text the label(s): legit;") for line in shown)
+    multilabel = tasks.Task("multilabel", ("a", "b", "c"))
+    report = multilabel.report(np.array([[1, 0, 0], [0, 1, 0]]), np.array([[3.0, -3, 3], [3, 3, 3]]), 0.5)
+    assert (report["never_predicted"], report["always_predicted"]) == ([], ["a", "c"])
+    shown = evaluation.format_metrics({**report, "most_confident_errors": [], "plots": {},
+                                       "task": {"kind": "multilabel", "label_names": ["a", "b", "c"]}})
+    assert "warning: the model gives every test text the label(s): a, c" in shown

@@ -50,7 +50,10 @@ def test_a_binary_result_names_the_label_its_score_is_for():
 def test_table_lines_for_each_task():
     binary = prediction.labelled(tasks.Task("binary", ("neg", "pos")), np.float64(0.8125), 0.5)
     assert prediction.table_line("The movie was great!", binary) == (
-        "input: The movie was great!           : score: 0.812500 (positive)")
+        "input: The movie was great!           : positive score: 0.812500 (positive)")
+    fraud = prediction.labelled(tasks.Task("binary", ("legit", "fraud")), np.float64(0.25), 0.5)
+    assert prediction.table_line("a refund request", fraud) == (
+        "input: a refund request               : fraud score: 0.250000 (legit)")
     multiclass = tasks.Task("multiclass", NAMES)
     ranked = prediction.labelled(multiclass, np.array([0.1, 0.2, 0.6, 0.1]), top_k=2)
     assert prediction.table_line("so   happy\ttoday", ranked) == (
@@ -86,3 +89,31 @@ def test_a_table_is_read_row_by_row_as_it_is_scored(tmp_path):
     assert names == ["id"] and list(rows) == [("", ["1"]), ("fine", ["2"])]
     assert logs[-1] == (f"warning: {path}: 1 row(s) with an empty text, the first at {path}:2, were scored as "
                         "empty texts")
+
+
+def test_json_lines_fields_kept_are_checked_against_the_whole_file(tmp_path):
+    path = tmp_path / "new.jsonl"
+    path.write_text('{"text": "a", "id": 1}\n{"text": "b", "id": 2, "date": "today"}\n')
+    logs = []
+    names, rows = prediction.table_rows(str(path), keep_columns="id,idd", log=logs.append)
+    assert names == ["id", "idd"] and list(rows) == [("a", [1, None]), ("b", [2, None])]
+    assert logs == [f"warning: {path}: no line has the field(s) idd named in --keep-columns; their values were "
+                    "written as null"]
+    logs.clear()
+    names, rows = prediction.table_rows(str(path), keep_columns="all", log=logs.append)
+    assert names == ["id"] and list(rows) == [("a", [1]), ("b", [2])]
+    assert logs == [f"warning: {path}: --keep-columns all kept the first line's fields; 1 other field(s), e.g. "
+                    f"'date' from {path}:2, were not copied: name them in --keep-columns"]
+    with pytest.raises(ValueError, match="--keep-columns names 'id' twice"):
+        prediction.table_rows(str(path), keep_columns="id,id")
+
+
+def test_kept_columns_named_like_the_results_fields_are_renamed_apart():
+    import io
+    stream = io.StringIO()
+    writer = prediction.Writer("csv", tasks.Task("binary", ("legit", "fraud")), stream=stream,
+                               kept_columns=["label", "input_label", "id"])
+    writer.write("a text", np.float64(0.75), ["fraud", "x", "7"])
+    header, row = stream.getvalue().splitlines()
+    assert header == "input_input_label,input_label,id,text,score,positive_label,label"
+    assert row == "fraud,x,7,a text,0.750000,fraud,fraud"

@@ -143,6 +143,12 @@ def format_metrics(metrics):
     if metrics.get("absent_labels"):
         left_out = "" if kind == "multilabel" else "; the macro averages leave out those never predicted either"
         lines.append(f"No test text has the label(s): {', '.join(metrics['absent_labels'])}{left_out}")
+    if metrics.get("never_predicted"):
+        lines.append(f"warning: the model gives no test text the label(s): {', '.join(metrics['never_predicted'])}"
+                     + ("; a lower --threshold, or a threshold chosen at training (--threshold-metric f1), may help"
+                        if kind != "multiclass" else ""))
+    if metrics.get("always_predicted"):
+        lines.append(f"warning: the model gives every test text the label(s): {', '.join(metrics['always_predicted'])}")
     lines += _calibration_lines(metrics.get("calibration"))
     for error in metrics["most_confident_errors"]:
         snippet = " ".join(error["text"].split())[:100]

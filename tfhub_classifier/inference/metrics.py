@@ -83,6 +83,12 @@ def _label_scores(label_names, labels, predicted):
     report["per_label"] = {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                            for name, p, r, f, s in zip(label_names, precision, recall, f1, support)}
     report["absent_labels"] = [name for name, count in zip(label_names, support) if not count]
+    predicted = np.asarray(predicted)
+    given = predicted.sum(axis=0) if predicted.ndim == 2 else np.bincount(predicted, minlength=len(label_names))
+    report["never_predicted"] = [name for name, count in zip(label_names, given) if not count]
+    # One label a text: a label given to every text shows as the others never given.
+    report["always_predicted"] = [name for name, count in zip(label_names, given)
+                                  if predicted.ndim == 2 and count == len(predicted)]
     return report
 
 

@@ -19,7 +19,7 @@ def read_lines(path, log=None):
     log = log or (lambda line: print(line, file=sys.stderr))
     name = "standard input" if path == "-" else path
     stream = sys.stdin.buffer if path == "-" else open(path, "rb")
-    blank = []
+    blank, first_blank = 0, None
     try:
         for number, line in enumerate(stream, start=1):
             if b"\x00" in line:
@@ -29,13 +29,13 @@ def read_lines(path, log=None):
                 line = line[len(codecs.BOM_UTF8):]
             line = line.rstrip(b"\r\n")
             if not line.strip():
-                blank.append(number)
+                blank, first_blank = blank + 1, first_blank or number
             yield line
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
     if blank:
-        log(f"warning: {name}: {len(blank)} blank line(s), the first line {blank[0]}, were scored as empty texts; "
+        log(f"warning: {name}: {blank} blank line(s), the first line {first_blank}, were scored as empty texts; "
             "remove them if they hold no text")
 
 
@@ -93,6 +93,9 @@ def table_rows(path, text_column="text", keep_columns="", log=None, no_header=Fa
     log = log or (lambda line: print(line, file=sys.stderr))
     columns, records = table_files.file_records(path, no_header, log, encoding, delimiter, quoting)
     wanted = [name.strip() for name in keep_columns.split(",") if name.strip()] if keep_columns != "all" else None
+    repeated = next((name for i, name in enumerate(wanted or []) if name in wanted[:i]), None)
+    if repeated:
+        raise ValueError(f"--keep-columns names {repeated!r} twice; name each column once")
     if columns is None and not table_files.is_jsonl(path):
         raise ValueError(f"{path} holds no texts; check that it is the right file")
     if columns is not None:
@@ -105,9 +108,27 @@ def table_rows(path, text_column="text", keep_columns="", log=None, no_header=Fa
     if first is None:
         raise ValueError(f"{path} holds no texts; check that it is the right file")
     names = [key for key in first[1] if key != text_column] if wanted is None else wanted
-    rows = ((source, _json_text(source, record, text_column), [record.get(name) for name in names])
-            for source, record in itertools.chain([first], records))
+    rows = _json_rows(path, itertools.chain([first], records), text_column, names, wanted is None, log)
     return names, _reporting_empty(path, rows, log)
+
+
+def _json_rows(path, records, text_column, names, every_field, log):
+    """(source, text, kept values) per JSON object; at the end, a warning naming the kept fields no line
+    has, or (every_field: the first line's fields were kept) the fields later lines add."""
+    unseen, added = set(names), {}
+    for source, record in records:
+        unseen.difference_update(record)
+        if every_field:
+            for key in record.keys() - set(names) - {text_column}:
+                added.setdefault(key, source)
+        yield source, _json_text(source, record, text_column), [record.get(name) for name in names]
+    if unseen:
+        log(f"warning: {path}: no line has the field(s) {', '.join(sorted(unseen))} named in --keep-columns; "
+            "their values were written as null")
+    if added:
+        key, source = next(iter(added.items()))
+        log(f"warning: {path}: --keep-columns all kept the first line's fields; {len(added)} other field(s), "
+            f"e.g. {key!r} from {source}, were not copied: name them in --keep-columns")
 
 
 def _json_text(source, record, key):
@@ -122,14 +143,13 @@ def _json_text(source, record, key):
 
 def _reporting_empty(path, rows, log):
     """(text, kept) per row; the rows with an empty text are counted in a warning at the end."""
-    empty = []
+    empty, first = 0, None
     for source, text, kept in rows:
         if not text.strip():
-            empty.append(source)
+            empty, first = empty + 1, first or source
         yield text, kept
     if empty:
-        log(f"warning: {path}: {len(empty)} row(s) with an empty text, the first at {empty[0]}, were scored as "
-            "empty texts")
+        log(f"warning: {path}: {empty} row(s) with an empty text, the first at {first}, were scored as empty texts")
 
 
 def display_names(task):
@@ -164,12 +184,13 @@ def labelled(task, probabilities, threshold=0.5, top_k=1):
 
 def table_line(text, result):
     """The aligned line the table format prints for one text and what labelled() says of it: for a
-    binary task, the tutorial's `input: TEXT : score: S (LABEL)`; otherwise the labels given, each
+    binary task, the tutorial's `input: TEXT : score: S` with the label S is the probability of before
+    it and the label given after it (`POSITIVE score: S (LABEL)`); otherwise the labels given, each
     with its probability. Long texts are cut to 60 characters."""
     shown = " ".join(text.split())
     shown = shown if len(shown) <= 60 else shown[:59] + "…"
     if "score" in result:
-        return f"input: {shown:<30} : score: {result['score']:.6f} ({result['label']})"
+        return f"input: {shown:<30} : {result['positive_label']} score: {result['score']:.6f} ({result['label']})"
     if "label" in result:
         labels = ", ".join(f"{entry['label']} ({entry['probability']:.4f})" for entry in result.get("top_k", [result]))
     else:
@@ -191,9 +212,15 @@ class Writer:
         self.format, self.task, self.threshold, self.top_k = output_format, task, threshold, top_k
         self.stream = stream or sys.stdout
         self.csv = csv.writer(self.stream) if output_format == "csv" else None
-        own = set(self._csv_header()) | OUTPUT_FIELDS
         # A kept column named like an output field (a test file's "label") is written as input_<name>.
-        self.kept_columns = [f"input_{name}" if name in own else name for name in kept_columns]
+        taken = set(self._csv_header()) | OUTPUT_FIELDS | set(kept_columns)
+        self.kept_columns = []
+        for name in kept_columns:
+            if name in set(self._csv_header()) | OUTPUT_FIELDS:
+                while name in taken:
+                    name = f"input_{name}"
+                taken.add(name)
+            self.kept_columns.append(name)
         if self.csv:
             self.csv.writerow(self.kept_columns + self._csv_header())
 

@@ -64,13 +64,15 @@ class WorkDir:
         if os.path.isdir(self.path):
             recorded = _read_json(settings_path) or {}
             ignored = config.field_names(resumes=False)  # they change neither the weights nor the data
+            # A setting newer than the interrupted run was at its default there.
+            defaults = dataclasses.asdict(config.Config())
             differing = [name for name in settings if name not in ignored
-                         and recorded.get(name, settings[name]) != settings[name]]
+                         and recorded.get(name, defaults[name]) != settings[name]]
             if not recorded:
                 differing = ["(unreadable config.json)"]
             if differing:
-                flags = ", ".join(f"--{name.replace('_', '-')} {recorded.get(name)!r} -> {settings[name]!r}"
-                                  for name in differing if name in recorded) or differing[0]
+                flags = ", ".join(f"--{name.replace('_', '-')} {recorded.get(name, defaults.get(name))!r} -> "
+                                  f"{settings[name]!r}" for name in differing if name in settings) or differing[0]
                 raise ValueError(f"{self.path} holds an interrupted run with other settings ({flags}); "
                                  "rerun with its settings to resume it, or add --restart to discard it "
                                  "and start over")

@@ -193,7 +193,8 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
     _save(session, work_dir, record, strategy, log)
     examples = config.EXAMPLE_SENTENCES if not cfg.train_data else [text[:200] for text in test.texts[:5]]
     # Scored by the saved model after its save: returned with the record, not in its run.json.
-    return {**record, "examples": compare_with_reloaded(session.exported, cfg.model_dir, task, examples, log)}
+    return {**record, "examples": compare_with_reloaded(session.exported, cfg.model_dir, task, examples, log,
+                                                        tuned.get("threshold", thresholds.DEFAULT))}
 
 
 def _prepare_work_dir(cfg, log, splits, strategy, chief_work_dir):
@@ -442,9 +443,10 @@ def _history_so_far(log_path):
     return {name: [float(r[name]) for r in ordered] for name in rows.dtype.names if name != "epoch"}
 
 
-def compare_with_reloaded(exported, model_dir, task, texts=config.EXAMPLE_SENTENCES, log=print):
+def compare_with_reloaded(exported, model_dir, task, texts=config.EXAMPLE_SENTENCES, log=print,
+                          threshold=thresholds.DEFAULT):
     """Score the tutorial's sentences (or a few test texts) with the in-memory and the reloaded
-    model, side by side."""
+    model, side by side, labelled at the model's threshold."""
     reloaded, _ = saving.load(model_dir)
     sentences = tf.constant(list(texts))
     in_memory = task.probabilities(exported(sentences).numpy())
@@ -452,7 +454,7 @@ def compare_with_reloaded(exported, model_dir, task, texts=config.EXAMPLE_SENTEN
     for title, probabilities in (("in memory", in_memory), ("saved", from_disk)):
         log(f"Results from the {title} model:")
         for text, text_probabilities in zip(texts, probabilities):
-            log(prediction.table_line(text, prediction.labelled(task, text_probabilities)))
+            log(prediction.table_line(text, prediction.labelled(task, text_probabilities, threshold)))
     difference = float(np.max(np.abs(in_memory - from_disk)))
     if difference > 1e-5:
         raise RuntimeError(f"the reloaded model scores differently (max difference {difference:.2e})")
