@@ -42,6 +42,12 @@ def test_a_multilabel_model_gives_each_label_at_its_own_threshold():
     assert result["labels"] == ["anger", "surprise"]
 
 
+def test_imdb_labels_are_shown_as_words_in_either_order():
+    assert prediction.display_names(tasks.Task("binary", ("neg", "pos"))) == ("negative", "positive")
+    assert prediction.display_names(tasks.Task("binary", ("pos", "neg"))) == ("positive", "negative")
+    assert prediction.display_names(tasks.Task("binary", ("legit", "fraud"))) == ("legit", "fraud")
+
+
 def test_a_binary_result_names_the_label_its_score_is_for():
     result = prediction.labelled(tasks.Task("binary", ("legit", "fraud")), np.float64(0.3), 0.25)
     assert result == {"score": 0.3, "positive_label": "fraud", "label": "fraud"}

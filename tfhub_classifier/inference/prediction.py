@@ -153,8 +153,11 @@ def _reporting_empty(path, rows, log):
 
 
 def display_names(task):
-    """Label names as predict.py prints them: IMDB's neg/pos folders as the words it always printed."""
-    return imdb.DISPLAY_NAMES if task.label_names == imdb.CLASS_NAMES else task.label_names
+    """Label names as predict.py prints them: IMDB's neg/pos folders as the words it always printed (in
+    either order: --positive-label neg puts neg second)."""
+    if sorted(task.label_names) != sorted(imdb.CLASS_NAMES):
+        return task.label_names
+    return tuple(dict(zip(imdb.CLASS_NAMES, imdb.DISPLAY_NAMES))[name] for name in task.label_names)
 
 
 def _as_text(text):
