@@ -273,6 +273,14 @@ class Config:
     max_texts_per_request: int = _option(256, "requests with more texts get 400: TF Serving clients send "
                                          "small batches, and bulk scoring is predict.py's job",
                                          scripts=(SERVE,), at_least=1)
+    allowed_hosts: str = _option("", "Host header names accepted besides localhost, 127.0.0.1, [::1] and --host, "
+                                 "comma-separated (the names clients use to reach this server); * = any. Others "
+                                 "get 400, so a web page can't reach the server by DNS rebinding",
+                                 scripts=(SERVE,))
+    cors_origin: str = _option("", "a web origin allowed to call the API from a browser (CORS), e.g. "
+                               "https://app.example.com; empty = none", scripts=(SERVE,))
+    expose_record: bool = _option(False, "answer /record with the task, labelling settings and the run record "
+                                  "(local paths and URL credentials removed)", scripts=(SERVE,))
     max_queued_texts: int = _option(2048, "texts waiting for a model call; past it a request gets 503 at "
                                     "once, as TF Serving's max_enqueued_batches does, instead of a long wait",
                                     scripts=(SERVE,), at_least=1)

@@ -1,7 +1,8 @@
 """Serve a saved classifier over HTTP with TensorFlow Serving's REST API, batching concurrent requests.
 
     python serve.py --model-dir models/imdb_bert --port 8501
-    curl -d '{"instances": ["The movie was great!"]}' http://127.0.0.1:8501/v1/models/imdb_bert:predict
+    curl -H 'Content-Type: application/json' -d '{"instances": ["The movie was great!"]}' \
+         http://127.0.0.1:8501/v1/models/imdb_bert:predict
     python serve.py --batch-size 1     # no batching: one text per model call
 
 SIGTERM or Ctrl-C stops it: no new connections, the requests in flight and queued are answered, then it

@@ -37,7 +37,7 @@ def model_dir(trained):
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
     running = ServerProcess(model_dir, str(tmp_path_factory.mktemp("serve") / "serve.log"), "--precision",
-                            "float32", "--batch-size", str(BATCH_SIZE), "--max-request-bytes",
+                            "float32", "--batch-size", str(BATCH_SIZE), "--expose-record", "--max-request-bytes",
                             str(MAX_REQUEST_BYTES), startup_seconds=STARTUP_SECONDS)
     yield running
     assert running.stop() == 0, running.log()
@@ -54,7 +54,7 @@ def expected(model_dir):
 def check_predictions(predictions, texts, expected):
     assert len(predictions) == len(texts)
     for prediction, text in zip(predictions, texts):
-        assert set(prediction) == {"score", "label", "probabilities", "label_names"}, prediction
+        assert set(prediction) == {"score", "positive_label", "label", "probabilities", "label_names"}, prediction
         assert prediction["score"] == pytest.approx(expected[text], abs=1e-6), text
         assert prediction["probabilities"] == pytest.approx(expected[text], abs=1e-6), text
         assert prediction["label"] == ("positive" if expected[text] >= 0.5 else "negative"), text
@@ -86,7 +86,7 @@ def test_columnar_format_answers_outputs_as_tf_serving_does(server, expected, in
                            json={"inputs": inputs, "signature_name": "serving_default"}, timeout=60)
     assert answer.status_code == 200, answer.text
     outputs = answer.json()["outputs"]
-    assert set(outputs) == {"score", "label", "probabilities", "label_names"}
+    assert set(outputs) == {"score", "positive_label", "label", "probabilities", "label_names"}
     check_predictions([dict(zip(outputs, values)) for values in zip(*outputs.values())], TEXTS[:5], expected)
 
 
@@ -98,9 +98,13 @@ def test_status_is_tf_servings_exactly_and_the_record_has_its_own_route(server, 
     assert requests.get(f"{server.url}/v1/models/imdb_bert/versions/1", timeout=10).json() == status.json()
     with open(os.path.join(model_dir, cli.RUN_RECORD)) as f:
         record = json.load(f)
-    assert requests.get(f"{server.url}/v1/models/imdb_bert/record", timeout=10).json() == {
+    served = requests.get(f"{server.url}/v1/models/imdb_bert/record", timeout=10).json()  # with --expose-record
+    assert {key: value for key, value in served.items() if key != "run_record"} == {
         "model_spec": {"name": "imdb_bert", "version": "1"},
-        "task": {"kind": "binary", "label_names": LABEL_NAMES}, "threshold": 0.5, "top_k": 1, "run_record": record}
+        "task": {"kind": "binary", "label_names": LABEL_NAMES}, "threshold": 0.5, "top_k": 1}
+    assert served["run_record"]["history"] == record["history"]
+    assert served["run_record"]["config"]["model_dir"] == "imdb_bert"  # the folder's name, not where it is
+    assert model_dir not in json.dumps(served) and os.path.dirname(record["encoder"]) not in json.dumps(served)
     health = server.health()
     assert health["status"] == "ok" and health["texts_queued"] == 0
 
@@ -185,7 +189,8 @@ BIG = json.dumps({"instances": ["great " * (MAX_REQUEST_BYTES // 6)]}).encode()
 def test_bad_requests_get_a_4xx_naming_the_problem_and_the_next_is_served(server, expected, body, status,
                                                                           needle):
     before = server.health()
-    answer = requests.post(server.predict_url, data=body() if callable(body) else body, timeout=60)
+    answer = requests.post(server.predict_url, data=body() if callable(body) else body, timeout=60,
+                           headers={"Content-Type": "application/json"})
     assert answer.status_code == status, answer.text
     assert needle in answer.json()["error"]
     assert server.health()["texts_scored"] == before["texts_scored"]  # refused before any model call
@@ -195,7 +200,8 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_next_is_served(server
 def test_a_client_stalled_mid_body_holds_no_one_up_and_its_hang_up_is_no_error(server, expected):
     before = server.health()
     with socket.create_connection((HOST, server.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/models/imdb_bert:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+        sock.sendall(b"POST /v1/models/imdb_bert:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
                      b'{"instances": ["gre')
         predict_ok(server, expected)  # answered while that body is still unfinished
     predict_ok(server, expected)  # and after its client hung up mid-body

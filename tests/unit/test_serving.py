@@ -125,7 +125,8 @@ def test_a_client_that_hangs_up_while_its_texts_wait_has_them_dropped_unscored(f
     _, before = fake.health()
     body = json.dumps({"instances": ["gone1", "gone2", "gone3"]}).encode()
     with socket.create_connection((HOST, fake.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/models/fake:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/models/fake:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         fake.wait_for(lambda health: health["texts_queued"] == 3, "the request was not queued")
     fake.wait_for(lambda health: health["texts_queued"] == 0, "the hang-up was not noticed")
@@ -371,3 +372,65 @@ def test_labelling_flags_come_from_config_for_predict_and_serve_and_not_train():
     for flag in ("--port", "--threshold"):
         with pytest.raises(SystemExit):
             train.parse([flag, "1"])
+
+
+def test_a_host_header_not_served_gets_400_and_the_served_ones_are_answered(fake):
+    """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 sends Host: evil.example."""
+    url = f"http://{HOST}:{fake.port}/healthz"
+    for host in ("evil.example", f"evil.example:{fake.port}", "127.0.0.1.evil.example"):
+        answer = requests.get(url, headers={"Host": host}, timeout=10)
+        assert answer.status_code == 400 and "--allowed-hosts" in answer.json()["error"], host
+    for host in ("localhost", f"localhost:{fake.port}", f"127.0.0.1:{fake.port}", f"[::1]:{fake.port}"):
+        assert requests.get(url, headers={"Host": host}, timeout=10).status_code == 200, host
+
+
+def test_allowed_hosts_widen_what_is_served():
+    assert rest_api.allowed_hosts(config.resolve(allowed_hosts="api.example.com, Other.example")) == {
+        "localhost", "127.0.0.1", "::1", "api.example.com", "other.example"}
+    assert rest_api.allowed_hosts(config.resolve(host="0.0.0.0")) == {"localhost", "127.0.0.1", "::1"}
+    assert rest_api.allowed_hosts(config.resolve(host="10.0.0.5")) == {"localhost", "127.0.0.1", "::1", "10.0.0.5"}
+    assert rest_api.allowed_hosts(config.resolve(allowed_hosts="*")) is None
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x"])
+def test_predict_takes_only_json_so_no_page_can_post_to_it_cross_site(fake, content_type):
+    """A form or fetch() with a 'simple' type skips the CORS preflight; it must not be scored."""
+    _, before = fake.health()
+    headers = {"Content-Type": content_type} if content_type else {}
+    answer = requests.post(fake.predict_url, data=b'{"instances": ["a"]}', headers=headers, timeout=10)
+    assert answer.status_code == 415 and "Content-Type: application/json" in answer.json()["error"]
+    assert "access-control-allow-origin" not in answer.headers
+    assert fake.health()[1]["texts_scored"] == before["texts_scored"]
+    ok = requests.post(fake.predict_url, data=b'{"instances": ["a"]}', timeout=10,
+                       headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+
+
+def test_cors_headers_only_for_the_origin_named():
+    server = InProcessServer(cors_origin="https://app.example.com")
+    try:
+        preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "content-type"}
+        answer = requests.options(server.predict_url, headers=preflight, timeout=10)
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == "https://app.example.com"
+        other = requests.options(server.predict_url, headers={**preflight, "Origin": "https://evil.example"},
+                                 timeout=10)
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        server.stop()
+
+
+def test_the_record_is_served_only_when_asked_and_without_paths_or_credentials(fake):
+    answer = requests.get(f"http://{HOST}:{fake.port}/v1/models/fake/record", timeout=10)
+    assert answer.status_code == 404 and "--expose-record" in answer.json()["error"]
+    record = {"config": {"model_dir": "/srv/models/tickets", "data_dir": "/home/ana/data", "train_data": "rel.csv",
+                         "dataset_url": "https://ana:s3cret@data.example.com:8443/imdb.tar.gz?token=abc#x",
+                         "encoder": "file:///home/ana/hub/encoder", "plots_dir": "~/plots", "seed": 42},
+              "encoder": "https://tfhub.dev/tensorflow/small_bert/2", "history": {"loss": [0.5]}}
+    public = protocol.public_record(record)
+    assert public["config"] == {"model_dir": "tickets", "data_dir": "data", "train_data": "rel.csv",
+                                "dataset_url": "https://data.example.com:8443/imdb.tar.gz",
+                                "encoder": "encoder", "plots_dir": "plots", "seed": 42}
+    assert public["encoder"] == record["encoder"] and public["history"] == record["history"]

@@ -8,6 +8,7 @@ import binascii
 import json
 import os
 import sys
+import urllib.parse
 
 MODEL_VERSION = "1"  # one model, served as the version TensorFlow Serving gives a model's first export
 SIGNATURE = "serving_default"
@@ -168,11 +169,31 @@ def model_metadata(name, servable):
 
 
 def model_record(name, servable):
-    """What TensorFlow Serving has no answer for: the task, the labelling flags, the run record."""
+    """What TensorFlow Serving has no answer for: the task, the labelling flags, the run record (as
+    public_record leaves it)."""
     task = servable.task
     return {"model_spec": {"name": name, "version": MODEL_VERSION},
             "task": {"kind": task.kind, "label_names": list(task.label_names)},
-            "threshold": servable.threshold, "top_k": servable.top_k, "run_record": servable.record}
+            "threshold": servable.threshold, "top_k": servable.top_k, "run_record": public_record(servable.record)}
+
+
+def public_record(value):
+    """A run record fit to serve: every local path cut to its last part (the server's folders are no
+    client's business) and every URL stripped of its user, password, query and fragment (where tokens
+    ride)."""
+    if isinstance(value, dict):
+        return {key: public_record(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [public_record(item) for item in value]
+    if not isinstance(value, str):
+        return value
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme and parts.netloc:
+        return urllib.parse.urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
+                                        parts.path, "", ""))
+    if parts.scheme == "file" or os.path.isabs(value) or value.startswith("~"):
+        return os.path.basename(value.rstrip("/")) or "/"
+    return value
 
 
 def _tensor_info(name, dtype, dims):

@@ -4,8 +4,9 @@
                                                 {"inputs": [...]}    -> {"outputs": {...}}
     GET  /v1/models/NAME[/versions/1]           TensorFlow Serving's model_version_status, exactly
     GET  /v1/models/NAME[/versions/1]/metadata  TensorFlow Serving's signature_def of serving_default
-    GET  /v1/models/NAME[/versions/1]/record    not TensorFlow Serving's: the task, --threshold, --top-k
-                                                and the run record the model was saved with
+    GET  /v1/models/NAME[/versions/1]/record    not TensorFlow Serving's, only with --expose-record: the
+                                                task, --threshold, --top-k and the run record the model
+                                                was saved with (no local paths, no URL credentials)
     GET  /healthz                               200 once the model is loaded and warmed up, with the
                                                 model calls made and texts scored, queued and dropped;
                                                 503 if the Batcher has died
@@ -24,6 +25,11 @@ and are left out, as is TensorFlow Serving's "@type" (its REST handler unpacks t
 SignatureDefMap, so its answer has none either). The run record, which TensorFlow Serving has no
 place for, is under /record.
 
+Only requests whose Host header names this machine, --host or one of --allowed-hosts are answered
+(400 otherwise: DNS rebinding); :predict takes only Content-Type: application/json (415 otherwise:
+a browser posts other types cross-site without a CORS preflight); CORS headers only for
+--cors-origin.
+
 Errors are TensorFlow Serving's `{"error": "..."}`: 4xx for the request's fault, 503 when the
 queue is full (--max-queued-texts, as TensorFlow Serving's max_enqueued_batches) or the Batcher
 has died, 500 when a model call fails. Texts from concurrent requests share model calls
@@ -39,6 +45,7 @@ import socket
 
 import fastapi
 import uvicorn
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -144,6 +151,10 @@ def create_app(servable, name, cfg):
     @app.post("/v1/models/{requested}/versions/{version}:predict")
     async def predict(requested: str, request: fastapi.Request, version: str | None = None):
         check_servable(requested, version)
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":  # a browser sends other types cross-site with no CORS preflight
+            raise RequestError(415, f"the request's Content-Type is {media_type or 'missing'}; send JSON as "
+                                    "Content-Type: application/json (curl: -H 'Content-Type: application/json')")
         try:
             payload = protocol.parse_json(await read_body(request, cfg.max_request_bytes))
             texts, columnar = protocol.texts_of_request(payload, cfg.max_text_chars, cfg.max_texts_per_request)
@@ -173,6 +184,9 @@ def create_app(servable, name, cfg):
     @app.get("/v1/models/{requested}/versions/{version}/record")
     async def record(requested: str, version: str | None = None):
         check_servable(requested, version)
+        if not cfg.expose_record:
+            raise RequestError(404, "the run record is not served; start serve.py with --expose-record to serve it "
+                                    "(local paths and URL credentials removed)")
         return protocol.model_record(name, servable)
 
     @app.get("/healthz")
@@ -200,7 +214,44 @@ def create_app(servable, name, cfg):
         return JSONResponse({"error": f"internal error: {type(error).__name__}: {batching.first_line(error)}"},
                             status_code=500)
 
+    if cfg.cors_origin:
+        app.add_middleware(CORSMiddleware, allow_origins=[cfg.cors_origin], allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type"])
+    app.add_middleware(HostCheck, allowed=allowed_hosts(cfg))  # added last: it runs first
     return app
+
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def allowed_hosts(cfg):
+    """The Host header names served: this machine's, --host's (unless every interface), --allowed-hosts;
+    None when --allowed-hosts is * (any)."""
+    extra = [name.strip().lower() for name in cfg.allowed_hosts.split(",") if name.strip()]
+    if "*" in extra:
+        return None
+    return {*LOCAL_HOSTS, *extra} | ({cfg.host.lower()} if cfg.host not in ("0.0.0.0", "::") else set())
+
+
+class HostCheck:
+    """400 with a JSON error for a Host header not in allowed (what stops DNS rebinding). By hand, as
+    Starlette's TrustedHostMiddleware answers in plain text and TF Serving's clients parse JSON errors."""
+
+    def __init__(self, app, allowed):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.allowed is not None:
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+            name = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(
+                ":") == 1 else host
+            if name not in self.allowed:
+                answer = JSONResponse({"error": f"the Host header {host or '(none)'!r} is not one this server "
+                                                "answers to; start serve.py with --allowed-hosts naming it"},
+                                      status_code=400)
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def uvicorn_server(app, cfg):
