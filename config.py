@@ -268,6 +268,14 @@ class Config:
     max_text_chars: int = _option(100_000, "longer texts get 400: IMDB's longest review has ~14k characters, "
                                   "and BERT reads only the model's sequence length in tokens", scripts=(SERVE,),
                                   at_least=1)
+    read_timeout_s: float = _option(10.0, "a connection must send a whole request (headers and body) within this "
+                                    "many seconds of opening or of its last answer, else it is closed: slow and "
+                                    "stalled clients hold no connection or shutdown for long", scripts=(SERVE,))
+    keep_alive_timeout_s: float = _option(5.0, "an idle keep-alive connection is closed after this many seconds",
+                                          scripts=(SERVE,))
+    max_connections: int = _option(512, "open connections at most, kept under the descriptor limit: past it the "
+                                   "longest-idle connection is closed to make room, or, if every one has a "
+                                   "request running, the new one gets 503", scripts=(SERVE,), at_least=1)
     drain_timeout_s: float = _option(30.0, "on SIGTERM, how long in-flight requests may run before they are "
                                      "cut off (Kubernetes' default grace period)", scripts=(SERVE,))
     max_texts_per_request: int = _option(256, "requests with more texts get 400: TF Serving clients send "
@@ -369,6 +377,8 @@ class Config:
                              f"got {self.port}")
         if self.batch_timeout_ms < 0 or self.drain_timeout_s < 0:
             raise ValueError("--batch-timeout-ms and --drain-timeout-s must be 0 or more")
+        if not (self.read_timeout_s > 0 and self.keep_alive_timeout_s > 0):
+            raise ValueError("--read-timeout-s and --keep-alive-timeout-s must be more than 0")
         if self.max_queued_texts < self.max_texts_per_request:
             raise ValueError(f"--max-queued-texts {self.max_queued_texts} is below --max-texts-per-request "
                              f"{self.max_texts_per_request}, so the largest requests could never be queued; "

@@ -32,6 +32,7 @@ def main(argv=None):
     from tfhub_classifier.serving import rest_api  # FastAPI and uvicorn; TensorFlow waits for Servable.load
     from tfhub_classifier.serving.servable import Servable
     name = rest_api.model_name(cfg)
+    rest_api.check_descriptor_limit(cfg.max_connections)
     sock = rest_api.bind(cfg.host, cfg.port)
     try:
         servable = Servable.load(cfg, log=_log)

@@ -434,3 +434,64 @@ def test_the_record_is_served_only_when_asked_and_without_paths_or_credentials(f
                                 "dataset_url": "https://data.example.com:8443/imdb.tar.gz",
                                 "encoder": "encoder", "plots_dir": "plots", "seed": 42}
     assert public["encoder"] == record["encoder"] and public["history"] == record["history"]
+
+
+def test_idle_and_trickling_connections_neither_starve_a_client_nor_outlive_the_read_timeout(fake_model_dir):
+    """Under a 300-descriptor limit, 250 idle sockets and 150 trickling half a request's headers: a normal
+    client is still answered at once, and the server closes every one of the 400 within --read-timeout-s.
+    (--max-connections 100 is what fits 300 descriptors, as serve.py says of more.)"""
+    limited = "import resource\nresource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))\n" + FAKE_SERVE
+    server = ServerProcess(fake_model_dir, os.path.join(os.path.dirname(fake_model_dir), "serve.log"),
+                           "--max-connections", "100", "--read-timeout-s", "3",
+                           command=[sys.executable, "-c", limited], startup_seconds=60)
+    sockets = []
+    try:
+        for number in range(400):
+            sock = socket.create_connection((HOST, server.port), timeout=10)
+            if number >= 250:
+                sock.sendall(b"POST /v1/models/imdb_bert:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-")
+            sockets.append(sock)
+        opened = time.monotonic()
+        answer = requests.post(server.predict_url, json={"instances": ["a"]}, timeout=10)
+        assert answer.status_code == 200 and answer.json() == {"predictions": [{"score": 0.5}]}
+        assert time.monotonic() - opened < 3, "the client waited for the idle connections to time out"
+        for sock in sockets[250:]:
+            sock.sendall(b"Length: 10\r\n")  # trickling on does not extend the deadline
+        for sock in sockets:
+            sock.settimeout(max(0.1, opened + 10 - time.monotonic()))
+            while sock.recv(4096):  # a 408 or nothing, then the server's close
+                pass
+        assert time.monotonic() - opened < 10
+        assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
+        assert "Too many open files" not in server.log(100_000) and "Traceback" not in server.log(100_000)
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.stop()
+
+
+def test_a_client_stalled_mid_body_does_not_hold_the_drain(fake_model_dir):
+    """SIGTERM while a body is half sent: the read timeout ends that request, so the drain takes seconds,
+    not --drain-timeout-s, and ends with exit 0 and no traceback."""
+    server = fake_serve(fake_model_dir, "--read-timeout-s", "2", "--drain-timeout-s", "60")
+    try:
+        with socket.create_connection((HOST, server.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/models/imdb_bert:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"instances\": [\"a")
+            time.sleep(0.5)
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(30) == 0, server.log()
+            assert time.monotonic() - signalled < 20  # far inside the 60 s drain it would otherwise take
+        assert "Traceback" not in server.log(100_000) and "CancelledError" not in server.log(100_000)
+    finally:
+        server.stop()
+
+
+def test_more_connections_than_the_open_file_limit_allows_are_refused_at_start(monkeypatch):
+    import resource
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
+    assert rest_api.check_descriptor_limit(512) == 512
+    with pytest.raises(ValueError, match=r"--max-connections 2000 does not fit this process's open-file limit "
+                                         r"\(1024, .*use --max-connections 864 or less, or raise the limit"):
+        rest_api.check_descriptor_limit(2000)

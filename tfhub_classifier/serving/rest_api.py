@@ -39,21 +39,27 @@ has died, 500 when a model call fails. Texts from concurrent requests share mode
 """
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
 
 import fastapi
+import h11
 import uvicorn
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 import config
 from tfhub_classifier.serving import batching, protocol
 from tfhub_classifier.serving.protocol import RequestError
 
+ACCEPT_BURST = 32  # the listen backlog, which is also how many connections asyncio accepts in one go
+ACCEPT_BURSTS_AHEAD = 4  # bursts accepted before their connections are counted (and the idle closed)
+RESERVED_DESCRIPTORS = 32  # the process's own files, sockets and pipes besides its connections
 DRAIN_SECONDS = 5.0  # how long an over-size body is read and dropped, so its client sees the 413
 CLIENT_GONE = 499  # nginx's status for a client that closed its connection before the answer
 
@@ -65,6 +71,19 @@ def model_name(cfg):
         raise ValueError(f"the model dir's name {name!r} can't be part of a URL path; name the model with "
                          "--model-name (letters, digits, '.', '_' and '-')")
     return name
+
+
+def check_descriptor_limit(max_connections):
+    """ValueError unless --max-connections fits the open-file limit, with room for a burst of accepts
+    and for connections being closed: else accept() fails with 'Too many open files' under a flood."""
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = soft - ACCEPT_BURSTS_AHEAD * ACCEPT_BURST - RESERVED_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and max_connections > room:
+        raise ValueError(f"--max-connections {max_connections} does not fit this process's open-file limit "
+                         f"({soft}, with {soft - room} kept for accepting and its own files); use --max-connections "
+                         f"{max(room, 1)} or less, or raise the limit (ulimit -n)")
+    return max_connections
 
 
 def bind(host, port):
@@ -255,9 +274,92 @@ class HostCheck:
 
 
 def uvicorn_server(app, cfg):
-    """The uvicorn server that runs app: quiet but for warnings, draining for cfg.drain_timeout_s."""
+    """The uvicorn server that runs app: quiet but for warnings, draining for cfg.drain_timeout_s, its
+    connections guarded (GuardedHTTP) with cfg's read timeout and connection cap."""
+    protocol_class = type("GuardedHTTP", (GuardedHTTP,), {"read_timeout": cfg.read_timeout_s,
+                                                          "max_connections": cfg.max_connections})
     return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                         timeout_graceful_shutdown=cfg.drain_timeout_s))
+                                         timeout_graceful_shutdown=cfg.drain_timeout_s, http=protocol_class,
+                                         timeout_keep_alive=cfg.keep_alive_timeout_s, backlog=ACCEPT_BURST))
+
+
+def _raw_answer(status, reason, message):
+    """A whole HTTP/1.1 answer with TF Serving's JSON error body, for what is refused before any request."""
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode() + body
+
+
+class GuardedHTTP(H11Protocol):
+    """uvicorn's HTTP/1.1 connection with what it lacks before it faces a network. By hand, as uvicorn
+    has a keep-alive timeout but none for reading a request and no connection cap, and no other
+    maintained ASGI server here offers both.
+
+    A read deadline: a connection must send a whole request within read_timeout seconds of opening or
+    of its last answer, else it is closed (408 if no request had begun): trickling headers or a stalled
+    body hold nothing for long, SIGTERM's drain included. A cap: past max_connections open
+    connections, the longest-idle one (no request running) is closed to make room, or, with none
+    idle, the new one gets 503; accept() never meets the descriptor limit."""
+
+    read_timeout = 10.0
+    max_connections = 512
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self.read_deadline, self.last_active = None, self.loop.time()
+        self._arm_read_deadline()
+        if len(self.connections) > self.max_connections:
+            idle = [connection for connection in self.connections
+                    if connection is not self and getattr(connection, "idle", lambda: False)()]
+            if idle:
+                min(idle, key=lambda connection: connection.last_active).close_now()
+            else:
+                transport.write(_raw_answer(503, "Service Unavailable", f"over --max-connections "
+                                            f"{self.max_connections} connections, each with a request running; retry"))
+                self.close_now()
+
+    def idle(self):
+        """No request running on it: closing it loses no work."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def close_now(self):
+        self._cancel_read_deadline()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data):
+        super().data_received(data)
+        self.last_active = self.loop.time()
+        if self.conn.their_state is h11.DONE:  # the whole request is in
+            self._cancel_read_deadline()
+
+    def on_response_complete(self):
+        super().on_response_complete()
+        self.last_active = self.loop.time()
+        if not self.transport.is_closing() and self.conn.their_state is not h11.DONE:
+            self._arm_read_deadline()
+
+    def connection_lost(self, exc):
+        self._cancel_read_deadline()
+        super().connection_lost(exc)
+
+    def _arm_read_deadline(self):
+        self._cancel_read_deadline()
+        self.read_deadline = self.loop.call_later(self.read_timeout, self._read_timed_out)
+
+    def _cancel_read_deadline(self):
+        if self.read_deadline is not None:
+            self.read_deadline.cancel()
+            self.read_deadline = None
+
+    def _read_timed_out(self):
+        self.read_deadline = None
+        if self.transport.is_closing():
+            return
+        if self.idle():  # no request began: say why before closing
+            self.transport.write(_raw_answer(408, "Request Timeout", f"no whole request within --read-timeout-s "
+                                             f"{self.read_timeout:g}"))
+        self.transport.close()  # a request waiting for its body sees the hang-up (499)
 
 
 def serve(app, sock, cfg):
