@@ -102,7 +102,7 @@ EVERY = SCRIPTS
 
 
 def _option(default, reason, choices=None, *, scripts=(TRAIN,), at_least=None, resumes=True, recorded=None,
-            data_path=False, flag=None, help_in=None, value_type=None):
+            data_path=False, flag=None, help_in=None, value_type=None, alias=None):
     """A Config field and the facts about it that the scripts read:
 
     scripts: those that offer it as a flag; at_least: its smallest valid value (ints and floats);
@@ -111,13 +111,13 @@ def _option(default, reason, choices=None, *, scripts=(TRAIN,), at_least=None, r
     run record unless the flag is given (where the test data is and how it is read), None if not;
     data_path: a file or folder of data, kept absolute in the run record so evaluate.py finds it from
     any working directory; flag: {script: flag name} where it is not the
-    field's name; help_in: {script: reason} where a script explains it otherwise; value_type: the
-    flag's type where the default (None) does not say it.
+    field's name; alias: {script: another flag} that also sets it there; help_in: {script: reason} where
+    a script explains it otherwise; value_type: the flag's type where the default (None) does not say it.
     """
     return field(default=default, metadata={
         "help": reason, "choices": choices, "scripts": scripts, "at_least": at_least, "resumes": resumes,
         "recorded": recorded, "data_path": data_path, "flag": flag or {}, "help_in": help_in or {},
-        "value_type": value_type or type(default)})
+        "value_type": value_type or type(default), "alias": alias or {}})
 
 
 @dataclass(frozen=True)
@@ -259,8 +259,9 @@ class Config:
     model_name: str = _option("", "the NAME in /v1/models/NAME:predict; empty = the model dir's base name",
                               scripts=(SERVE,))
     serve_batch_size: int = _option(32, "most texts one model call scores, gathered from concurrent "
-                                    "requests; 1 = no batching (one text per call)", scripts=(SERVE,),
-                                    at_least=1, flag={SERVE: "batch-size"})
+                                    "requests; 1 = no batching (one text per call); TF Serving's name for it "
+                                    "(--batch-size also works)", scripts=(SERVE,), at_least=1,
+                                    flag={SERVE: "max-batch-size"}, alias={SERVE: "batch-size"})
     batch_timeout_ms: float = _option(5.0, "longest a text waits for others to share its model call: small "
                                       "against a call's tens of milliseconds", scripts=(SERVE,))
     max_request_bytes: int = _option(4 * 2**20, "larger request bodies get 413 without being kept in memory",
@@ -281,6 +282,9 @@ class Config:
     max_texts_per_request: int = _option(256, "requests with more texts get 400: TF Serving clients send "
                                          "small batches, and bulk scoring is predict.py's job",
                                          scripts=(SERVE,), at_least=1)
+    version_label: str = _option("", "a TensorFlow Serving version label that names the served model, so "
+                                 "/v1/models/NAME/labels/LABEL routes reach it; others get TF Serving's 400",
+                                 scripts=(SERVE,))
     allowed_hosts: str = _option("", "Host header names accepted besides localhost, 127.0.0.1, [::1] and --host, "
                                  "comma-separated (the names clients use to reach this server); * = any. Others "
                                  "get 400, so a web page can't reach the server by DNS rebinding",
@@ -447,7 +451,7 @@ def field_names(script=None, **facts):
 
 def flag_name(name, script=None):
     """The command-line flag of a Config field in a script, without its leading --: serve.py's
-    serve_batch_size -> batch-size; with no script, its flag in the first script that offers it."""
+    serve_batch_size -> max-batch-size; with no script, its flag in the first script that offers it."""
     spec = {spec.name: spec for spec in dataclasses.fields(Config)}[name]
     script = script or spec.metadata["scripts"][0]
     return spec.metadata["flag"].get(script, name.replace("_", "-"))
@@ -480,7 +484,8 @@ def add_flags(parser, script):
             kwargs["type"] = spec.metadata["value_type"]
             if not spec.metadata["choices"]:
                 kwargs["metavar"] = flag.upper().replace("-", "_")
-        parser.add_argument(f"--{flag}", **kwargs)
+        alias = spec.metadata["alias"].get(script)
+        parser.add_argument(f"--{flag}", *([f"--{alias}"] if alias else []), **kwargs)
     return parser
 
 

@@ -3,7 +3,7 @@
     python serve.py --model-dir models/imdb_bert --port 8501
     curl -H 'Content-Type: application/json' -d '{"instances": ["The movie was great!"]}' \
          http://127.0.0.1:8501/v1/models/imdb_bert:predict
-    python serve.py --batch-size 1     # no batching: one text per model call
+    python serve.py --max-batch-size 1     # no batching: one text per model call
 
 SIGTERM or Ctrl-C stops it: no new connections, the requests in flight and queued are answered, then it
 exits 0; if --drain-timeout-s passes first, the requests left are cut off and it exits 2, saying so.
@@ -15,7 +15,7 @@ import sys
 import config
 from tfhub_classifier import cli
 
-MEMORY_FLAGS = "--batch-size"  # named by cli.run when memory runs out; the model fixes the sequence length
+MEMORY_FLAGS = "--max-batch-size"  # named by cli.run when memory runs out; the model fixes the sequence length
 
 
 def parse(argv=None):

@@ -57,7 +57,7 @@ def check_predictions(predictions, texts, expected):
         assert set(prediction) == {"score", "positive_label", "label", "probabilities", "label_names"}, prediction
         assert prediction["score"] == pytest.approx(expected[text], abs=1e-6), text
         assert prediction["probabilities"] == pytest.approx(expected[text], abs=1e-6), text
-        assert prediction["label"] == ("positive" if expected[text] >= 0.5 else "negative"), text
+        assert prediction["label"] == ("pos" if expected[text] >= 0.5 else "neg"), text  # one of label_names
         assert prediction["label_names"] == LABEL_NAMES
 
 
@@ -140,10 +140,18 @@ def test_metadata_describes_the_saved_signature_and_the_label_fields(server, mod
     ("post", "/v1/models/imdb_bert/versions/7:predict", 404, "Specific(imdb_bert, 7)"),
     ("get", "/v1/models/other", 404, "Servable not found"),
     ("get", "/v1/models/other/record", 404, "Servable not found"),
-    ("get", "/v1/nothing", 404, "Not Found"),
-    ("put", "/v1/models/imdb_bert:predict", 405, "Method Not Allowed"),
+    ("get", "/v1/nothing", 400, "Malformed request: GET /v1/nothing"),
+    ("put", "/v1/models/imdb_bert:predict", 400, "Malformed request: PUT /v1/models/imdb_bert:predict"),
+    ("get", "/v1/models/imdb_bert/", 400, "Malformed request"),  # a trailing slash, as TF Serving
+    ("get", "/v1/models", 400, "Missing model name in request."),
+    ("get", "/v1/models/imdb_bert/versions/abc", 400, "Malformed request"),
+    ("post", "/v1/models/imdb_bert/labels/stable:predict", 400, "Unrecognized servable version label: stable"),
+    ("post", "/v1/models/imdb_bert:classify", 400, "Expected classification signature method_name to be "
+                                                   "tensorflow/serving/classify. Was: tensorflow/serving/predict"),
+    ("post", "/v1/models/imdb_bert:regress", 400, "Expected regression signature"),
+    ("get", "/nothing", 404, "Not Found"),
 ])
-def test_unknown_models_and_routes_get_json_errors(server, expected, method, path, status, needle):
+def test_tf_servings_routes_and_unknown_ones_get_its_json_errors(server, expected, method, path, status, needle):
     answer = getattr(requests, method)(server.url + path, json={"instances": ["great"]}, timeout=10)
     assert answer.status_code == status and needle in answer.json()["error"]
     predict_ok(server, expected)
@@ -171,7 +179,11 @@ BIG = json.dumps({"instances": ["great " * (MAX_REQUEST_BYTES // 6)]}).encode()
     pytest.param(b'{"instances": [{"b64": "not base64!"}]}', 400, "instances[0].b64 is not base64", id="bad b64"),
     pytest.param(b'{"inputs": {"words": ["great"]}}', 400, 'takes the one input "text"', id="unknown column"),
     pytest.param(b'{"instances": ["a"], "inputs": ["b"]}', 400, "not both", id="both formats"),
-    pytest.param(b'{"texts": ["great"]}', 400, 'unknown key(s) "texts"', id="unknown key"),
+    pytest.param(b'{"texts": ["great"]}', 400, 'as "instances" (row format) or as "inputs"', id="neither format"),
+    pytest.param(b'{"instances": ["great", {"text": "awful"}]}', 400, "instances[1] is an object where instances[0] "
+                 "is a text", id="mixed row kinds"),
+    pytest.param(b'{"signature_name": 100, "instances": ["great"]}', 400,
+                 "'signature_name' key must be a string value.", id="signature name not a string"),
     pytest.param(b'{"signature_name": "classify", "instances": ["great"]}', 400,
                  'signature name: "classify" not found', id="unknown signature"),
     pytest.param(b'{"instances": ["caf\xe9"]}', 400, "not valid UTF-8 (byte 0xe9 at offset 19)", id="Latin-1"),

@@ -337,7 +337,7 @@ def test_other_tasks_answer_the_signature_outputs_and_what_predict_py_jsonl_writ
 
 @pytest.mark.parametrize("flags, needle", [
     (["--port", "0"], "--port must be between 1 and 65535"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--batch-size", "0"], "--max-batch-size must be at least 1"),  # the old spelling sets it too
     (["--batch-timeout-ms", "-1"], "--batch-timeout-ms and --drain-timeout-s must be 0 or more"),
     (["--max-request-bytes", "0"], "--max-request-bytes must be at least 1"),
     (["--max-texts-per-request", "0"], "--max-texts-per-request must be at least 1"),
@@ -358,6 +358,11 @@ def test_a_port_in_use_fails_before_the_model_loads(fake_model_dir, capsys):
         port = busy.getsockname()[1]
         assert cli.run(serve.main, ["--model-dir", fake_model_dir, "--port", str(port)]) == cli.EXIT_ERROR
     assert f"can't listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_the_servers_batch_flag_has_tf_servings_name_and_keeps_the_old_one():
+    assert serve.parse(["--max-batch-size", "8"]).serve_batch_size == 8
+    assert serve.parse(["--batch-size", "4"]).serve_batch_size == 4
 
 
 def test_labelling_flags_come_from_config_for_predict_and_serve_and_not_train():
@@ -495,3 +500,39 @@ def test_more_connections_than_the_open_file_limit_allows_are_refused_at_start(m
     with pytest.raises(ValueError, match=r"--max-connections 2000 does not fit this process's open-file limit "
                                          r"\(1024, .*use --max-connections 864 or less, or raise the limit"):
         rest_api.check_descriptor_limit(2000)
+
+
+@pytest.mark.parametrize("path", ["/V1/MODELS/fake:PREDICT", "/v1/models/fake/versions/01:predict",
+                                  "/v1/models/fake/labels/stable:predict"])
+def test_routes_match_as_tf_servings_do(path):
+    """Case-insensitive, versions as integers, and a version label named by --version-label."""
+    server = InProcessServer(version_label="stable")
+    try:
+        answer = requests.post(f"http://{HOST}:{server.port}{path}", json={"instances": ["a"]}, timeout=10)
+        assert answer.status_code == 200 and answer.json() == {"predictions": [{"echo": "a"}]}, answer.text
+        status = requests.get(f"http://{HOST}:{server.port}/v1/models/fake/versions/001", timeout=10)
+        assert status.status_code == 200 and status.json() == protocol.model_status()
+    finally:
+        server.stop()
+
+
+def test_healthz_answers_head_as_get(fake):
+    answer = requests.head(f"http://{HOST}:{fake.port}/healthz", timeout=10)
+    assert answer.status_code == 200 and answer.content == b""
+
+
+def test_requests_keep_tf_servings_json_rules():
+    """Other top-level keys are ignored; a repeated key keeps its first value."""
+    payload = protocol.parse_json(b'{"instances": ["a"], "parameters": {}, "instances": ["b"]}')
+    assert protocol.texts_of_request(payload, 100, 10) == (["a"], False)
+
+
+def test_malformed_http_gets_a_json_error(fake):
+    with socket.create_connection((HOST, fake.port), timeout=10) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head.lower()
+    assert "Invalid HTTP request" in json.loads(body)["error"]

@@ -164,14 +164,14 @@ def _as_text(text):
     return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
 
 
-def labelled(task, probabilities, threshold=0.5, top_k=1):
+def labelled(task, probabilities, threshold=0.5, top_k=1, names=None):
     """What the model says of one text, as predict.py's JSON Lines and serve.py's predictions give it
     (without the text): binary, the positive label's score, which label that is, and the label given;
     multi-class, the top label and its probability, and with top_k over 1 the top_k; multi-label, every
     label at or over its threshold (one for all, or a list with one per label), and each label's
-    probability. The export's client_example.py keeps a copy (it cannot import the suite), which a test
-    holds to this one."""
-    names = display_names(task)
+    probability. names: how labels are named (default: display_names, as predict.py prints them). The
+    export's client_example.py keeps a copy (it cannot import the suite), which a test holds to this one."""
+    names = names or display_names(task)
     if task.kind == "binary":
         score = float(probabilities)
         return {"score": round(score, 6), "positive_label": names[1], "label": names[int(score >= threshold)]}

@@ -49,7 +49,7 @@ def parse_json(body):
     if not text.strip():
         raise RequestError(400, 'the request body is empty; send JSON like {"instances": ["a review"]}')
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_first_of_each_key)
     except json.JSONDecodeError as error:
         raise RequestError(400, f"the request body is not valid JSON: {error.msg} at line {error.lineno} "
                                 f"column {error.colno}") from None
@@ -60,6 +60,14 @@ def parse_json(body):
                                 "digits; send texts as JSON strings") from None
 
 
+def _first_of_each_key(pairs):
+    """A JSON object whose repeated keys keep their first value, as TensorFlow Serving's parser does."""
+    result = {}
+    for key, value in pairs:
+        result.setdefault(key, value)
+    return result
+
+
 def texts_of_request(payload, max_text_chars, max_texts):
     """(texts, columnar) of a predict request in TensorFlow Serving's row ("instances": each a text
     or {"text": ...}) or columnar ("inputs": a list of texts or {"text": [...]}) format; a text is
@@ -68,13 +76,12 @@ def texts_of_request(payload, max_text_chars, max_texts):
         raise RequestError(400, f'the request must be a JSON object like {{"instances": ["a review"]}}, '
                                 f"got {_json_type(payload)}")
     signature = payload.get("signature_name", SIGNATURE)
+    if not isinstance(signature, str):
+        raise RequestError(400, "'signature_name' key must be a string value.")
     if signature not in (SIGNATURE, ""):
         raise RequestError(400, f'Serving signature name: "{signature}" not found in signature def; '
                                 f'this model has "{SIGNATURE}" only')
-    unknown = sorted(set(payload) - {"signature_name", "instances", "inputs"})
-    if unknown:
-        raise RequestError(400, f"unknown key(s) {', '.join(map(json.dumps, unknown))} in the request; a "
-                                'predict request has "instances" or "inputs", and optionally "signature_name"')
+    # Other top-level keys ("parameters", ...) are ignored, as TensorFlow Serving ignores them.
     if ("instances" in payload) == ("inputs" in payload):
         raise RequestError(400, 'give the texts as "instances" (row format) or as "inputs" (columnar '
                                 'format): one of them, not ' + ("both" if "inputs" in payload else "neither"))
@@ -93,6 +100,13 @@ def texts_of_request(payload, max_text_chars, max_texts):
     if len(values) > max_texts:
         raise RequestError(400, f'"{key}" has {len(values):,} texts, over --max-texts-per-request {max_texts:,}; '
                                 "send fewer per request (predict.py --file scores many)")
+    if not columnar:
+        named = [isinstance(value, dict) and not _is_b64(value) for value in values]
+        if any(named) and not all(named):
+            first = named.index(not named[0])
+            raise RequestError(400, f"instances[{first}] is {'an object' if named[first] else 'a text'} where "
+                                    f"instances[0] is {'an object' if named[0] else 'a text'}; the row format "
+                                    'takes texts, or {"text": ...} objects, not both in one request')
     texts = [_text_of(f"{key}[{i}]", value, rows=not columnar) for i, value in enumerate(values)]
     for i, text in enumerate(texts):
         if len(text) > max_text_chars:

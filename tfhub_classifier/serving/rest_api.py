@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 
@@ -157,19 +158,24 @@ def create_app(servable, name, cfg):
         await batcher.close()
 
     app = fastapi.FastAPI(title=f"{name} (TensorFlow Serving REST API)", lifespan=lifespan,
-                          docs_url=None, redoc_url=None, openapi_url=None)
+                          docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.batcher, app.state.cut_off = batcher, 0
 
-    def check_servable(requested, version=None):
-        if requested != name or version not in (None, protocol.MODEL_VERSION):
-            which = f"Latest({requested})" if version is None else f"Specific({requested}, {version})"
+    def check_servable(requested, version, label):
+        """404 or 400 as TensorFlow Serving answers for another model, version or version label."""
+        if label is not None and label != cfg.version_label:
+            raise RequestError(400, f"Unrecognized servable version label: {label}")
+        if requested != name or (version is not None and int(version) != int(protocol.MODEL_VERSION)):
+            which = f"Latest({requested})" if version is None else f"Specific({requested}, {int(version)})"
             raise RequestError(404, f"Servable not found for request: {which}")
 
-    # Each route also answers under /versions/1, as TensorFlow Serving's do; version is None without it.
-    @app.post("/v1/models/{requested}:predict")
-    @app.post("/v1/models/{requested}/versions/{version}:predict")
-    async def predict(requested: str, request: fastapi.Request, version: str | None = None):
-        check_servable(requested, version)
+    async def predict(request, requested, version, label, method):
+        check_servable(requested, version, label)
+        method = method.lower()
+        if method != "predict":  # TensorFlow Serving's answer for a predict-only signature
+            kind = "classification" if method == "classify" else "regression"
+            raise RequestError(400, f"Expected {kind} signature method_name to be tensorflow/serving/{method}. "
+                                    "Was: tensorflow/serving/predict")
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":  # a browser sends other types cross-site with no CORS preflight
             raise RequestError(415, f"the request's Content-Type is {media_type or 'missing'}; send JSON as "
@@ -187,33 +193,40 @@ def create_app(servable, name, cfg):
         # has several named outputs) and columnar ones with "outputs" (a list per output); so do we.
         return JSONResponse({"outputs": protocol.as_columns(results)} if columnar else {"predictions": results})
 
-    @app.get("/v1/models/{requested}")
-    @app.get("/v1/models/{requested}/versions/{version}")
-    async def status(requested: str, version: str | None = None):
-        check_servable(requested, version)
-        return protocol.model_status()
-
-    @app.get("/v1/models/{requested}/metadata")
-    @app.get("/v1/models/{requested}/versions/{version}/metadata")
-    async def metadata(requested: str, version: str | None = None):
-        check_servable(requested, version)
-        return protocol.model_metadata(name, servable)
-
-    @app.get("/v1/models/{requested}/record")
-    @app.get("/v1/models/{requested}/versions/{version}/record")
-    async def record(requested: str, version: str | None = None):
-        check_servable(requested, version)
+    async def model_info(requested, version, label, part):
+        if not requested:
+            raise RequestError(400, "Missing model name in request.")
+        check_servable(requested, version, label)
+        if part is None:
+            return JSONResponse(protocol.model_status())
+        if part.lower() == "metadata":
+            return JSONResponse(protocol.model_metadata(name, servable))
         if not cfg.expose_record:
             raise RequestError(404, "the run record is not served; start serve.py with --expose-record to serve it "
                                     "(local paths and URL credentials removed)")
-        return protocol.model_record(name, servable)
+        return JSONResponse(protocol.model_record(name, servable))
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def health():
         failure = batcher.failure()
         body = {"status": "unavailable" if failure else "ok", "model": name, "model_calls": batcher.calls,
                 "texts_scored": batcher.texts, "texts_queued": batcher.queued, "texts_dropped": batcher.dropped}
         return JSONResponse({**body, "error": failure} if failure else body, status_code=503 if failure else 200)
+
+    # TensorFlow Serving's routes, matched as its handler matches them (case-insensitive, versions as
+    # integers, version labels); a path under /v1/ that matches none is its 400 "Malformed request".
+    @app.api_route("/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+    async def tf_serving(request: fastapi.Request, rest: str):  # after /healthz: it takes every other path
+        path, method = request.url.path, request.method
+        if not (path.lower() + "/").startswith("/v1/"):
+            raise RequestError(404, f"Not Found: {method} {path}")
+        found = PREDICT_ROUTE.fullmatch(path) if method == "POST" else None
+        if found:
+            return await predict(request, *found.groups())
+        found = MODEL_ROUTE.fullmatch(path) if method in ("GET", "HEAD") else None
+        if found:
+            return await model_info(*found.groups())
+        raise RequestError(400, f"Malformed request: {method} {path}")
 
     @app.exception_handler(RequestError)
     async def refused(request, error):
@@ -241,6 +254,9 @@ def create_app(servable, name, cfg):
 
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+_VERSION = r"(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"  # TensorFlow Serving's: a number, or a label
+PREDICT_ROUTE = re.compile(rf"/v1/models/([^/:]+){_VERSION}:(classify|regress|predict)", re.IGNORECASE)
+MODEL_ROUTE = re.compile(rf"/v1/models(?:/([^/:]+))?{_VERSION}(?:/(metadata|record))?", re.IGNORECASE)
 
 
 def allowed_hosts(cfg):
@@ -317,6 +333,11 @@ class GuardedHTTP(H11Protocol):
                 transport.write(_raw_answer(503, "Service Unavailable", f"over --max-connections "
                                             f"{self.max_connections} connections, each with a request running; retry"))
                 self.close_now()
+
+    def send_400_response(self, msg):
+        """Malformed HTTP: TF Serving's JSON error body, not uvicorn's plain text."""
+        self.transport.write(_raw_answer(400, "Bad Request", msg))
+        self.close_now()
 
     def idle(self):
         """No request running on it: closing it loses no work."""

@@ -38,7 +38,8 @@ class Servable:
         import numpy as np
 
         from tfhub_classifier.inference import prediction
-        result = prediction.labelled(self.task, probabilities, self.threshold, self.top_k)
+        # Labels as label_names has them (IMDB: pos, not predict.py's "positive"), so each is one of those.
+        result = prediction.labelled(self.task, probabilities, self.threshold, self.top_k, self.task.label_names)
         result.pop("probabilities", None)  # multi-label's {name: probability}: given as the signature's list
         values = np.atleast_1d(np.asarray(probabilities, dtype=np.float32)).tolist()
         values = [float(f"{value:.7g}") for value in values]  # float32's digits, not float64's noise
