@@ -110,7 +110,8 @@ def plot_reliability(calibrated, path, uncalibrated=None):
     applied. Each argument is calibration.summary's output."""
     figure, axes = plt.subplots(figsize=(5, 5))
     axes.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
-    for summary, style, name in ((uncalibrated, "s--", "before temperature scaling"), (calibrated, "o-", "model")):
+    after = "after temperature scaling" if uncalibrated is not None else "model"
+    for summary, style, name in ((uncalibrated, "s--", "before temperature scaling"), (calibrated, "o-", after)):
         if summary is None:
             continue
         filled = [row for row in summary["bins"] if row["count"]]
@@ -121,5 +122,5 @@ def plot_reliability(calibrated, path, uncalibrated=None):
     axes.set_xlabel("Confidence in the label given")
     axes.set_ylabel("Share of those labels that are right")
     axes.set_title("Reliability diagram")
-    axes.legend(loc="upper left")
+    axes.legend(loc="upper left", fontsize="small")
     return _save(figure, path)
