@@ -72,12 +72,13 @@ def b64(text):
 
 
 def test_row_format_answers_predictions_as_predict_py_scores(server, expected):
-    forms = [lambda t: t, lambda t: {"text": t}, b64, lambda t: {"text": b64(t)}]  # TF Serving's text forms
-    rows = [forms[i % len(forms)](text) for i, text in enumerate(TEXTS)]
-    answer = requests.post(server.predict_url, json={"instances": rows}, timeout=60)
-    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
-    assert set(answer.json()) == {"predictions"}
-    check_predictions(answer.json()["predictions"], TEXTS, expected)  # more texts than --batch-size, too
+    # TF Serving's text forms: values (a string or its b64) or named inputs, one kind a request.
+    for forms in ([lambda t: t, b64], [lambda t: {"text": t}, lambda t: {"text": b64(t)}]):
+        rows = [forms[i % len(forms)](text) for i, text in enumerate(TEXTS)]
+        answer = requests.post(server.predict_url, json={"instances": rows}, timeout=60)
+        assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+        assert set(answer.json()) == {"predictions"}
+        check_predictions(answer.json()["predictions"], TEXTS, expected)  # more texts than --batch-size, too
 
 
 @pytest.mark.parametrize("inputs", [TEXTS[:5], {"text": TEXTS[:5]}, {"text": [b64(text) for text in TEXTS[:5]]}])
