@@ -132,7 +132,7 @@ def test_metadata_describes_the_saved_signature_and_the_label_fields(server, mod
     assert {name: (spec["dtype"], [int(d["size"]) for d in spec["tensor_shape"]["dim"]])
             for name, spec in served["outputs"].items()} == {
         "probabilities": ("DT_FLOAT", [-1]), "label_names": ("DT_STRING", [-1, 2]),
-        "score": ("DT_FLOAT", [-1]), "label": ("DT_STRING", [-1])}
+        "score": ("DT_FLOAT", [-1]), "positive_label": ("DT_STRING", [-1]), "label": ("DT_STRING", [-1])}
     assert requests.get(f"{server.url}/v1/models/imdb_bert/versions/1/metadata", timeout=10).json() == metadata
 
 

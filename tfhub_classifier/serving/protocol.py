@@ -164,7 +164,7 @@ def output_specs(task):
     specs = {"probabilities": ("DT_FLOAT", [-1] if task.kind == "binary" else [-1, labels]),
              "label_names": ("DT_STRING", [-1, labels])}
     if task.kind == "binary":
-        specs.update(score=("DT_FLOAT", [-1]), label=("DT_STRING", [-1]))
+        specs.update(score=("DT_FLOAT", [-1]), positive_label=("DT_STRING", [-1]), label=("DT_STRING", [-1]))
     elif task.kind == "multiclass":
         specs.update(label=("DT_STRING", [-1]), probability=("DT_FLOAT", [-1]))
     return specs

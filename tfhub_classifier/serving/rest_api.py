@@ -25,10 +25,10 @@ and are left out, as is TensorFlow Serving's "@type" (its REST handler unpacks t
 SignatureDefMap, so its answer has none either). The run record, which TensorFlow Serving has no
 place for, is under /record.
 
-Only requests whose Host header names this machine, --host or one of --allowed-hosts are answered
-(400 otherwise: DNS rebinding); :predict takes only Content-Type: application/json (415 otherwise:
-a browser posts other types cross-site without a CORS preflight); CORS headers only for
---cors-origin.
+Only requests whose Host header is an IP address or names localhost, --host or one of
+--allowed-hosts are answered (400 otherwise: DNS rebinding); :predict takes only Content-Type:
+application/json (415 otherwise: a browser posts other types cross-site without a CORS preflight);
+CORS headers only for --cors-origin.
 
 Errors are TensorFlow Serving's `{"error": "..."}`: 4xx for the request's fault, 503 when the
 queue is full (--max-queued-texts, as TensorFlow Serving's max_enqueued_batches) or the Batcher
@@ -39,6 +39,7 @@ has died, 500 when a model call fails. Texts from concurrent requests share mode
 """
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -58,8 +59,8 @@ import config
 from tfhub_classifier.serving import batching, protocol
 from tfhub_classifier.serving.protocol import RequestError
 
-ACCEPT_BURST = 32  # the listen backlog, which is also how many connections asyncio accepts in one go
-ACCEPT_BURSTS_AHEAD = 4  # bursts accepted before their connections are counted (and the idle closed)
+ACCEPT_BURST = 128  # the listen backlog, which is also how many connections asyncio accepts in one go
+ACCEPT_BURSTS_AHEAD = 2  # bursts accepted before their connections are counted (and the idle closed)
 RESERVED_DESCRIPTORS = 32  # the process's own files, sockets and pipes besides its connections
 DRAIN_SECONDS = 5.0  # how long an over-size body is read and dropped, so its client sees the 413
 CLIENT_GONE = 499  # nginx's status for a client that closed its connection before the answer
@@ -187,8 +188,9 @@ def create_app(servable, name, cfg):
         except batching.ClientGone:
             raise RequestError(CLIENT_GONE, "the client disconnected; its texts were not scored") from None
         except asyncio.CancelledError:  # uvicorn cut the request off: the drain timed out
-            app.state.cut_off += 1
-            raise
+            app.state.cut_off += 1  # answered, if the connection still takes it, without a traceback in the log
+            return JSONResponse({"error": f"the server is stopping: --drain-timeout-s {cfg.drain_timeout_s:g} ran "
+                                          "out before this request was answered; retry"}, status_code=503)
         # TensorFlow Serving answers row requests with "predictions" (an object per text, as the model
         # has several named outputs) and columnar ones with "outputs" (a list per output); so do we.
         return JSONResponse({"outputs": protocol.as_columns(results)} if columnar else {"predictions": results})
@@ -254,7 +256,7 @@ def create_app(servable, name, cfg):
 
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-_VERSION = r"(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"  # TensorFlow Serving's: a number, or a label
+_VERSION = r"(?:(?:/versions/([0-9]{1,18}))|(?:/labels/([^/:]+)))?"  # TensorFlow Serving's: a number, or a label
 PREDICT_ROUTE = re.compile(rf"/v1/models/([^/:]+){_VERSION}:(classify|regress|predict)", re.IGNORECASE)
 MODEL_ROUTE = re.compile(rf"/v1/models(?:/([^/:]+))?{_VERSION}(?:/(metadata|record))?", re.IGNORECASE)
 
@@ -268,6 +270,23 @@ def allowed_hosts(cfg):
     return {*LOCAL_HOSTS, *extra} | ({cfg.host.lower()} if cfg.host not in ("0.0.0.0", "::") else set())
 
 
+def host_served(host, allowed):
+    """Whether a Host header is answered: a name in allowed, or an IP address (no DNS name to rebind:
+    load balancers' and Kubernetes' health checks send one), or none at all (HTTP/1.0 health checks;
+    browsers always send one)."""
+    if not host:
+        return True
+    found = re.fullmatch(r"\[([0-9a-f:.]+)\](?::[0-9]+)?|([^:\[\]]*)(?::[0-9]+)?", host)
+    if not found:
+        return False
+    name = (found.group(1) or found.group(2)).rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name in allowed
+
+
 class HostCheck:
     """400 with a JSON error for a Host header not in allowed (what stops DNS rebinding). By hand, as
     Starlette's TrustedHostMiddleware answers in plain text and TF Serving's clients parse JSON errors."""
@@ -278,9 +297,7 @@ class HostCheck:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and self.allowed is not None:
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
-            name = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(
-                ":") == 1 else host
-            if name not in self.allowed:
+            if not host_served(host, self.allowed):
                 answer = JSONResponse({"error": f"the Host header {host or '(none)'!r} is not one this server "
                                                 "answers to; start serve.py with --allowed-hosts naming it"},
                                       status_code=400)
@@ -308,79 +325,106 @@ def _raw_answer(status, reason, message):
 
 class GuardedHTTP(H11Protocol):
     """uvicorn's HTTP/1.1 connection with what it lacks before it faces a network. By hand, as uvicorn
-    has a keep-alive timeout but none for reading a request and no connection cap, and no other
-    maintained ASGI server here offers both.
+    has a keep-alive timeout but none for reading a request or writing an answer and no connection
+    cap, and no other maintained ASGI server here offers all three.
 
-    A read deadline: a connection must send a whole request within read_timeout seconds of opening or
-    of its last answer, else it is closed (408 if no request had begun): trickling headers or a stalled
-    body hold nothing for long, SIGTERM's drain included. A cap: past max_connections open
-    connections, the longest-idle one (no request running) is closed to make room, or, with none
-    idle, the new one gets 503; accept() never meets the descriptor limit."""
+    A read deadline: a request must arrive whole within read_timeout seconds of its first byte (or of
+    the connection opening), else the connection is cut (with a 408 if its headers were still coming;
+    silently if it never sent a byte): trickling headers or a stalled body hold nothing for long,
+    SIGTERM's drain included. Between requests only the keep-alive timeout applies. A write deadline:
+    an answer the client does not read for read_timeout seconds cuts the connection. A cap: past
+    max_connections open connections, the longest-idle one (no request running) is closed to make
+    room, or, with none idle, the new one gets 503."""
 
     read_timeout = 10.0
     max_connections = 512
 
     def connection_made(self, transport):
         super().connection_made(transport)
-        self.read_deadline, self.last_active = None, self.loop.time()
+        self.read_deadline = self.write_deadline = None
+        self.request_begun, self.last_active = False, self.loop.time()
         self._arm_read_deadline()
-        if len(self.connections) > self.max_connections:
-            idle = [connection for connection in self.connections
-                    if connection is not self and getattr(connection, "idle", lambda: False)()]
+        open_connections = [c for c in self.connections if not c.transport.is_closing()]
+        if len(open_connections) > self.max_connections:
+            idle = [c for c in open_connections if c is not self and isinstance(c, GuardedHTTP) and c.idle()]
             if idle:
-                min(idle, key=lambda connection: connection.last_active).close_now()
+                min(idle, key=lambda connection: connection.last_active).cut()
             else:
                 transport.write(_raw_answer(503, "Service Unavailable", f"over --max-connections "
                                             f"{self.max_connections} connections, each with a request running; retry"))
-                self.close_now()
+                self.transport.close()
 
     def send_400_response(self, msg):
         """Malformed HTTP: TF Serving's JSON error body, not uvicorn's plain text."""
         self.transport.write(_raw_answer(400, "Bad Request", msg))
-        self.close_now()
+        self.transport.close()
 
     def idle(self):
         """No request running on it: closing it loses no work."""
         return self.cycle is None or self.cycle.response_complete
 
-    def close_now(self):
-        self._cancel_read_deadline()
-        if not self.transport.is_closing():
-            self.transport.close()
+    def cut(self):
+        """Close at once, discarding what is unsent: its descriptor is free now, not once a client reads."""
+        self._cancel(("read_deadline", "write_deadline"))
+        self.transport.abort()
 
     def data_received(self, data):
+        if not self.request_begun:  # the first byte of a request: its whole must follow in time
+            self.request_begun = True
+            self._arm_read_deadline()
         super().data_received(data)
         self.last_active = self.loop.time()
         if self.conn.their_state is h11.DONE:  # the whole request is in
-            self._cancel_read_deadline()
+            self.request_begun = False
+            self._cancel(("read_deadline",))
 
     def on_response_complete(self):
         super().on_response_complete()
         self.last_active = self.loop.time()
-        if not self.transport.is_closing() and self.conn.their_state is not h11.DONE:
+        pending, _ = self.conn.trailing_data
+        if not self.transport.is_closing() and self.conn.their_state is not h11.DONE and (
+                pending or self.conn.their_state is h11.SEND_BODY):  # a pipelined request, part come
+            self.request_begun = True
             self._arm_read_deadline()
 
+    def pause_writing(self):
+        super().pause_writing()
+        self._cancel(("write_deadline",))
+        self.write_deadline = self.loop.call_later(self.read_timeout, self._write_timed_out)
+
+    def resume_writing(self):
+        self._cancel(("write_deadline",))
+        super().resume_writing()
+
     def connection_lost(self, exc):
-        self._cancel_read_deadline()
+        self._cancel(("read_deadline", "write_deadline"))
         super().connection_lost(exc)
 
     def _arm_read_deadline(self):
-        self._cancel_read_deadline()
+        self._cancel(("read_deadline",))
         self.read_deadline = self.loop.call_later(self.read_timeout, self._read_timed_out)
 
-    def _cancel_read_deadline(self):
-        if self.read_deadline is not None:
-            self.read_deadline.cancel()
-            self.read_deadline = None
+    def _cancel(self, names):
+        for name in names:
+            handle = getattr(self, name, None)
+            if handle is not None:
+                handle.cancel()
+                setattr(self, name, None)
 
     def _read_timed_out(self):
         self.read_deadline = None
         if self.transport.is_closing():
             return
-        if self.idle():  # no request began: say why before closing
+        if self.request_begun and self.idle():  # headers still coming: say why
             self.transport.write(_raw_answer(408, "Request Timeout", f"no whole request within --read-timeout-s "
                                              f"{self.read_timeout:g}"))
-        self.transport.close()  # a request waiting for its body sees the hang-up (499)
+            self.transport.close()
+        else:  # silent since it opened, or a body stalled (its request sees the hang-up: 499)
+            self.cut()
+
+    def _write_timed_out(self):
+        self.write_deadline = None
+        self.cut()
 
 
 def serve(app, sock, cfg):
