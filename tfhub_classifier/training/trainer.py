@@ -182,7 +182,7 @@ def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
     task = task_of(train)
     session = Session(cfg, log, task)
     summary = _train(session, work_dir, train, validation, log)
-    tuned = _tune(session, validation, log)
+    tuned = _tune(session, work_dir, validation, log)
     metrics = _test(session, work_dir, test, tuned.get("threshold", thresholds.DEFAULT), log)
     name = os.path.basename(os.path.abspath(cfg.model_dir))
     history_plot = plots.plot_history(summary["history"], os.path.join(cfg.plots_dir, f"{name}_history.png"),
@@ -250,7 +250,7 @@ def _train(session, work_dir, train, validation, log):
     return summary
 
 
-def _tune(session, validation, log):
+def _tune(session, work_dir, validation, log):
     """After training, on the validation split: fit the temperature (--calibrate) and choose the
     threshold (--threshold-metric), both set in the model to be saved; without --threshold-metric,
     report what f1's threshold would give. Returns what the run record keeps of them."""
@@ -259,7 +259,7 @@ def _tune(session, validation, log):
         return {}
     log("Scoring the validation set to " + ("calibrate and " if cfg.calibrate != "none" else "")
         + ("choose the threshold ..." if cfg.threshold_metric else "report the operating point ..."))
-    logits = scoring.logits_of(session.exported, validation.texts, cfg.eval_batch_size)  # temperature 1 here
+    logits = _logits(session, work_dir, validation, "validation")  # the temperature is 1 here
     tuned = {}
     if cfg.calibrate == "temperature":
         before = calibration.summary(task.kind, validation.labels, logits)
@@ -298,6 +298,18 @@ def _tune(session, validation, log):
     return tuned
 
 
+def _logits(session, work_dir, split, name, progress=False):
+    """The model's logits of a split after training; out of memory is an error naming the fix, the
+    trained weights kept."""
+    batch_size = session.cfg.eval_batch_size
+    try:
+        return scoring.logits_of(session.exported, split.texts, batch_size, progress=progress)
+    except tf.errors.ResourceExhaustedError:
+        raise ValueError(f"out of memory scoring the {name} set; the trained weights are kept in {work_dir.path}: "
+                         f"run the same command with a lower --eval-batch-size (now {batch_size}) "
+                         "to finish without training again") from None
+
+
 def _f1_scores(report):
     """The F1 figures a threshold is judged by: binary F1, or multi-label micro and macro F1."""
     if "f1" in report:
@@ -311,14 +323,8 @@ def _described(scores):
 
 def _test(session, work_dir, test, threshold, log):
     """The trained model's metrics on the test split, at the threshold the model is saved with."""
-    cfg = session.cfg
     log("Scoring the test set ...")
-    try:
-        test_logits = scoring.logits_of(session.exported, test.texts, cfg.eval_batch_size, progress=True)
-    except tf.errors.ResourceExhaustedError:
-        raise ValueError(f"out of memory scoring the test set; the trained weights are kept in {work_dir.path}: "
-                         f"run the same command with a lower --eval-batch-size (now {cfg.eval_batch_size}) "
-                         "to test and save them without training again") from None
+    test_logits = _logits(session, work_dir, test, "test", progress=True)
     metrics = session.task.report(test.labels, test_logits, threshold)
     log(f"Test loss: {metrics['loss']:.4f}  " + ("  ".join(
         f"{name.replace('_', ' ')}: {metrics[name]:.4f}" for name in ("accuracy", "subset_accuracy")
