@@ -105,7 +105,7 @@ def test_predict_prints_aligned_scores(trained, capsys):
     np.testing.assert_allclose(scores, record["examples"]["reloaded"], atol=1e-5)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5
-    assert len({line.index(": score:") for line in lines}) == 1  # aligned
+    assert len({line.index(": positive score:") for line in lines}) == 1  # aligned, naming the score's label
     assert lines[0].startswith("input: this is such an amazing movie!")
 
 
