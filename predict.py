@@ -62,15 +62,16 @@ def main(argv=None):
     model_dir = cli.require_model_dir(args.model_dir or config.Config.model_dir)
     cfg = config.from_args(args, config.recorded_defaults(cli.read_run_record(model_dir)), script=config.PREDICT)
     from tfhub_classifier.data import table_files
+    tabular = bool(args.file) and table_files.is_table(args.file)
     given = [name for name in ("text_column", "keep_columns", "no_header", "encoding", "delimiter", "quoting")
              if getattr(args, name) is not None]
-    if given and not (args.file and table_files.is_table(args.file)):
+    if given and not tabular:
         raise ValueError(f"--{config.flag_name(given[0], config.PREDICT)} is for a .csv, .tsv or .jsonl --file; "
                          "texts given as arguments, in other files or on standard input are one a line")
     if args.keep_columns and args.format == "table":
         raise ValueError("--keep-columns copies columns into JSON Lines or CSV results; add --format jsonl or "
                          "--format csv")
-    if args.file and table_files.is_table(args.file):
+    if tabular:
         cfg = _reading_as_trained(args, cfg, table_files.is_jsonl(args.file))
     from tfhub_classifier.inference import prediction  # TensorFlow loads only once the flags are known to be good
     return prediction.run(cfg, args.sentences, args.file, args.format)

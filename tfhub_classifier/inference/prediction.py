@@ -216,10 +216,11 @@ class Writer:
         self.stream = stream or sys.stdout
         self.csv = csv.writer(self.stream) if output_format == "csv" else None
         # A kept column named like an output field (a test file's "label") is written as input_<name>.
-        taken = set(self._csv_header()) | OUTPUT_FIELDS | set(kept_columns)
+        own = set(self._csv_header()) | OUTPUT_FIELDS
+        taken = own | set(kept_columns)
         self.kept_columns = []
         for name in kept_columns:
-            if name in set(self._csv_header()) | OUTPUT_FIELDS:
+            if name in own:
                 while name in taken:
                     name = f"input_{name}"
                 taken.add(name)

@@ -276,7 +276,8 @@ def _tune(session, work_dir, validation, log):
     if task.kind == "multiclass":
         return tuned
     spec = cfg.threshold_metric or "f1"
-    chosen, kept = thresholds.choose_all(task.kind, validation.labels, task.probabilities(logits), spec)
+    probabilities = task.probabilities(logits)
+    chosen, kept = thresholds.choose_all(task.kind, validation.labels, probabilities, spec)
     at_default, at_chosen = (_f1_scores(task.report(validation.labels, logits, threshold))
                              for threshold in (thresholds.DEFAULT, chosen))
     for k, reason in kept.items():
@@ -292,7 +293,7 @@ def _tune(session, work_dir, validation, log):
     else:
         log(f"Threshold 0.5: {_described(at_default)} on the validation texts; --threshold-metric f1 would "
             f"choose {thresholds.describe(chosen)} ({_described(at_chosen)})")
-    if task.kind == "multilabel" and not (task.probabilities(logits) >= thresholds.DEFAULT).any():
+    if task.kind == "multilabel" and not (probabilities >= thresholds.DEFAULT).any():
         log("warning: at threshold 0.5 the model gives no label to any validation text; train longer, or add "
             "--threshold-metric f1 to choose each label's threshold on the validation texts")
     return tuned
