@@ -95,7 +95,6 @@ CALIBRATIONS = ("none", "temperature")
 # The scripts that offer a field as a flag.
 TRAIN, EVALUATE, PREDICT, SERVE, EXPORT = "train", "evaluate", "predict", "serve", "export"
 SCRIPTS = (TRAIN, EVALUATE, PREDICT, SERVE, EXPORT)
-SCORING = (TRAIN, EVALUATE, PREDICT, SERVE)  # the scripts that run the model on texts
 USING = (PREDICT, SERVE)  # the scripts that turn probabilities into labels
 READING = (TRAIN, EVALUATE, PREDICT)  # the scripts that read CSV, TSV and JSON Lines files
 EVERY = SCRIPTS
@@ -237,7 +236,7 @@ class Config:
                                             PREDICT: "texts per batch"})
     precision: str = _option("auto", "auto = bfloat16 on CPUs with AVX512-BF16/AMX (measured faster, as "
                              "accurate), else float32; bfloat16/float16 rewrite the graph", PRECISIONS,
-                             scripts=SCORING)
+                             scripts=(TRAIN, EVALUATE, PREDICT))
     jit_compile: bool = _option(False, "XLA-compile the encoder and head")
     strategy: str = _option("default", "tf.distribute strategy: mirrored = several GPUs, multiworker = "
                             "TF_CONFIG", STRATEGIES)
@@ -262,6 +261,10 @@ class Config:
                                     "requests; 1 = no batching (one text per call); TF Serving's name for it "
                                     "(--batch-size also works)", scripts=(SERVE,), at_least=1,
                                     flag={SERVE: "max-batch-size"}, alias={SERVE: "batch-size"})
+    serve_precision: str = _option("float32", "float32 = exactly the scores of the saved serving_default (what "
+                                   "TF Serving and the core-ops export give); bfloat16 = faster on CPUs with "
+                                   "AVX512-BF16/AMX, scores off by up to about 0.015 (docs/benchmarks.md)",
+                                   PRECISIONS[1:], scripts=(SERVE,), flag={SERVE: "precision"})
     batch_timeout_ms: float = _option(5.0, "longest a text waits for others to share its model call: small "
                                       "against a call's tens of milliseconds", scripts=(SERVE,))
     max_request_bytes: int = _option(4 * 2**20, "larger request bodies get 413 without being kept in memory",
@@ -322,9 +325,10 @@ class Config:
                 raise ValueError(f"--{flag_name(spec.name, script)} must be {bound}, got {value}")
         if "threshold" in offered and self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError(f"--threshold must be between 0 and 1, got {self.threshold}")
-        if "precision" in offered and self.precision == "bfloat16" and not hardware.cpu_supports_bfloat16():
+        precisions = {getattr(self, name) for name in ("precision", "serve_precision") if name in offered}
+        if "bfloat16" in precisions and not hardware.cpu_supports_bfloat16():
             raise ValueError("--precision bfloat16 needs a CPU with AVX512-BF16 or AMX, which this one lacks "
-                             "(it would run float32 and be slower); use --precision auto or float32")
+                             "(it would run float32 and be slower); use --precision float32")
         if "encoding" in offered and self.encoding != REPLACING_ENCODING:
             try:
                 if not codecs.lookup(self.encoding)._is_text_encoding:  # base64, zlib, ...: bytes to bytes

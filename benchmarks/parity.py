@@ -1,11 +1,13 @@
-"""Does a trained checkpoint score the same under our pipeline, the tutorial's, and bfloat16?
+"""Does a trained checkpoint score the same under our pipeline, the tutorial's, its saved signature and bfloat16?
 
     python benchmarks/parity.py --model-dir benchmarks/results/models/compare_best
 
-Scores the first --reviews of the fixed test subset (seed 42) three ways, each in its own
+Scores the first --reviews of the fixed test subset (seed 42) four ways, each in its own
 process since the precision rewrite is process-wide: our pipeline in float32 (sorted,
-padded per batch, batch 128), the tutorial's (in order, every review padded to the full
-length, batch 32) in float32, and ours with the bfloat16 rewrite.
+padded per batch, batch 128: what predict.py and serve.py run), the tutorial's (in order,
+every review padded to the full length, batch 32) in float32, the SavedModel's serving_default
+signature in float32 (what TensorFlow Serving runs), and ours with the bfloat16 rewrite. Each
+is compared with ours in float32: accuracy, labels agreeing, largest probability difference.
 """
 import argparse
 import json
@@ -14,9 +16,10 @@ import sys
 import time
 
 import common
+import numpy as np
 
 WAYS = {"ours-fp32": ("fast", "float32"), "tutorial-fp32": ("tutorial", "float32"),
-        "ours-bf16": ("fast", "bfloat16")}
+        "signature-fp32": ("signature", "float32"), "ours-bf16": ("fast", "bfloat16")}
 
 
 def child(model_dir, reviews, pipeline, precision):
@@ -34,6 +37,11 @@ def child(model_dir, reviews, pipeline, precision):
     started = time.perf_counter()
     if pipeline == "fast":
         logits = scoring.logits_of(model, test.texts, 128)
+    elif pipeline == "signature":
+        signature = model.signatures[saving.SERVING_SIGNATURE]
+        probabilities = np.concatenate([signature(text=tf.constant(test.texts[i:i + 32]))["probabilities"].numpy()
+                                        for i in range(0, len(test), 32)]).astype(np.float64)
+        logits = np.log(probabilities) - np.log1p(-probabilities)
     else:
         logits = np.concatenate([
             model.classify_tokens(model.preprocess(tf.constant([tokenization.sanitize(t) for t in
@@ -41,7 +49,8 @@ def child(model_dir, reviews, pipeline, precision):
             for i in range(0, len(test), 32)])
     seconds = time.perf_counter() - started
     return {"accuracy": float(np.mean((logits >= 0) == test.labels)), "reviews_per_s": len(test) / seconds,
-            "seq_length": record["config"]["seq_length"], "reviews": len(test)}
+            "seq_length": record["config"]["seq_length"], "reviews": len(test),
+            "probabilities": (1 / (1 + np.exp(-np.asarray(logits, np.float64)))).tolist()}
 
 
 def main(argv=None):
@@ -65,10 +74,15 @@ def main(argv=None):
         print(f"{name:<14} accuracy={results[name]['accuracy']:.4f} "
               f"reviews/s={results[name]['reviews_per_s']:.1f}", flush=True)
     if "ours-fp32" in results:
-        for name in ("tutorial-fp32", "ours-bf16"):
-            if name in results:
-                print(f"{name} - ours-fp32 = "
-                      f"{100 * (results[name]['accuracy'] - results['ours-fp32']['accuracy']):+.2f} points")
+        reference = np.array(results["ours-fp32"]["probabilities"])
+        for name in results.keys() - {"ours-fp32"}:
+            probabilities = np.array(results[name]["probabilities"])
+            results[name]["labels_agreeing"] = float(np.mean((probabilities >= 0.5) == (reference >= 0.5)))
+            results[name]["max_probability_difference"] = float(np.max(np.abs(probabilities - reference)))
+            print(f"{name} - ours-fp32 = "
+                  f"{100 * (results[name]['accuracy'] - results['ours-fp32']['accuracy']):+.2f} points; labels agree "
+                  f"on {100 * results[name]['labels_agreeing']:.2f}%; largest probability difference "
+                  f"{results[name]['max_probability_difference']:.2g}")
     common.save_result("parity", {"machine": common.machine(), "model_dir": args.model_dir, "results": results})
     return results
 

@@ -7,10 +7,10 @@
 The model: the MiniLM stand-in fine-tuned by train.py on 64 reviews for one epoch (--recipe
 official: the first --seq-length tokens, 128 by default), trained once into
 benchmarks/results/models/serving_minilm_seqN; speed doesn't depend on how well it classifies.
-For each setting, serve.py runs in its own process with its defaults (precision auto,
---batch-timeout-ms 5) and --batch-size 32 (batching on) or 1 (off: one text per model call). For each
-number of clients, that many threads each send
-one IMDB test review per request on a keep-alive connection, after an untimed warm-up, until
+For each setting, serve.py runs in its own process with its defaults (--batch-timeout-ms 5),
+--precision bfloat16 where the CPU has AVX512-BF16/AMX (float32 elsewhere), and --batch-size 32
+(batching on) or 1 (off: one text per model call). For each number of clients, that many threads
+each send one IMDB test review per request on a keep-alive connection, after an untimed warm-up, until
 --requests requests are answered: throughput = requests / wall time, and p50/p99 of each
 request's latency. Mean batch = texts scored / model calls, as serve.py's /healthz counts them.
 The last lines, `serving-ratio clients=C batching=X`, are batching's throughput over no batching's.
@@ -43,6 +43,7 @@ WARM_UP_REQUESTS = 256  # untimed, at the most clients, so each batch shape has 
 SETTINGS = {"on": 32, "off": 1}  # --batch-size of each setting
 STARTUP_SECONDS = 300
 CEILING_REVIEWS = 256  # reviews the model scores alone, per setting, after a warm-up of the same
+PRECISION = "bfloat16" if config.hardware.cpu_supports_bfloat16() else "float32"  # what auto picks elsewhere
 
 
 def train_model(seq_length):
@@ -73,7 +74,8 @@ class Server(serving_client.ServerProcess):
 
     def __init__(self, model_dir, batch_size, log_path):
         try:
-            super().__init__(model_dir, log_path, "--batch-size", str(batch_size), startup_seconds=STARTUP_SECONDS)
+            super().__init__(model_dir, log_path, "--batch-size", str(batch_size), "--precision", PRECISION,
+                             startup_seconds=STARTUP_SECONDS)
         except RuntimeError as error:
             sys.exit(f"{str(error).splitlines()[0]} see {log_path}")
 
@@ -115,7 +117,7 @@ def ceiling(spec):
     from tfhub_classifier.model import saving
     from tfhub_classifier.serving.servable import Servable
     defaults = config.Config()
-    model, record, precision = saving.load_model(spec["model_dir"], "auto")
+    model, record, precision = saving.load_model(spec["model_dir"], PRECISION)
     task = saving.task_of_record(record)
     reviews = test_reviews(REVIEWS)[:CEILING_REVIEWS]
     figures = {"precision": precision}

@@ -36,9 +36,9 @@ def model_dir(trained):
 
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    running = ServerProcess(model_dir, str(tmp_path_factory.mktemp("serve") / "serve.log"), "--precision",
-                            "float32", "--batch-size", str(BATCH_SIZE), "--expose-record", "--max-request-bytes",
-                            str(MAX_REQUEST_BYTES), startup_seconds=STARTUP_SECONDS)
+    running = ServerProcess(model_dir, str(tmp_path_factory.mktemp("serve") / "serve.log"), "--batch-size",
+                            str(BATCH_SIZE), "--expose-record", "--max-request-bytes", str(MAX_REQUEST_BYTES),
+                            startup_seconds=STARTUP_SECONDS)
     yield running
     assert running.stop() == 0, running.log()
     assert "Traceback" not in running.log(100_000), running.log()
@@ -81,6 +81,18 @@ def test_row_format_answers_predictions_as_predict_py_scores(server, expected):
         check_predictions(answer.json()["predictions"], TEXTS, expected)  # more texts than --batch-size, too
 
 
+def test_served_scores_are_the_saved_signatures_own_by_default(server, model_dir):
+    """What TF Serving and the core-ops export give for the same texts, whatever the CPU's bfloat16."""
+    from tfhub_classifier.model import saving
+    from tfhub_classifier.runtime import tf
+    model, _, _ = saving.load_model(model_dir, "float32")
+    signature = model.signatures[saving.SERVING_SIGNATURE]
+    saved = signature(text=tf.constant(TEXTS))["probabilities"].numpy().tolist()
+    answer = requests.post(server.predict_url, json={"instances": TEXTS}, timeout=60)
+    assert [p["probabilities"] for p in answer.json()["predictions"]] == pytest.approx(saved, abs=1e-6)
+    assert server.health()["precision"] == "float32"
+
+
 @pytest.mark.parametrize("inputs", [TEXTS[:5], {"text": TEXTS[:5]}, {"text": [b64(text) for text in TEXTS[:5]]}])
 def test_columnar_format_answers_outputs_as_tf_serving_does(server, expected, inputs):
     answer = requests.post(f"{server.url}/v1/models/imdb_bert/versions/1:predict",
@@ -110,29 +122,35 @@ def test_status_is_tf_servings_exactly_and_the_record_has_its_own_route(server, 
     assert health["status"] == "ok" and health["texts_queued"] == 0
 
 
-def test_metadata_describes_the_saved_signature_and_the_label_fields(server, model_dir):
+def test_metadata_lists_every_saved_signature_and_invents_no_output(server, model_dir):
     from tensorflow.core.framework import types_pb2
     from tensorflow.core.protobuf import saved_model_pb2
     saved = saved_model_pb2.SavedModel()
     with open(os.path.join(model_dir, "saved_model.pb"), "rb") as f:
         saved.ParseFromString(f.read())
-    signature = saved.meta_graphs[0].signature_def["serving_default"]
+    signatures = saved.meta_graphs[0].signature_def
     metadata = requests.get(f"{server.url}/v1/models/imdb_bert/metadata", timeout=10).json()
     assert set(metadata) == {"model_spec", "metadata"}
     assert metadata["model_spec"] == {"name": "imdb_bert", "signature_name": "", "version": "1"}
     assert set(metadata["metadata"]) == {"signature_def"}
-    served = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
-    assert served["method_name"] == "tensorflow/serving/predict"
-    for kind in ("inputs", "outputs"):
-        for name, info in getattr(signature, kind).items():  # what TF Serving would say of the SavedModel
-            assert served[kind][name] == {
-                "dtype": types_pb2.DataType.Name(info.dtype), "name": info.name,
-                "tensor_shape": {"dim": [{"size": str(d.size), "name": ""} for d in info.tensor_shape.dim],
-                                 "unknown_rank": False}}, name
+    served = metadata["metadata"]["signature_def"]["signature_def"]
+    assert set(served) == set(signatures) and {"serving_default", "__saved_model_init_op"} <= set(served)
+    for signature_name, signature in signatures.items():  # what TF Serving would say of the SavedModel
+        assert served[signature_name]["method_name"] == signature.method_name
+        for kind in ("inputs", "outputs"):
+            assert set(served[signature_name][kind]) == set(getattr(signature, kind)), (signature_name, kind)
+            for name, info in getattr(signature, kind).items():
+                assert served[signature_name][kind][name] == {
+                    "dtype": types_pb2.DataType.Name(info.dtype), "name": info.name,
+                    "tensor_shape": {"dim": [{"size": str(d.size), "name": ""} for d in info.tensor_shape.dim],
+                                     "unknown_rank": info.tensor_shape.unknown_rank}}, (signature_name, name)
+    default = served["serving_default"]
+    assert default["method_name"] == "tensorflow/serving/predict"
     assert {name: (spec["dtype"], [int(d["size"]) for d in spec["tensor_shape"]["dim"]])
-            for name, spec in served["outputs"].items()} == {
-        "probabilities": ("DT_FLOAT", [-1]), "label_names": ("DT_STRING", [-1, 2]),
-        "score": ("DT_FLOAT", [-1]), "positive_label": ("DT_STRING", [-1]), "label": ("DT_STRING", [-1])}
+            for name, spec in default["outputs"].items()} == {
+        "probabilities": ("DT_FLOAT", [-1]), "label_names": ("DT_STRING", [-1, 2])}  # score, label: additions
+    assert {name: spec["dtype"] for name, spec in default["inputs"].items()} == {"text": "DT_STRING"}
+    assert all(spec["name"] for spec in [*default["inputs"].values(), *default["outputs"].values()])
     assert requests.get(f"{server.url}/v1/models/imdb_bert/versions/1/metadata", timeout=10).json() == metadata
 
 

@@ -39,6 +39,25 @@ def test_bfloat16_on_a_cpu_without_it_is_refused(monkeypatch):
     assert config.resolve(precision="auto").precision == "auto"
 
 
+def test_serving_scores_in_float32_unless_bfloat16_is_asked_for(monkeypatch, capsys):
+    """serve.py answers with the saved signature's float32 scores wherever it runs; the other scripts keep
+    auto (bfloat16 where the CPU has it)."""
+    import predict
+    import serve
+    monkeypatch.setattr(hardware, "cpu_supports_bfloat16", lambda: True)
+    served = config.from_args(serve.parse(["--model-dir", "m"]), script=config.SERVE)
+    assert served.serve_precision == "float32"
+    assert config.from_args(predict.parse(["--model-dir", "m", "x"]), script=config.PREDICT).precision == "auto"
+    args = serve.parse(["--model-dir", "m", "--precision", "bfloat16"])
+    assert config.from_args(args, script=config.SERVE).serve_precision == "bfloat16"
+    with pytest.raises(SystemExit):
+        serve.parse(["--model-dir", "m", "--precision", "auto"])  # auto would mean bfloat16 here
+    assert "invalid choice: 'auto'" in capsys.readouterr().err
+    monkeypatch.setattr(hardware, "cpu_supports_bfloat16", lambda: False)
+    with pytest.raises(ValueError, match="AVX512-BF16 or AMX.*use --precision float32"):
+        config.from_args(args, script=config.SERVE)
+
+
 def test_float16_without_a_gpu_is_refused_and_float16_scales_the_loss():
     from tfhub_classifier import runtime
     from tfhub_classifier.training import optimization

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -121,15 +122,19 @@ def test_texts_of_two_requests_share_one_model_call(fake, pool):
     assert sorted(fake.model_call.batches[-1]) == ["b1", "b2", "c"]
 
 
+def raw_predict(texts):
+    body = json.dumps({"instances": texts}).encode()
+    return (b"POST /v1/models/fake:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
 def test_a_client_that_hangs_up_while_its_texts_wait_has_them_dropped_unscored(fake, pool):
     first = fake.hold_the_model(pool)
     _, before = fake.health()
-    body = json.dumps({"instances": ["gone1", "gone2", "gone3"]}).encode()
     with socket.create_connection((HOST, fake.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/models/fake:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(raw_predict(["gone1", "gone2", "gone3"]))
         fake.wait_for(lambda health: health["texts_queued"] == 3, "the request was not queued")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
     fake.wait_for(lambda health: health["texts_queued"] == 0, "the hang-up was not noticed")
     fake.model_call.gate.set()
     assert first.result(30).status_code == 200
@@ -137,6 +142,51 @@ def test_a_client_that_hangs_up_while_its_texts_wait_has_them_dropped_unscored(f
     assert after["texts_dropped"] - before["texts_dropped"] == 3
     assert after["texts_scored"] == before["texts_scored"]
     assert not any(text.startswith("gone") for text in fake.model_call.scored())
+
+
+def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(fake, pool):
+    """shutdown(SHUT_WR) after a whole request (as `nc -N` and some HTTP/1.0 clients do) is no hang-up."""
+    first = fake.hold_the_model(pool)
+    with socket.create_connection((HOST, fake.port), timeout=30) as sock:
+        sock.sendall(raw_predict(["half", "closed"]))
+        sock.shutdown(socket.SHUT_WR)
+        fake.wait_for(lambda health: health["texts_queued"] == 2, "the request was not queued")
+        fake.model_call.gate.set()
+        received = b""
+        while chunk := sock.recv(65536):  # the server closes once it has answered
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and json.loads(body) == {
+        "predictions": [{"echo": "half"}, {"echo": "closed"}]}
+    assert first.result(30).status_code == 200
+
+
+def test_past_the_connection_cap_with_every_connection_busy_a_client_reads_503_not_a_reset(pool):
+    """A new connection that sends its request at once, as clients do, still reads the 503: the server
+    does not close with the request unread (which sends a reset that can destroy the answer)."""
+    server = InProcessServer(max_connections=3)
+    try:
+        first = server.hold_the_model(pool)
+        busy = [pool.submit(server.post, [f"busy{i}"]) for i in range(2)]
+        deadline = time.monotonic() + 20  # asked in-process: /healthz would need a fourth connection
+        while server.app.state.batcher.queued < 2:
+            assert time.monotonic() < deadline, "the busy requests were not queued"
+            time.sleep(0.01)
+        for attempt in range(20):
+            with socket.create_connection((HOST, server.port), timeout=10) as sock:
+                sock.sendall(raw_predict(["one too many"]))
+                time.sleep(0.01)  # the refusal races the request's arrival
+                received = b""
+                while chunk := sock.recv(65536):  # ConnectionResetError here: the answer was destroyed
+                    received += chunk
+            head, _, body = received.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 "), (attempt, received)
+            assert "over --max-connections 3 connections" in json.loads(body)["error"]
+        server.model_call.gate.set()
+        assert [answer.result(30).status_code for answer in (first, *busy)] == [200, 200, 200]
+        assert server.post(["after"]).json() == {"predictions": [{"echo": "after"}]}
+    finally:
+        server.stop()
 
 
 def test_a_failed_model_call_answers_500_drops_the_rest_of_its_request_and_the_next_is_served(fake):
@@ -329,13 +379,8 @@ def test_other_tasks_answer_the_signature_outputs_and_what_predict_py_jsonl_writ
         assert result["label_names"] == ["anger", "joy", "fear"]
     columns = protocol.as_columns(results)
     assert list(columns) == list(results[0]) and all(len(values) == 2 for values in columns.values())
-    outputs = protocol.model_metadata("m", servable)["metadata"]["signature_def"]["signature_def"][
-        "serving_default"]["outputs"]
-    for name, spec in outputs.items():  # each described output has the shape it says, batch first
-        dims = [int(d["size"]) for d in spec["tensor_shape"]["dim"]]
-        assert np.array(columns[name]).shape == (2, *dims[1:]), name
-    assert set(outputs) == {"probabilities", "label_names"} | ({"label", "probability"} if kind == "multiclass"
-                                                                 else set())
+    kinds = {"multiclass": {"label", "probability"} | ({"top_k"} if top_k > 1 else set()), "multilabel": {"labels"}}
+    assert set(columns) == {"probabilities", "label_names"} | kinds[kind]  # the signature's two, then the additions
 
 
 @pytest.mark.parametrize("flags, needle", [

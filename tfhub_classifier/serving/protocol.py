@@ -25,18 +25,18 @@ class RequestError(Exception):
         self.status, self.message = status, message
 
 
-def signature_tensor_names(model_dir):
-    """{input or output name: graph tensor name} of the SavedModel's serving_default, as TensorFlow
-    Serving's metadata names them; {} for a model saved without that signature."""
+def signature_defs(model_dir):
+    """Every SignatureDef of the SavedModel as TensorFlow Serving's metadata prints it: copied from
+    saved_model.pb, proto field names kept and empty fields printed."""
+    from google.protobuf import json_format
     from tensorflow.core.protobuf import saved_model_pb2
     saved = saved_model_pb2.SavedModel()
     with open(os.path.join(model_dir, "saved_model.pb"), "rb") as f:
         saved.ParseFromString(f.read())
     signatures = saved.meta_graphs[0].signature_def if saved.meta_graphs else {}
-    if SIGNATURE not in signatures:
-        return {}
-    signature = signatures[SIGNATURE]
-    return {name: info.name for infos in (signature.inputs, signature.outputs) for name, info in infos.items()}
+    return {name: json_format.MessageToDict(signature, always_print_fields_with_no_presence=True,
+                                            preserving_proto_field_name=True)
+            for name, signature in sorted(signatures.items())}
 
 
 def parse_json(body):
@@ -157,29 +157,11 @@ def model_status():
                                       "status": {"error_code": "OK", "error_message": ""}}]}
 
 
-def output_specs(task):
-    """(dtype, dims) of each prediction output that is a dense tensor, batch first (-1): the saved
-    serving_default's two, then predict.py's fields; top_k and multi-label's labels vary in length."""
-    labels = len(task.label_names)
-    specs = {"probabilities": ("DT_FLOAT", [-1] if task.kind == "binary" else [-1, labels]),
-             "label_names": ("DT_STRING", [-1, labels])}
-    if task.kind == "binary":
-        specs.update(score=("DT_FLOAT", [-1]), positive_label=("DT_STRING", [-1]), label=("DT_STRING", [-1]))
-    elif task.kind == "multiclass":
-        specs.update(label=("DT_STRING", [-1]), probability=("DT_FLOAT", [-1]))
-    return specs
-
-
 def model_metadata(name, servable):
-    """TensorFlow Serving's GetModelMetadataResponse, as its REST API prints it."""
-    names = servable.tensor_names
-    outputs = {output: _tensor_info(names.get(output, ""), dtype, dims)
-               for output, (dtype, dims) in output_specs(servable.task).items()}
+    """TensorFlow Serving's GetModelMetadataResponse, as its REST API prints it: the SavedModel's
+    signatures and nothing else (the predict answers' extra fields are the suite's, documented)."""
     return {"model_spec": {"name": name, "signature_name": "", "version": MODEL_VERSION},
-            "metadata": {"signature_def": {"signature_def": {SIGNATURE: {
-                "inputs": {INPUT_NAME: _tensor_info(names.get(INPUT_NAME, ""), "DT_STRING", [-1])},
-                "outputs": outputs,
-                "method_name": "tensorflow/serving/predict"}}}}}
+            "metadata": {"signature_def": {"signature_def": servable.signature_defs}}}
 
 
 def model_record(name, servable):
@@ -208,8 +190,3 @@ def public_record(value):
     if parts.scheme == "file" or os.path.isabs(value) or value.startswith("~"):
         return os.path.basename(value.rstrip("/")) or "/"
     return value
-
-
-def _tensor_info(name, dtype, dims):
-    return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(size), "name": ""} for size in dims],
-                                             "unknown_rank": False}, "name": name}

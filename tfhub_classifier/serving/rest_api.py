@@ -3,13 +3,13 @@
     POST /v1/models/NAME[/versions/1]:predict   {"instances": [...]} -> {"predictions": [...]}
                                                 {"inputs": [...]}    -> {"outputs": {...}}
     GET  /v1/models/NAME[/versions/1]           TensorFlow Serving's model_version_status, exactly
-    GET  /v1/models/NAME[/versions/1]/metadata  TensorFlow Serving's signature_def of serving_default
+    GET  /v1/models/NAME[/versions/1]/metadata  TensorFlow Serving's: every signature of the SavedModel
     GET  /v1/models/NAME[/versions/1]/record    not TensorFlow Serving's, only with --expose-record: the
                                                 task, --threshold, --top-k and the run record the model
                                                 was saved with (no local paths, no URL credentials)
     GET  /healthz                               200 once the model is loaded and warmed up, with the
-                                                model calls made and texts scored, queued and dropped;
-                                                503 if the Batcher has died
+                                                precision in force and the model calls made and texts
+                                                scored, queued and dropped; 503 if the Batcher has died
 
 A text is a JSON string or TensorFlow Serving's {"b64": "..."} (its decoded bytes are the text),
 given as itself or as {"text": ...} in the row format. Each prediction holds the saved model's
@@ -19,11 +19,14 @@ score and label; multi-class: label and probability, and top_k with --top-k over
 labels); the columnar format answers each of them as a list, one value per text.
 
 The status and metadata answers have TensorFlow Serving's exact shapes: strict clients parse them.
-Metadata describes every output that is a dense tensor with its dtype and shape (batch = -1) and
-the saved signature's tensor names; top_k and labels, lists whose length varies, are not tensors
-and are left out, as is TensorFlow Serving's "@type" (its REST handler unpacks the Any holding the
-SignatureDefMap, so its answer has none either). The run record, which TensorFlow Serving has no
+Metadata copies every SignatureDef in saved_model.pb, as TensorFlow Serving does, without its
+"@type" (its REST handler unpacks the Any holding the SignatureDefMap, so its answer has none
+either); the prediction fields beyond serving_default's two are the suite's additions, described
+here and in docs/serving.md, not invented outputs. The run record, which TensorFlow Serving has no
 place for, is under /record.
+
+Scores are float32 by default, exactly serving_default's; --precision bfloat16 trades up to about
+0.015 of a probability for speed on CPUs with AVX512-BF16/AMX; /healthz says which is in force.
 
 Only requests whose Host header is an IP address or names localhost, --host or one of
 --allowed-hosts are answered (400 otherwise: DNS rebinding); :predict takes only Content-Type:
@@ -211,7 +214,8 @@ def create_app(servable, name, cfg):
     @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def health():
         failure = batcher.failure()
-        body = {"status": "unavailable" if failure else "ok", "model": name, "model_calls": batcher.calls,
+        body = {"status": "unavailable" if failure else "ok", "model": name, "precision": servable.precision,
+                "model_calls": batcher.calls,
                 "texts_scored": batcher.texts, "texts_queued": batcher.queued, "texts_dropped": batcher.dropped}
         return JSONResponse({**body, "error": failure} if failure else body, status_code=503 if failure else 200)
 
@@ -316,6 +320,10 @@ def uvicorn_server(app, cfg):
                                          timeout_keep_alive=cfg.keep_alive_timeout_s, backlog=ACCEPT_BURST))
 
 
+LINGER_SECONDS = 2.0  # how long a refused connection's leftover request is read before the close
+MAX_LINGERING = ACCEPT_BURST // 2  # refused connections lingering at once: half the descriptors kept spare
+
+
 def _raw_answer(status, reason, message):
     """A whole HTTP/1.1 answer with TF Serving's JSON error body, for what is refused before any request."""
     body = json.dumps({"error": message}).encode()
@@ -342,22 +350,35 @@ class GuardedHTTP(H11Protocol):
     def connection_made(self, transport):
         super().connection_made(transport)
         self.read_deadline = self.write_deadline = None
-        self.request_begun, self.last_active = False, self.loop.time()
+        self.request_begun, self.half_closed, self.refusing, self.last_active = False, False, False, self.loop.time()
         self._arm_read_deadline()
-        open_connections = [c for c in self.connections if not c.transport.is_closing()]
+        open_connections = [c for c in self.connections
+                            if not (c.transport.is_closing() or getattr(c, "refusing", False))]
         if len(open_connections) > self.max_connections:
             idle = [c for c in open_connections if c is not self and isinstance(c, GuardedHTTP) and c.idle()]
             if idle:
                 min(idle, key=lambda connection: connection.last_active).cut()
             else:
-                transport.write(_raw_answer(503, "Service Unavailable", f"over --max-connections "
-                                            f"{self.max_connections} connections, each with a request running; retry"))
-                self.transport.close()
+                self.refuse(503, "Service Unavailable", f"over --max-connections {self.max_connections} "
+                                                        "connections, each with a request running; retry")
 
     def send_400_response(self, msg):
         """Malformed HTTP: TF Serving's JSON error body, not uvicorn's plain text."""
-        self.transport.write(_raw_answer(400, "Bad Request", msg))
-        self.transport.close()
+        self.refuse(400, "Bad Request", msg)
+
+    def refuse(self, status, reason, message):
+        """Answer and close so that the answer arrives: closing with the client's request unread would
+        send a reset, which can destroy the answer before the client reads it. So: the answer, then our
+        FIN, then what the client still sends is read and dropped until its own FIN or LINGER_SECONDS."""
+        self._cancel(("read_deadline", "write_deadline"))
+        lingering = sum(1 for connection in self.connections if getattr(connection, "refusing", False))
+        self.refusing = True
+        self.transport.write(_raw_answer(status, reason, message))
+        if lingering >= MAX_LINGERING or not self.transport.can_write_eof():  # a flood: descriptors first
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.read_deadline = self.loop.call_later(LINGER_SECONDS, self.cut)
 
     def idle(self):
         """No request running on it: closing it loses no work."""
@@ -369,6 +390,8 @@ class GuardedHTTP(H11Protocol):
         self.transport.abort()
 
     def data_received(self, data):
+        if self.refusing:
+            return  # answered already; read only so that closing sends no reset
         if not self.request_begun:  # the first byte of a request: its whole must follow in time
             self.request_begun = True
             self._arm_read_deadline()
@@ -378,10 +401,23 @@ class GuardedHTTP(H11Protocol):
             self.request_begun = False
             self._cancel(("read_deadline",))
 
+    def eof_received(self):
+        """The client has closed its sending side. After a whole request, that may be all it does (HTTP
+        allows it: `shutdown(SHUT_WR)`), so it still gets its answer, and the connection closes after;
+        TCP can't tell this from a full close until the answer is written, so only a reset
+        (connection_lost) drops waiting texts. Mid-request or between requests, nothing more can come."""
+        if self.conn.their_state is h11.DONE and not self.idle() and not self.refusing:
+            self.half_closed = True
+            return True  # asyncio keeps the transport open for writing
+        return None  # asyncio closes the transport
+
     def on_response_complete(self):
         super().on_response_complete()
         self.last_active = self.loop.time()
         pending, _ = self.conn.trailing_data
+        if self.half_closed and not pending:
+            self.transport.close()
+            return
         if not self.transport.is_closing() and self.conn.their_state is not h11.DONE and (
                 pending or self.conn.their_state is h11.SEND_BODY):  # a pipelined request, part come
             self.request_begun = True
@@ -416,9 +452,7 @@ class GuardedHTTP(H11Protocol):
         if self.transport.is_closing():
             return
         if self.request_begun and self.idle():  # headers still coming: say why
-            self.transport.write(_raw_answer(408, "Request Timeout", f"no whole request within --read-timeout-s "
-                                             f"{self.read_timeout:g}"))
-            self.transport.close()
+            self.refuse(408, "Request Timeout", f"no whole request within --read-timeout-s {self.read_timeout:g}")
         else:  # silent since it opened, or a body stalled (its request sees the hang-up: 499)
             self.cut()
 

@@ -7,22 +7,23 @@ from tfhub_classifier.serving import protocol
 class Servable:
     """The loaded model and what its answers say: texts (str or bytes) -> one JSON result each."""
 
-    def __init__(self, model, record, task, threshold, top_k, batch_size, tensor_names=None):
+    def __init__(self, model, record, task, threshold, top_k, batch_size, signature_defs=None, precision="float32"):
         self.model, self.record, self.task = model, record, task
         self.threshold, self.top_k, self.batch_size = threshold, top_k, batch_size
-        self.tensor_names = tensor_names or {}  # serving_default's input/output -> its graph tensor
+        self.signature_defs = signature_defs or {}  # the SavedModel's, as TF Serving's metadata gives them
+        self.precision = precision  # in force: bfloat16 scores differ slightly from the saved signature's
 
     @classmethod
     def load(cls, cfg, log=print):
         # TensorFlow loads here, once the flags and the port are known to be good.
         from tfhub_classifier.inference import prediction
         from tfhub_classifier.model import saving
-        model, record, precision = saving.load_model(cfg.model_dir, cfg.precision)
+        model, record, precision = saving.load_model(cfg.model_dir, cfg.serve_precision)
         task = saving.task_of_record(record)
         prediction.check_top_k(task, cfg.top_k)
         threshold = saving.threshold_in_use(cfg.threshold, record)
         servable = cls(model, record, task, threshold, cfg.top_k, cfg.serve_batch_size,
-                       protocol.signature_tensor_names(cfg.model_dir))
+                       protocol.signature_defs(cfg.model_dir), precision)
         servable.score(["A warm-up review, so the first request is not the one that waits."])
         log(f"Loaded {cfg.model_dir} ({task.kind}: {', '.join(task.label_names)}; {precision})")
         return servable
