@@ -272,9 +272,10 @@ class Config:
     max_text_chars: int = _option(100_000, "longer texts get 400: IMDB's longest review has ~14k characters, "
                                   "and BERT reads only the model's sequence length in tokens", scripts=(SERVE,),
                                   at_least=1)
-    read_timeout_s: float = _option(10.0, "a connection must send a whole request (headers and body) within this "
-                                    "many seconds of opening or of its last answer, else it is closed: slow and "
-                                    "stalled clients hold no connection or shutdown for long", scripts=(SERVE,))
+    read_timeout_s: float = _option(10.0, "a request must arrive whole (headers and body) within this many seconds "
+                                    "of its first byte, and a new connection send one as soon, else it is closed; an "
+                                    "answer left unread as long also closes it: slow and stalled clients hold no "
+                                    "connection or shutdown for long", scripts=(SERVE,))
     keep_alive_timeout_s: float = _option(5.0, "an idle keep-alive connection is closed after this many seconds",
                                           scripts=(SERVE,))
     max_connections: int = _option(512, "open connections at most, kept under the descriptor limit: past it the "

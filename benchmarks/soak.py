@@ -76,7 +76,7 @@ class Tally:
     def __init__(self):
         self.lock = threading.Lock()
         self.statuses = collections.defaultdict(collections.Counter)
-        self.latencies, self.wrong, self.sent = [], [], 0
+        self.latencies, self.wrong, self.sent, self.wrong_count = [], [], 0, 0
 
     def add(self, kind, status, latency=None, wrong=None):
         with self.lock:
@@ -84,8 +84,10 @@ class Tally:
             self.statuses[kind][status] += 1
             if latency is not None:
                 self.latencies.append(latency)
-            if wrong and len(self.wrong) < 20:
-                self.wrong.append(f"{kind}: {wrong}")
+            if wrong:
+                self.wrong_count += 1
+                if len(self.wrong) < 20:  # the first few, to read
+                    self.wrong.append(f"{kind}: {wrong}")
 
 
 def hang_up(port, path, review):
@@ -182,7 +184,8 @@ def main(argv=None):
     latencies = sorted(tally.latencies)
     print(f"soak: {args.clients} clients, {elapsed:.1f} s, {tally.sent:,} requests sent, {answered:,} answered "
           f"({answered / elapsed:.1f}/s), {sum(tally.statuses[k]['reset'] for k in tally.statuses):,} reset "
-          f"by their client; {health['texts_scored']:,} texts scored in {health['model_calls']:,} model calls")
+          f"by their client; {health['texts_scored']:,} texts scored (the warm-up's included) in "
+          f"{health['model_calls']:,} model calls, {health['texts_dropped']:,} dropped")
     for kind, counter in tally.statuses.items():
         print(f"  {kind:<36} " + ", ".join(f"{status}: {count:,}" for status, count in sorted(
             counter.items(), key=str)))
@@ -191,7 +194,7 @@ def main(argv=None):
               f"p99 {serving.percentile(latencies, 99) * 1000:.0f} ms over {len(latencies):,}")
     for when, (rss, peak) in samples.items():
         print(f"server memory {when}: resident {rss:,.0f} MiB, peak {peak:,.0f} MiB")
-    print(f"5xx other than 503: {server_errors}; answers not as documented: {len(tally.wrong)}; "
+    print(f"5xx other than 503: {server_errors}; answers not as documented: {tally.wrong_count}; "
           f"serve.py exited {exit_code}")
     for line in tally.wrong:
         print("  " + line)
@@ -200,9 +203,9 @@ def main(argv=None):
                "p50_ms": serving.percentile(latencies, 50) * 1000 if latencies else None,
                "p99_ms": serving.percentile(latencies, 99) * 1000 if latencies else None,
                "memory_mib": {when: {"resident": rss, "peak": peak} for when, (rss, peak) in samples.items()},
-               "server_errors": server_errors, "wrong": tally.wrong, "exit_code": exit_code}
+               "server_errors": server_errors, "wrong": tally.wrong_count, "exit_code": exit_code}
     common.save_result("soak", {"machine": common.machine(), **figures})
-    return 1 if server_errors or tally.wrong or exit_code != 0 or health["texts_queued"] else 0
+    return 1 if server_errors or tally.wrong_count or exit_code != 0 or health["texts_queued"] else 0
 
 
 if __name__ == "__main__":

@@ -183,10 +183,15 @@ def public_record(value):
         return [public_record(item) for item in value]
     if not isinstance(value, str):
         return value
-    parts = urllib.parse.urlsplit(value)
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port
+    except ValueError:  # not a URL after all (an unclosed "[", a port past 65535): cut like a path
+        return os.path.basename(value.rstrip("/")) or "/"
     if parts.scheme and parts.netloc:
-        return urllib.parse.urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
-                                        parts.path, "", ""))
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
+        return urllib.parse.urlunsplit((parts.scheme, host + (f":{port}" if port else ""), parts.path, "", ""))
     if parts.scheme == "file" or os.path.isabs(value) or value.startswith("~"):
         return os.path.basename(value.rstrip("/")) or "/"
     return value

@@ -85,9 +85,13 @@ def check_descriptor_limit(max_connections):
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     room = soft - ACCEPT_BURSTS_AHEAD * ACCEPT_BURST - RESERVED_DESCRIPTORS
     if soft != resource.RLIM_INFINITY and max_connections > room:
+        kept = soft - room
+        if room < 1:
+            raise ValueError(f"this process's open-file limit ({soft}) leaves no room for connections beside the "
+                             f"{kept} kept for accepting and its own files; raise it (ulimit -n {kept + max_connections})")
         raise ValueError(f"--max-connections {max_connections} does not fit this process's open-file limit "
-                         f"({soft}, with {soft - room} kept for accepting and its own files); use --max-connections "
-                         f"{max(room, 1)} or less, or raise the limit (ulimit -n)")
+                         f"({soft}, with {kept} kept for accepting and its own files); use --max-connections "
+                         f"{room} or less, or raise the limit (ulimit -n {kept + max_connections})")
     return max_connections
 
 
@@ -175,7 +179,6 @@ def create_app(servable, name, cfg):
 
     async def predict(request, requested, version, label, method):
         check_servable(requested, version, label)
-        method = method.lower()
         if method != "predict":  # TensorFlow Serving's answer for a predict-only signature
             kind = "classification" if method == "classify" else "regression"
             raise RequestError(400, f"Expected {kind} signature method_name to be tensorflow/serving/{method}. "
@@ -202,9 +205,9 @@ def create_app(servable, name, cfg):
         if not requested:
             raise RequestError(400, "Missing model name in request.")
         check_servable(requested, version, label)
-        if part is None:
+        if part not in ("metadata", "record"):  # TF Serving: any other case of "metadata" asks for the status
             return JSONResponse(protocol.model_status())
-        if part.lower() == "metadata":
+        if part == "metadata":
             return JSONResponse(protocol.model_metadata(name, servable))
         if not cfg.expose_record:
             raise RequestError(404, "the run record is not served; start serve.py with --expose-record to serve it "
@@ -220,14 +223,15 @@ def create_app(servable, name, cfg):
         return JSONResponse({**body, "error": failure} if failure else body, status_code=503 if failure else 200)
 
     # TensorFlow Serving's routes, matched as its handler matches them (case-insensitive, versions as
-    # integers, version labels); a path under /v1/ that matches none is its 400 "Malformed request".
+    # integers, version labels, then the method and "metadata" compared as written); a path under /v1/
+    # that matches none is its 400 "Malformed request".
     @app.api_route("/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
     async def tf_serving(request: fastapi.Request, rest: str):  # after /healthz: it takes every other path
         path, method = request.url.path, request.method
         if not (path.lower() + "/").startswith("/v1/"):
             raise RequestError(404, f"Not Found: {method} {path}")
         found = PREDICT_ROUTE.fullmatch(path) if method == "POST" else None
-        if found:
+        if found and found.group(4) in ("classify", "regress", "predict"):  # the path's case aside, as TF Serving
             return await predict(request, *found.groups())
         found = MODEL_ROUTE.fullmatch(path) if method in ("GET", "HEAD") else None
         if found:
@@ -253,10 +257,21 @@ def create_app(servable, name, cfg):
                             status_code=500)
 
     if cfg.cors_origin:
-        app.add_middleware(CORSMiddleware, allow_origins=[cfg.cors_origin], allow_methods=["GET", "POST"],
+        app.add_middleware(JSONErrorCORS, allow_origins=[cfg.cors_origin], allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type"])
     app.add_middleware(HostCheck, allowed=allowed_hosts(cfg))  # added last: it runs first
     return app
+
+
+class JSONErrorCORS(CORSMiddleware):
+    """Starlette's CORS, its refused preflights answered with a JSON error body like every other error."""
+
+    def preflight_response(self, request_headers):
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        return JSONResponse({"error": f"CORS preflight refused: {response.body.decode()}; the allowed origin is "
+                                      "--cors-origin's"}, status_code=response.status_code)
 
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -355,7 +370,7 @@ class GuardedHTTP(H11Protocol):
         open_connections = [c for c in self.connections
                             if not (c.transport.is_closing() or getattr(c, "refusing", False))]
         if len(open_connections) > self.max_connections:
-            idle = [c for c in open_connections if c is not self and isinstance(c, GuardedHTTP) and c.idle()]
+            idle = [c for c in open_connections if c is not self and isinstance(c, GuardedHTTP) and c.evictable()]
             if idle:
                 min(idle, key=lambda connection: connection.last_active).cut()
             else:
@@ -381,8 +396,20 @@ class GuardedHTTP(H11Protocol):
         self.read_deadline = self.loop.call_later(LINGER_SECONDS, self.cut)
 
     def idle(self):
-        """No request running on it: closing it loses no work."""
+        """No request running on it."""
         return self.cycle is None or self.cycle.response_complete
+
+    def evictable(self):
+        """Idle with no answer still being sent: cutting it loses no answer (only a request still coming in)."""
+        return self.idle() and not self.transport.get_write_buffer_size()
+
+    def request_in(self):
+        """The request being read has all come: h11 has its end (DONE; MUST_CLOSE for HTTP/1.0 and
+        `Connection: close`), or, answered before its body ended, the connection is between requests."""
+        state = self.conn.their_state
+        if state in (h11.DONE, h11.MUST_CLOSE):
+            return True
+        return state is h11.IDLE and self.idle() and not self.conn.trailing_data[0]
 
     def cut(self):
         """Close at once, discarding what is unsent: its descriptor is free now, not once a client reads."""
@@ -397,16 +424,21 @@ class GuardedHTTP(H11Protocol):
             self._arm_read_deadline()
         super().data_received(data)
         self.last_active = self.loop.time()
-        if self.conn.their_state is h11.DONE:  # the whole request is in
+        if self.request_in():
             self.request_begun = False
             self._cancel(("read_deadline",))
+            if self.idle() and self.timeout_keep_alive_task is None and not self.transport.is_closing():
+                # The rest of a body answered early came: between requests again, and uvicorn's
+                # data_received stopped its keep-alive timer.
+                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                    self.timeout_keep_alive_handler)
 
     def eof_received(self):
         """The client has closed its sending side. After a whole request, that may be all it does (HTTP
         allows it: `shutdown(SHUT_WR)`), so it still gets its answer, and the connection closes after;
         TCP can't tell this from a full close until the answer is written, so only a reset
         (connection_lost) drops waiting texts. Mid-request or between requests, nothing more can come."""
-        if self.conn.their_state is h11.DONE and not self.idle() and not self.refusing:
+        if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE) and not self.idle() and not self.refusing:
             self.half_closed = True
             return True  # asyncio keeps the transport open for writing
         return None  # asyncio closes the transport
@@ -418,7 +450,7 @@ class GuardedHTTP(H11Protocol):
         if self.half_closed and not pending:
             self.transport.close()
             return
-        if not self.transport.is_closing() and self.conn.their_state is not h11.DONE and (
+        if not self.transport.is_closing() and not self.request_in() and (
                 pending or self.conn.their_state is h11.SEND_BODY):  # a pipelined request, part come
             self.request_begun = True
             self._arm_read_deadline()
