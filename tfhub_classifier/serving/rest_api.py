@@ -88,7 +88,8 @@ def check_descriptor_limit(max_connections):
         kept = soft - room
         if room < 1:
             raise ValueError(f"this process's open-file limit ({soft}) leaves no room for connections beside the "
-                             f"{kept} kept for accepting and its own files; raise it (ulimit -n {kept + max_connections})")
+                             f"{kept} kept for accepting and its own files; raise it "
+                             f"(ulimit -n {kept + max_connections})")
         raise ValueError(f"--max-connections {max_connections} does not fit this process's open-file limit "
                          f"({soft}, with {kept} kept for accepting and its own files); use --max-connections "
                          f"{room} or less, or raise the limit (ulimit -n {kept + max_connections})")
