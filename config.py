@@ -85,6 +85,7 @@ SCHEDULES = ("constant", "linear")
 PIPELINES = ("fast", "tutorial")
 POOLINGS = ("pooled", "mean")
 OUTPUT_FORMATS = ("table", "jsonl", "csv")
+EXPLAIN_METHODS = ("occlusion", "integrated-gradients")
 TASKS = ("auto", "binary", "multiclass", "multilabel")
 CLASS_WEIGHTS = ("none", "balanced")
 QUOTINGS = ("csv", "none")
@@ -308,6 +309,18 @@ class Config:
                                scripts=(EVALUATE, *USING), value_type=float)
     top_k: int = _option(1, "multi-class: give the K most likely labels, each with its probability",
                          scripts=USING, at_least=1)
+
+    # Explanations: which words drove a label (tfhub_classifier/inference/attribution.py).
+    explain: bool = _option(False, "give each text's words a weight toward its label (JSON Lines: words, "
+                            "offsets, weights; the table: the top words)", scripts=(PREDICT,))
+    explain_label: str = _option("", "explain this label instead of the one given (or, multi-label, the most "
+                                 "likely)", scripts=(PREDICT,))
+    explain_method: str = _option("occlusion", "occlusion = how much the label's probability falls when each "
+                                  "word alone is deleted (the more faithful on real reviews); integrated-gradients "
+                                  "= gradients along a path from no words (docs/benchmarks.md#explanations)",
+                                  EXPLAIN_METHODS, scripts=(EVALUATE, PREDICT))
+    show_errors: int = _option(0, "print the K most confident mistakes, each with the words that drove it",
+                               scripts=(EVALUATE,), at_least=0)
 
     def encoder_handle(self):
         return self.encoder or BERT_ENCODERS[self.bert_model]

@@ -15,20 +15,16 @@ def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_flags(parser, config.EVALUATE)
-    parser.add_argument("--show-errors", type=int, default=0, metavar="K",
-                        help="list the K texts the model got wrong most confidently (default: 0)")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse(argv)
     cli.require_model_dir(args.model_dir or config.Config.model_dir)
-    from tfhub_classifier.inference import evaluation  # TensorFlow loads only once the flags are known to be good
+    from tfhub_classifier.inference import evaluation, prediction  # TensorFlow loads once the flags are good
     cfg = evaluation.evaluation_config(args)
-    if args.show_errors < 0:
-        raise ValueError(f"--show-errors must be 0 or more, got {args.show_errors}")
-    metrics = evaluation.evaluate(cfg, args.show_errors)
-    print("\n".join(evaluation.format_metrics(metrics)))
+    metrics = evaluation.evaluate(cfg)
+    print("\n".join(evaluation.format_metrics(metrics, colour=prediction.is_terminal(sys.stdout))))
     return metrics
 
 

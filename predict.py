@@ -3,6 +3,7 @@
     python predict.py --model-dir models/imdb_bert "The movie was great!" "The movie was terrible..."
     python predict.py --file reviews.txt --format jsonl > scores.jsonl
     python predict.py --file tickets.csv --text-column body --keep-columns id,date --format csv > labelled.csv
+    python predict.py --explain "The movie was great!"    # and the words that drove each label
     cat reviews.txt | python predict.py --format csv
 
 A .csv, .tsv or .jsonl --file is read as train.py reads data (the model's recorded --text-column,
@@ -71,6 +72,10 @@ def main(argv=None):
     if args.keep_columns and args.format == "table":
         raise ValueError("--keep-columns copies columns into JSON Lines or CSV results; add --format jsonl or "
                          "--format csv")
+    if (args.explain_label or args.explain_method) and not args.explain:
+        raise ValueError("--explain-label and --explain-method say how to explain; add --explain")
+    if args.explain and args.format == "csv":
+        raise ValueError("--explain gives each text a list of words and weights; use --format jsonl (or table)")
     if tabular:
         cfg = _reading_as_trained(args, cfg, table_files.is_jsonl(args.file))
     from tfhub_classifier.inference import prediction  # TensorFlow loads only once the flags are known to be good

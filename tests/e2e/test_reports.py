@@ -28,8 +28,12 @@ def test_evaluation_report_json_plots_and_errors(trained, capsys):
     assert confidences == sorted(confidences, reverse=True)
     for error in errors:
         assert (error["score"] >= 0.5) != (error["label"] == "pos")
+        assert error["explained_label"] == error["predicted"]  # why it said what it wrongly said
+        assert [error["text"][start:end] for start, end in error["offsets"]] == error["words"]
+        assert len(error["weights"]) == len(error["words"]) and any(error["weights"])
     out = capsys.readouterr().out
     assert "ROC AUC" in out and "Precision" in out
+    assert out.count("    why ") == len(errors) and "\033[" not in out
 
 
 @pytest.mark.parametrize("output_format", ["jsonl", "csv", "table"])

@@ -83,3 +83,4 @@ def test_show_errors_lists_a_multilabel_models_most_confident_mistakes():
     assert [(e["text"], e["label"], e["predicted"]) for e in errors] == [
         ("c", "action|comedy", "action|drama"), ("d", "drama", "comedy|drama")]
     assert errors[0]["score"] == pytest.approx(0.02)
+    assert [e["explained"] for e in errors] == [1, 1]  # the label decided wrongly with the most confidence

@@ -14,6 +14,19 @@ TOKENIZE_BATCH = 256  # texts per tokenizer call: enough to amortize the call, f
 HEAD_SHARE = 128 / 510  # Sun et al. (2019): the first 128 and last 382 of 510 review tokens
 
 
+def kept_ranges(lengths, seq_length, truncation, ops=np):
+    """Start/limit ranges of the word pieces a text of each length keeps in seq_length tokens ([CLS]
+    and [SEP] take two): its head, its tail, or both. ops: np, or tf inside the tokenizer's graph."""
+    budget = seq_length - 2
+    if truncation == "head":
+        return [(ops.zeros_like(lengths), ops.minimum(lengths, budget))]
+    if truncation == "tail":
+        return [(ops.maximum(lengths - budget, 0), lengths)]
+    head = ops.minimum(lengths, int(round(budget * HEAD_SHARE)))
+    tail = ops.minimum(lengths - head, budget - head)
+    return [(ops.zeros_like(lengths), head), (lengths - tail, lengths)]
+
+
 class TextToTokens(tf.Module):
     """Strings -> BERT inputs of seq_length, keeping the head, tail or head+tail of long texts,
     via the preprocessor's tokenize + bert_pack_inputs (TF-Hub's way for other lengths)."""
@@ -24,24 +37,14 @@ class TextToTokens(tf.Module):
         self.seq_length = seq_length
         self.truncation = truncation
 
-    def _keep(self, lengths):
-        """Start/limit ranges of the tokens to keep, per text."""
-        budget = self.seq_length - 2  # [CLS] and [SEP]
-        if self.truncation == "head":
-            return [(tf.zeros_like(lengths), tf.minimum(lengths, budget))]
-        if self.truncation == "tail":
-            return [(tf.maximum(lengths - budget, 0), lengths)]
-        head = tf.minimum(lengths, int(round(budget * HEAD_SHARE)))
-        tail = tf.minimum(lengths - head, budget - head)
-        return [(tf.zeros_like(lengths), head), (lengths - tail, lengths)]
-
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def __call__(self, texts):
         tokens = self.preprocessor.tokenize(texts)
         if tokens.ragged_rank == 2:  # BERT's [batch, (words), (pieces)]; SentencePiece's (ALBERT) has no words
             tokens = tokens.merge_dims(-2, -1)  # [batch, (word pieces)]
         lengths = tokens.row_lengths()
-        keep = tf.concat([tf.ragged.range(start, limit) for start, limit in self._keep(lengths)], axis=1)
+        keep = tf.concat([tf.ragged.range(start, limit)
+                          for start, limit in kept_ranges(lengths, self.seq_length, self.truncation, tf)], axis=1)
         kept = tf.gather(tokens, keep, batch_dims=1)
         # bert_pack_inputs takes [batch, (words), (pieces)]: make each kept piece a word.
         words = kept.with_flat_values(tf.RaggedTensor.from_row_lengths(

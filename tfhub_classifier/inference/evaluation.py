@@ -7,14 +7,15 @@ import numpy as np
 import config
 from tfhub_classifier import cli
 from tfhub_classifier.data import imdb, user_files
-from tfhub_classifier.inference import calibration, plots, scoring, thresholds
+from tfhub_classifier.inference import calibration, plots, prediction, scoring, thresholds
 from tfhub_classifier.model import saving
 
 
-def evaluate(cfg, show_errors=0, log=print):
+def evaluate(cfg, log=print):
     """Metrics of the saved model in cfg.model_dir on its test data (IMDB's test split, or
     --test-data) at --threshold or the model's own, with its calibration (before and after temperature
-    scaling if it was applied), written beside the model as evaluation.json, with plots in cfg.plots_dir."""
+    scaling if it was applied) and its cfg.show_errors most confident mistakes with the words that drove
+    them, written beside the model as evaluation.json, with plots in cfg.plots_dir."""
     model, record, precision = saving.load_model(cfg.model_dir, cfg.precision)
     task = saving.task_of_record(record)
     threshold = saving.threshold_in_use(cfg.threshold, record)
@@ -38,8 +39,14 @@ def evaluate(cfg, show_errors=0, log=print):
     metrics["threshold_source"] = ("--threshold" if cfg.threshold is not None else
                                    f"chosen for {record['threshold_choice']['metric']} at training"
                                    if "threshold" in record else "the default")
-    metrics["most_confident_errors"] = confident_errors(task, test, task.probabilities(logits), threshold,
-                                                        show_errors)
+    errors = confident_errors(task, test, task.probabilities(logits), threshold, cfg.show_errors)
+    if errors:
+        from tfhub_classifier.inference import attribution
+        explainer = attribution.Explainer.of_record(model, record, task, cfg.explain_method)
+        labels = [error.pop("explained") for error in errors]
+        for error, why in zip(errors, explainer.explain([error["text"] for error in errors], labels)):
+            error.update(why.as_json(task.label_names))
+    metrics["most_confident_errors"] = errors
     metrics["precision_mode"] = precision
     metrics["task"] = {"kind": task.kind, "label_names": list(task.label_names)}
     try:
@@ -74,7 +81,8 @@ def calibration_report(task, labels, logits, temperature):
 
 
 def confident_errors(task, split, probabilities, threshold, count):
-    """The count texts the model got wrong with the most confidence (for multi-label, any label wrong)."""
+    """The count texts the model got wrong with the most confidence (for multi-label, any label wrong),
+    each with the index of the label to explain (explained): the one wrongly given."""
     if not count:
         return []
     if task.kind == "multilabel":
@@ -89,12 +97,13 @@ def confident_errors(task, split, probabilities, threshold, count):
     return [{"path": split.paths[i], "label": task.label_names[split.labels[i]],
              "predicted": task.label_names[predicted[i]],
              "score": float(probabilities[i] if task.kind == "binary" else probabilities[i, predicted[i]]),
-             "text": split.texts[i]} for i in worst]
+             "text": split.texts[i], "explained": int(predicted[i])} for i in worst]
 
 
 def _confident_multilabel_errors(task, split, probabilities, threshold, count):
     """Texts with a label given or withheld wrongly, the most confident such decision first; score is
-    that label's probability, label and predicted the true and the given label sets."""
+    that label's probability, label and predicted the true and the given label sets; explained: that
+    label (its index), whose words are shown."""
     predicted = task.predicted_labels(probabilities, threshold)
     wrong_cells = predicted != split.labels.astype(np.int64)
     margins = np.where(wrong_cells, np.abs(probabilities - threshold), -1.0)
@@ -104,10 +113,12 @@ def _confident_multilabel_errors(task, split, probabilities, threshold, count):
     def names(row):
         return "|".join(name for name, given in zip(task.label_names, row) if given) or "-"
     return [{"path": split.paths[i], "label": names(split.labels[i]), "predicted": names(predicted[i]),
-             "score": float(probabilities[i, np.argmax(margins[i])]), "text": split.texts[i]} for i in worst]
+             "score": float(probabilities[i, np.argmax(margins[i])]), "text": split.texts[i],
+             "explained": int(np.argmax(margins[i]))} for i in worst]
 
 
-def format_metrics(metrics):
+def format_metrics(metrics, colour=False):
+    """The lines evaluate.py prints; colour: the words that drove each mistake in colour (a terminal)."""
     kind = metrics["task"]["kind"]
     names = metrics["task"]["label_names"]
     lines = [f"Loss: {metrics['loss']:.4f}"]
@@ -154,6 +165,8 @@ def format_metrics(metrics):
         snippet = " ".join(error["text"].split())[:100]
         lines.append(f"  wrong, true {error['label']}, predicted {error['predicted']} ({error['score']:.4f}): "
                      f"{snippet}")
+        if "words" in error:
+            lines.append(prediction.why_line(error["words"], error["weights"], error["explained_label"], colour))
     for name, path in metrics["plots"].items():
         lines.append(f"Plot ({name.replace('_', ' ')}): {path}")
     return lines

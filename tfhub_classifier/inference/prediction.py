@@ -55,16 +55,53 @@ def run(cfg, sentences=(), path=None, output_format="table"):
     check_top_k(task, cfg.top_k)
     if rows is None:
         rows = ((text, ()) for text in (sentences or read_lines(path or "-")))
-    writer = Writer(output_format, task, saving.threshold_in_use(cfg.threshold, record), cfg.top_k, stdout_text(),
-                    kept_columns)
+    threshold = saving.threshold_in_use(cfg.threshold, record)
+    writer = Writer(output_format, task, threshold, cfg.top_k, stdout_text(), kept_columns)
+    scored = predict(model, task, rows, cfg.eval_batch_size, progress=bool(path), text_of=lambda row: row[0])
+    if cfg.explain:
+        from tfhub_classifier.inference import attribution
+        explainer = attribution.Explainer.of_record(model, record, task, cfg.explain_method)
+        scored = explained(scored, explainer, threshold, label_index(task, cfg.explain_label))
     scores, count = ([] if sentences else None), 0
-    for (text, kept), probabilities in predict(model, task, rows, cfg.eval_batch_size, progress=bool(path),
-                                               text_of=lambda row: row[0]):
-        writer.write(text, probabilities, kept)
+    for (text, kept), probabilities, *explanation in scored:
+        writer.write(text, probabilities, kept, *explanation)
         count += 1
         if scores is not None:
             scores.append(float(probabilities) if task.kind == "binary" else probabilities.tolist())
     return scores if scores is not None else count
+
+
+def label_index(task, name):
+    """The index of the label named (as label_names or predict.py names it), or None for no name;
+    ValueError naming the labels otherwise."""
+    if not name:
+        return None
+    for names in (task.label_names, display_names(task)):
+        if name in names:
+            return list(names).index(name)
+    raise ValueError(f"--explain-label {name!r} is not one of this model's labels: {', '.join(task.label_names)}")
+
+
+def explained_labels(task, probabilities, threshold, chosen=None):
+    """The label to explain for each row of probabilities: chosen (an index) if given, else the one the
+    model gives (binary, multi-class) or its most likely (multi-label)."""
+    probabilities = np.asarray(probabilities)
+    if chosen is not None:
+        return [chosen] * len(probabilities)
+    if task.kind == "binary":
+        return [int(p >= threshold) for p in probabilities]
+    return np.argmax(probabilities, axis=1).tolist()
+
+
+def explained(scored, explainer, threshold, chosen=None):
+    """(row, probabilities, Explanation) for each (row, probabilities) of scored, explained in chunks so
+    results keep streaming (the explainer's batch at a time)."""
+    from tfhub_classifier.inference import attribution
+    for chunk in iter(lambda: list(itertools.islice(scored, attribution.BATCH_SIZE)), []):
+        rows, probabilities = zip(*chunk)
+        labels = explained_labels(explainer.task, probabilities, threshold, chosen)
+        texts = [row[0] if isinstance(row, tuple) else row for row in rows]
+        yield from zip(rows, probabilities, explainer.explain(texts, labels))
 
 
 def predict(model, task, texts, batch_size, progress=False, text_of=None):
@@ -201,7 +238,28 @@ def table_line(text, result):
     return f"input: {shown:<30} : {labels}"
 
 
-OUTPUT_FIELDS = {"text", "score", "positive_label", "label", "probability", "top_k", "labels", "probabilities"}
+WHY_WORDS = 6  # words the table format shows per text
+GREEN, RED, RESET = "\033[32m", "\033[31m", "\033[0m"
+
+
+def why_line(words, weights, label, colour=False):
+    """The line that says which words drove a label: those with the largest weights, toward it (+, green
+    on a terminal) or against it (-, red)."""
+    weighted = sorted([(word, weight) for word, weight in zip(words, weights) if weight],
+                      key=lambda pair: -abs(pair[1]))[:WHY_WORDS]
+    shown = []
+    for word, weight in weighted:
+        item = f"{word} ({weight:+.3f})"
+        shown.append(f"{GREEN if weight > 0 else RED}{item}{RESET}" if colour else item)
+    return f"    why {label}: " + (", ".join(shown) or "no word moved it")
+
+
+def is_terminal(stream):
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+OUTPUT_FIELDS = {"text", "score", "positive_label", "label", "probability", "top_k", "labels", "probabilities",
+                 "explained_label", "words", "offsets", "weights", "explained_probability", "baseline_probability"}
 
 
 class Writer:
@@ -236,16 +294,22 @@ class Writer:
                                for field in ("label", "probability")]
         return ["text", "labels"] + list(self.task.label_names)
 
-    def write(self, text, probabilities, kept=()):
-        """One text's line; kept: the values of the kept columns, in their order."""
+    def write(self, text, probabilities, kept=(), explanation=None):
+        """One text's line; kept: the values of the kept columns, in their order; explanation: an
+        attribution.Explanation (JSON Lines: its fields; the table: a line of the top words)."""
         text = _as_text(text)
         result = labelled(self.task, probabilities, self.threshold, self.top_k)
         if self.format == "jsonl":
-            self.stream.write(json.dumps({**dict(zip(self.kept_columns, kept)), "text": text, **result}) + "\n")
+            why = explanation.as_json(display_names(self.task)) if explanation else {}
+            self.stream.write(json.dumps({**dict(zip(self.kept_columns, kept)), "text": text, **result, **why}) + "\n")
         elif self.csv:
             self.csv.writerow(list(kept) + [text] + self._csv_fields(result))
         else:
             self.stream.write(table_line(text, result) + "\n")
+            if explanation:
+                label = display_names(self.task)[explanation.label]
+                self.stream.write(why_line(explanation.words, explanation.weights, label, is_terminal(self.stream))
+                                  + "\n")
 
     def _csv_fields(self, result):
         if self.task.kind == "binary":

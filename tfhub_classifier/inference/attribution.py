@@ -1,0 +1,253 @@
+"""Why a classifier gave a label: a weight per word of a text, by integrated gradients over the word
+embeddings (Sundararajan et al. 2017), with leave-one-word-out occlusion as the simple baseline.
+
+Integrated gradients: the baseline is the text with every word piece's embedding at zero ([CLS],
+[SEP], positions and segments kept); along the straight path to the text, the gradient of the
+explained label's probability with respect to each position's embedding is integrated by
+Gauss-Legendre quadrature, and the attribution of a position is its embedding times that integral.
+Summed over a text, attributions equal the probability's change from the baseline (completeness);
+each explanation reports both, so the quadrature's error is visible. The TF-Hub encoder takes token
+ids, so the path is walked by scaling the rows of its embedding table in use, and each position's
+gradient is read from the IndexedSlices the embedding lookup's gradient is; the rows are put back
+afterwards, even on an error. Word pieces are merged back into the words of the text (whitespace
+split, each punctuation mark a word, as BERT's basic tokenizer splits), each with its character
+offsets; a word the truncation left out of the model's window has no weight (None).
+"""
+import dataclasses
+import unicodedata
+
+import numpy as np
+
+from tfhub_classifier.data import tokenization
+from tfhub_classifier.runtime import tf
+
+STEPS = 16  # quadrature nodes: completeness within 5% on real reviews (docs/benchmarks.md#explanations)
+BATCH_SIZE = 8  # texts explained at once: each step is a forward and a backward pass over them
+
+
+@dataclasses.dataclass
+class Explanation:
+    """One text's words, their [start, end) character offsets and weights toward label (an index);
+    probability: the label's; baseline: integrated gradients' only, the label's probability with every
+    word's embedding at zero (the weights sum to probability - baseline)."""
+    label: int
+    words: list
+    offsets: list
+    weights: list
+    probability: float
+    baseline: float = None
+
+    def as_json(self, label_names):
+        fields = {"explained_label": label_names[self.label], "words": self.words, "offsets": self.offsets,
+                  "weights": [None if w is None else round(w, 6) for w in self.weights],
+                  "explained_probability": round(self.probability, 6)}
+        return fields if self.baseline is None else {**fields, "baseline_probability": round(self.baseline, 6)}
+
+    def top(self, count):
+        """The count words that most raised the label's probability, as (word, weight), highest first."""
+        scored = [(word, weight) for word, weight in zip(self.words, self.weights) if weight is not None]
+        return sorted(scored, key=lambda pair: -pair[1])[:count]
+
+
+def label_probability(kind, logits, labels):
+    """[texts] probability of each text's label (an index) from its logits, as tasks.Task scores them."""
+    if kind == "binary":
+        positive = tf.sigmoid(logits[:, 0])
+        return tf.where(tf.constant(labels) == 1, positive, 1 - positive)
+    probabilities = tf.nn.softmax(logits, axis=-1) if kind == "multiclass" else tf.sigmoid(logits)
+    return tf.gather(probabilities, tf.constant(labels)[:, None], batch_dims=1)[:, 0]
+
+
+def word_embeddings(model):
+    """The encoder's word embedding table (a variable) inside a saved classifier."""
+    variables = model.classify_tokens.concrete_functions[0].variables
+    found = [variable for variable in variables if "word_embeddings" in variable.name]
+    if len(found) != 1:
+        raise ValueError("--explain needs a BERT-style encoder with one word embedding table "
+                         f"(word_embeddings), found {len(found)} in this model; explain another model")
+    return found[0]
+
+
+def word_spans(text, pieces_split_words):
+    """[start, end) offsets of the words of text: whitespace-separated, and (where the tokenizer splits
+    words itself, as BERT's does) each punctuation mark or CJK ideograph a word of its own."""
+    spans, start = [], None
+    for index, char in enumerate(text):
+        if char.isspace() or unicodedata.category(char) == "Cc":
+            if start is not None:
+                spans.append([start, index])
+            start = None
+        elif pieces_split_words and _stands_alone(char):
+            if start is not None:
+                spans.append([start, index])
+            spans.append([index, index + 1])
+            start = None
+        elif start is None:
+            start = index
+    if start is not None:
+        spans.append([start, len(text)])
+    return spans
+
+
+def _stands_alone(char):
+    code = ord(char)
+    return (33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126
+            or unicodedata.category(char).startswith("P") or 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF)
+
+
+class Explainer:
+    """Explains texts with a saved classifier (saving.load's model) and its task, by method (occlusion or
+    integrated-gradients). Integrated gradients change the model's embedding rows while a batch is
+    explained: nothing else may score with the model meanwhile."""
+
+    def __init__(self, model, task, seq_length, truncation, method="occlusion", steps=STEPS):
+        self.model, self.task, self.method, self.steps = model, task, method, steps
+        self.embeddings = word_embeddings(model) if method == "integrated-gradients" else None
+        self.preprocessor = model.text_to_tokens.preprocessor
+        self.seq_length, self.truncation = seq_length, truncation
+        self.text_to_tokens = tokenization.TextToTokens(self.preprocessor, seq_length, truncation)
+        # BERT's tokenizer splits words itself (its tokens have a words level); SentencePiece's doesn't.
+        self.words_split = self.preprocessor.tokenize(tf.constant(["a b"])).ragged_rank == 2
+
+    @classmethod
+    def of_record(cls, model, record, task, method):
+        """An Explainer for the texts as the saved model reads them (its window and truncation)."""
+        return cls(model, task, record["config"]["seq_length"], record["config"]["truncation"], method)
+
+    def explain(self, texts, labels):
+        """An Explanation per text toward its label (an index), by this explainer's method."""
+        return (self.integrated if self.method == "integrated-gradients" else self.occlusion)(texts, labels)
+
+    def integrated(self, texts, labels):
+        """Integrated gradients' Explanation per text toward its label (an index), BATCH_SIZE at a time."""
+        if self.embeddings is None:
+            self.embeddings = word_embeddings(self.model)
+        explanations = []
+        for start in range(0, len(texts), BATCH_SIZE):
+            batch = [_as_str(text) for text in texts[start:start + BATCH_SIZE]]
+            explanations += self._explain_batch(batch, list(labels[start:start + BATCH_SIZE]))
+        return explanations
+
+    def occlusion(self, texts, labels):
+        """The simple baseline: each word's weight is how much the label's probability falls when that
+        word alone is deleted from the text (one model call per word, batched)."""
+        explanations = []
+        for text, label in zip(map(_as_str, texts), labels):
+            spans = word_spans(text, self.words_split)
+            in_window = self._words(text, np.zeros(self.seq_length), int(self.piece_counts([text])[0]))[2]
+            variants = [text] + [without(text, [span]) for span, seen in zip(spans, in_window) if seen is not None]
+            probabilities = self.probabilities(variants, [label] * len(variants))
+            drops = iter(probabilities[0] - probabilities[1:])
+            weights = [None if seen is None else float(next(drops)) for seen in in_window]
+            explanations.append(Explanation(label, [text[a:b] for a, b in spans], spans, weights,
+                                            float(probabilities[0])))
+        return explanations
+
+    def probabilities(self, texts, labels, batch_size=32):
+        """Each text's label's probability in this window, scored in length-sorted batches."""
+        texts, labels = [_as_str(text) for text in texts], np.asarray(labels)
+        tokens = self.tokens(texts)
+        result = np.empty(len(texts), dtype=np.float64)
+        for rows, batch in tokenization.sorted_batches(tokens, batch_size):
+            result[rows] = self._probabilities(batch, labels[rows].tolist())
+        return result
+
+    def tokens(self, texts):
+        tokens = self.text_to_tokens(tf.constant([text.encode("utf-8", errors="replace") for text in texts]))
+        return {key: value.numpy() for key, value in tokenization.trim_padding(tokens).items()}
+
+    def _explain_batch(self, texts, labels):
+        tokens = self.tokens(texts)
+        attributions, probabilities, baselines = self.integrated_gradients(tokens, labels)
+        own_counts = self.piece_counts(texts)
+        return [Explanation(label, *self._words(text, row, own), float(p), float(b))
+                for text, label, row, own, p, b in zip(texts, labels, attributions, own_counts, probabilities,
+                                                        baselines)]
+
+    def integrated_gradients(self, tokens, labels):
+        """([texts, positions] attributions, the labels' probabilities, their baseline probabilities)."""
+        ids, mask = tokens["input_word_ids"], tokens["input_mask"].astype(bool)
+        lengths = mask.sum(axis=1)
+        pieces = mask.copy()
+        pieces[:, 0] = False  # [CLS]
+        pieces[np.arange(len(ids)), lengths - 1] = False  # [SEP]
+        rows = np.unique(ids[pieces])
+        original = tf.gather(self.embeddings, rows)
+        nodes, weights = np.polynomial.legendre.leggauss(self.steps)
+        integral = np.zeros(ids.shape + (self.embeddings.shape[-1],), dtype=np.float32)
+        try:
+            for alpha, weight in zip((nodes + 1) / 2, weights / 2):
+                self._scale(rows, original, alpha)
+                integral += weight * self._gradient(tokens, labels)
+            self._scale(rows, original, 0.0)
+            baselines = self._probabilities(tokens, labels)
+        finally:
+            self._scale(rows, original, 1.0)
+        probabilities = self._probabilities(tokens, labels)
+        embedded = tf.gather(self.embeddings, ids).numpy() * pieces[..., None]
+        return (embedded * integral).sum(axis=-1), probabilities, baselines
+
+    def _scale(self, rows, original, alpha):
+        self.embeddings.scatter_nd_update(rows[:, None], original * alpha)
+
+    def _probabilities(self, tokens, labels):
+        return label_probability(self.task.kind, self._logits(tokens), labels).numpy()
+
+    def _logits(self, tokens):
+        logits = self.model.classify_tokens({key: tf.constant(value) for key, value in tokens.items()})
+        return tf.reshape(logits, [len(tokens["input_word_ids"]), -1])
+
+    def _gradient(self, tokens, labels):
+        ids = tokens["input_word_ids"]
+        with tf.GradientTape() as tape:
+            tape.watch(self.embeddings)
+            total = tf.reduce_sum(label_probability(self.task.kind, self._logits(tokens), labels))
+        gradient = tape.gradient(total, self.embeddings)
+        if not isinstance(gradient, tf.IndexedSlices) or not np.array_equal(gradient.indices.numpy(), ids.reshape(-1)):
+            raise ValueError("this encoder's word embeddings are not looked up once per token, so --explain can't "
+                             "attribute its positions; explain a BERT-style encoder")
+        return gradient.values.numpy().reshape(ids.shape + (-1,))
+
+    def _words(self, text, attributions, own_count):
+        """(words, offsets, weights): the text's words and the sum of the attributions of their pieces
+        in the model's window (None for a word with none there). If the words' pieces are not the
+        text's (a tokenizer that joins across what word_spans splits), no word gets a weight."""
+        spans = word_spans(text, self.words_split)
+        words = [text[start:end] for start, end in spans]
+        counts = self.piece_counts(words)
+        total = int(sum(counts))
+        if total != own_count:
+            return words, spans, [None] * len(words)
+        kept = np.concatenate([np.arange(start, limit) for start, limit in
+                               tokenization.kept_ranges(total, self.seq_length, self.truncation)]).astype(int)
+        position = np.full(total, -1)
+        position[kept] = np.arange(1, len(kept) + 1)  # after [CLS]
+        owner = np.repeat(np.arange(len(words)), counts)
+        weights = [None] * len(words)
+        for piece in kept:
+            word = owner[piece]
+            weights[word] = (weights[word] or 0.0) + float(attributions[position[piece]])
+        return words, spans, weights
+
+    def piece_counts(self, words):
+        """How many word pieces the model's tokenizer makes of each word, tokenized alone; a word's pieces
+        are the same alone as in its text, which the caller checks against the text's own count."""
+        if not words:
+            return np.zeros(0, dtype=int)
+        tokens = self.preprocessor.tokenize(tf.constant([word.encode("utf-8", errors="replace") for word in words]))
+        if tokens.ragged_rank == 2:
+            tokens = tokens.merge_dims(-2, -1)
+        return tokens.row_lengths().numpy()
+
+
+def without(text, spans):
+    """text with the characters of spans ([start, end) pairs) deleted."""
+    kept, last = [], 0
+    for start, end in sorted(spans):
+        kept.append(text[last:start])
+        last = end
+    return "".join(kept) + text[last:]
+
+
+def _as_str(text):
+    return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
