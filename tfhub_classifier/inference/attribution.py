@@ -21,7 +21,7 @@ import numpy as np
 from tfhub_classifier.data import tokenization
 from tfhub_classifier.runtime import tf
 
-STEPS = 16  # quadrature nodes: completeness within 5% on real reviews (docs/benchmarks.md#explanations)
+STEPS = 32  # quadrature nodes: completeness within 5% on real reviews (docs/benchmarks.md#explanations)
 BATCH_SIZE = 8  # texts explained at once: each step is a forward and a backward pass over them
 
 
