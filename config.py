@@ -298,6 +298,8 @@ class Config:
                                "https://app.example.com; empty = none", scripts=(SERVE,))
     expose_record: bool = _option(False, "answer /record with the task, labelling settings and the run record "
                                   "(local paths and URL credentials removed)", scripts=(SERVE,))
+    max_explain_texts: int = _option(8, ":explain: most texts a request may ask to explain; each costs a model "
+                                     "call per word, on the thread :predict uses", scripts=(SERVE,), at_least=1)
     max_queued_texts: int = _option(2048, "texts waiting for a model call; past it a request gets 503 at "
                                     "once, as TF Serving's max_enqueued_batches does, instead of a long wait",
                                     scripts=(SERVE,), at_least=1)

@@ -9,6 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # helpers, tiny_
 
 import helpers  # noqa: E402
 import tiny_hub  # noqa: E402
+from browser import chromium  # noqa: E402, F401  (the headless browser fixture)
 from helpers import QUICK  # noqa: E402
 
 

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 import requests
+from browser import loaded_resources
 from serving_client import HOST, ServerProcess
 from tiny_hub import FILLER_WORDS, NEGATIVE_WORDS, POSITIVE_WORDS
 
@@ -265,3 +266,71 @@ def test_eight_concurrent_clients_get_every_answer_right_and_share_model_calls(s
     calls = after["model_calls"] - before["model_calls"]
     assert texts == clients * requests_each * 3
     assert texts / calls > 1.5, f"{calls} model calls for {texts} texts: concurrent requests were not batched"
+
+
+def test_explain_answers_each_prediction_with_the_words_behind_it(server, model_dir, expected):
+    """:explain (the suite's addition): predict's fields, plus each word's occlusion weight, as predict.py
+    --explain computes them in this process."""
+    from tfhub_classifier.inference import attribution
+    from tfhub_classifier.model import saving
+    texts = TEXTS[:2] + [TEXTS[4]]
+    answer = requests.post(server.url + "/v1/models/imdb_bert:explain", json={"instances": texts}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    check_predictions([{k: p[k] for k in ("score", "positive_label", "label", "probabilities", "label_names")}
+                       for p in predictions], texts, expected)
+    model, record, _ = saving.load_model(model_dir, "float32")
+    task = saving.task_of_record(record)
+    labels = [int(expected[text] >= 0.5) for text in texts]
+    explainer = attribution.Explainer.of_record(model, record, task, "occlusion")
+    for prediction, own in zip(predictions, explainer.explain(texts, labels)):
+        assert prediction["explained_label"] == prediction["label"]
+        assert prediction["words"] == own.words and prediction["offsets"] == own.offsets
+        assert prediction["weights"] == pytest.approx(own.weights, abs=1e-5)
+    bad = requests.post(server.url + "/v1/models/imdb_bert:explain", data="{", timeout=10,
+                        headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400 and "error" in bad.json()  # the same limits and error bodies as :predict
+    many = requests.post(server.url + "/v1/models/imdb_bert:explain", json={"instances": ["great"] * 9}, timeout=10)
+    assert many.status_code == 400 and "--max-explain-texts 8" in many.json()["error"]
+    half = requests.post(server.url + "/v1/models/imdb_bert:explain", data='{"instances": ["\\ud83d great"]}',
+                         headers={"Content-Type": "application/json"}, timeout=60)
+    assert half.status_code == 200 and half.json()["predictions"][0]["words"] == ["\ufffd", "great"]
+    assert server.health()["texts_explained"] >= 3
+
+
+def test_the_page_in_a_browser_labels_a_typed_review_and_shades_its_words(server, chromium, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+    page = requests.get(server.url + "/", timeout=10)
+    assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+    chromium.get(server.url + "/")
+    assert chromium.title == "imdb_bert: try the model"
+    review = ('A great film 🎬, wonderful acting! 好电影 café <script>window.hacked = 1</script>'
+              '<img src=x onerror="window.hacked=2">')
+    box = chromium.find_element(By.ID, "text")
+    assert chromium.switch_to.active_element == box  # focused on load: type at once
+    # ChromeDriver types only the Basic Multilingual Plane: the emoji goes in by script, the last key by hand.
+    chromium.execute_script("arguments[0].value = arguments[1]", box, review[:-1])
+    box.send_keys(Keys.END, review[-1])
+    box.send_keys(Keys.CONTROL, Keys.ENTER)  # the keyboard alone submits
+    WebDriverWait(chromium, 60).until(expected_conditions.visibility_of_element_located((By.ID, "result")))
+    verdict = chromium.find_element(By.ID, "verdict").text
+    assert verdict in LABEL_NAMES
+    meters = chromium.find_elements(By.CSS_SELECTOR, "#labels meter")
+    values = [float(meter.get_attribute("value")) for meter in meters]
+    assert len(values) == 2 and sum(values) == pytest.approx(1, abs=1e-6)
+    words = chromium.find_element(By.ID, "words")
+    assert words.text == review  # the hostile markup is shown as text
+    assert chromium.execute_script("return window.hacked === undefined")
+    assert not chromium.find_elements(By.CSS_SELECTOR, "#words img, #words script")
+    shaded = words.find_elements(By.CSS_SELECTOR, "span[title]")
+    assert shaded and all("toward" in span.get_attribute("title") for span in shaded)
+    served = requests.post(server.url + "/v1/models/imdb_bert:explain", json={"instances": [review]},
+                           timeout=60).json()["predictions"][0]
+    assert [span.text for span in words.find_elements(By.TAG_NAME, "span")] == served["words"]  # offsets kept
+    assert len(chromium.find_elements(By.CSS_SELECTOR, "#top li")) == min(8, sum(1 for w in served["weights"] if w))
+    assert all(url.startswith(server.url) for url in loaded_resources(chromium))  # no CDN: all from the server
+    chromium.save_screenshot(str(tmp_path / "page.png"))
+    assert (tmp_path / "page.png").stat().st_size > 10_000

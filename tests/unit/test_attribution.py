@@ -60,7 +60,10 @@ def test_integrated_gradients_sum_to_the_change_from_the_baseline_and_leave_the_
         assert explanation.label == label
         total = sum(weight for weight in explanation.weights if weight is not None)
         change = explanation.probability - explanation.baseline
-        assert total == pytest.approx(change, rel=0.05, abs=1e-4), text  # completeness at attribution.STEPS
+        gap = abs(total - change) / max(abs(change), 0.01)
+        assert gap <= attribution.COMPLETENESS and gap == pytest.approx(explanation.completeness_gap, abs=1e-4), text
+        assert explanation.steps in (32, 64, 128)
+    assert max(abs(e.probability - e.baseline) for e in explanations) > 0.01  # completeness was put to the test
     assert [e.probability for e in explanations] == pytest.approx(
         label_probabilities(model, task, TEXTS, labels).tolist(), abs=1e-5)
     assert np.array_equal(label_probabilities(model, task, TEXTS, [1] * len(TEXTS)), before)  # embeddings put back
@@ -116,6 +119,30 @@ def test_a_words_pieces_add_up_and_words_outside_the_window_have_no_weight(saved
     explanation, = explainer.explain([long_text], [1])
     seen = [weight is not None for weight in explanation.weights]
     assert seen[:6] == [True] * 6 and seen[-16:] == [True] * 16 and not any(seen[6:-16])
+
+
+def test_a_sentencepiece_model_is_explained_word_by_word(hub_models, tmp_path):
+    """ALBERT-style tokenizers split no words themselves: words are the whitespace-separated ones."""
+    import tiny_hub
+
+    from tfhub_classifier.inference import attribution
+    preprocessor = tiny_hub.save_sentencepiece_preprocessor(str(tmp_path / "albert"))
+    model_dir = helpers.untrained_classifier(tmp_path, preprocessor, hub_models[1],
+                                             tasks.Task("binary", ("neg", "pos")), "head")
+    model, record, task = loaded(model_dir)
+    text = "great film, loved it"  # 24 tokens hold all its pieces (this tokenizer makes many)
+    for method in ("occlusion", "integrated-gradients"):
+        explanation, = attribution.Explainer.of_record(model, record, task, method).explain([text], [1])
+        assert explanation.words == text.split() and not explanation.note
+        assert all(weight is not None for weight in explanation.weights)
+
+
+def test_deleting_a_word_between_two_others_keeps_them_apart():
+    from tfhub_classifier.inference.attribution import without, word_spans
+    text = "I don't like it!Really."
+    spans = word_spans(text, True)
+    assert [without(text, [span]) for span in spans if text[span[0]:span[1]] in ("'", "!")] == [
+        "I don t like it!Really.", "I don't like it Really."]
 
 
 def explained_lines(model_dir, capsys, *flags, texts=TEXTS[:3]):

@@ -747,3 +747,19 @@ def test_a_client_that_does_not_read_its_answers_is_cut_off(fake_model_dir):
 def test_a_version_that_is_no_ascii_number_is_a_malformed_request(fake, version):
     answer = requests.get(f"http://{HOST}:{fake.port}/v1/models/fake/versions/{version}", timeout=10)
     assert answer.status_code == 400 and answer.json()["error"].startswith("Malformed request")
+
+
+def test_the_page_and_its_script_and_styles_come_from_the_server_itself(fake):
+    url = f"http://{HOST}:{fake.port}"
+    page = requests.get(url + "/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy and "connect-src 'self'" in policy
+    assert '<script src="/page.js"></script>' in page.text and 'data-explain="/v1/models/fake:explain"' in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN
+    script = requests.get(url + "/page.js", timeout=10)
+    assert script.headers["content-type"].startswith("text/javascript") and "textContent" in script.text
+    assert "innerHTML" not in script.text  # texts go on the page as text only
+    assert requests.get(url + "/page.css", timeout=10).headers["content-type"].startswith("text/css")
+    missing = requests.get(url + "/page.exe", timeout=10)
+    assert missing.status_code == 404 and "error" in missing.json()

@@ -21,7 +21,10 @@ import numpy as np
 from tfhub_classifier.data import tokenization
 from tfhub_classifier.runtime import tf
 
-STEPS = 32  # quadrature nodes: completeness within 5% on real reviews (docs/benchmarks.md#explanations)
+STEPS = 32  # quadrature nodes to start with: within 5% of completeness on most reviews (docs/benchmarks.md)
+MAX_STEPS = 128  # doubled up to this for a text whose attributions miss completeness by more than COMPLETENESS
+COMPLETENESS = 0.05  # largest |sum of attributions - (p - p_baseline)| / max(|p - p_baseline|, 0.01) accepted
+ASCII_WHITESPACE = " \t\n\r\x0b\x0c"  # where BERT's tokenizer always splits words, whatever its casing
 BATCH_SIZE = 8  # texts explained at once: each step is a forward and a backward pass over them
 
 
@@ -36,12 +39,18 @@ class Explanation:
     weights: list
     probability: float
     baseline: float = None
+    completeness_gap: float = None  # integrated gradients: how far the weights' sum is from probability - baseline
+    steps: int = None  # integrated gradients: the quadrature nodes that reached it
+    note: str = ""  # why no word has a weight, if none has
 
     def as_json(self, label_names):
         fields = {"explained_label": label_names[self.label], "words": self.words, "offsets": self.offsets,
                   "weights": [None if w is None else round(w, 6) for w in self.weights],
                   "explained_probability": round(self.probability, 6)}
-        return fields if self.baseline is None else {**fields, "baseline_probability": round(self.baseline, 6)}
+        if self.baseline is not None:
+            fields.update(baseline_probability=round(self.baseline, 6),
+                          completeness_gap=round(self.completeness_gap, 6), steps=self.steps)
+        return {**fields, "note": self.note} if self.note else fields
 
     def top(self, count):
         """The count words that most raised the label's probability, as (word, weight), highest first."""
@@ -69,11 +78,13 @@ def word_embeddings(model):
 
 
 def word_spans(text, pieces_split_words):
-    """[start, end) offsets of the words of text: whitespace-separated, and (where the tokenizer splits
-    words itself, as BERT's does) each punctuation mark or CJK ideograph a word of its own."""
+    """[start, end) offsets (in characters) of the words of text: separated by ASCII whitespace, and (where
+    the tokenizer splits words itself, as BERT's does) each punctuation mark or CJK ideograph a word of its
+    own. It splits nowhere the tokenizer does not (other spaces may or may not split, by casing), so each
+    word's pieces, tokenized alone, are its pieces in the text."""
     spans, start = [], None
     for index, char in enumerate(text):
-        if char.isspace() or unicodedata.category(char) == "Cc":
+        if char in ASCII_WHITESPACE:
             if start is not None:
                 spans.append([start, index])
             start = None
@@ -133,14 +144,13 @@ class Explainer:
         word alone is deleted from the text (one model call per word, batched)."""
         explanations = []
         for text, label in zip(map(_as_str, texts), labels):
-            spans = word_spans(text, self.words_split)
-            in_window = self._words(text, np.zeros(self.seq_length), int(self.piece_counts([text])[0]))[2]
+            words, spans, in_window, note = self._words(text, np.zeros(self.seq_length),
+                                                        int(self.piece_counts([text])[0]))
             variants = [text] + [without(text, [span]) for span, seen in zip(spans, in_window) if seen is not None]
             probabilities = self.probabilities(variants, [label] * len(variants))
             drops = iter(probabilities[0] - probabilities[1:])
             weights = [None if seen is None else float(next(drops)) for seen in in_window]
-            explanations.append(Explanation(label, [text[a:b] for a, b in spans], spans, weights,
-                                            float(probabilities[0])))
+            explanations.append(Explanation(label, words, spans, weights, float(probabilities[0]), note=note))
         return explanations
 
     def probabilities(self, texts, labels, batch_size=32):
@@ -157,14 +167,28 @@ class Explainer:
         return {key: value.numpy() for key, value in tokenization.trim_padding(tokens).items()}
 
     def _explain_batch(self, texts, labels):
-        tokens = self.tokens(texts)
-        attributions, probabilities, baselines = self.integrated_gradients(tokens, labels)
-        own_counts = self.piece_counts(texts)
-        return [Explanation(label, *self._words(text, row, own), float(p), float(b))
-                for text, label, row, own, p, b in zip(texts, labels, attributions, own_counts, probabilities,
-                                                        baselines)]
+        """Integrated gradients at self.steps nodes, then at twice as many (up to MAX_STEPS) for each text
+        that misses completeness by more than COMPLETENESS."""
+        tokens, own_counts = self.tokens(texts), self.piece_counts(texts)
+        found, pending, steps = [None] * len(texts), list(range(len(texts))), self.steps
+        while pending:
+            rows = {key: value[pending] for key, value in tokens.items()}
+            attributions, probabilities, baselines = self.integrated_gradients(rows, [labels[i] for i in pending],
+                                                                               steps)
+            missed = []
+            for i, row, p, b in zip(pending, attributions, probabilities, baselines):
+                gap = abs(float(row.sum()) - (p - b)) / max(abs(p - b), 0.01)
+                found[i] = (row, float(p), float(b), gap, steps)
+                if gap > COMPLETENESS and steps * 2 <= MAX_STEPS:
+                    missed.append(i)
+            pending, steps = missed, steps * 2
+        explanations = []
+        for text, label, own, (row, p, b, gap, used) in zip(texts, labels, own_counts, found):
+            words, spans, weights, note = self._words(text, row, own)
+            explanations.append(Explanation(label, words, spans, weights, p, b, gap, used, note))
+        return explanations
 
-    def integrated_gradients(self, tokens, labels):
+    def integrated_gradients(self, tokens, labels, steps=None):
         """([texts, positions] attributions, the labels' probabilities, their baseline probabilities)."""
         ids, mask = tokens["input_word_ids"], tokens["input_mask"].astype(bool)
         lengths = mask.sum(axis=1)
@@ -173,7 +197,7 @@ class Explainer:
         pieces[np.arange(len(ids)), lengths - 1] = False  # [SEP]
         rows = np.unique(ids[pieces])
         original = tf.gather(self.embeddings, rows)
-        nodes, weights = np.polynomial.legendre.leggauss(self.steps)
+        nodes, weights = np.polynomial.legendre.leggauss(steps or self.steps)
         integral = np.zeros(ids.shape + (self.embeddings.shape[-1],), dtype=np.float32)
         try:
             for alpha, weight in zip((nodes + 1) / 2, weights / 2):
@@ -209,15 +233,19 @@ class Explainer:
         return gradient.values.numpy().reshape(ids.shape + (-1,))
 
     def _words(self, text, attributions, own_count):
-        """(words, offsets, weights): the text's words and the sum of the attributions of their pieces
-        in the model's window (None for a word with none there). If the words' pieces are not the
-        text's (a tokenizer that joins across what word_spans splits), no word gets a weight."""
-        spans = word_spans(text, self.words_split)
-        words = [text[start:end] for start, end in spans]
-        counts = self.piece_counts(words)
-        total = int(sum(counts))
-        if total != own_count:
-            return words, spans, [None] * len(words)
+        """(words, offsets, weights, note): the text's words and the sum of the attributions of their pieces
+        in the model's window (None for a word with none there). If the words' pieces are not the text's,
+        whitespace-separated words are tried; if not those either, no word gets a weight and note says why."""
+        for split in dict.fromkeys((self.words_split, False)):
+            spans = word_spans(text, split)
+            words = [text[start:end] for start, end in spans]
+            counts = self.piece_counts(words)
+            total = int(sum(counts))
+            if total == own_count:
+                break
+        else:
+            return words, spans, [None] * len(words), ("the tokenizer's word pieces could not be matched to the "
+                                                       "text's words, so no word has a weight")
         kept = np.concatenate([np.arange(start, limit) for start, limit in
                                tokenization.kept_ranges(total, self.seq_length, self.truncation)]).astype(int)
         position = np.full(total, -1)
@@ -227,7 +255,7 @@ class Explainer:
         for piece in kept:
             word = owner[piece]
             weights[word] = (weights[word] or 0.0) + float(attributions[position[piece]])
-        return words, spans, weights
+        return words, spans, weights, ""
 
     def piece_counts(self, words):
         """How many word pieces the model's tokenizer makes of each word, tokenized alone; a word's pieces
@@ -241,10 +269,13 @@ class Explainer:
 
 
 def without(text, spans):
-    """text with the characters of spans ([start, end) pairs) deleted."""
+    """text with the words at spans ([start, end) pairs) deleted; a word between two others ("don't"'s
+    apostrophe) leaves a space, so its neighbours stay the words they were ("don t", as BERT splits them)."""
     kept, last = [], 0
     for start, end in sorted(spans):
-        kept.append(text[last:start])
+        joined = 0 < start and end < len(text) and text[start - 1] not in ASCII_WHITESPACE \
+            and text[end] not in ASCII_WHITESPACE
+        kept.append(text[last:start] + (" " if joined else ""))
         last = end
     return "".join(kept) + text[last:]
 

@@ -7,7 +7,7 @@ import numpy as np
 import config
 from tfhub_classifier import cli
 from tfhub_classifier.data import imdb, user_files
-from tfhub_classifier.inference import calibration, plots, prediction, scoring, thresholds
+from tfhub_classifier.inference import calibration, plots, prediction, report, scoring, thresholds
 from tfhub_classifier.model import saving
 
 
@@ -27,11 +27,13 @@ def evaluate(cfg, log=print):
     if task.kind == "binary":
         metrics["plots"] = plots.plot_evaluation(test.labels, logits, metrics, cfg.plots_dir, prefix,
                                                      task.label_names)
-    elif task.kind == "multiclass":
-        metrics["plots"] = plots.plot_confusion(metrics["confusion_matrix"], task.label_names,
-                                                    cfg.plots_dir, prefix)
     else:
-        metrics["plots"] = {}
+        probabilities = task.probabilities(logits)
+        one_hot = test.labels if task.kind == "multilabel" else np.eye(len(task.label_names))[test.labels]
+        metrics["plots"] = plots.plot_one_vs_rest(one_hot, probabilities, task.label_names, cfg.plots_dir, prefix)
+        if task.kind == "multiclass":
+            metrics["plots"].update(plots.plot_confusion(metrics["confusion_matrix"], task.label_names,
+                                                         cfg.plots_dir, prefix))
     metrics["calibration"] = calibration_report(task, test.labels, logits, saving.temperature_of_record(record))
     metrics["plots"]["reliability_diagram"] = plots.plot_reliability(
         metrics["calibration"], os.path.join(cfg.plots_dir, f"{prefix}_reliability_diagram.png"),
@@ -39,21 +41,27 @@ def evaluate(cfg, log=print):
     metrics["threshold_source"] = ("--threshold" if cfg.threshold is not None else
                                    f"chosen for {record['threshold_choice']['metric']} at training"
                                    if "threshold" in record else "the default")
-    errors = confident_errors(task, test, task.probabilities(logits), threshold, cfg.show_errors)
+    if record.get("history", {}).get("loss"):
+        metrics["plots"]["training_history"] = plots.plot_history(
+            record["history"], os.path.join(cfg.plots_dir, f"{prefix}_history.png"), record.get("best_epoch"))
+    errors = confident_errors(task, test, task.probabilities(logits), threshold,
+                              max(cfg.show_errors, report.REPORT_ERRORS))
     if errors:
         from tfhub_classifier.inference import attribution
         explainer = attribution.Explainer.of_record(model, record, task, cfg.explain_method)
         labels = [error.pop("explained") for error in errors]
         for error, why in zip(errors, explainer.explain([error["text"] for error in errors], labels)):
             error.update(why.as_json(task.label_names))
-    metrics["most_confident_errors"] = errors
+    metrics["most_confident_errors"] = errors[:cfg.show_errors]
     metrics["precision_mode"] = precision
     metrics["task"] = {"kind": task.kind, "label_names": list(task.label_names)}
     try:
         with open(os.path.join(cfg.model_dir, "evaluation.json"), "w") as f:
             json.dump(metrics, f, indent=2)
+        path = os.path.join(cfg.model_dir, report.REPORT_FILE)
+        metrics["report"] = report.write(path, prefix, metrics, record, cfg.explain_method, errors)
     except OSError as error:  # a read-only model dir still gets its report on screen
-        log(f"(could not write evaluation.json beside the model: {error.strerror})")
+        log(f"(could not write evaluation.json and {report.REPORT_FILE} beside the model: {error.strerror})")
     return metrics
 
 
@@ -169,6 +177,8 @@ def format_metrics(metrics, colour=False):
             lines.append(prediction.why_line(error["words"], error["weights"], error["explained_label"], colour))
     for name, path in metrics["plots"].items():
         lines.append(f"Plot ({name.replace('_', ' ')}): {path}")
+    if metrics.get("report"):
+        lines.append(f"Report (open in a browser): {metrics['report']}")
     return lines
 
 

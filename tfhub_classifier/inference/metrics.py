@@ -40,6 +40,12 @@ def roc_curve(labels, scores):
     return false_positive_rate, true_positive_rate
 
 
+def pr_curve(labels, scores):
+    """Recall and precision at every distinct threshold, and the average precision (the area under it)."""
+    precision, recall, _ = skm.precision_recall_curve(labels, scores)
+    return recall, precision, float(skm.average_precision_score(labels, scores))
+
+
 def _require_texts(labels):
     if len(labels) == 0:
         raise ValueError("no texts to evaluate; check the test data and --max-examples")

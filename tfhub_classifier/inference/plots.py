@@ -4,7 +4,7 @@ import os
 import matplotlib
 import numpy as np
 
-from tfhub_classifier.inference.metrics import roc_curve, sigmoid
+from tfhub_classifier.inference.metrics import pr_curve, roc_curve, sigmoid
 
 matplotlib.use("Agg")  # draw to files; works without a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -63,7 +63,7 @@ def plot_confusion(matrix, label_names, plots_dir, prefix):
 
 
 def plot_evaluation(labels, logits, metrics, plots_dir, prefix, label_names=("neg", "pos")):
-    """Confusion matrix, ROC curve and score histogram by true class; returns the paths."""
+    """Confusion matrix, ROC and precision-recall curves, and score histogram by true class; returns the paths."""
     labels = np.asarray(labels)
     scores = sigmoid(logits)
     paths = {}
@@ -91,6 +91,16 @@ def plot_evaluation(labels, logits, metrics, plots_dir, prefix, label_names=("ne
     axes.legend()
     paths["roc_curve"] = _save(figure, os.path.join(plots_dir, f"{prefix}_roc_curve.png"))
 
+    figure, axes = plt.subplots(figsize=(4.5, 4))
+    recall, precision, average = pr_curve(labels, scores)
+    axes.plot(recall, precision, label=f"average precision {average:.4f}")
+    axes.axhline(labels.mean(), color="k", linestyle=":", label="chance")
+    axes.set_xlabel(f"Recall (of {label_names[1]})")
+    axes.set_ylabel("Precision")
+    axes.set_title("Precision-recall curve")
+    axes.legend()
+    paths["pr_curve"] = _save(figure, os.path.join(plots_dir, f"{prefix}_pr_curve.png"))
+
     figure, axes = plt.subplots(figsize=(6, 4))
     bins = np.linspace(0, 1, 41)
     axes.hist(scores[labels == 0], bins=bins, alpha=0.6, label=f"true {label_names[0]}")
@@ -102,6 +112,29 @@ def plot_evaluation(labels, logits, metrics, plots_dir, prefix, label_names=("ne
     axes.legend()
     paths["score_histogram"] = _save(figure, os.path.join(plots_dir, f"{prefix}_score_histogram.png"))
     return paths
+
+
+def plot_one_vs_rest(labels_one_hot, probabilities, label_names, plots_dir, prefix):
+    """Multi-class and multi-label models: each label's ROC and precision-recall curve against the rest."""
+    labels_one_hot, probabilities = np.asarray(labels_one_hot), np.asarray(probabilities)
+    figures = {name: plt.subplots(figsize=(5.5, 4.5)) for name in ("roc_curves", "pr_curves")}
+    for index, name in enumerate(label_names):
+        truth, scores = labels_one_hot[:, index], probabilities[:, index]
+        if truth.min() == truth.max():  # a label no test text has, or every one: no curve to draw
+            continue
+        figures["roc_curves"][1].plot(*roc_curve(truth, scores), label=name)
+        recall, precision, average = pr_curve(truth, scores)
+        figures["pr_curves"][1].plot(recall, precision, label=f"{name} (AP {average:.3f})")
+    for name, (_, axes) in figures.items():
+        roc = name == "roc_curves"
+        if roc:
+            axes.plot([0, 1], [0, 1], "k:", label="chance")
+        axes.set_xlabel("False positive rate" if roc else "Recall")
+        axes.set_ylabel("True positive rate" if roc else "Precision")
+        axes.set_title(("ROC" if roc else "Precision-recall") + " curves, each label against the rest")
+        axes.legend(fontsize="small")
+    return {name: _save(figure, os.path.join(plots_dir, f"{prefix}_{name}.png"))
+            for name, (figure, _) in figures.items()}
 
 
 def plot_reliability(calibrated, path, uncalibrated=None):

@@ -2,6 +2,10 @@
 
     POST /v1/models/NAME[/versions/1]:predict   {"instances": [...]} -> {"predictions": [...]}
                                                 {"inputs": [...]}    -> {"outputs": {...}}
+    POST /v1/models/NAME[/versions/1]:explain   not TensorFlow Serving's: :predict's answers, each with the
+                                                words of its text weighted toward its label (occlusion)
+    GET  /                                      not TensorFlow Serving's: a page to try the model, with
+                                                /page.js and /page.css (tfhub_classifier/templates)
     GET  /v1/models/NAME[/versions/1]           TensorFlow Serving's model_version_status, exactly
     GET  /v1/models/NAME[/versions/1]/metadata  TensorFlow Serving's: every signature of the SavedModel
     GET  /v1/models/NAME[/versions/1]/record    not TensorFlow Serving's, only with --expose-record: the
@@ -53,7 +57,7 @@ import fastapi
 import h11
 import uvicorn
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -159,16 +163,23 @@ def create_app(servable, name, cfg):
     """The FastAPI app serving servable as NAME; its lifespan runs the Batcher (app.state.batcher).
     app.state.cut_off counts the requests cancelled unanswered (a drain that timed out)."""
     batcher = batching.Batcher(servable.score, cfg.serve_batch_size, cfg.batch_timeout_ms / 1000, cfg.max_queued_texts)
+    # :explain's texts, one a call (each takes a model call per word) sharing the scoring thread, so
+    # scoring calls go on between them and only one call uses the model at a time.
+    explaining = batching.Batcher(servable.explain, 1, 0, EXPLAIN_QUEUE * cfg.max_explain_texts, worker=batcher.worker)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         batcher.start()
+        explaining.start()
         yield
+        await explaining.close()
         await batcher.close()
 
     app = fastapi.FastAPI(title=f"{name} (TensorFlow Serving REST API)", lifespan=lifespan,
                           docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.batcher, app.state.cut_off = batcher, 0
+    page_html = page_template().render(name=name, kind=servable.task.kind, label_names=list(servable.task.label_names),
+                                       max_text_chars=cfg.max_text_chars)
 
     def check_servable(requested, version, label):
         """404 or 400 as TensorFlow Serving answers for another model, version or version label."""
@@ -180,7 +191,7 @@ def create_app(servable, name, cfg):
 
     async def predict(request, requested, version, label, method):
         check_servable(requested, version, label)
-        if method != "predict":  # TensorFlow Serving's answer for a predict-only signature
+        if method not in ("predict", "explain"):  # TensorFlow Serving's answer for a predict-only signature
             kind = "classification" if method == "classify" else "regression"
             raise RequestError(400, f"Expected {kind} signature method_name to be tensorflow/serving/{method}. "
                                     "Was: tensorflow/serving/predict")
@@ -191,7 +202,10 @@ def create_app(servable, name, cfg):
         try:
             payload = protocol.parse_json(await read_body(request, cfg.max_request_bytes))
             texts, columnar = protocol.texts_of_request(payload, cfg.max_text_chars, cfg.max_texts_per_request)
-            results = await batcher.score(texts, lambda: hung_up(request))
+            if method == "explain" and len(texts) > cfg.max_explain_texts:
+                raise RequestError(400, f"{len(texts)} texts to explain, over --max-explain-texts "
+                                        f"{cfg.max_explain_texts}; each takes a model call per word: send fewer")
+            results = await (explaining if method == "explain" else batcher).score(texts, lambda: hung_up(request))
         except batching.ClientGone:
             raise RequestError(CLIENT_GONE, "the client disconnected; its texts were not scored") from None
         except asyncio.CancelledError:  # uvicorn cut the request off: the drain timed out
@@ -217,11 +231,22 @@ def create_app(servable, name, cfg):
 
     @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def health():
-        failure = batcher.failure()
+        failure = batcher.failure() or explaining.failure()
         body = {"status": "unavailable" if failure else "ok", "model": name, "precision": servable.precision,
                 "model_calls": batcher.calls,
-                "texts_scored": batcher.texts, "texts_queued": batcher.queued, "texts_dropped": batcher.dropped}
+                "texts_scored": batcher.texts, "texts_queued": batcher.queued, "texts_dropped": batcher.dropped,
+                "texts_explained": explaining.texts}
         return JSONResponse({**body, "error": failure} if failure else body, status_code=503 if failure else 200)
+
+    @app.api_route("/", methods=["GET", "HEAD"])
+    async def page():  # the suite's: a page to try the model, its script and styles served from here too
+        return HTMLResponse(page_html, headers=PAGE_HEADERS)
+
+    @app.api_route("/page.{kind}", methods=["GET", "HEAD"])
+    async def page_asset(kind: str):
+        if kind not in PAGE_ASSETS:
+            raise RequestError(404, f"Not Found: /page.{kind}")
+        return Response(PAGE_ASSETS[kind][1], media_type=PAGE_ASSETS[kind][0], headers=PAGE_HEADERS)
 
     # TensorFlow Serving's routes, matched as its handler matches them (case-insensitive, versions as
     # integers, version labels, then the method and "metadata" compared as written); a path under /v1/
@@ -232,7 +257,7 @@ def create_app(servable, name, cfg):
         if not (path.lower() + "/").startswith("/v1/"):
             raise RequestError(404, f"Not Found: {method} {path}")
         found = PREDICT_ROUTE.fullmatch(path) if method == "POST" else None
-        if found and found.group(4) in ("classify", "regress", "predict"):  # the path's case aside, as TF Serving
+        if found and found.group(4) in ("classify", "regress", "predict", "explain"):  # as written, as TF Serving
             return await predict(request, *found.groups())
         found = MODEL_ROUTE.fullmatch(path) if method in ("GET", "HEAD") else None
         if found:
@@ -275,9 +300,32 @@ class JSONErrorCORS(CORSMiddleware):
                                       "--cors-origin's"}, status_code=response.status_code)
 
 
+TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
+# The page runs only its own script and styles, and talks only to this server: injected markup could run nothing.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                           "connect-src 'self'; img-src 'self' data:; form-action 'none'; "
+                                           "frame-ancestors 'none'; base-uri 'none'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+def _asset(name):
+    with open(os.path.join(TEMPLATES, name), encoding="utf-8") as f:
+        return f.read()
+
+
+PAGE_ASSETS = {"js": ("text/javascript", _asset("page.js")), "css": ("text/css", _asset("page.css"))}
+
+
+def page_template():
+    import jinja2
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                     undefined=jinja2.StrictUndefined)
+    return environment.get_template("page.html")
+
+
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 _VERSION = r"(?:(?:/versions/([0-9]{1,18}))|(?:/labels/([^/:]+)))?"  # TensorFlow Serving's: a number, or a label
-PREDICT_ROUTE = re.compile(rf"/v1/models/([^/:]+){_VERSION}:(classify|regress|predict)", re.IGNORECASE)
+PREDICT_ROUTE = re.compile(rf"/v1/models/([^/:]+){_VERSION}:(classify|regress|predict|explain)", re.IGNORECASE)
 MODEL_ROUTE = re.compile(rf"/v1/models(?:/([^/:]+))?{_VERSION}(?:/(metadata|record))?", re.IGNORECASE)
 
 
@@ -336,6 +384,7 @@ def uvicorn_server(app, cfg):
                                          timeout_keep_alive=cfg.keep_alive_timeout_s, backlog=ACCEPT_BURST))
 
 
+EXPLAIN_QUEUE = 4  # :explain's texts that may wait, in requests of --max-explain-texts: past it, 503
 LINGER_SECONDS = 2.0  # how long a refused connection's leftover request is read before the close
 MAX_LINGERING = ACCEPT_BURST // 2  # refused connections lingering at once: half the descriptors kept spare
 

@@ -7,8 +7,9 @@ from tfhub_classifier.serving import protocol
 class Servable:
     """The loaded model and what its answers say: texts (str or bytes) -> one JSON result each."""
 
-    def __init__(self, model, record, task, threshold, top_k, batch_size, signature_defs=None, precision="float32"):
-        self.model, self.record, self.task = model, record, task
+    def __init__(self, model, record, task, threshold, top_k, batch_size, signature_defs=None, precision="float32",
+                 explainer=None):
+        self.model, self.record, self.task, self.explainer = model, record, task, explainer
         self.threshold, self.top_k, self.batch_size = threshold, top_k, batch_size
         self.signature_defs = signature_defs or {}  # the SavedModel's, as TF Serving's metadata gives them
         self.precision = precision  # in force: bfloat16 scores differ slightly from the saved signature's
@@ -22,8 +23,10 @@ class Servable:
         task = saving.task_of_record(record)
         prediction.check_top_k(task, cfg.top_k)
         threshold = saving.threshold_in_use(cfg.threshold, record)
+        from tfhub_classifier.inference import attribution
         servable = cls(model, record, task, threshold, cfg.top_k, cfg.serve_batch_size,
-                       protocol.signature_defs(cfg.model_dir), precision)
+                       protocol.signature_defs(cfg.model_dir), precision,
+                       attribution.Explainer.of_record(model, record, task, "occlusion"))
         servable.score(["A warm-up review, so the first request is not the one that waits."])
         log(f"Loaded {cfg.model_dir} ({task.kind}: {', '.join(task.label_names)}; {precision})")
         return servable
@@ -33,6 +36,14 @@ class Servable:
         from tfhub_classifier.inference import scoring
         logits = scoring.logits_of(self.model, texts, self.batch_size)
         return [self.result(probabilities) for probabilities in self.task.probabilities(logits)]
+
+    def explain(self, texts):
+        """score's results, each with the words that drove its label (attribution.Explanation's fields)."""
+        from tfhub_classifier.inference import prediction, scoring
+        probabilities = self.task.probabilities(scoring.logits_of(self.model, texts, self.batch_size))
+        labels = prediction.explained_labels(self.task, probabilities, self.threshold)
+        explanations = self.explainer.explain(texts, labels)
+        return [{**self.result(p), **why.as_json(self.task.label_names)} for p, why in zip(probabilities, explanations)]
 
     def result(self, probabilities):
         """serving_default's outputs for one text, then predict.py's --format jsonl fields."""
