@@ -2,14 +2,16 @@
 
     python benchmarks/screenshots.py --model-dir benchmarks/results/models/compare_best
 
-evaluate.py scores the model on the first --reviews reviews of its test data (writing report.html beside
-the model), then serve.py serves it and a review is typed into its page; headless Chromium (the
+evaluate.py scores a copy of the model (so its own evaluation.json and report.html stay) on the first
+--reviews reviews of its test data, then serve.py serves it and a review is typed into its page; headless Chromium (the
 tests' own, tests/browser.py) saves both as docs/figures/report.png and docs/figures/page.png.
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import common  # noqa: I001  (puts the repository on sys.path)
 
@@ -27,6 +29,9 @@ def main(argv=None):
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--reviews", type=int, default=500)
     args = parser.parse_args(argv)
+    copy = os.path.join(tempfile.mkdtemp(), os.path.basename(os.path.abspath(args.model_dir)))
+    shutil.copytree(args.model_dir, copy)
+    args.model_dir = copy
     subprocess.run([sys.executable, os.path.join(common.ROOT, "evaluate.py"), "--model-dir", args.model_dir,
                     "--max-examples", str(args.reviews), "--show-errors", "3",
                     "--plots-dir", os.path.join(common.RESULTS, "plots", "screenshots")], check=True)
@@ -51,6 +56,7 @@ def main(argv=None):
             server.stop()
     finally:
         chromium.quit()
+    shutil.rmtree(os.path.dirname(copy))
     print(f"wrote {os.path.join(FIGURES, 'report.png')} and {os.path.join(FIGURES, 'page.png')}")
 
 

@@ -9,6 +9,8 @@ import jinja2
 
 REPORT_FILE = "report.html"
 REPORT_ERRORS = 5  # mistakes the report explains when --show-errors asks for fewer
+CAPTIONS = {"roc_curve": "ROC curve", "pr_curve": "Precision-recall curve", "roc_curves": "ROC curves",
+            "pr_curves": "Precision-recall curves"}
 
 TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "templates")), autoescape=True, undefined=jinja2.StrictUndefined)
@@ -115,6 +117,6 @@ def _figures(plots):
     for name, path in plots.items():
         if path and os.path.isfile(path):
             with open(path, "rb") as f:
-                figures.append((name.replace("_", " ").capitalize(),
+                figures.append((CAPTIONS.get(name, name.replace("_", " ").capitalize()),
                                 "data:image/png;base64," + base64.b64encode(f.read()).decode()))
     return figures
