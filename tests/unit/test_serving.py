@@ -60,6 +60,8 @@ class InProcessServer:
                                 "max_queued_texts": 16, **settings})
         servable = Servable(None, {}, tasks.Task("binary", tuple(LABEL_NAMES)), 0.5, 1, 4)
         servable.score = self.model_call
+        self.explain_call = FakeModelCall()
+        servable.explain = self.explain_call
         self.app = rest_api.create_app(servable, "fake", cfg)
         sock = rest_api.bind(HOST, 0)
         self.port = sock.getsockname()[1]
@@ -747,6 +749,24 @@ def test_a_client_that_does_not_read_its_answers_is_cut_off(fake_model_dir):
 def test_a_version_that_is_no_ascii_number_is_a_malformed_request(fake, version):
     answer = requests.get(f"http://{HOST}:{fake.port}/v1/models/fake/versions/{version}", timeout=10)
     assert answer.status_code == 400 and answer.json()["error"].startswith("Malformed request")
+
+
+def test_predict_is_answered_while_a_text_is_being_explained(fake, pool):
+    """An explanation takes seconds (a model call per word): :predict goes on beside it, not behind it."""
+    fake.explain_call.gate.clear()
+    try:
+        explaining = pool.submit(requests.post, f"http://{HOST}:{fake.port}/v1/models/fake:explain",
+                                 json={"instances": ["slow"]}, timeout=60)
+        deadline = time.monotonic() + 20
+        while not fake.explain_call.batches or fake.explain_call.batches[-1] != ["slow"]:
+            assert time.monotonic() < deadline, "the explanation did not start"
+            time.sleep(0.01)
+        answer = fake.post(["quick"])  # would wait for the explanation on a shared thread
+        assert answer.status_code == 200 and answer.json() == {"predictions": [{"echo": "quick"}]}
+        assert not explaining.done()
+    finally:
+        fake.explain_call.gate.set()
+    assert explaining.result(30).json() == {"predictions": [{"echo": "slow"}]}
 
 
 def test_the_page_and_its_script_and_styles_come_from_the_server_itself(fake):

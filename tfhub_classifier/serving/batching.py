@@ -48,15 +48,13 @@ class Batcher:
     of the queue; a call already holding some of them scores them and drops their results.
     """
 
-    def __init__(self, score, batch_size, timeout_s, max_queued=None, worker=None):
+    def __init__(self, score, batch_size, timeout_s, max_queued=None):
         self.score_batch, self.batch_size, self.timeout_s = score, batch_size, timeout_s
         self.max_queued = max_queued
         self.jobs = collections.deque()  # jobs with texts not yet taken, in turn order
         self.queued = 0  # texts waiting in self.jobs
         self.arrived = asyncio.Event()
-        # One call at a time; Batchers sharing a worker share the model too, one call at a time among them.
-        self.owns_worker = worker is None  # only the Batcher that made the worker shuts it down
-        self.worker = worker or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")  # one call at a time
         self.task = None
         self.calls = self.texts = 0  # model calls made and texts scored, for /healthz
         self.dropped = 0  # texts taken out of the queue unscored: their request failed or was abandoned
@@ -92,8 +90,7 @@ class Batcher:
             await asyncio.sleep(0.01)
         self.task.cancel()
         await asyncio.wait({self.task})  # raises nothing: a death was reported when it happened
-        if self.owns_worker:
-            self.worker.shutdown(wait=True)
+        self.worker.shutdown(wait=True)
 
     async def score(self, texts, gone=None):
         """The results of texts, in order, scored among other requests' texts. gone: a function

@@ -163,9 +163,9 @@ def create_app(servable, name, cfg):
     """The FastAPI app serving servable as NAME; its lifespan runs the Batcher (app.state.batcher).
     app.state.cut_off counts the requests cancelled unanswered (a drain that timed out)."""
     batcher = batching.Batcher(servable.score, cfg.serve_batch_size, cfg.batch_timeout_ms / 1000, cfg.max_queued_texts)
-    # :explain's texts, one a call (each takes a model call per word) sharing the scoring thread, so
-    # scoring calls go on between them and only one call uses the model at a time.
-    explaining = batching.Batcher(servable.explain, 1, 0, EXPLAIN_QUEUE * cfg.max_explain_texts, worker=batcher.worker)
+    # :explain's texts, one a call, on a thread of their own: an explanation (occlusion, which leaves the
+    # model as it is) takes a model call per word, and :predict goes on beside it, sharing the cores.
+    explaining = batching.Batcher(servable.explain, 1, 0, EXPLAIN_QUEUE * cfg.max_explain_texts)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
