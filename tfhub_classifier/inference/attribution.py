@@ -14,11 +14,11 @@ split, each punctuation mark a word, as BERT's basic tokenizer splits), each wit
 offsets; a word the truncation left out of the model's window has no weight (None).
 """
 import dataclasses
-import unicodedata
 
 import numpy as np
 
 from tfhub_classifier.data import tokenization
+from tfhub_classifier.export import client_example  # BERT's punctuation and CJK, as the export's client has them
 from tfhub_classifier.runtime import tf
 
 STEPS = 32  # quadrature nodes to start with: within 5% of completeness on most reviews (docs/benchmarks.md)
@@ -51,11 +51,6 @@ class Explanation:
             fields.update(baseline_probability=round(self.baseline, 6),
                           completeness_gap=round(self.completeness_gap, 6), steps=self.steps)
         return {**fields, "note": self.note} if self.note else fields
-
-    def top(self, count):
-        """The count words that most raised the label's probability, as (word, weight), highest first."""
-        scored = [(word, weight) for word, weight in zip(self.words, self.weights) if weight is not None]
-        return sorted(scored, key=lambda pair: -pair[1])[:count]
 
 
 def label_probability(kind, logits, labels):
@@ -101,9 +96,8 @@ def word_spans(text, pieces_split_words):
 
 
 def _stands_alone(char):
-    code = ord(char)
-    return (33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126
-            or unicodedata.category(char).startswith("P") or 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF)
+    """A word of its own in BERT's basic tokenizer: a punctuation mark or a CJK ideograph."""
+    return client_example.is_punctuation(char) or client_example._in(client_example.CJK, char)
 
 
 class Explainer:
