@@ -159,8 +159,12 @@ def assert_same_results(lines, expected, what):
         got = json.loads(line) if isinstance(line, str) else line
         assert got.keys() == want.keys(), (what, got, want)
         for key, value in want.items():
-            if key in ("score", "probability"):
+            if key in ("score", "probability", "explained_probability"):
                 assert abs(got[key] - value) <= 1e-5, (what, got, want)
+            elif key == "weights":  # None (outside the model's window) exactly, weights to 1e-5
+                assert [w is None for w in got[key]] == [w is None for w in value], (what, got, want)
+                np.testing.assert_allclose([w for w in got[key] if w is not None],
+                                           [w for w in value if w is not None], atol=1e-5, err_msg=what)
             elif key == "probabilities":
                 assert got[key].keys() == value.keys(), (what, got, want)
                 np.testing.assert_allclose(list(got[key].values()), list(value.values()), atol=1e-5, err_msg=what)
@@ -299,6 +303,7 @@ def test_client_rest_paths_need_only_the_standard_library(exports, capsys):
             client = [sys.executable, "-c", STDLIB_ONLY_CLIENT, os.path.join(out, "client_example.py")]
             url = f"http://127.0.0.1:{server.server_address[1]}/v1/models/core"
             scored = run_quietly(client + ["--server", url, *LABELLING[name], *texts])
+            explained = run_quietly(client + ["--server", url, "--explain", *LABELLING[name], *texts])
             requested = run_quietly(client + ["--request", *texts])
         finally:
             server.shutdown()
@@ -306,12 +311,41 @@ def test_client_rest_paths_need_only_the_standard_library(exports, capsys):
         assert scored.returncode == 0, scored.stderr[-2000:]
         assert_same_results(scored.stdout.splitlines(), predicted_lines(model_dir, texts, capsys, LABELLING[name]),
                             name)
+        assert explained.returncode == 0, explained.stderr[-2000:]
+        assert_same_results(explained.stdout.splitlines(),
+                            predicted_lines(model_dir, texts, capsys, [*LABELLING[name], "--explain"]), name)
         assert requested.returncode == 0, requested.stderr[-2000:]
         request = json.loads(requested.stdout)
         tokens, _ = full_model_scores(model_dir, texts)
         assert request["signature_name"] == "serving_default"
         for key, value in tokens.items():
             assert [instance[key] for instance in request["instances"]] == value.tolist()
+
+
+def test_the_client_explains_as_predict_does(exports, capsys):
+    """client_example.py --explain (occlusion through the export's token interface) gives the words,
+    offsets and weights predict.py --explain gives, toward the label given or the one named; words the
+    truncation leaves out of the window have no weight (None) in both."""
+    import importlib.util
+    texts = ["The movie was great!", "don't stop, it's (really) great", "Café ÉCOLE 电影 😀", "", LONG_TEXT]
+    explain_label = {"binary": "negative", "multiclass": "neutral", "cased": "drama"}
+    for name, (model_dir, out, _) in exports.items():
+        spec = importlib.util.spec_from_file_location(f"client_{name}", os.path.join(out, "client_example.py"))
+        client = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(client)
+        for flags in ([*LABELLING[name], "--explain"], ["--explain", "--explain-label", explain_label[name]]):
+            capsys.readouterr()
+            lines = client.main(["--export-dir", out, *flags, *texts])
+            printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+            assert printed == lines
+            expected = predicted_lines(model_dir, texts, capsys, flags)
+            assert_same_results(lines, expected, (name, flags))
+            if flags[-2] == "--explain-label":
+                assert {line["explained_label"] for line in lines} == {explain_label[name]}
+            assert None in lines[-1]["weights"] and any(w is not None for w in lines[-1]["weights"])
+        with pytest.raises(SystemExit):  # a label the model doesn't have: argparse's one-line error
+            client.main(["--export-dir", out, "--explain", "--explain-label", "nonesuch", "great"])
+        assert "is not one of this model's labels" in capsys.readouterr().err
 
 
 def test_bad_exports_are_refused_in_one_line(binary_dir, tmp_path, capsys):

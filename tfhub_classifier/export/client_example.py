@@ -4,12 +4,14 @@ The export takes token ids, so this client tokenizes, in plain Python: with the 
 the settings in tokenizer.json it makes the ids the classifier's own preprocessing makes (BERT's basic
 tokenizer and WordPiece, [CLS] and [SEP], the same truncation of long texts), then scores them locally
 (needs tensorflow, not tensorflow-text) or asks TF Serving (needs nothing but Python's standard library).
-It prints a JSON line per text, as `predict.py --format jsonl` does.
+It prints a JSON line per text, as `predict.py --format jsonl` does; with --explain, also each word's
+weight toward the label, by deleting one word at a time and rescoring (predict.py --explain's occlusion).
 
     python client_example.py "The movie was great!" "The movie was terrible..."
     python client_example.py --request "The movie was great!" > request.json   # TF Serving's REST body
     curl -d @request.json http://localhost:8501/v1/models/bert_classifier:predict
     python client_example.py --server http://localhost:8501/v1/models/bert_classifier "The movie was great!"
+    python client_example.py --explain "A slow start, but a wonderful film."
 """
 import argparse
 import json
@@ -30,6 +32,8 @@ DEFAULT_IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x11
 CJK = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
        (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
 WHITESPACE = " \t\n\f\r"
+ASCII_WHITESPACE = " \t\n\r\x0b\x0c"  # where BERT's tokenizer always splits words, whatever its casing
+NO_WORDS = "the tokenizer's word pieces could not be matched to the text's words, so no word has a weight"
 
 
 def _in(ranges, char):
@@ -147,6 +151,98 @@ class Tokenizer:
         return tokens
 
 
+def word_spans(text, pieces_split_words):
+    """[start, end) offsets (in characters) of the words of text: separated by ASCII whitespace, and (where
+    the tokenizer splits words itself, as BERT's does) each punctuation mark or CJK ideograph a word of its
+    own. It splits nowhere the tokenizer does not (other spaces may or may not split, by casing), so each
+    word's pieces, tokenized alone, are its pieces in the text."""
+    spans, start = [], None
+    for index, char in enumerate(text):
+        if char in ASCII_WHITESPACE:
+            if start is not None:
+                spans.append([start, index])
+            start = None
+        elif pieces_split_words and _stands_alone(char):
+            if start is not None:
+                spans.append([start, index])
+            spans.append([index, index + 1])
+            start = None
+        elif start is None:
+            start = index
+    if start is not None:
+        spans.append([start, len(text)])
+    return spans
+
+
+def _stands_alone(char):
+    """A word of its own in BERT's basic tokenizer: a punctuation mark or a CJK ideograph."""
+    return is_punctuation(char) or _in(CJK, char)
+
+
+
+def without(text, spans):
+    """text with the words at spans ([start, end) pairs) deleted; a word between two others ("don't"'s
+    apostrophe) leaves a space, so its neighbours stay the words they were ("don t", as BERT splits them)."""
+    kept, last = [], 0
+    for start, end in sorted(spans):
+        joined = 0 < start and end < len(text) and text[start - 1] not in ASCII_WHITESPACE \
+            and text[end] not in ASCII_WHITESPACE
+        kept.append(text[last:start] + (" " if joined else ""))
+        last = end
+    return "".join(kept) + text[last:]
+
+
+def words_of(text, count_pieces, total, split_options=(True, False)):
+    """(spans, counts): text's words (word_spans, trying each of split_options) and how many word pieces
+    each makes alone (count_pieces: words -> counts), for the first split whose counts add up to total,
+    the text's own; (spans, None) if none does."""
+    for split in split_options:
+        spans = word_spans(text, split)
+        counts = list(count_pieces([text[start:end] for start, end in spans]))
+        if sum(counts) == total:
+            return spans, counts
+    return spans, None
+
+
+def label_probability(task, probabilities, label):
+    """The probability of label (an index) in one text's probabilities (binary: the positive label's score)."""
+    if task == "binary":
+        return float(probabilities) if label == 1 else 1 - float(probabilities)
+    return float(probabilities[label])
+
+
+def explained_label(task, probabilities, threshold=0.5):
+    """The label a text's explanation is toward: the one given (binary, multi-class), or the most likely
+    (multi-label)."""
+    if task == "binary":
+        return int(float(probabilities) >= threshold)
+    return max(range(len(probabilities)), key=lambda i: probabilities[i])
+
+
+def explain(text, label, tokenizer, score, task, batch_size=32):
+    """Leave-one-word-out occlusion, as predict.py --explain runs it by default: (spans, weights, probability,
+    note), each word's weight the fall in label's (an index) probability when that word alone is deleted
+    from the text, None for a word the truncation leaves out of the model's window. score: token ids ->
+    probabilities, as score_locally or score_on_server."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    total = len(tokenizer.pieces(text))
+    spans, counts = words_of(text, lambda words: [len(tokenizer.pieces(word)) for word in words], total)
+    in_window = [False] * len(spans)
+    if counts is not None:
+        owner = [word for word, count in enumerate(counts) for _ in range(count)]
+        for piece in tokenizer.keep(list(range(total))):
+            in_window[owner[piece]] = True
+    variants = [text] + [without(text, [span]) for span, seen in zip(spans, in_window) if seen]
+    probabilities = []
+    for start in range(0, len(variants), batch_size):
+        probabilities += score(tokenizer(variants[start:start + batch_size]))
+    falls = iter([label_probability(task, probabilities[0], label) - label_probability(task, p, label)
+                  for p in probabilities[1:]])
+    weights = [next(falls) if seen else None for seen in in_window]
+    return spans, weights, label_probability(task, probabilities[0], label), "" if counts is not None else NO_WORDS
+
+
 def rest_request(tokens):
     """TF Serving's REST predict body, one instance per text."""
     return {"signature_name": "serving_default",
@@ -155,10 +251,18 @@ def rest_request(tokens):
 
 def score_locally(tokens, export_dir=HERE):
     """Probabilities from the export loaded in this process (needs tensorflow, not tensorflow-text)."""
+    return local_scorer(export_dir)(tokens)
+
+
+def local_scorer(export_dir=HERE):
+    """tokens -> probabilities, by the export loaded once in this process."""
     import tensorflow as tf
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
-    outputs = serve(**{key: tf.constant(value, tf.int32) for key, value in tokens.items()})
-    return outputs["probabilities"].numpy().tolist()
+
+    def score(tokens):
+        outputs = serve(**{key: tf.constant(value, tf.int32) for key, value in tokens.items()})
+        return outputs["probabilities"].numpy().tolist()
+    return score
 
 
 def score_on_server(tokens, url):
@@ -200,17 +304,41 @@ def main(argv=None):
                              "in labels.json)")
     parser.add_argument("--top-k", type=int, default=1, metavar="K",
                         help="multi-class: also list the K most likely labels (default: 1)")
+    parser.add_argument("--explain", action="store_true",
+                        help="also give each word's weight toward the label (one model call per word)")
+    parser.add_argument("--explain-label", metavar="NAME", help="with --explain: explain this label instead")
     args = parser.parse_args(argv)
-    tokens = Tokenizer.of_export(args.export_dir)(args.texts)
+    tokenizer = Tokenizer.of_export(args.export_dir)
+    tokens = tokenizer(args.texts)
     if args.request:
         print(json.dumps(rest_request(tokens)))
         return None
-    probabilities = score_on_server(tokens, args.server) if args.server else score_locally(tokens, args.export_dir)
     with open(os.path.join(args.export_dir, "labels.json")) as f:
         labels = json.load(f)
+    task, names = labels["task"], labels["display_names"]
+    chosen = None
+    if args.explain_label is not None and not args.explain:
+        parser.error("--explain-label says which label to explain; add --explain")
+    if args.explain_label is not None:
+        for known in (names, labels["label_names"]):
+            if args.explain_label in known:
+                chosen = known.index(args.explain_label)
+                break
+        else:
+            parser.error(f"--explain-label {args.explain_label!r} is not one of this model's labels: "
+                         f"{', '.join(names)}")
+    score = (lambda rows: score_on_server(rows, args.server)) if args.server else local_scorer(args.export_dir)
+    probabilities = score(tokens)
     threshold = args.threshold if args.threshold is not None else labels.get("threshold", 0.5)
-    results = [{"text": text, **labelled(p, labels["task"], labels["display_names"], threshold, args.top_k)}
+    results = [{"text": text, **labelled(p, task, names, threshold, args.top_k)}
                for text, p in zip(args.texts, probabilities)]
+    if args.explain:
+        for result, text, p in zip(results, args.texts, probabilities):
+            label = chosen if chosen is not None else explained_label(task, p, threshold)
+            spans, weights, probability, note = explain(text, label, tokenizer, score, task)
+            result.update(explained_label=names[label], words=[text[start:end] for start, end in spans],
+                          offsets=spans, weights=[None if w is None else round(w, 6) for w in weights],
+                          explained_probability=round(probability, 6), **({"note": note} if note else {}))
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # as predict.py: never fail on what the terminal can't show
     for result in results:

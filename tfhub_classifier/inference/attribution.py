@@ -18,13 +18,14 @@ import dataclasses
 import numpy as np
 
 from tfhub_classifier.data import tokenization
-from tfhub_classifier.export import client_example  # BERT's punctuation and CJK, as the export's client has them
+
+# Words and their deletion as the core-ops export's client finds them, so both explain alike.
+from tfhub_classifier.export.client_example import NO_WORDS, without, word_spans, words_of  # noqa: F401
 from tfhub_classifier.runtime import tf
 
 STEPS = 32  # quadrature nodes to start with: within 5% of completeness on most reviews (docs/benchmarks.md)
 MAX_STEPS = 128  # doubled up to this for a text whose attributions miss completeness by more than COMPLETENESS
 COMPLETENESS = 0.05  # largest |sum of attributions - (p - p_baseline)| / max(|p - p_baseline|, 0.01) accepted
-ASCII_WHITESPACE = " \t\n\r\x0b\x0c"  # where BERT's tokenizer always splits words, whatever its casing
 BATCH_SIZE = 8  # texts explained at once: each step is a forward and a backward pass over them
 
 
@@ -70,34 +71,6 @@ def word_embeddings(model):
         raise ValueError("--explain needs a BERT-style encoder with one word embedding table "
                          f"(word_embeddings), found {len(found)} in this model; explain another model")
     return found[0]
-
-
-def word_spans(text, pieces_split_words):
-    """[start, end) offsets (in characters) of the words of text: separated by ASCII whitespace, and (where
-    the tokenizer splits words itself, as BERT's does) each punctuation mark or CJK ideograph a word of its
-    own. It splits nowhere the tokenizer does not (other spaces may or may not split, by casing), so each
-    word's pieces, tokenized alone, are its pieces in the text."""
-    spans, start = [], None
-    for index, char in enumerate(text):
-        if char in ASCII_WHITESPACE:
-            if start is not None:
-                spans.append([start, index])
-            start = None
-        elif pieces_split_words and _stands_alone(char):
-            if start is not None:
-                spans.append([start, index])
-            spans.append([index, index + 1])
-            start = None
-        elif start is None:
-            start = index
-    if start is not None:
-        spans.append([start, len(text)])
-    return spans
-
-
-def _stands_alone(char):
-    """A word of its own in BERT's basic tokenizer: a punctuation mark or a CJK ideograph."""
-    return client_example.is_punctuation(char) or client_example._in(client_example.CJK, char)
 
 
 class Explainer:
@@ -230,16 +203,11 @@ class Explainer:
         """(words, offsets, weights, note): the text's words and the sum of the attributions of their pieces
         in the model's window (None for a word with none there). If the words' pieces are not the text's,
         whitespace-separated words are tried; if not those either, no word gets a weight and note says why."""
-        for split in dict.fromkeys((self.words_split, False)):
-            spans = word_spans(text, split)
-            words = [text[start:end] for start, end in spans]
-            counts = self.piece_counts(words)
-            total = int(sum(counts))
-            if total == own_count:
-                break
-        else:
-            return words, spans, [None] * len(words), ("the tokenizer's word pieces could not be matched to the "
-                                                       "text's words, so no word has a weight")
+        spans, counts = words_of(text, self.piece_counts, own_count, dict.fromkeys((self.words_split, False)))
+        words = [text[start:end] for start, end in spans]
+        if counts is None:
+            return words, spans, [None] * len(words), NO_WORDS
+        total = own_count
         kept = np.concatenate([np.arange(start, limit) for start, limit in
                                tokenization.kept_ranges(total, self.seq_length, self.truncation)]).astype(int)
         position = np.full(total, -1)
@@ -260,18 +228,6 @@ class Explainer:
         if tokens.ragged_rank == 2:
             tokens = tokens.merge_dims(-2, -1)
         return tokens.row_lengths().numpy()
-
-
-def without(text, spans):
-    """text with the words at spans ([start, end) pairs) deleted; a word between two others ("don't"'s
-    apostrophe) leaves a space, so its neighbours stay the words they were ("don t", as BERT splits them)."""
-    kept, last = [], 0
-    for start, end in sorted(spans):
-        joined = 0 < start and end < len(text) and text[start - 1] not in ASCII_WHITESPACE \
-            and text[end] not in ASCII_WHITESPACE
-        kept.append(text[last:start] + (" " if joined else ""))
-        last = end
-    return "".join(kept) + text[last:]
 
 
 def _as_str(text):
