@@ -323,7 +323,7 @@ def test_the_page_in_a_browser_labels_a_typed_review_and_shades_its_words(server
     assert len(values) == 2 and sum(values) == pytest.approx(1, abs=1e-6)
     words = chromium.find_element(By.ID, "words")
     assert words.text == review  # the hostile markup is shown as text
-    assert chromium.execute_script("return window.hacked === undefined")
+    # No element made of it: this holds apart from the CSP, which would stop the script running anyway.
     assert not chromium.find_elements(By.CSS_SELECTOR, "#words img, #words script")
     shaded = words.find_elements(By.CSS_SELECTOR, "span[title]")
     assert shaded and all("toward" in span.get_attribute("title") for span in shaded)
