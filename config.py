@@ -86,6 +86,8 @@ PIPELINES = ("fast", "tutorial")
 POOLINGS = ("pooled", "mean")
 OUTPUT_FORMATS = ("table", "jsonl", "csv")
 EXPLAIN_METHODS = ("occlusion", "integrated-gradients")
+ENGINES = ("savedmodel", "tflite", "tflite-int8")
+QUANTIZATIONS = ("none", "int8", "float16")  # export.py --format tflite's weights
 TASKS = ("auto", "binary", "multiclass", "multilabel")
 CLASS_WEIGHTS = ("none", "balanced")
 QUOTINGS = ("csv", "none")
@@ -238,6 +240,11 @@ class Config:
     precision: str = _option("auto", "auto = bfloat16 on CPUs with AVX512-BF16/AMX (measured faster, as "
                              "accurate), else float32; bfloat16/float16 rewrite the graph", PRECISIONS,
                              scripts=(TRAIN, EVALUATE, PREDICT))
+    engine: str = _option("savedmodel", "what scores texts: savedmodel = the saved graph, at --precision; "
+                          "tflite = its token classifier converted to TFLite (XNNPACK, float32, the same scores); "
+                          "tflite-int8 = TFLite with int8 weights, faster on CPUs, scores slightly off "
+                          "(docs/benchmarks.md#engines). Converted once, kept in MODEL_DIR/engines/", ENGINES,
+                          scripts=(EVALUATE, PREDICT, SERVE))
     jit_compile: bool = _option(False, "XLA-compile the encoder and head")
     strategy: str = _option("default", "tf.distribute strategy: mirrored = several GPUs, multiworker = "
                             "TF_CONFIG", STRATEGIES)
@@ -345,6 +352,9 @@ class Config:
         if "bfloat16" in precisions and not hardware.cpu_supports_bfloat16():
             raise ValueError("--precision bfloat16 needs a CPU with AVX512-BF16 or AMX, which this one lacks "
                              "(it would run float32 and be slower); use --precision float32")
+        if "engine" in offered and self.engine != "savedmodel" and precisions & {"bfloat16", "float16"}:
+            raise ValueError(f"--precision rewrites the SavedModel's graph, which --engine {self.engine} does not "
+                             "run; drop --precision, or use --engine savedmodel")
         if "encoding" in offered and self.encoding != REPLACING_ENCODING:
             try:
                 if not codecs.lookup(self.encoding)._is_text_encoding:  # base64, zlib, ...: bytes to bytes

@@ -63,13 +63,13 @@ def interrupted_after_first_epoch(monkeypatch, argv):
     monkeypatch.undo()
 
 
-def untrained_classifier(directory, preprocessor, encoder, task, truncation, precision="float32"):
+def untrained_classifier(directory, preprocessor, encoder, task, truncation, precision="float32", seq_length=24):
     """A classifier saved as train.py saves it, untrained: these tests compare outputs, not accuracy."""
     import config
     from tfhub_classifier import runtime
     from tfhub_classifier.model import saving
     from tfhub_classifier.training import trainer
-    cfg = config.resolve(preprocessor=preprocessor, encoder=encoder, seq_length=24, truncation=truncation,
+    cfg = config.resolve(preprocessor=preprocessor, encoder=encoder, seq_length=seq_length, truncation=truncation,
                          precision=precision)
     session = trainer.Session(cfg, log=lambda *args: None, task=task)
     record = {"config": dataclasses.asdict(cfg), "task": {"kind": task.kind, "label_names": list(task.label_names)}}

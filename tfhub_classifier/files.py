@@ -46,6 +46,20 @@ def write_json(path, value):
     return path
 
 
+def write_bytes(path, content):
+    """Write content beside its final name (a name of this call's own, so two writers never mix) and
+    rename it into place; on any error nothing is left behind."""
+    partial = f"{path}.{secrets.token_hex(6)}.partial"
+    try:
+        with open(partial, "wb") as f:
+            f.write(content)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return path
+
+
 def check_writable(directory, flag, value=None):
     """Create directory if needed and prove a file can be written in it; ValueError naming the flag if not."""
     try:

@@ -3,7 +3,8 @@
 The export takes token ids, so this client tokenizes, in plain Python: with the export's vocab.txt and
 the settings in tokenizer.json it makes the ids the classifier's own preprocessing makes (BERT's basic
 tokenizer and WordPiece, [CLS] and [SEP], the same truncation of long texts), then scores them locally
-(needs tensorflow, not tensorflow-text) or asks TF Serving (needs nothing but Python's standard library).
+(needs tensorflow, not tensorflow-text; a TFLite export needs only ai-edge-litert or tensorflow) or asks
+TF Serving (needs nothing but Python's standard library).
 It prints a JSON line per text, as `predict.py --format jsonl` does; with --explain, also each word's
 weight toward the label, by deleting one word at a time and rescoring (predict.py --explain's occlusion).
 
@@ -21,6 +22,7 @@ import unicodedata
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+TFLITE_FILE = "model.tflite"  # in a TFLite export, scored in place of the SavedModel
 TOKEN_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 
 # What ICU's NFKC_Casefold (TF Text's case_fold_utf8) deletes: Unicode's Default_Ignorable_Code_Point.
@@ -255,7 +257,10 @@ def score_locally(tokens, export_dir=HERE):
 
 
 def local_scorer(export_dir=HERE):
-    """tokens -> probabilities, by the export loaded once in this process."""
+    """tokens -> probabilities, by the export loaded once in this process: its model.tflite if it has one
+    (a TFLite export), else its SavedModel."""
+    if os.path.isfile(os.path.join(export_dir, TFLITE_FILE)):
+        return tflite_scorer(os.path.join(export_dir, TFLITE_FILE))
     import tensorflow as tf
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
 
@@ -263,6 +268,39 @@ def local_scorer(export_dir=HERE):
         outputs = serve(**{key: tf.constant(value, tf.int32) for key, value in tokens.items()})
         return outputs["probabilities"].numpy().tolist()
     return score
+
+
+def tflite_scorer(path):
+    """tokens -> probabilities by a TFLite export: LiteRT's interpreter (pip install ai-edge-litert) or,
+    without it, TensorFlow's tf.lite; each batch trimmed to the smallest of the model's input widths
+    (a signature each) that holds its longest text."""
+    import numpy as np
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+        Interpreter = tf.lite.Interpreter  # noqa: N806 (a class)
+    interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
+    runners = signature_runners(interpreter)
+
+    def score(tokens):
+        rows = {key: np.asarray(value, dtype=np.int32).reshape(len(value), -1) for key, value in tokens.items()}
+        longest = int(rows["input_mask"].sum(axis=1).max()) if len(rows["input_mask"]) else 1
+        width = min(width for width in runners if width >= longest)
+        padded = {key: np.pad(value[:, :width], ((0, 0), (0, width - min(width, value.shape[1]))))
+                  for key, value in rows.items()}
+        return runners[width](**padded)["probabilities"].tolist()
+    return score
+
+
+def signature_runners(interpreter):
+    """{width: signature runner} of a TFLite export, a signature per input width, read from each one's input
+    shape (a model of one width has TFLite's one default signature name)."""
+    runners = {}
+    for key in interpreter.get_signature_list():
+        runner = interpreter.get_signature_runner(key)
+        runners[int(runner.get_input_details()["input_word_ids"]["shape_signature"][1])] = runner
+    return runners
 
 
 def score_on_server(tokens, url):

@@ -22,6 +22,8 @@ from tfhub_classifier.inference import prediction
 from tfhub_classifier.model import saving
 from tfhub_classifier.runtime import tf
 
+TFLITE_FILE = client_example.TFLITE_FILE
+
 
 class CoreOpsClassifier(tf.Module):
     """Token ids in, probabilities and logits out: the saved classifier's classify_tokens and the
@@ -86,9 +88,10 @@ def bfloat16_nodes(export_dir):
     return found
 
 
-def export_core_ops(model_dir, out, log=print):
-    """Write the core-ops export of the classifier in model_dir to the new folder out; returns what
-    was written: the folder, the tokenizer settings, the task and its display names."""
+def export_core_ops(model_dir, out, log=print, export_format="core-ops", quantize="none"):
+    """Write the core-ops export (or with export_format "tflite", the same graph as model.tflite, with
+    quantize's weights) of the classifier in model_dir to the new folder out; returns what was
+    written: the folder, the tokenizer settings, the task and its display names."""
     require_new_folder(out)  # at once, not after the slow load (and again before the rename)
     model, record = saving.load(model_dir)
     task = saving.task_of_record(record)
@@ -96,10 +99,17 @@ def export_core_ops(model_dir, out, log=print):
     settings, vocab_file = tokenizer_settings(model, model_dir, record)
     module = CoreOpsClassifier(model.classify_tokens, task.kind)
     bfloat16 = []
+    if export_format == "tflite":
+        from tfhub_classifier.export import tflite
+        converted = tflite.convert(model, task.kind, settings["seq_length"], quantize)
 
     def write(staging):
-        tf.saved_model.save(module, staging, signatures={saving.SERVING_SIGNATURE: module.serve})
-        bfloat16.extend(bfloat16_nodes(staging))
+        if export_format == "tflite":
+            with open(os.path.join(staging, TFLITE_FILE), "wb") as f:
+                f.write(converted)
+        else:
+            tf.saved_model.save(module, staging, signatures={saving.SERVING_SIGNATURE: module.serve})
+            bfloat16.extend(bfloat16_nodes(staging))
         shutil.copy(vocab_file, os.path.join(staging, "vocab.txt"))
         with open(os.path.join(staging, "tokenizer.json"), "w") as f:
             json.dump(settings, f, indent=2)
@@ -114,10 +124,14 @@ def export_core_ops(model_dir, out, log=print):
     if bfloat16:
         log(f"warning: the export's graph computes in bfloat16 ({len(bfloat16)} ops, e.g. {bfloat16[0]}); "
             "its scores may differ from predict.py --precision float32 by bfloat16's rounding")
-    log(f"Core-ops export of {model_dir} ({task.kind}: {', '.join(names)}) written to {out}: "
-        "saved_model.pb (serving_default: input_word_ids, input_mask, input_type_ids -> probabilities, "
-        "logits), vocab.txt, tokenizer.json, labels.json, labels.txt, client_example.py (needs no TF Text)")
-    return {"out": out, "format": "core-ops", "tokenizer": settings, "bfloat16_ops": len(bfloat16),
+    graph = (f"{TFLITE_FILE} ({quantize if quantize != 'none' else 'float32'} weights; a signature per input "
+             "width, width_N: input_word_ids, input_mask, input_type_ids -> probabilities, logits)"
+             if export_format == "tflite" else "saved_model.pb (serving_default: input_word_ids, input_mask, "
+             "input_type_ids -> probabilities, logits)")
+    log(f"{'TFLite' if export_format == 'tflite' else 'Core-ops'} export of {model_dir} ({task.kind}: "
+        f"{', '.join(names)}) written to {out}: {graph}, vocab.txt, tokenizer.json, labels.json, labels.txt, "
+        "client_example.py (needs no TF Text)")
+    return {"out": out, "format": export_format, "tokenizer": settings, "bfloat16_ops": len(bfloat16),
             "task": {"kind": task.kind, "label_names": list(task.label_names), "display_names": names}}
 
 

@@ -79,6 +79,8 @@ class Explainer:
     explained: nothing else may score with the model meanwhile."""
 
     def __init__(self, model, task, seq_length, truncation, method="occlusion", steps=STEPS):
+        if method == "integrated-gradients":  # it scales the saved graph's embeddings: a TFLite engine can't see that
+            model = getattr(model, "saved", model)
         self.model, self.task, self.method, self.steps = model, task, method, steps
         self.embeddings = word_embeddings(model) if method == "integrated-gradients" else None
         self.preprocessor = model.text_to_tokens.preprocessor

@@ -7,7 +7,7 @@ import numpy as np
 import config
 from tfhub_classifier import cli
 from tfhub_classifier.data import imdb, user_files
-from tfhub_classifier.inference import calibration, plots, prediction, report, scoring, thresholds
+from tfhub_classifier.inference import calibration, engines, plots, prediction, report, scoring, thresholds
 from tfhub_classifier.model import saving
 
 
@@ -16,7 +16,7 @@ def evaluate(cfg, log=print):
     --test-data) at --threshold or the model's own, with its calibration (before and after temperature
     scaling if it was applied) and its cfg.show_errors most confident mistakes with the words that drove
     them, written beside the model as evaluation.json, with plots in cfg.plots_dir."""
-    model, record, precision = saving.load_model(cfg.model_dir, cfg.precision)
+    model, record, precision = engines.load(cfg.model_dir, cfg.precision, cfg.engine, log)
     task = saving.task_of_record(record)
     threshold = saving.threshold_in_use(cfg.threshold, record)
     test = evaluation_split(cfg, task, log)
@@ -53,7 +53,7 @@ def evaluate(cfg, log=print):
         for error, why in zip(errors, explainer.explain([error["text"] for error in errors], labels)):
             error.update(why.as_json(task.label_names))
     metrics["most_confident_errors"] = errors[:cfg.show_errors]
-    metrics["precision_mode"] = precision
+    metrics["precision_mode"], metrics["engine"] = precision, cfg.engine
     metrics["task"] = {"kind": task.kind, "label_names": list(task.label_names)}
     try:
         with open(os.path.join(cfg.model_dir, "evaluation.json"), "w") as f:

@@ -50,7 +50,9 @@ def run(cfg, sentences=(), path=None, output_format="table"):
                                         cfg.delimiter, cfg.quoting)
         first = next(rows, None)
         rows = iter(()) if first is None else itertools.chain([first], rows)
-    model, record, _ = saving.load_model(cfg.model_dir, cfg.precision)
+    from tfhub_classifier.inference import engines
+    model, record, _ = engines.load(cfg.model_dir, cfg.precision, cfg.engine,
+                                    log=lambda line: print(line, file=sys.stderr))
     task = saving.task_of_record(record)
     check_top_k(task, cfg.top_k)
     if rows is None:

@@ -17,9 +17,9 @@ class Servable:
     @classmethod
     def load(cls, cfg, log=print):
         # TensorFlow loads here, once the flags and the port are known to be good.
-        from tfhub_classifier.inference import prediction
+        from tfhub_classifier.inference import engines, prediction
         from tfhub_classifier.model import saving
-        model, record, precision = saving.load_model(cfg.model_dir, cfg.serve_precision)
+        model, record, precision = engines.load(cfg.model_dir, cfg.serve_precision, cfg.engine, log)
         task = saving.task_of_record(record)
         prediction.check_top_k(task, cfg.top_k)
         threshold = saving.threshold_in_use(cfg.threshold, record)

@@ -1,0 +1,124 @@
+"""--engine: the saved classifier's token half in TFLite scores as the SavedModel does, through the right
+width, converted once and kept beside the model for that model only."""
+import os
+
+import helpers
+import numpy as np
+import pytest
+
+import config
+import predict
+from tfhub_classifier import tasks
+
+LABELS = {"binary": ("neg", "pos"), "multiclass": ("anger", "joy", "fear"), "multilabel": ("plot", "acting", "music")}
+# Lengths that fall in several of the model's width signatures (seq_length 100: 32, 48, 64, 96, 100).
+TEXTS = ["great", "The movie was great! I loved it, wonderfully acted.", "terrible , boring and dull " * 6,
+         "the movie " * 30, " ".join(["the"] * 10 + ["great"] + ["movie"] * 200 + ["awful"]), ""]
+
+
+@pytest.fixture(scope="module")
+def saved(hub_models, tmp_path_factory):
+    """{kind: model dir} of untrained classifiers of 100 tokens (head+tail)."""
+    return {kind: helpers.untrained_classifier(tmp_path_factory.mktemp(kind), *hub_models, tasks.Task(kind, labels),
+                                               "head+tail", seq_length=100) for kind, labels in LABELS.items()}
+
+
+def logits(model, texts, batch_size=2):
+    from tfhub_classifier.inference import scoring
+    return scoring.logits_of(model, texts, batch_size)
+
+
+def test_widths_cover_every_length_up_to_the_window():
+    from tfhub_classifier.export import tflite
+    assert tflite.widths(512) == [32, 48, 64, 96, 128, 192, 256, 384, 512]
+    assert tflite.widths(100) == [32, 48, 64, 96, 100]
+    assert tflite.widths(24) == [24]
+
+
+@pytest.mark.parametrize("kind", LABELS)
+def test_tflite_scores_as_the_saved_model_in_float32(saved, kind):
+    from tfhub_classifier.inference import engines
+    from tfhub_classifier.model import saving
+    model, _ = saving.load(saved[kind])
+    engine, _, precision = engines.load(saved[kind], "float32", "tflite", log=lambda line: None)
+    assert isinstance(engine, engines.TfliteClassifier) and precision == "float32 (TFLite)"
+    assert engine.widths == [32, 48, 64, 96, 100]
+    expected = logits(model, TEXTS)
+    np.testing.assert_allclose(logits(engine, TEXTS), expected, atol=1e-4)
+    np.testing.assert_allclose(logits(engine, TEXTS, batch_size=64), expected, atol=1e-4)  # all at one width
+    int8, _, _ = engines.load(saved[kind], "float32", "tflite-int8", log=lambda line: None)
+    assert not np.array_equal(logits(int8, TEXTS), expected)  # its own weights, not float32's
+    np.testing.assert_allclose(logits(int8, TEXTS), expected, atol=0.05)
+
+
+def test_a_batch_runs_at_the_smallest_width_that_holds_it(saved):
+    from tfhub_classifier.inference import engines
+    engine, _, _ = engines.load(saved["binary"], "float32", "tflite", log=lambda line: None)
+    ran = []
+    for width, runner in list(engine.runners.items()):
+        engine.runners[width] = lambda runner=runner, width=width, **tokens: (
+            ran.append((width, tokens["input_word_ids"].shape)) or runner(**tokens))
+    ids = np.ones((3, 40), dtype=np.int32)
+    engine.classify_tokens({"input_word_ids": ids, "input_mask": ids, "input_type_ids": 0 * ids})
+    assert ran == [(48, (3, 48))]
+    with pytest.raises(ValueError, match="longer than this TFLite model's widest input"):
+        wide = np.ones((1, 101), dtype=np.int32)
+        engine.classify_tokens({"input_word_ids": wide, "input_mask": wide, "input_type_ids": 0 * wide})
+
+
+def test_the_conversion_is_kept_for_that_model_only(hub_models, tmp_path):
+    from tfhub_classifier.inference import engines
+    model_dir = helpers.untrained_classifier(tmp_path / "a", *hub_models, tasks.Task("binary", LABELS["binary"]),
+                                             "head")
+    said = []
+    first, _, _ = engines.load(model_dir, "float32", "tflite", log=said.append)
+    kept = os.listdir(os.path.join(model_dir, engines.CACHE_FOLDER))
+    assert len(said) == 1 and said[0].startswith("Converting") and len(kept) == 1 and kept[0].startswith("tflite-")
+    said.clear()
+    again, _, _ = engines.load(model_dir, "float32", "tflite", log=said.append)
+    assert said == []  # read, not converted
+    np.testing.assert_array_equal(logits(again, TEXTS), logits(first, TEXTS))
+    # Another model saved in the same folder (as a retraining does) gets its own conversion.
+    other = helpers.untrained_classifier(tmp_path / "b", *hub_models, tasks.Task("binary", ("x", "y")), "head")
+    os.rename(os.path.join(model_dir, engines.CACHE_FOLDER), os.path.join(other, engines.CACHE_FOLDER))
+    replaced, _, _ = engines.load(other, "float32", "tflite", log=said.append)
+    assert said and said[0].startswith("Converting")
+    assert len(os.listdir(os.path.join(other, engines.CACHE_FOLDER))) == 2
+    from tfhub_classifier.model import saving
+    np.testing.assert_allclose(logits(replaced, TEXTS), logits(saving.load(other)[0], TEXTS), atol=1e-4)
+
+
+def test_a_model_folder_that_cannot_be_written_still_gets_its_engine(saved, monkeypatch):
+    from tfhub_classifier import files
+    from tfhub_classifier.inference import engines
+
+    def refused(path, content):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(files, "write_bytes", refused)
+    monkeypatch.setattr(engines, "fingerprint", lambda model_dir: "unkept")
+    said = []
+    engine, _, _ = engines.load(saved["binary"], "float32", "tflite", log=said.append)
+    assert any("could not keep the converted model" in line and "Permission denied" in line for line in said)
+    assert logits(engine, ["great"]).shape == (1,)
+
+
+def test_predict_and_explain_through_an_engine(saved, capsys):
+    """predict.py --engine tflite gives the SavedModel's float32 scores and occlusion weights."""
+    expected = predict.main(["--model-dir", saved["multiclass"], "--precision", "float32", "--explain",
+                             "--format", "jsonl", *TEXTS[:3]])
+    lines = capsys.readouterr().out
+    got = predict.main(["--model-dir", saved["multiclass"], "--engine", "tflite", "--explain", "--format", "jsonl",
+                        *TEXTS[:3]])
+    out = capsys.readouterr()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert len(out.out.splitlines()) == len(lines.splitlines()) == 3
+    import json
+    for mine, theirs in zip(map(json.loads, out.out.splitlines()), map(json.loads, lines.splitlines())):
+        assert mine["words"] == theirs["words"] and mine["explained_label"] == theirs["explained_label"]
+        np.testing.assert_allclose(mine["weights"], theirs["weights"], atol=1e-4)
+
+
+def test_precision_and_a_tflite_engine_are_refused_together():
+    with pytest.raises(ValueError, match="--engine tflite-int8 does not run"):
+        config.resolve(engine="tflite-int8", precision="float16").validate(config.PREDICT)
+    assert config.resolve(engine="tflite", precision="auto").validate(config.PREDICT).engine == "tflite"

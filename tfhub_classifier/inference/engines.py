@@ -1,0 +1,93 @@
+"""What scores texts: the SavedModel's graph, or its token half converted to TFLite and run by XNNPACK.
+
+Either way the saved model tokenizes (TF Text, in its graph); the TFLite engines take its token ids.
+The conversion takes seconds to a minute, so it is kept beside the model (MODEL_DIR/engines/, named
+for the SavedModel's fingerprint, so a retrained model never reuses another's) and made once.
+"""
+import hashlib
+import os
+import threading
+
+import numpy as np
+
+from tfhub_classifier import files, hardware
+from tfhub_classifier.export import tflite
+from tfhub_classifier.model import saving
+from tfhub_classifier.runtime import tf
+
+QUANTIZATION = {"tflite": "none", "tflite-int8": "int8"}  # config.ENGINES' TFLite ones
+PRECISION = {"tflite": "float32 (TFLite)", "tflite-int8": "int8 weights (TFLite)"}
+CACHE_FOLDER = "engines"
+
+
+class TfliteClassifier:
+    """A saved classifier whose classify_tokens runs in TFLite: the same inputs and logits as the saved
+    one's, through the smallest width signature that holds the batch. Everything else (preprocess,
+    text_to_tokens, the signatures) is the saved model's, in `saved`."""
+
+    def __init__(self, saved, model_content, threads=None):
+        self.saved = saved
+        self.interpreter = tflite.interpreter(model_content, threads=threads or hardware.cores())
+        self.runners = tflite.signature_runners(self.interpreter)
+        self.widths = sorted(self.runners)
+        self.lock = threading.Lock()  # an interpreter runs one call at a time (serve.py calls from two threads)
+
+    def __getattr__(self, name):
+        return getattr(self.saved, name)
+
+    def classify_tokens(self, tokens):
+        """[texts, labels] logits of token ids ([texts, length] each, length at most the widest signature)."""
+        tokens = {key: np.asarray(value, dtype=np.int32) for key, value in tokens.items()}
+        count, length = tokens["input_word_ids"].shape
+        width = next((width for width in self.widths if width >= length), None)
+        if width is None:
+            raise ValueError(f"texts of {length} tokens are longer than this TFLite model's widest input "
+                             f"({self.widths[-1]})")
+        padded = {key: np.pad(value, ((0, 0), (0, width - length))) for key, value in tokens.items()}
+        if count == 0:
+            return tf.zeros([0, self._labels], tf.float32)
+        with self.lock:
+            logits = self.runners[width](**padded)["logits"]
+        return tf.constant(logits.reshape(count, -1))
+
+    @property
+    def _labels(self):
+        return int(self.saved.label_names.shape[0]) if self.saved.task_kind.numpy() != b"binary" else 1
+
+
+def load(model_dir, precision, engine="savedmodel", log=print):
+    """(model, run record, the precision in force, as logs and reports name it): the saved model,
+    or a TfliteClassifier over it (converted once, then read from MODEL_DIR/engines/)."""
+    if engine == "savedmodel":
+        return saving.load_model(model_dir, precision)
+    model, record, _ = saving.load_model(model_dir, "float32")  # only its tokenizer runs
+    content = converted(model, record, model_dir, engine, log)
+    return TfliteClassifier(model, content), record, PRECISION[engine]
+
+
+def converted(model, record, model_dir, engine, log=print):
+    """The engine's .tflite bytes for the model in model_dir: read from MODEL_DIR/engines/ if made for
+    this SavedModel, else converted and kept there (if the folder can't be written, used unkept)."""
+    path = os.path.join(model_dir, CACHE_FOLDER, f"{engine}-{fingerprint(model_dir)}.tflite")
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            return f.read()
+    task = saving.task_of_record(record)
+    log(f"Converting {model_dir} to {engine} (once; kept in {os.path.dirname(path)}) ...")
+    content = tflite.convert(model, task.kind, record["config"]["seq_length"], QUANTIZATION[engine])
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        files.write_bytes(path, content)
+    except OSError as error:
+        log(f"note: could not keep the converted model in {os.path.dirname(path)} ({error.strerror}); "
+            "it will be converted again next time")
+    return content
+
+
+def fingerprint(model_dir):
+    """A short hash of the SavedModel's graph and variable index: it changes whenever the model is saved anew."""
+    digest = hashlib.sha256()
+    for name in ("saved_model.pb", os.path.join("variables", "variables.index")):
+        with open(os.path.join(model_dir, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
