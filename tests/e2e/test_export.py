@@ -70,6 +70,26 @@ print(json.dumps(result))
 """
 
 
+# Run in a fresh process that never imports tensorflow_text: each TFLite export's client tokenizes texts
+# and scores them with its model.tflite, as it prints them.
+TFLITE_CHECK = r"""
+import contextlib, importlib.util, io, json, sys
+job = json.load(open(sys.argv[1]))
+result = {"client_tokens": {}, "client_lines": {}}
+for name, case in job["exports"].items():
+    spec = importlib.util.spec_from_file_location("client_" + name, case["dir"] + "/client_example.py")
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+    result["client_tokens"][name] = client.Tokenizer.of_export(case["dir"])(job["texts"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        client.main(["--export-dir", case["dir"], *case["argv"], *job["texts"]])
+    result["client_lines"][name] = printed.getvalue().splitlines()
+result["tensorflow_text_imported"] = "tensorflow_text" in sys.modules
+print(json.dumps(result))
+"""
+
+
 # The client's REST paths in a process where numpy and tensorflow can't even be imported.
 STDLIB_ONLY_CLIENT = r"""
 import runpy, sys
@@ -246,6 +266,69 @@ def test_core_ops_export_and_its_client_work_without_tf_text(exports, tmp_path, 
                             name)
     # The check can fail: the full model's graph holds TF Text ops that core TensorFlow lacks.
     assert {"CaseFoldUTF8", "WordpieceTokenizeWithOffsets"} <= set(result["outside_core"]["full model"])
+
+
+@pytest.fixture(scope="module")
+def tflite_exports(binary_dir, multiclass_dir, cased_dir, tmp_path_factory):
+    """{name: (model dir, TFLite export dir, --quantize)}: float32, int8 and float16 weights."""
+    root = tmp_path_factory.mktemp("tflite")
+    cases = {"binary": (binary_dir, "none"), "multiclass": (multiclass_dir, "int8"), "cased": (cased_dir, "float16")}
+    result = {}
+    for name, (model_dir, quantize) in cases.items():
+        out = str(root / name)
+        written = export.main(["--model-dir", model_dir, "--out", out, "--format", "tflite", "--quantize", quantize])
+        assert written["format"] == "tflite"
+        result[name] = (model_dir, out, quantize)
+    return result
+
+
+# How far a TFLite export's probabilities may be from the SavedModel's in float32, by --quantize: float32
+# weights score the same; int8 and float16 weights round the untrained tiny models' scores by less.
+TFLITE_TOLERANCE = {"none": 1e-5, "int8": 0.05, "float16": 0.01}
+
+
+def test_tflite_export_and_its_client_work_without_tf_text(tflite_exports, tmp_path, capsys):
+    """In a process that never imports tensorflow_text, each TFLite export's client makes the model's own
+    token ids and prints predict.py's lines, its probabilities within the tolerance of its weights."""
+    job = {"exports": {}, "texts": VARIED}
+    for name, (_, out, _) in tflite_exports.items():
+        written = {"model.tflite", "vocab.txt", "tokenizer.json", "labels.json", "labels.txt", "client_example.py"}
+        assert set(os.listdir(out)) == written
+        job["exports"][name] = {"dir": out, "argv": LABELLING[name]}
+    with open(tmp_path / "job.json", "w") as f:
+        json.dump(job, f)
+    environment = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    checked = run_quietly([sys.executable, "-c", TFLITE_CHECK, str(tmp_path / "job.json")], cwd=tmp_path,
+                          env=environment)
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    result = json.loads(checked.stdout.strip().splitlines()[-1])
+    assert result["tensorflow_text_imported"] is False
+    sizes = {}
+    for name, (model_dir, out, quantize) in tflite_exports.items():
+        tokens, _ = full_model_scores(model_dir, VARIED)
+        for key, value in tokens.items():
+            assert result["client_tokens"][name][key] == value.tolist(), (name, key)
+        expected = predicted_lines(model_dir, VARIED, capsys, LABELLING[name])
+        lines = [json.loads(line) for line in result["client_lines"][name]]
+        assert [line["text"] for line in lines] == VARIED
+        for got, want in zip(lines, expected):
+            probabilities = [got.get("score", got.get("probability"))] if "probabilities" not in got else list(
+                got["probabilities"].values())
+            wanted = [want.get("score", want.get("probability"))] if "probabilities" not in want else list(
+                want["probabilities"].values())
+            np.testing.assert_allclose(probabilities, wanted, atol=TFLITE_TOLERANCE[quantize], err_msg=name)
+        if quantize == "none":
+            assert_same_results(lines, expected, name)
+        sizes[quantize] = os.path.getsize(os.path.join(out, "model.tflite"))
+    assert sizes["int8"] < sizes["float16"] < sizes["none"]  # the weights are stored as asked
+
+
+def test_quantize_needs_the_tflite_format(binary_dir, tmp_path, capsys):
+    assert cli.run(export.main, ["--model-dir", binary_dir, "--out", str(tmp_path / "out"), "--quantize",
+                                 "int8"]) == cli.EXIT_ERROR
+    error = capsys.readouterr().err
+    assert "--quantize applies to --format tflite" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_writes_the_settings_and_names_the_model_uses(exports):
