@@ -16,7 +16,9 @@ never share memory or threads.
 The peer gets its best CPU settings: its fast (Rust) tokenizer, reviews sorted by length and each
 batch padded to its longest (as Trainer's group_by_length with DataCollatorWithPadding does),
 one thread per core, fused AdamW, and torch.autocast(bfloat16) in the bfloat16 rows, which run
-(as ours do) only where the CPU has AVX512-BF16 or AMX.
+(as ours do) only where the CPU has AVX512-BF16 or AMX. The int8 rows are evaluation only, int8
+weights on both sides: ours through --engine tflite-int8, the peer's Linear layers through
+torch.ao.quantization.quantize_dynamic. The last row sets our fastest row against the peer's fastest.
 
 Prints one table (reviews/s and ours/peer ratios) and, per sequence length, a line
 `peer-ratio seq=128 train=1.23 eval=1.45` (ours / peer; with precision=... when bfloat16 rows are
@@ -40,7 +42,9 @@ import speed
 
 from tfhub_classifier import hardware
 
-PRECISIONS = ("float32", "bfloat16")
+# int8 is evaluation only: ours through --engine tflite-int8 (int8 weights), the peer through
+# torch.ao.quantization.quantize_dynamic on its Linear layers (int8 weights, as dynamic-range TFLite).
+PRECISIONS = ("float32", "bfloat16", "int8")
 # Training batches are sorted by length within windows of this many batches, as our pipeline's
 # tokenization.WINDOW_BATCHES (not imported here: that module imports TensorFlow).
 WINDOW_BATCHES = 16
@@ -117,6 +121,7 @@ def peer_child(spec):
     train_split, _, test = imdb.load_splits(cfg, caps=(train_steps * cfg.batch_size, 1, max(eval_reviews, 64)))
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if spec["precision"] == "bfloat16" \
         else contextlib.nullcontext
+    quantized = spec["precision"] == "int8"
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(spec["model_dir"])
     assert tokenizer.is_fast
@@ -152,7 +157,7 @@ def peer_child(spec):
     rng = np.random.RandomState(cfg.seed)
     model.train()
     epoch_times = []
-    for _ in range(2):  # a warm-up epoch, then the measured one
+    for _ in range(0 if quantized else 2):  # a warm-up epoch, then the measured one
         started = time.perf_counter()
         for batch in _training_batches(lengths, cfg.batch_size, rng)[:train_steps]:
             inputs = _padded(torch, [ids[i] for i in batch], tokenizer.pad_token_id)
@@ -166,12 +171,15 @@ def peer_child(spec):
             optimizer.zero_grad(set_to_none=True)
         loss.item()
         epoch_times.append(time.perf_counter() - started)
-    results["train_reviews_per_s"] = train_steps * cfg.batch_size / epoch_times[1]
-    results["train_first_epoch_s"] = epoch_times[0]
+    if epoch_times:
+        results["train_reviews_per_s"] = train_steps * cfg.batch_size / epoch_times[1]
+        results["train_first_epoch_s"] = epoch_times[0]
 
     # Evaluation from the raw texts: tokenize, sort by length, pad each batch to its longest,
     # put each logit back in its review's place.
     model.eval()
+    if quantized:
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
     def evaluate(texts, truth):
         rows = encode(texts)
@@ -213,11 +221,24 @@ def table(results, seq_lengths, precisions):
         for side in ("ours", "peer"):
             cells = [results.get(f"{side}-{precision}@{seq}") for seq in seq_lengths]
             lines.append(f"| {side}, {precision} | " + " | ".join(
-                _rate(row[figure]) if row else "failed" for row in cells for figure, _ in COLUMNS) + " |")
+                (_rate(row[figure]) if figure in row else "-") if row else "failed"
+                for row in cells for figure, _ in COLUMNS) + " |")
         ratios = [ratio(results, precision, seq, figure) for seq in seq_lengths for figure, _ in COLUMNS]
         lines.append(f"| ours / peer, {precision} | " + " | ".join(
             f"{r:.2f}x" if r is not None else "-" for r in ratios) + " |")
+    best = [best_ratio(results, precisions, seq, figure) for seq in seq_lengths for figure, _ in COLUMNS]
+    lines.append("| ours' best / the peer's best | " + " | ".join(
+        f"{r:.2f}x" if r is not None else "-" for r in best) + " |")
     return "\n".join(lines)
+
+
+def best_ratio(results, precisions, seq, figure):
+    """Our fastest row over the peer's fastest row (of those measured) for one figure at seq."""
+    def fastest(side):
+        rows = [results.get(f"{side}-{precision}@{seq}") for precision in precisions]
+        return max((row[figure] for row in rows if row and figure in row), default=None)
+    ours, peer = fastest("ours"), fastest("peer")
+    return ours / peer if ours and peer else None
 
 
 def _rate(value):
@@ -226,7 +247,7 @@ def _rate(value):
 
 def ratio(results, precision, seq, figure):
     ours, peer = results.get(f"ours-{precision}@{seq}"), results.get(f"peer-{precision}@{seq}")
-    return ours[figure] / peer[figure] if ours and peer else None
+    return ours[figure] / peer[figure] if ours and peer and figure in ours and figure in peer else None
 
 
 def round_ratios(runs, precision, seq):
@@ -236,7 +257,8 @@ def round_ratios(runs, precision, seq):
         side, _, setting = run["name"].partition("-")
         if setting == f"{precision}@{seq}":
             pairs.setdefault(run["round"], {})[side] = run
-    return [{label: pair["ours"][figure] / pair["peer"][figure] for figure, label in COLUMNS}
+    return [{label: pair["ours"][figure] / pair["peer"][figure] for figure, label in COLUMNS
+             if figure in pair["ours"] and figure in pair["peer"]}
             for _, pair in sorted(pairs.items()) if {"ours", "peer"} <= pair.keys()]
 
 
@@ -245,8 +267,9 @@ def main(argv=None):
     parser.add_argument("--seq-lengths", type=int, nargs="+", default=[128, 512])
     bf16 = hardware.cpu_supports_bfloat16()
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS,
-                        default=["float32", "bfloat16"] if bf16 else ["float32"],
-                        help="default: float32, and bfloat16 where the CPU has AVX512-BF16 or AMX")
+                        default=["float32", "bfloat16", "int8"] if bf16 else ["float32", "int8"],
+                        help="default: float32, bfloat16 where the CPU has AVX512-BF16 or AMX, and int8 "
+                             "(evaluation only: ours through --engine tflite-int8, the peer dynamically quantized)")
     parser.add_argument("--train-steps", type=int, default=speed.TRAIN_STEPS,
                         help="measured training steps of batch 32, after a warm-up epoch as long "
                              f"(default {speed.TRAIN_STEPS})")
@@ -284,8 +307,9 @@ def main(argv=None):
     for round_number in range(1, args.rounds + 1):
         for seq in args.seq_lengths:
             for precision in args.precisions:
-                runs = (("ours", speed.__file__, dict(pipeline="fast", predict=False)),
-                        ("peer", __file__, dict(model_dir=model_dir)))
+                engine = {"engine": "tflite-int8"} if precision == "int8" else {}
+                ours = dict(pipeline="fast", predict=False, **engine)
+                runs = (("ours", speed.__file__, ours), ("peer", __file__, dict(model_dir=model_dir)))
                 # Sides take turns going first, so a slow stretch of a shared machine hits both alike.
                 for side, script, extra in runs if round_number % 2 else runs[::-1]:
                     spec = dict(name=f"{side}-{precision}@{seq}", precision=precision, seq_length=seq, **sizes, **extra)
@@ -295,24 +319,30 @@ def main(argv=None):
                     record["runs"].append(dict(figures, name=spec["name"], round=round_number))
                     best = results.setdefault(spec["name"], figures)
                     for figure, _ in COLUMNS:
-                        best[figure] = max(best[figure], figures[figure])
+                        if figure in figures:
+                            best[figure] = max(best[figure], figures[figure])
                     print(f"round {round_number} {spec['name']:<20} "
-                          + " ".join(f"{figure}={figures[figure]:.2f}" for figure, _ in COLUMNS)
+                          + " ".join(f"{figure}={figures[figure]:.2f}" for figure, _ in COLUMNS if figure in figures)
                           + f" eval_accuracy={figures['eval_accuracy']:.4f}", flush=True)
                     common.save_result("peer", record)
     print("\n" + table(results, args.seq_lengths, args.precisions) + "\n")
     for seq in args.seq_lengths:
         for precision in args.precisions:
             train, evaluation = (ratio(results, precision, seq, figure) for figure, _ in COLUMNS)
-            if train is None:
+            if evaluation is None:
                 continue
             record["ratios"][f"{precision}@{seq}"] = {"train": train, "eval": evaluation}
-            named = f" precision={precision}" if "bfloat16" in args.precisions else ""
-            print(f"peer-ratio seq={seq}{named} train={train:.2f} eval={evaluation:.2f}")
+            named = f" precision={precision}" if len(args.precisions) > 1 else ""
+            shown = f" train={train:.2f}" if train is not None else ""
+            print(f"peer-ratio seq={seq}{named}{shown} eval={evaluation:.2f}")
             if args.rounds > 1:
                 print("  round by round (ours / peer): " + "; ".join(
-                    f"train {r['train']:.2f} eval {r['eval']:.2f}"
+                    " ".join(f"{label} {value:.2f}" for label, value in r.items())
                     for r in round_ratios(record["runs"], precision, seq)))
+        best = {label: best_ratio(results, args.precisions, seq, figure) for figure, label in COLUMNS}
+        record["ratios"][f"best@{seq}"] = best
+        print(f"peer-ratio seq={seq} ours' best / the peer's best: " + " ".join(
+            f"{label}={value:.2f}" for label, value in best.items() if value is not None))
     print(f"Results: {common.save_result('peer', record)}")
     return record
 

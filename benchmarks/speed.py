@@ -10,6 +10,7 @@ reviews, and peak resident memory. Ratios are against the tutorial pipeline in t
 """
 import argparse
 import json
+import os
 import resource
 import statistics
 import time
@@ -24,7 +25,10 @@ LATENCY_CALLS = 50
 
 def child(spec):
     """Measure one configuration; returns a dict of figures. spec may lower train_steps and
-    eval_reviews (for a quick run) and set predict=False to measure training and evaluation only."""
+    eval_reviews (for a quick run) and set predict=False to measure training and evaluation only;
+    engine (an --engine other than savedmodel) measures evaluation alone, through that engine."""
+    if spec.get("engine", "savedmodel") != "savedmodel":
+        return engine_child(spec)
     import numpy as np
 
     import config
@@ -98,6 +102,38 @@ def child(spec):
     results["predict_reviews_per_s"] = PREDICT_REVIEWS / (time.perf_counter() - started)
     results["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return results
+
+
+def engine_child(spec):
+    """Evaluation reviews/s through --engine spec["engine"]: the model as train.py saves it (untrained:
+    speed does not depend on the weights), converted by the engine, scoring from the raw texts."""
+    import tempfile
+
+    import numpy as np
+
+    import config
+    from tfhub_classifier.data import imdb
+    from tfhub_classifier.inference import engines, scoring
+    from tfhub_classifier.model import saving
+    from tfhub_classifier.training import trainer
+
+    cfg = config.resolve(recipe="official", seq_length=spec["seq_length"], precision="float32", truncation="head",
+                         **common.real_data_flags())
+    eval_reviews = spec.get("eval_reviews", EVAL_REVIEWS)
+    _, _, test = imdb.load_splits(cfg, with_train=False, caps=(0, 0, max(eval_reviews, 64)))
+    session = trainer.Session(cfg, log=lambda *_: None)
+    with tempfile.TemporaryDirectory(dir=common.RESULTS) as scratch:
+        record = {"config": {"seq_length": cfg.seq_length, "truncation": cfg.truncation},
+                  "task": {"kind": session.task.kind, "label_names": list(session.task.label_names)}}
+        model_dir = saving.save(session.exported, os.path.join(scratch, "model"), record)
+        model, _, precision = engines.load(model_dir, "float32", spec["engine"], log=lambda *_: None)
+        scoring.logits_of(model, test.texts[:64], cfg.eval_batch_size)
+        started = time.perf_counter()
+        logits = scoring.logits_of(model, test.texts[:eval_reviews], cfg.eval_batch_size)
+        seconds = time.perf_counter() - started
+    return {"precision": precision, "eval_reviews_per_s": eval_reviews / seconds,
+            "eval_accuracy": float(np.mean((logits >= 0) == test.labels[:eval_reviews])),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def configurations(seq_lengths):
