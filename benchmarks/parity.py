@@ -1,13 +1,16 @@
-"""Does a trained checkpoint score the same under our pipeline, the tutorial's, its saved signature and bfloat16?
+"""Does a trained checkpoint score the same under our pipeline, the tutorial's, its signature, bfloat16 and TFLite?
 
     python benchmarks/parity.py --model-dir benchmarks/results/models/compare_best
 
-Scores the first --reviews of the fixed test subset (seed 42) four ways, each in its own
+Scores the first --reviews of the fixed test subset (seed 42) in several ways, each in its own
 process since the precision rewrite is process-wide: our pipeline in float32 (sorted,
 padded per batch, batch 128: what predict.py and serve.py run), the tutorial's (in order,
 every review padded to the full length, batch 32) in float32, the SavedModel's serving_default
-signature in float32 (what TensorFlow Serving runs), and ours with the bfloat16 rewrite. Each
-is compared with ours in float32: accuracy, labels agreeing, largest probability difference.
+signature in float32 (what TensorFlow Serving runs), ours with the bfloat16 rewrite, and the TFLite
+engines (--engine tflite and tflite-int8, and float16 weights as export.py --quantize float16
+writes them). Each is compared with ours in float32: accuracy, labels agreeing, largest
+probability difference; and each one's reviews/s, scoring from the raw texts (a TFLite engine's
+conversion, made before, not counted).
 """
 import argparse
 import json
@@ -19,7 +22,9 @@ import common
 import numpy as np
 
 WAYS = {"ours-fp32": ("fast", "float32"), "tutorial-fp32": ("tutorial", "float32"),
-        "signature-fp32": ("signature", "float32"), "ours-bf16": ("fast", "bfloat16")}
+        "signature-fp32": ("signature", "float32"), "ours-bf16": ("fast", "bfloat16"),
+        "tflite-fp32": ("tflite", "float32"), "tflite-int8": ("tflite-int8", "float32"),
+        "tflite-fp16": ("tflite-float16", "float32")}  # the last: export.py --quantize float16's weights
 
 
 def child(model_dir, reviews, pipeline, precision):
@@ -27,15 +32,22 @@ def child(model_dir, reviews, pipeline, precision):
 
     import config
     from tfhub_classifier.data import imdb, tokenization
-    from tfhub_classifier.inference import scoring
+    from tfhub_classifier.inference import engines, scoring
     from tfhub_classifier.model import saving
     from tfhub_classifier.runtime import tf
-    model, record, _ = saving.load_model(model_dir, precision)
+    if pipeline == "tflite-float16":  # not an engine: float16 weights as export.py writes them
+        from tfhub_classifier.export import tflite
+        model, record = saving.load(model_dir)
+        model = engines.TfliteClassifier(model, tflite.convert(model, saving.task_of_record(record).kind,
+                                                               record["config"]["seq_length"], "float16"))
+    else:
+        engine = pipeline if pipeline in engines.QUANTIZATION else "savedmodel"
+        model, record, _ = engines.load(model_dir, precision, engine, log=lambda *_: None)
     cfg = config.resolve(**common.real_data_flags())
     _, _, test = imdb.load_splits(cfg, with_train=False, caps=(0, 0, reviews))
     scoring.logits_of(model, test.texts[:32], 128)  # warm up
     started = time.perf_counter()
-    if pipeline == "fast":
+    if pipeline == "fast" or pipeline.startswith("tflite"):
         logits = scoring.logits_of(model, test.texts, 128)
     elif pipeline == "signature":
         signature = model.signatures[saving.SERVING_SIGNATURE]
@@ -57,6 +69,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--reviews", type=int, default=1000)
+    parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS),
+                        help="the ways to score (default: all; ours-fp32, the reference, always runs)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -64,6 +78,8 @@ def main(argv=None):
         return None
     results = {}
     for name, (pipeline, precision) in WAYS.items():
+        if name not in args.ways and name != "ours-fp32":
+            continue
         run = subprocess.run([sys.executable, __file__, "--model-dir", args.model_dir, "--reviews",
                               str(args.reviews), "--child", pipeline, precision], capture_output=True, text=True)
         lines = [line for line in run.stdout.splitlines() if line.startswith("CHILD ")]

@@ -8,7 +8,7 @@ The model: the MiniLM stand-in fine-tuned by train.py on 64 reviews for one epoc
 official: the first --seq-length tokens, 128 by default), trained once into
 benchmarks/results/models/serving_minilm_seqN; speed doesn't depend on how well it classifies.
 For each setting, serve.py runs in its own process with its defaults (--batch-timeout-ms 5),
---precision bfloat16 where the CPU has AVX512-BF16/AMX (float32 elsewhere), and --batch-size 32
+--precision bfloat16 where the CPU has AVX512-BF16/AMX (float32 elsewhere) or --engine ENGINE, and --batch-size 32
 (batching on) or 1 (off: one text per model call). For each number of clients, that many threads
 each send one IMDB test review per request on a keep-alive connection, after an untimed warm-up, until
 --requests requests are answered: throughput = requests / wall time, and p50/p99 of each
@@ -72,9 +72,10 @@ def test_reviews(count):
 class Server(serving_client.ServerProcess):
     """serve.py in its own process with --batch-size batch_size; the benchmark ends if it won't start."""
 
-    def __init__(self, model_dir, batch_size, log_path):
+    def __init__(self, model_dir, batch_size, log_path, engine="savedmodel"):
+        scoring = ["--precision", PRECISION] if engine == "savedmodel" else ["--engine", engine]
         try:
-            super().__init__(model_dir, log_path, "--batch-size", str(batch_size), "--precision", PRECISION,
+            super().__init__(model_dir, log_path, "--batch-size", str(batch_size), *scoring,
                              startup_seconds=STARTUP_SECONDS)
         except RuntimeError as error:
             sys.exit(f"{str(error).splitlines()[0]} see {log_path}")
@@ -114,10 +115,13 @@ def load(server, reviews, clients, requests):
 
 def ceiling(spec):
     """Reviews/s of the server's scoring alone at each setting's texts per call: what its calls can reach."""
+    from tfhub_classifier.inference import engines
     from tfhub_classifier.model import saving
     from tfhub_classifier.serving.servable import Servable
     defaults = config.Config()
-    model, record, precision = saving.load_model(spec["model_dir"], PRECISION)
+    engine = spec.get("engine", "savedmodel")
+    model, record, precision = engines.load(spec["model_dir"], PRECISION if engine == "savedmodel" else "float32",
+                                            engine)
     task = saving.task_of_record(record)
     reviews = test_reviews(REVIEWS)[:CEILING_REVIEWS]
     figures = {"precision": precision}
@@ -139,6 +143,8 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=1024, help="timed requests per setting and client count")
     parser.add_argument("--seq-length", type=int, default=128, help="tokens per review the model reads")
+    parser.add_argument("--engine", choices=config.ENGINES, default="savedmodel",
+                        help="serve.py --engine (savedmodel: at --precision bfloat16 where the CPU has it)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -147,14 +153,14 @@ def main(argv=None):
     model_dir = train_model(args.seq_length)
     reviews = test_reviews(REVIEWS)
     results = {}
-    alone = common.run_child(__file__, {"name": "model alone", "model_dir": model_dir})
+    alone = common.run_child(__file__, {"name": "model alone", "model_dir": model_dir, "engine": args.engine})
     if alone:
         results["model_alone"] = alone
         print(f"model alone ({alone['precision']}, no server): {alone['on']:.1f} reviews/s at "
               f"{SETTINGS['on']} texts a call, "
               f"{alone['off']:.1f} at one text a call", flush=True)
     for setting, batch_size in SETTINGS.items():
-        server = Server(model_dir, batch_size, os.path.join(common.RESULTS, f"serving-{setting}.log"))
+        server = Server(model_dir, batch_size, os.path.join(common.RESULTS, f"serving-{setting}.log"), args.engine)
         try:
             load(server, reviews, max(args.clients), min(WARM_UP_REQUESTS, 8 * max(args.clients)))
             for clients in args.clients:
@@ -171,8 +177,9 @@ def main(argv=None):
                       f"{row['reviews_per_s']:7.1f} reviews/s  p50 {row['p50_ms']:7.1f} ms  "
                       f"p99 {row['p99_ms']:7.1f} ms  mean batch {row['mean_batch']:5.1f}"
                       + (f"  FAILED {len(failures)}: {failures[0]}" if failures else ""), flush=True)
-                common.save_result("serving", {"machine": common.machine(), "requests": args.requests,
-                                               "seq_length": args.seq_length, "results": results})
+                common.save_result(f"serving-{args.engine}", {"machine": common.machine(), "requests": args.requests,
+                                                              "seq_length": args.seq_length, "engine": args.engine,
+                                                              "results": results})
         finally:
             server.stop()
     for clients in args.clients:
