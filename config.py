@@ -249,6 +249,10 @@ class Config:
     strategy: str = _option("default", "tf.distribute strategy: mirrored = several GPUs, multiworker = "
                             "TF_CONFIG", STRATEGIES)
     require_gpu: bool = _option(False, "fail instead of training on the CPU", resumes=False)
+    collective_timeout_s: float = _option(120.0, "--strategy multiworker: a gradient exchange that waits this "
+                                          "long for a lost worker fails, and every surviving worker stops with a "
+                                          "line naming it (relaunch all with the same command to resume); 0 = "
+                                          "wait forever", at_least=0, resumes=False)
     checkpoint_every: int = _option(200, "also checkpoint every N steps so a killed run resumes; 0 = per "
                                     "epoch only", at_least=0, resumes=False)
     tensorboard: bool = _option(False, "write TensorBoard logs under the model dir", resumes=False)

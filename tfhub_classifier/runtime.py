@@ -76,8 +76,9 @@ def check_devices(require_gpu=False, log=print):
 _multiworker_strategy = None
 
 
-def make_strategy(name):
-    """The tf.distribute strategy for --strategy; 'default' is the single-device one."""
+def make_strategy(name, collective_timeout_s=0):
+    """The tf.distribute strategy for --strategy; 'default' is the single-device one. multiworker: its
+    collective ops fail after collective_timeout_s seconds without every worker (0: they wait forever)."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -90,9 +91,15 @@ def make_strategy(name):
                              "every worker (see docs/reliability.md)")
         global _multiworker_strategy
         if _multiworker_strategy is None:  # one per process: its collective runtime starts only once
-            _multiworker_strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            _multiworker_strategy = tf.distribute.MultiWorkerMirroredStrategy(
+                communication_options=communication_options(collective_timeout_s))
         return _multiworker_strategy
     raise ValueError(f"unknown --strategy {name!r}; use one of {', '.join(config.STRATEGIES)}")
+
+
+def communication_options(collective_timeout_s):
+    """multiworker's collective ops fail after collective_timeout_s seconds without every worker (0: never)."""
+    return tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s or None)
 
 
 def is_chief(strategy):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from helpers import QUICK, ROOT, assert_predict_scores_are_the_saved_models
 
 WORKERS = 2
@@ -88,3 +89,101 @@ def test_two_workers_train_and_only_the_chief_writes(flags, tmp_path):
     assert record["optimizer_steps"] == EPOCHS * math.ceil(train_size / (BATCH_SIZE * WORKERS))
     assert len(record["history"]["loss"]) == EPOCHS
     assert_predict_scores_are_the_saved_models(model_dir, ["great", "awful"])
+
+
+# Worker 1 as train.py, but its Python stops for good at step 5 (stuck, not dead): its process, sockets
+# and heartbeats go on, so only the collective timeout can tell the others.
+STUCK_AT_STEP_5 = r"""
+import os, runpy, sys, time
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+from tfhub_classifier.training import checkpoints
+original = checkpoints.Backup.on_train_batch_end
+def on_train_batch_end(self, batch, logs=None):
+    if batch == 4:
+        time.sleep(3600)
+    return original(self, batch, logs)
+checkpoints.Backup.on_train_batch_end = on_train_batch_end
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _start_cluster(argv, tmp_path, tag, stuck=False):
+    """One train.py per worker, started (stuck: worker 1 stops at step 5); (processes, log paths)."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(WORKERS)]}
+    processes, paths = [], []
+    for index in range(WORKERS):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="",
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        env.pop("BERT_SUITE_DEBUG", None)
+        paths.append(tmp_path / f"{tag}-worker{index}.log")
+        with open(paths[-1], "w") as log:
+            wrapper = ["-c", STUCK_AT_STEP_5] if stuck and index == 1 else []
+            processes.append(subprocess.Popen([sys.executable, *wrapper, os.path.join(ROOT, "train.py"), *argv],
+                                              cwd=str(tmp_path), env=env, stdout=log, stderr=subprocess.STDOUT))
+    return processes, paths
+
+
+@pytest.mark.parametrize("loss", ["SIGKILL", "SIGSTOP", "stuck"])
+def test_a_lost_worker_stops_the_others_in_bounded_time_and_a_relaunch_resumes(hub_models, big_archive_url,
+                                                                                tmp_path, loss):
+    """Worker 1 killed (SIGKILL: its connections drop), hung (SIGSTOP: they stay open, its heartbeats stop)
+    or stuck (its Python stops; heartbeats go on, so only the collective timeout ends the wait) mid-epoch:
+    worker 0 exits within --collective-timeout-s (plus slack) with one line naming the lost task and how to
+    resume; relaunching both with the same command finishes with the optimizer steps of an uninterrupted
+    run and one model, saved by the chief (checked after the kill)."""
+    import signal
+
+    from conftest import offline_flags
+
+    from tfhub_classifier.model import saving
+    timeout = 20
+    flags = offline_flags(hub_models, big_archive_url, tmp_path)
+    argv = [*flags, *QUICK, "--epochs", str(EPOCHS), "--batch-size", str(BATCH_SIZE), "--strategy", "multiworker",
+            "--checkpoint-every", "3", "--collective-timeout-s", str(timeout)]
+    model_dir = flags[flags.index("--model-dir") + 1]
+    backup = os.path.join(model_dir + ".training", "backup", "chief")
+    processes, paths = _start_cluster(argv, tmp_path, "first", stuck=loss == "stuck")
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (os.path.isdir(backup) and any(name.startswith("ckpt") for name in os.listdir(backup))):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in processes), paths[0].read_text()
+            time.sleep(0.2)
+        if loss != "stuck":
+            processes[1].send_signal(getattr(signal, loss))
+        killed = time.monotonic()
+        processes[0].wait(timeout=timeout + 60)
+        waited = time.monotonic() - killed
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = paths[0].read_text()
+    print(f"worker 0 exited {waited:.1f} s after worker 1 was killed; its last lines:\n{output[-1500:]}")
+    assert processes[0].returncode not in (0, None), output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "worker 1" in last and "relaunch" in last, output[-3000:]
+    if loss == "stuck":
+        assert f"no answer within --collective-timeout-s {timeout}" in last
+    assert waited < timeout + 30, output[-3000:]
+    assert not os.path.exists(os.path.join(model_dir, "saved_model.pb"))
+    if loss != "SIGKILL":
+        return  # resuming is the same after any loss: relaunched once, after the kill
+
+    processes, paths = _start_cluster(argv, tmp_path, "again")
+    try:
+        for process in processes:
+            process.wait(timeout=TIMEOUT)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    outputs = [path.read_text() for path in paths]
+    assert [p.returncode for p in processes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert "Resuming the interrupted run" in outputs[0]
+    assert [f"Saved model: {model_dir}" in output for output in outputs] == [True, False]
+    _, record = saving.load(model_dir)
+    assert record["optimizer_steps"] == EPOCHS * math.ceil(record["split_sizes"]["train"] / (BATCH_SIZE * WORKERS))
+    assert sorted(os.listdir(os.path.dirname(model_dir))) == [os.path.basename(model_dir)]

@@ -15,3 +15,35 @@ def test_the_chief_is_the_chief_task_else_worker_0():
     assert runtime.is_chief(strategy("chief", 0, with_chief))
     assert not runtime.is_chief(strategy("worker", 0, with_chief))
     assert runtime.is_chief(runtime.make_strategy("default"))
+
+
+def test_a_lost_worker_is_named_from_the_error_or_the_cluster(monkeypatch):
+    import json
+
+    from tfhub_classifier.runtime import tf
+    from tfhub_classifier.training import cluster
+    workers = ["10.0.0.1:2222", "10.0.0.2:2222", "10.0.0.3:2222"]
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker",
+                                                                                         "index": 0}}))
+    reset = tf.errors.UnavailableError(None, None, "Additional GRPC error information from remote target "
+                                       "/job:worker/replica:0/task:2 while calling RecvBuf: Connection reset")
+    lost = cluster.lost_worker(reset, 120, "models/m.training")
+    assert isinstance(lost, ValueError)
+    assert str(lost).startswith("worker 2 (10.0.0.3:2222) was lost mid-training (its connection dropped)")
+    assert "relaunch every worker with the same command" in str(lost) and "models/m.training" in str(lost)
+    timed_out = tf.errors.DeadlineExceededError(None, None, "Collective has timed out during execution.")
+    assert str(cluster.lost_worker(timed_out, 120, "w")).startswith(
+        "one of worker 1 (10.0.0.2:2222), worker 2 (10.0.0.3:2222) was lost mid-training (no answer within "
+        "--collective-timeout-s 120)")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers[:2]}, "task": {"type": "worker",
+                                                                                             "index": 1}}))
+    assert str(cluster.lost_worker(timed_out, 5, "w")).startswith("worker 0 (10.0.0.1:2222) was lost")
+    assert cluster.lost_worker(tf.errors.ResourceExhaustedError(None, None, "OOM"), 5, "w") is None
+
+
+def test_the_collective_timeout_reaches_the_strategy():
+    import config
+    from tfhub_classifier import runtime
+    assert config.Config().collective_timeout_s == 120
+    options = runtime.communication_options(30)
+    assert options.timeout_seconds == 30 and runtime.communication_options(0).timeout_seconds is None

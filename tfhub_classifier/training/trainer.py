@@ -14,7 +14,7 @@ from tfhub_classifier.data import imdb, tokenization, user_files
 from tfhub_classifier.inference import calibration, plots, prediction, scoring, thresholds
 from tfhub_classifier.model import hub_models, modeling, saving
 from tfhub_classifier.runtime import keras, tf
-from tfhub_classifier.training import checkpoints, optimization
+from tfhub_classifier.training import checkpoints, cluster, optimization
 
 
 def _examples(split):
@@ -87,7 +87,7 @@ class Session:
         keras.utils.set_random_seed(cfg.seed)  # the head's initial weights and dropout repeat run to run
         self.precision = runtime.set_precision(cfg.precision)
         runtime.check_devices(cfg.require_gpu, log)
-        self.strategy = runtime.make_strategy(cfg.strategy)
+        self.strategy = runtime.make_strategy(cfg.strategy, cfg.collective_timeout_s)
         self.global_batch_size = cfg.batch_size * self.strategy.num_replicas_in_sync
         preprocessor = hub_models.load_hub_model(cfg.preprocessor_handle(), "--preprocessor", log)
         with self.strategy.scope():
@@ -160,18 +160,25 @@ def run(cfg, log=print, splits=None):
     --model-dir, its work dir and the plots: the others write to a temporary folder they delete."""
     if cfg.strategy != "multiworker":
         return _run(cfg, log, splits)
-    strategy = runtime.make_strategy(cfg.strategy)  # first: no other TF op may run before it
-    if runtime.is_chief(strategy):
-        return _run(cfg, log, splits, strategy)
-    scratch = tempfile.mkdtemp(prefix="bert-worker-")
-    log(f"Not the chief: this worker writes to {scratch} (deleted at the end); the chief writes "
-        f"{cfg.model_dir} and the plots")
+    strategy = runtime.make_strategy(cfg.strategy, cfg.collective_timeout_s)  # first: no other TF op before it
     try:
-        name = os.path.basename(os.path.abspath(cfg.model_dir))
-        own = dataclasses.replace(cfg, model_dir=os.path.join(scratch, name), plots_dir=os.path.join(scratch, "plots"))
-        return _run(own, log, splits, strategy, chief_work_dir=checkpoints.WorkDir(cfg.model_dir))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if runtime.is_chief(strategy):
+            return _run(cfg, log, splits, strategy)
+        scratch = tempfile.mkdtemp(prefix="bert-worker-")
+        log(f"Not the chief: this worker writes to {scratch} (deleted at the end); the chief writes "
+            f"{cfg.model_dir} and the plots")
+        try:
+            name = os.path.basename(os.path.abspath(cfg.model_dir))
+            own = dataclasses.replace(cfg, model_dir=os.path.join(scratch, name),
+                                      plots_dir=os.path.join(scratch, "plots"))
+            return _run(own, log, splits, strategy, chief_work_dir=checkpoints.WorkDir(cfg.model_dir))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    except tf.errors.OpError as error:
+        lost = cluster.lost_worker(error, cfg.collective_timeout_s, checkpoints.work_dir_of(cfg.model_dir))
+        if lost is None:
+            raise
+        raise lost from None
 
 
 def _run(cfg, log, splits, strategy=None, chief_work_dir=None):
