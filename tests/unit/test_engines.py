@@ -122,3 +122,15 @@ def test_precision_and_a_tflite_engine_are_refused_together():
     with pytest.raises(ValueError, match="--engine tflite-int8 does not run"):
         config.resolve(engine="tflite-int8", precision="float16").validate(config.PREDICT)
     assert config.resolve(engine="tflite", precision="auto").validate(config.PREDICT).engine == "tflite"
+
+
+def test_the_server_scores_through_the_engine(saved):
+    """serve.py --engine tflite-int8: the Servable answers with the engine's scores and says which it runs."""
+    from tfhub_classifier.inference import engines, scoring
+    from tfhub_classifier.serving.servable import Servable
+    cfg = config.resolve(model_dir=saved["binary"], engine="tflite-int8")
+    servable = Servable.load(cfg, log=lambda line: None)
+    assert servable.precision == "int8 weights (TFLite)" and isinstance(servable.model, engines.TfliteClassifier)
+    engine, _, _ = engines.load(saved["binary"], "float32", "tflite-int8", log=lambda line: None)
+    expected = servable.task.probabilities(scoring.logits_of(engine, TEXTS, 8))
+    assert [result["probabilities"] for result in servable.score(TEXTS)] == pytest.approx(expected, abs=1e-6)
