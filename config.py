@@ -359,6 +359,10 @@ class Config:
         if "engine" in offered and self.engine != "savedmodel" and precisions & {"bfloat16", "float16"}:
             raise ValueError(f"--precision rewrites the SavedModel's graph, which --engine {self.engine} does not "
                              "run; drop --precision, or use --engine savedmodel")
+        if "engine" in offered and self.engine == "tflite-int8" and self.explain_method == "integrated-gradients":
+            raise ValueError("--explain-method integrated-gradients follows the SavedModel's float32 gradients, "
+                             "not --engine tflite-int8's int8 weights, so its weights would not explain the "
+                             "scores shown; use --explain-method occlusion, or --engine tflite or savedmodel")
         if "encoding" in offered and self.encoding != REPLACING_ENCODING:
             try:
                 if not codecs.lookup(self.encoding)._is_text_encoding:  # base64, zlib, ...: bytes to bytes
@@ -387,6 +391,9 @@ class Config:
         return self
 
     def _validate_training(self):
+        if self.strategy != "multiworker" and self.collective_timeout_s != Config.collective_timeout_s:
+            raise ValueError("--collective-timeout-s bounds the waits of --strategy multiworker; add "
+                             "--strategy multiworker, or drop --collective-timeout-s")
         if not (self.encoder and self.preprocessor) and self.bert_model not in BERT_ENCODERS:
             raise ValueError(f"unknown --bert-model {self.bert_model!r}; run `python train.py --list-models` "
                              "for the names, or pass --encoder and --preprocessor")

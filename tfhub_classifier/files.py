@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import time
 
 
 @contextlib.contextmanager
@@ -58,6 +59,18 @@ def write_bytes(path, content):
         if os.path.exists(partial):
             os.remove(partial)
     return path
+
+
+def remove_stale_partials(folder, older_than_s):
+    """Delete the .partial files write_bytes left in folder when killed, if older than older_than_s seconds."""
+    now = time.time()
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        try:
+            if name.endswith(".partial") and now - os.path.getmtime(path) > older_than_s:
+                os.remove(path)
+        except OSError:
+            pass  # removed meanwhile by another process
 
 
 def check_writable(directory, flag, value=None):

@@ -285,6 +285,7 @@ def tflite_exports(binary_dir, multiclass_dir, cased_dir, tmp_path_factory):
 # How far a TFLite export's probabilities may be from the SavedModel's in float32, by --quantize: float32
 # weights score the same; int8 and float16 weights round the untrained tiny models' scores by less.
 TFLITE_TOLERANCE = {"none": 1e-5, "int8": 0.05, "float16": 0.01}
+TFLITE_FLAGS = {**LABELLING, "binary": [*LABELLING["binary"], "--explain"]}
 
 
 def test_tflite_export_and_its_client_work_without_tf_text(tflite_exports, tmp_path, capsys):
@@ -294,7 +295,7 @@ def test_tflite_export_and_its_client_work_without_tf_text(tflite_exports, tmp_p
     for name, (_, out, _) in tflite_exports.items():
         written = {"model.tflite", "vocab.txt", "tokenizer.json", "labels.json", "labels.txt", "client_example.py"}
         assert set(os.listdir(out)) == written
-        job["exports"][name] = {"dir": out, "argv": LABELLING[name]}
+        job["exports"][name] = {"dir": out, "argv": TFLITE_FLAGS[name]}
     with open(tmp_path / "job.json", "w") as f:
         json.dump(job, f)
     environment = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -308,7 +309,7 @@ def test_tflite_export_and_its_client_work_without_tf_text(tflite_exports, tmp_p
         tokens, _ = full_model_scores(model_dir, VARIED)
         for key, value in tokens.items():
             assert result["client_tokens"][name][key] == value.tolist(), (name, key)
-        expected = predicted_lines(model_dir, VARIED, capsys, LABELLING[name])
+        expected = predicted_lines(model_dir, VARIED, capsys, TFLITE_FLAGS[name])
         lines = [json.loads(line) for line in result["client_lines"][name]]
         assert [line["text"] for line in lines] == VARIED
         for got, want in zip(lines, expected):
@@ -317,7 +318,8 @@ def test_tflite_export_and_its_client_work_without_tf_text(tflite_exports, tmp_p
             wanted = [want.get("score", want.get("probability"))] if "probabilities" not in want else list(
                 want["probabilities"].values())
             np.testing.assert_allclose(probabilities, wanted, atol=TFLITE_TOLERANCE[quantize], err_msg=name)
-        if quantize == "none":
+        if quantize == "none":  # float32 weights: predict.py's lines, --explain's words and weights included
+            assert "weights" in lines[0]
             assert_same_results(lines, expected, name)
         sizes[quantize] = os.path.getsize(os.path.join(out, "model.tflite"))
     assert sizes["int8"] < sizes["float16"] < sizes["none"]  # the weights are stored as asked

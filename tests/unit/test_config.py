@@ -104,7 +104,8 @@ def test_a_resume_compares_every_setting_but_those_marked_otherwise():
     """The fields a resume ignores are the ones that change neither the weights nor the data."""
     assert set(config.field_names(resumes=False)) == {
         "eval_batch_size", "tensorboard", "plots_dir", "checkpoint_every", "restart", "debug", "require_gpu",
-        "model_dir", "data_dir", "calibrate", "threshold_metric"}  # the last two are fitted after training
+        "model_dir", "data_dir", "collective_timeout_s",
+        "calibrate", "threshold_metric"}  # the last two are fitted after training
 
 
 def test_one_column_for_both_text_and_label_is_refused():

@@ -1,4 +1,7 @@
-"""Which worker of a multi-worker cluster is the chief, the one that writes the run's files."""
+"""Which worker of a multi-worker cluster is the chief, the one that writes the run's files; what a lost one means."""
+import pytest
+
+
 def test_the_chief_is_the_chief_task_else_worker_0():
     from types import SimpleNamespace
 
@@ -34,16 +37,34 @@ def test_a_lost_worker_is_named_from_the_error_or_the_cluster(monkeypatch):
     timed_out = tf.errors.DeadlineExceededError(None, None, "Collective has timed out during execution.")
     assert str(cluster.lost_worker(timed_out, 120, "w")).startswith(
         "one of worker 1 (10.0.0.2:2222), worker 2 (10.0.0.3:2222) was lost mid-training (no answer within "
-        "--collective-timeout-s 120)")
+        "--collective-timeout-s 120; if it was only slow, raise --collective-timeout-s)")
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers[:2]}, "task": {"type": "worker",
                                                                                              "index": 1}}))
     assert str(cluster.lost_worker(timed_out, 5, "w")).startswith("worker 0 (10.0.0.1:2222) was lost")
     assert cluster.lost_worker(tf.errors.ResourceExhaustedError(None, None, "OOM"), 5, "w") is None
+    # Unavailable, but not the cluster's doing: raised as it is.
+    storage = tf.errors.UnavailableError(None, None, "Error executing an HTTP request: gs://bucket/data.csv")
+    assert cluster.lost_worker(storage, 5, "w") is None
 
 
-def test_the_collective_timeout_reaches_the_strategy():
+def test_the_collective_timeout_reaches_the_strategy(monkeypatch):
     import config
     from tfhub_classifier import runtime
+    from tfhub_classifier.runtime import tf
     assert config.Config().collective_timeout_s == 120
-    options = runtime.communication_options(30)
-    assert options.timeout_seconds == 30 and runtime.communication_options(0).timeout_seconds is None
+    made = []
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", lambda **kwargs: made.append(kwargs) or "made")
+    monkeypatch.setattr(runtime, "_multiworker_strategy", None)
+    monkeypatch.setenv("TF_CONFIG", "{}")
+    assert runtime.make_strategy("multiworker", 30) == "made"
+    assert made[0]["communication_options"].timeout_seconds == 30
+    monkeypatch.setattr(runtime, "_multiworker_strategy", None)
+    runtime.make_strategy("multiworker", 0)
+    assert made[1]["communication_options"].timeout_seconds is None
+
+
+def test_a_collective_timeout_without_multiworker_is_refused():
+    import config
+    with pytest.raises(ValueError, match="add --strategy multiworker"):
+        config.resolve(collective_timeout_s=30).validate(config.TRAIN)
+    assert config.resolve(collective_timeout_s=30, strategy="multiworker").validate(config.TRAIN)

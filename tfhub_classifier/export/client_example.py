@@ -274,23 +274,32 @@ def tflite_scorer(path):
     """tokens -> probabilities by a TFLite export: LiteRT's interpreter (pip install ai-edge-litert) or,
     without it, TensorFlow's tf.lite; each batch trimmed to the smallest of the model's input widths
     (a signature each) that holds its longest text."""
-    import numpy as np
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         import tensorflow as tf
         Interpreter = tf.lite.Interpreter  # noqa: N806 (a class)
-    interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    interpreter = Interpreter(model_path=path, num_threads=cores)
     runners = signature_runners(interpreter)
 
     def score(tokens):
-        rows = {key: np.asarray(value, dtype=np.int32).reshape(len(value), -1) for key, value in tokens.items()}
-        longest = int(rows["input_mask"].sum(axis=1).max()) if len(rows["input_mask"]) else 1
-        width = min(width for width in runners if width >= longest)
-        padded = {key: np.pad(value[:, :width], ((0, 0), (0, width - min(width, value.shape[1]))))
-                  for key, value in rows.items()}
-        return runners[width](**padded)["probabilities"].tolist()
+        rows, width = fitted(tokens, runners)
+        return runners[width](**rows)["probabilities"].tolist()
     return score
+
+
+def fitted(tokens, widths):
+    """(tokens as [texts, width] int32 arrays, width): cut or padded (with zeros, masked out) to the
+    smallest of widths (the model's input widths) that holds the longest text; ValueError if none does."""
+    import numpy as np
+    rows = {key: np.asarray(value, dtype=np.int32).reshape(len(value), -1) for key, value in tokens.items()}
+    longest = int(rows["input_mask"].sum(axis=1).max()) if len(rows["input_mask"]) else 1
+    width = min((width for width in widths if width >= longest), default=None)
+    if width is None:
+        raise ValueError(f"texts of {longest} tokens are longer than the model's widest input ({max(widths)})")
+    return {key: np.pad(value[:, :width], ((0, 0), (0, width - min(width, value.shape[1]))))
+            for key, value in rows.items()}, width
 
 
 def signature_runners(interpreter):

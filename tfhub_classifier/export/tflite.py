@@ -26,10 +26,10 @@ def widths(seq_length):
     return sorted({width for width in WIDTHS if width < seq_length} | {seq_length})
 
 
-def convert(model, kind, seq_length, quantize="none"):
+def convert(model, kind, seq_length, quantize="none", instead="export it with --format core-ops instead"):
     """The .tflite bytes of a loaded classifier's token half (saving.load's model) for task kind,
     with quantize: none (float32), int8 (dynamic range: int8 weights, float activations) or float16
-    (float16 weights). ValueError, naming the fix, if TFLite's builtin ops can't express it."""
+    (float16 weights). ValueError, ending with instead (what to do), if TFLite's builtin ops can't express it."""
     if quantize not in config.QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantize!r}; use one of {', '.join(config.QUANTIZATIONS)}")
     module = core_ops.CoreOpsClassifier(model.classify_tokens, kind)
@@ -45,7 +45,7 @@ def convert(model, kind, seq_length, quantize="none"):
     except Exception as error:  # the converter raises its own ConverterError, with pages of MLIR
         first = next((line for line in str(error).splitlines() if "error" in line.lower()), str(error))[:200]
         raise ValueError(f"this model could not be converted to TFLite's builtin ops ({first.strip()}); "
-                         "export it with --format core-ops instead") from None
+                         f"{instead}") from None
 
 
 def _fixed_width(module, width):

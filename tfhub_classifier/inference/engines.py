@@ -8,16 +8,15 @@ import hashlib
 import os
 import threading
 
-import numpy as np
-
 from tfhub_classifier import files, hardware
-from tfhub_classifier.export import tflite
+from tfhub_classifier.export import client_example, tflite
 from tfhub_classifier.model import saving
 from tfhub_classifier.runtime import tf
 
 QUANTIZATION = {"tflite": "none", "tflite-int8": "int8"}  # config.ENGINES' TFLite ones
 PRECISION = {"tflite": "float32 (TFLite)", "tflite-int8": "int8 weights (TFLite)"}
 CACHE_FOLDER = "engines"
+STALE_PARTIAL_S = 3600  # a conversion's file being written is younger: another process may be writing it
 
 
 class TfliteClassifier:
@@ -36,18 +35,13 @@ class TfliteClassifier:
         return getattr(self.saved, name)
 
     def classify_tokens(self, tokens):
-        """[texts, labels] logits of token ids ([texts, length] each, length at most the widest signature)."""
-        tokens = {key: np.asarray(value, dtype=np.int32) for key, value in tokens.items()}
-        count, length = tokens["input_word_ids"].shape
-        width = next((width for width in self.widths if width >= length), None)
-        if width is None:
-            raise ValueError(f"texts of {length} tokens are longer than this TFLite model's widest input "
-                             f"({self.widths[-1]})")
-        padded = {key: np.pad(value, ((0, 0), (0, width - length))) for key, value in tokens.items()}
+        """[texts, labels] logits of token ids ([texts, length] each, their longest at most the widest signature)."""
+        rows, width = client_example.fitted(tokens, self.widths)
+        count = len(rows["input_word_ids"])
         if count == 0:
             return tf.zeros([0, self._labels], tf.float32)
         with self.lock:
-            logits = self.runners[width](**padded)["logits"]
+            logits = self.runners[width](**rows)["logits"]
         return tf.constant(logits.reshape(count, -1))
 
     @property
@@ -61,22 +55,27 @@ def load(model_dir, precision, engine="savedmodel", log=print):
     if engine == "savedmodel":
         return saving.load_model(model_dir, precision)
     model, record, _ = saving.load_model(model_dir, "float32")  # only its tokenizer runs
-    content = converted(model, record, model_dir, engine, log)
-    return TfliteClassifier(model, content), record, PRECISION[engine]
-
-
-def converted(model, record, model_dir, engine, log=print):
-    """The engine's .tflite bytes for the model in model_dir: read from MODEL_DIR/engines/ if made for
-    this SavedModel, else converted and kept there (if the folder can't be written, used unkept)."""
     path = os.path.join(model_dir, CACHE_FOLDER, f"{engine}-{fingerprint(model_dir)}.tflite")
     if os.path.isfile(path):
         with open(path, "rb") as f:
-            return f.read()
+            kept = f.read()
+        try:
+            return TfliteClassifier(model, kept), record, PRECISION[engine]
+        except (ValueError, RuntimeError) as error:  # a damaged file: TFLite refuses it
+            log(f"note: {path} could not be loaded ({str(error).splitlines()[0][:120]}); converting again")
+    return TfliteClassifier(model, converted(model, record, model_dir, engine, path, log)), record, PRECISION[engine]
+
+
+def converted(model, record, model_dir, engine, path, log=print):
+    """The engine's .tflite bytes for the model in model_dir, converted and kept at path (if its folder
+    can't be written, used unkept); leftovers of a killed write (over an hour old) are removed."""
     task = saving.task_of_record(record)
     log(f"Converting {model_dir} to {engine} (once; kept in {os.path.dirname(path)}) ...")
-    content = tflite.convert(model, task.kind, record["config"]["seq_length"], QUANTIZATION[engine])
+    content = tflite.convert(model, task.kind, record["config"]["seq_length"], QUANTIZATION[engine],
+                             instead="score it with --engine savedmodel")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        files.remove_stale_partials(os.path.dirname(path), STALE_PARTIAL_S)
         files.write_bytes(path, content)
     except OSError as error:
         log(f"note: could not keep the converted model in {os.path.dirname(path)} ({error.strerror}); "

@@ -17,6 +17,9 @@ from tfhub_classifier.runtime import tf
 LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
                     tf.errors.CancelledError)
 TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+# What TensorFlow's messages say when the failure is the cluster's (a collective op or the coordination
+# service), not, e.g., a remote file system's.
+CLUSTER_FAILURE = re.compile(r"collective|RingReduce|RecvBuf|heartbeat|coordination|/job:", re.IGNORECASE)
 
 
 class WorkerLost(ValueError):
@@ -25,20 +28,21 @@ class WorkerLost(ValueError):
 
 def lost_worker(error, collective_timeout_s, work_dir):
     """WorkerLost for an error that says a peer is gone, else None (the error is something else)."""
-    if not isinstance(error, LOST_PEER_ERRORS):
-        return None
     text = str(error)
+    if not isinstance(error, LOST_PEER_ERRORS) or not CLUSTER_FAILURE.search(text):
+        return None
     settings = json.loads(os.environ.get("TF_CONFIG") or "{}")
     cluster, task = settings.get("cluster", {}), settings.get("task", {})
     others = [(job, index) for job, addresses in cluster.items() if job != "evaluator"
               for index in range(len(addresses)) if (job, index) != (task.get("type"), task.get("index"))]
     # The error names the lost task if TensorFlow knew it; a timeout doesn't, but a pair has one suspect.
-    named = [(job, int(index)) for job, index in TASK.findall(text) if (job, int(index)) in others]
-    suspects = named[:1] or others
+    named = list(dict.fromkeys((job, int(index)) for job, index in TASK.findall(text) if (job, int(index)) in others))
+    suspects = named or others
     names = [f"{job} {index} ({cluster[job][index]})" for job, index in suspects]
     who = names[0] if len(names) == 1 else f"one of {', '.join(names)}" if names else "a worker"
     if isinstance(error, tf.errors.DeadlineExceededError):
-        how = f"no answer within --collective-timeout-s {collective_timeout_s:g}"
+        how = (f"no answer within --collective-timeout-s {collective_timeout_s:g}; if it was only slow, raise "
+               "--collective-timeout-s")
     elif "heartbeat" in text:
         how = "it stopped sending heartbeats"
     else:

@@ -400,10 +400,16 @@ def task_of(split):
 
 
 def _barrier(strategy):
-    """Return once every worker has called it: an all-reduce needs them all."""
+    """Return once every worker has called it: an all-reduce needs them all. It waits up to BARRIER_TIMEOUT_S,
+    not --collective-timeout-s: workers reach it after work of their own (the chief's download, scoring the
+    test set), which a slower machine may take minutes longer to finish."""
     def all_reduce():
-        return tf.distribute.get_replica_context().all_reduce("SUM", tf.constant(1.0))
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=BARRIER_TIMEOUT_S)
+        return tf.distribute.get_replica_context().all_reduce("SUM", tf.constant(1.0), options=options)
     tf.function(lambda: strategy.run(all_reduce), autograph=False)()  # in a graph: eager is slow and warns
+
+
+BARRIER_TIMEOUT_S = 6 * 3600  # a worker that never arrives is still found: its connection drops or heartbeats stop
 
 
 def _follow(chief_work_dir, work_dir):
