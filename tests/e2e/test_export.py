@@ -196,6 +196,18 @@ def assert_same_results(lines, expected, what):
                 assert got[key] == value, (what, key, got, want)
 
 
+def run_without_tf_text(script, job, tmp_path):
+    """What script printed last (JSON) run on job in a fresh Python, checked never to import tensorflow_text."""
+    with open(tmp_path / "job.json", "w") as f:
+        json.dump(job, f)
+    environment = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    checked = run_quietly([sys.executable, "-c", script, str(tmp_path / "job.json")], cwd=tmp_path, env=environment)
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    result = json.loads(checked.stdout.strip().splitlines()[-1])
+    assert result["tensorflow_text_imported"] is False
+    return result
+
+
 def full_model_scores(model_dir, texts):
     """The full model's token ids for texts and its probabilities for them, via classify_tokens."""
     from tfhub_classifier.model import saving
@@ -248,14 +260,7 @@ def test_core_ops_export_and_its_client_work_without_tf_text(exports, tmp_path, 
         job["exports"][name] = {"dir": out, "tokens": expected_tokens[name], "argv": LABELLING[name]}
         job["ops_of"][f"{name} export"] = out
     job["ops_of"]["full model"] = exports["binary"][0]
-    with open(tmp_path / "job.json", "w") as f:
-        json.dump(job, f)
-    environment = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    checked = run_quietly([sys.executable, "-c", CORE_ONLY_CHECK, str(tmp_path / "job.json")], cwd=tmp_path,
-                          env=environment)
-    assert checked.returncode == 0, checked.stderr[-3000:]
-    result = json.loads(checked.stdout.strip().splitlines()[-1])
-    assert result["tensorflow_text_imported"] is False
+    result = run_without_tf_text(CORE_ONLY_CHECK, job, tmp_path)
     for name, (model_dir, _, _) in exports.items():
         np.testing.assert_allclose(result["scores"][name], expected[name], atol=1e-5)
         assert result["outside_core"][f"{name} export"] == [] and result["op_count"][f"{name} export"] > 20
@@ -296,14 +301,7 @@ def test_tflite_export_and_its_client_work_without_tf_text(tflite_exports, tmp_p
         written = {"model.tflite", "vocab.txt", "tokenizer.json", "labels.json", "labels.txt", "client_example.py"}
         assert set(os.listdir(out)) == written
         job["exports"][name] = {"dir": out, "argv": TFLITE_FLAGS[name]}
-    with open(tmp_path / "job.json", "w") as f:
-        json.dump(job, f)
-    environment = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    checked = run_quietly([sys.executable, "-c", TFLITE_CHECK, str(tmp_path / "job.json")], cwd=tmp_path,
-                          env=environment)
-    assert checked.returncode == 0, checked.stderr[-3000:]
-    result = json.loads(checked.stdout.strip().splitlines()[-1])
-    assert result["tensorflow_text_imported"] is False
+    result = run_without_tf_text(TFLITE_CHECK, job, tmp_path)
     sizes = {}
     for name, (model_dir, out, quantize) in tflite_exports.items():
         tokens, _ = full_model_scores(model_dir, VARIED)
