@@ -86,7 +86,7 @@ PIPELINES = ("fast", "tutorial")
 POOLINGS = ("pooled", "mean")
 OUTPUT_FORMATS = ("table", "jsonl", "csv")
 EXPLAIN_METHODS = ("occlusion", "integrated-gradients")
-ENGINES = ("savedmodel", "tflite", "tflite-int8")
+ENGINES = ("savedmodel", "tflite-int8")  # TFLite in float32 was measured slower than the SavedModel: not offered
 QUANTIZATIONS = ("none", "int8", "float16")  # export.py --format tflite's weights
 TASKS = ("auto", "binary", "multiclass", "multilabel")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -241,8 +241,8 @@ class Config:
                              "accurate), else float32; bfloat16/float16 rewrite the graph", PRECISIONS,
                              scripts=(TRAIN, EVALUATE, PREDICT))
     engine: str = _option("savedmodel", "what scores texts: savedmodel = the saved graph, at --precision; "
-                          "tflite = its token classifier converted to TFLite (XNNPACK, float32, the same scores); "
-                          "tflite-int8 = TFLite with int8 weights, faster on CPUs, scores slightly off "
+                          "tflite-int8 = its token classifier in TFLite (XNNPACK) with int8 weights: faster than "
+                          "float32, slower than bfloat16 where the CPU has it, scores slightly off "
                           "(docs/benchmarks.md#engines). Converted once, kept in MODEL_DIR/engines/", ENGINES,
                           scripts=(EVALUATE, PREDICT, SERVE))
     jit_compile: bool = _option(False, "XLA-compile the encoder and head")
@@ -362,7 +362,7 @@ class Config:
         if "engine" in offered and self.engine == "tflite-int8" and self.explain_method == "integrated-gradients":
             raise ValueError("--explain-method integrated-gradients follows the SavedModel's float32 gradients, "
                              "not --engine tflite-int8's int8 weights, so its weights would not explain the "
-                             "scores shown; use --explain-method occlusion, or --engine tflite or savedmodel")
+                             "scores shown; use --explain-method occlusion, or --engine savedmodel")
         if "encoding" in offered and self.encoding != REPLACING_ENCODING:
             try:
                 if not codecs.lookup(self.encoding)._is_text_encoding:  # base64, zlib, ...: bytes to bytes

@@ -1,4 +1,4 @@
-"""What scores texts: the SavedModel's graph, or its token half converted to TFLite and run by XNNPACK.
+"""What scores texts: the SavedModel's graph, or its token half converted to TFLite (int8 weights) and run by XNNPACK.
 
 Either way the saved model tokenizes (TF Text, in its graph); the TFLite engines take its token ids.
 The conversion takes seconds to a minute, so it is kept beside the model (MODEL_DIR/engines/, named
@@ -13,7 +13,9 @@ from tfhub_classifier.export import client_example, tflite
 from tfhub_classifier.model import saving
 from tfhub_classifier.runtime import tf
 
-QUANTIZATION = {"tflite": "none", "tflite-int8": "int8"}  # config.ENGINES' TFLite ones
+# config.ENGINES' TFLite one, and TFLite in float32 (measured, and for checks: not offered, being slower here
+# than the SavedModel in float32; docs/benchmarks.md#engines).
+QUANTIZATION = {"tflite": "none", "tflite-int8": "int8"}
 PRECISION = {"tflite": "float32 (TFLite)", "tflite-int8": "int8 weights (TFLite)"}
 CACHE_FOLDER = "engines"
 STALE_PARTIAL_S = 3600  # a conversion's file being written is younger: another process may be writing it
