@@ -97,11 +97,12 @@ def export_core_ops(model_dir, out, log=print, export_format="core-ops", quantiz
     task = saving.task_of_record(record)
     names = list(prediction.display_names(task))  # as predict.py prints them (IMDB: negative, positive)
     settings, vocab_file = tokenizer_settings(model, model_dir, record)
-    module = CoreOpsClassifier(model.classify_tokens, task.kind)
     bfloat16 = []
-    if export_format == "tflite":
+    if export_format == "tflite":  # converted before the folder is staged: a refusal leaves nothing behind
         from tfhub_classifier.export import tflite
         converted = tflite.convert(model, task.kind, settings["seq_length"], quantize)
+    else:
+        module = CoreOpsClassifier(model.classify_tokens, task.kind)
 
     def write(staging):
         if export_format == "tflite":

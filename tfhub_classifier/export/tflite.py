@@ -57,8 +57,8 @@ def _fixed_width(module, width):
                                                for key in tokenization.TOKEN_KEYS])
 
 
-def interpreter(model_content=None, model_path=None, threads=None):
+def interpreter(model_content, threads=None):
     """tf.lite.Interpreter on the model, with XNNPACK (its default delegate) on threads threads."""
     with warnings.catch_warnings():  # its notice that LiteRT's package will replace it: this one ships with TF
         warnings.simplefilter("ignore")
-        return tf.lite.Interpreter(model_content=model_content, model_path=model_path, num_threads=threads)
+        return tf.lite.Interpreter(model_content=model_content, num_threads=threads)
