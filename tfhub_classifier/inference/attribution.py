@@ -209,10 +209,9 @@ class Explainer:
         words = [text[start:end] for start, end in spans]
         if counts is None:
             return words, spans, [None] * len(words), NO_WORDS
-        total = own_count
         kept = np.concatenate([np.arange(start, limit) for start, limit in
-                               tokenization.kept_ranges(total, self.seq_length, self.truncation)]).astype(int)
-        position = np.full(total, -1)
+                               tokenization.kept_ranges(own_count, self.seq_length, self.truncation)]).astype(int)
+        position = np.full(own_count, -1)
         position[kept] = np.arange(1, len(kept) + 1)  # after [CLS]
         owner = np.repeat(np.arange(len(words)), counts)
         weights = [None] * len(words)
