@@ -86,7 +86,7 @@ PIPELINES = ("fast", "tutorial")
 POOLINGS = ("pooled", "mean")
 OUTPUT_FORMATS = ("table", "jsonl", "csv")
 EXPLAIN_METHODS = ("occlusion", "integrated-gradients")
-ENGINES = ("savedmodel", "tflite-int8")  # TFLite in float32 was measured slower than the SavedModel: not offered
+ENGINES = ("fused", "savedmodel", "tflite-int8")  # TFLite in float32 measured slower than the SavedModel: not offered
 QUANTIZATIONS = ("none", "int8", "float16")  # export.py --format tflite's weights
 TASKS = ("auto", "binary", "multiclass", "multilabel")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -240,10 +240,11 @@ class Config:
     precision: str = _option("auto", "auto = bfloat16 on CPUs with AVX512-BF16/AMX (measured faster, as "
                              "accurate), else float32; bfloat16/float16 rewrite the graph", PRECISIONS,
                              scripts=(TRAIN, EVALUATE, PREDICT))
-    engine: str = _option("savedmodel", "what scores texts: savedmodel = the saved graph, at --precision; "
-                          "tflite-int8 = its token classifier in TFLite (XNNPACK) with int8 weights: faster than "
-                          "float32, slower than bfloat16 where the CPU has it, scores slightly off "
-                          "(docs/benchmarks.md#engines). Converted once, kept in MODEL_DIR/engines/", ENGINES,
+    engine: str = _option("fused", "what scores texts: fused = the saved graph with each dense layer, GELU and "
+                          "layer normalization run as one oneDNN kernel (the same scores to 1e-6 in float32, "
+                          "faster); savedmodel = the saved graph as it is; both at --precision. tflite-int8 = "
+                          "the token classifier in TFLite (XNNPACK) with int8 weights, scores slightly off, "
+                          "converted once and kept in MODEL_DIR/engines/ (docs/benchmarks.md#engines)", ENGINES,
                           scripts=(EVALUATE, PREDICT, SERVE))
     jit_compile: bool = _option(False, "XLA-compile the encoder and head")
     strategy: str = _option("default", "tf.distribute strategy: mirrored = several GPUs, multiworker = "
@@ -356,13 +357,13 @@ class Config:
         if "bfloat16" in precisions and not hardware.cpu_supports_bfloat16():
             raise ValueError("--precision bfloat16 needs a CPU with AVX512-BF16 or AMX, which this one lacks "
                              "(it would run float32 and be slower); use --precision float32")
-        if "engine" in offered and self.engine != "savedmodel" and precisions & {"bfloat16", "float16"}:
+        if "engine" in offered and self.engine == "tflite-int8" and precisions & {"bfloat16", "float16"}:
             raise ValueError(f"--precision rewrites the SavedModel's graph, which --engine {self.engine} does not "
-                             "run; drop --precision, or use --engine savedmodel")
+                             "run; drop --precision, or use --engine fused")
         if "engine" in offered and self.engine == "tflite-int8" and self.explain_method == "integrated-gradients":
             raise ValueError("--explain-method integrated-gradients follows the SavedModel's float32 gradients, "
                              "not --engine tflite-int8's int8 weights, so its weights would not explain the "
-                             "scores shown; use --explain-method occlusion, or --engine savedmodel")
+                             "scores shown; use --explain-method occlusion, or --engine fused")
         if "encoding" in offered and self.encoding != REPLACING_ENCODING:
             try:
                 if not codecs.lookup(self.encoding)._is_text_encoding:  # base64, zlib, ...: bytes to bytes

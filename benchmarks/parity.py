@@ -6,7 +6,8 @@ Scores the first --reviews of the fixed test subset (seed 42) in several ways, e
 process since the precision rewrite is process-wide: our pipeline in float32 (sorted,
 padded per batch, batch 128: what predict.py and serve.py run), the tutorial's (in order,
 every review padded to the full length, batch 32) in float32, the SavedModel's serving_default
-signature in float32 (what TensorFlow Serving runs), ours with the bfloat16 rewrite, and the TFLite
+signature in float32 (what TensorFlow Serving runs), ours with the bfloat16 rewrite, the fused graph
+(--engine fused, the default) in float32 and bfloat16, and the TFLite
 engines (--engine tflite and tflite-int8, and float16 weights as export.py --quantize float16
 writes them). Each is compared with ours in float32: accuracy, labels agreeing, largest
 probability difference; and each one's reviews/s, scoring from the raw texts (a TFLite engine's
@@ -23,6 +24,7 @@ import numpy as np
 
 WAYS = {"ours-fp32": ("fast", "float32"), "tutorial-fp32": ("tutorial", "float32"),
         "signature-fp32": ("signature", "float32"), "ours-bf16": ("fast", "bfloat16"),
+        "fused-fp32": ("fused", "float32"), "fused-bf16": ("fused", "bfloat16"),
         "tflite-fp32": ("tflite", "float32"), "tflite-int8": ("tflite-int8", "float32"),
         "tflite-fp16": ("tflite-float16", "float32")}  # the last: export.py --quantize float16's weights
 
@@ -41,13 +43,13 @@ def child(model_dir, reviews, pipeline, precision):
         model = engines.TfliteClassifier(model, tflite.convert(model, saving.task_of_record(record).kind,
                                                                record["config"]["seq_length"], "float16"))
     else:
-        engine = pipeline if pipeline in engines.QUANTIZATION else "savedmodel"
+        engine = pipeline if pipeline in engines.QUANTIZATION or pipeline == "fused" else "savedmodel"
         model, record, _ = engines.load(model_dir, precision, engine, log=lambda *_: None)
     cfg = config.resolve(**common.real_data_flags())
     _, _, test = imdb.load_splits(cfg, with_train=False, caps=(0, 0, reviews))
     scoring.logits_of(model, test.texts[:32], 128)  # warm up
     started = time.perf_counter()
-    if pipeline == "fast" or pipeline.startswith("tflite"):
+    if pipeline in ("fast", "fused") or pipeline.startswith("tflite"):
         logits = scoring.logits_of(model, test.texts, 128)
     elif pipeline == "signature":
         signature = model.signatures[saving.SERVING_SIGNATURE]

@@ -8,7 +8,8 @@ The model: the MiniLM stand-in fine-tuned by train.py on 64 reviews for one epoc
 official: the first --seq-length tokens, 128 by default), trained once into
 benchmarks/results/models/serving_minilm_seqN; speed doesn't depend on how well it classifies.
 For each setting, serve.py runs in its own process with its defaults (--batch-timeout-ms 5),
---precision bfloat16 where the CPU has AVX512-BF16/AMX (float32 elsewhere) or --engine ENGINE, and --batch-size 32
+--engine ENGINE (default fused) at --precision bfloat16 where the CPU has AVX512-BF16/AMX (float32 elsewhere;
+tflite-int8 takes no --precision), and --batch-size 32
 (batching on) or 1 (off: one text per model call). For each number of clients, that many threads
 each send one IMDB test review per request on a keep-alive connection, after an untimed warm-up, until
 --requests requests are answered: throughput = requests / wall time, and p50/p99 of each
@@ -72,8 +73,8 @@ def test_reviews(count):
 class Server(serving_client.ServerProcess):
     """serve.py in its own process with --batch-size batch_size; the benchmark ends if it won't start."""
 
-    def __init__(self, model_dir, batch_size, log_path, engine="savedmodel"):
-        scoring = ["--precision", PRECISION] if engine == "savedmodel" else ["--engine", engine]
+    def __init__(self, model_dir, batch_size, log_path, engine="fused"):
+        scoring = ["--engine", engine] + (["--precision", PRECISION] if engine != "tflite-int8" else [])
         try:
             super().__init__(model_dir, log_path, "--batch-size", str(batch_size), *scoring,
                              startup_seconds=STARTUP_SECONDS)
@@ -119,8 +120,8 @@ def ceiling(spec):
     from tfhub_classifier.model import saving
     from tfhub_classifier.serving.servable import Servable
     defaults = config.Config()
-    engine = spec.get("engine", "savedmodel")
-    model, record, precision = engines.load(spec["model_dir"], PRECISION if engine == "savedmodel" else "float32",
+    engine = spec.get("engine", "fused")
+    model, record, precision = engines.load(spec["model_dir"], "float32" if engine == "tflite-int8" else PRECISION,
                                             engine)
     task = saving.task_of_record(record)
     reviews = test_reviews(REVIEWS)[:CEILING_REVIEWS]
@@ -143,8 +144,8 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=1024, help="timed requests per setting and client count")
     parser.add_argument("--seq-length", type=int, default=128, help="tokens per review the model reads")
-    parser.add_argument("--engine", choices=config.ENGINES, default="savedmodel",
-                        help="serve.py --engine (savedmodel: at --precision bfloat16 where the CPU has it)")
+    parser.add_argument("--engine", choices=config.ENGINES, default="fused",
+                        help="serve.py --engine (fused and savedmodel: at --precision bfloat16 where the CPU has it)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

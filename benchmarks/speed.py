@@ -25,15 +25,17 @@ LATENCY_CALLS = 50
 
 def child(spec):
     """Measure one configuration; returns a dict of figures. spec may lower train_steps and
-    eval_reviews (for a quick run) and set predict=False to measure training and evaluation only;
-    engine (an --engine other than savedmodel) measures evaluation alone, through that engine."""
-    if spec.get("engine", "savedmodel") != "savedmodel":
+    eval_reviews (for a quick run) and set predict=False to measure training and evaluation only.
+    engine: the --engine that scores (default fused, as evaluate.py's; savedmodel: the graph as trained);
+    tflite-int8 measures evaluation alone, through a saved and converted model."""
+    engine = spec.get("engine", "fused")
+    if engine == "tflite-int8":
         return engine_child(spec)
     import numpy as np
 
     import config
     from tfhub_classifier.data import imdb
-    from tfhub_classifier.inference import prediction, scoring
+    from tfhub_classifier.inference import engines, prediction, scoring
     from tfhub_classifier.runtime import keras, tf
     from tfhub_classifier.training import trainer
 
@@ -75,12 +77,14 @@ def child(spec):
             return np.concatenate([call(tf.constant(texts[i:i + 32])).numpy().reshape(-1)
                                    for i in range(0, len(texts), 32)])
     else:
+        scorer = engines.FusedClassifier(session.exported) if engine == "fused" else session.exported
+
         def evaluate(split):
-            logits = scoring.logits_of(session.exported, split.texts, cfg.eval_batch_size)
+            logits = scoring.logits_of(scorer, split.texts, cfg.eval_batch_size)
             return float(np.mean((logits >= 0) == split.labels))
 
         def predict(texts):
-            scored = prediction.predict(session.exported, session.task, texts, cfg.eval_batch_size)
+            scored = prediction.predict(scorer, session.task, texts, cfg.eval_batch_size)
             return np.array([score for _, score in scored])
     evaluate(warm)
     started = time.perf_counter()

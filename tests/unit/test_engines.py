@@ -51,6 +51,36 @@ def test_tflite_scores_as_the_saved_model_in_float32(saved, kind):
     np.testing.assert_allclose(logits(int8, TEXTS), expected, atol=0.05)
 
 
+@pytest.mark.parametrize("kind", LABELS)
+def test_the_fused_engine_is_the_default_and_scores_as_the_saved_graph(saved, kind):
+    from tfhub_classifier.inference import engines
+    from tfhub_classifier.model import saving
+    assert config.resolve().engine == "fused"
+    model, _ = saving.load(saved[kind])
+    engine, _, precision = engines.load(saved[kind], "float32")
+    assert isinstance(engine, engines.FusedClassifier) and precision == "float32"
+    # Per layer of the tiny encoder: attention's four EinsumDense projections and the feed-forward block's
+    # two Dense layers, one with GELU. (Its layer normalization is tf-keras's FusedBatchNormV3 form: not rewritten.)
+    assert (engine.fused.dense_layers, engine.fused.gelus, engine.fused.layer_norms) == (12, 2, 0)
+    np.testing.assert_allclose(logits(engine, TEXTS), logits(model, TEXTS), atol=1e-5)
+    np.testing.assert_allclose(logits(engine, TEXTS, batch_size=64), logits(model, TEXTS), atol=1e-5)
+
+
+def test_a_graph_the_rewrite_fails_on_is_scored_as_saved_with_a_note(saved, monkeypatch):
+    from tfhub_classifier.inference import engines
+    from tfhub_classifier.model import fusion, saving
+
+    def fails(function):
+        raise ValueError("an op the rewrite does not know\nsecond line")
+    monkeypatch.setattr(fusion, "fuse", fails)
+    lines = []
+    model, _, _ = engines.load(saved["binary"], "float32", log=lines.append)
+    assert not isinstance(model, engines.FusedClassifier)
+    assert lines == ["note: scoring with the graph as saved: its fused form could not be built "
+                     "(ValueError: an op the rewrite does not know)"]
+    np.testing.assert_array_equal(logits(model, TEXTS), logits(saving.load(saved["binary"])[0], TEXTS))
+
+
 def test_a_batch_runs_at_the_smallest_width_that_holds_it(saved):
     from tfhub_classifier.inference import engines
     engine, _, _ = engines.load(saved["binary"], "float32", "tflite", log=lambda line: None)
@@ -139,7 +169,9 @@ def test_flags_an_engine_would_ignore_are_refused():
     assert config.resolve(engine="tflite-int8", precision="auto").validate(config.PREDICT).engine == "tflite-int8"
     with pytest.raises(ValueError, match="use --explain-method occlusion"):
         config.resolve(engine="tflite-int8", explain_method="integrated-gradients").validate(config.PREDICT)
-    assert config.resolve(engine="savedmodel", explain_method="integrated-gradients").validate(config.PREDICT)
+    for engine in ("fused", "savedmodel"):
+        assert config.resolve(engine=engine, explain_method="integrated-gradients").validate(config.PREDICT)
+        assert config.resolve(engine=engine, precision="auto").validate(config.PREDICT).engine == engine
     with pytest.raises(SystemExit):  # TFLite in float32, measured slower than the SavedModel: not offered
         predict.parse(["--engine", "tflite", "great"])
 

@@ -64,9 +64,8 @@ def test_out_of_memory_in_scoring_names_batch_size(script, model_dir, monkeypatc
 @pytest.mark.parametrize("error", [out_of_memory, MemoryError], ids=["tensorflow", "numpy"])
 def test_out_of_memory_mid_evaluation(error, model_dir, monkeypatch, capsys):
     """TensorFlow's ResourceExhaustedError and Python's MemoryError (scoring's NumPy arrays) alike."""
-    from tfhub_classifier.inference import scoring
-    from tfhub_classifier.model import saving
-    monkeypatch.setattr(saving, "load_model", lambda *args: (None, {}, "float32"))
+    from tfhub_classifier.inference import engines, scoring
+    monkeypatch.setattr(engines, "load", lambda *args, **kwargs: (None, {}, "float32"))
     test = Split(["a review"], np.zeros(1, dtype=np.int32), ["0_1.txt"], imdb.CLASS_NAMES, "binary")
     monkeypatch.setattr(imdb, "load_splits", lambda *args, **kwargs: (None, None, test))
     monkeypatch.setattr(scoring, "logits_of", raising(error()))
@@ -223,8 +222,8 @@ def test_an_absolute_member_is_refused_without_filter(tmp_path, monkeypatch):
 
 
 def test_unsafe_archive_from_the_command_line_is_one_line(model_dir, tmp_path, monkeypatch, capsys):
-    from tfhub_classifier.model import saving
-    monkeypatch.setattr(saving, "load_model", lambda *args: (None, {}, "float32"))
+    from tfhub_classifier.inference import engines
+    monkeypatch.setattr(engines, "load", lambda *args, **kwargs: (None, {}, "float32"))
     archive = write_tar(tmp_path / "aclImdb_v1.tar.gz", member("../evil"))
     argv = ["--model-dir", model_dir, "--data-dir", str(tmp_path / "data"), "--dataset-url", "file://" + archive]
     assert cli.run(evaluate.main, argv) == cli.EXIT_ERROR

@@ -1,6 +1,7 @@
-"""What scores texts: the SavedModel's graph, or its token half converted to TFLite (int8 weights) and run by XNNPACK.
+"""What scores texts: the SavedModel's graph as saved, that graph with its layers fused for oneDNN
+(model/fusion.py), or its token half converted to TFLite (int8 weights) and run by XNNPACK.
 
-Either way the saved model tokenizes (TF Text, in its graph); the TFLite engines take its token ids.
+Every way the saved model tokenizes (TF Text, in its graph); the other engines take its token ids.
 The conversion takes seconds to a minute, so it is kept beside the model (MODEL_DIR/engines/, named
 for the SavedModel's fingerprint, so a retrained model never reuses another's) and made once.
 """
@@ -10,7 +11,7 @@ import threading
 
 from tfhub_classifier import files, hardware
 from tfhub_classifier.export import client_example, tflite
-from tfhub_classifier.model import saving
+from tfhub_classifier.model import fusion, saving
 from tfhub_classifier.runtime import tf
 
 # config.ENGINES' TFLite one, and TFLite in float32 (measured, and for checks: not offered, being slower here
@@ -19,6 +20,32 @@ QUANTIZATION = {"tflite": "none", "tflite-int8": "int8"}
 PRECISION = {"tflite": "float32 (TFLite)", "tflite-int8": "int8 weights (TFLite)"}
 CACHE_FOLDER = "engines"
 STALE_PARTIAL_S = 3600  # a conversion's file being written is younger: another process may be writing it
+
+
+class FusedClassifier:
+    """A saved classifier whose classify_tokens runs model/fusion.py's rewrite of its graph (weights
+    frozen in at load time); everything else is the saved model's, in `saved`."""
+
+    def __init__(self, saved):
+        self.saved = saved
+        self.fused = fusion.fuse(saved.classify_tokens.get_concrete_function())
+
+    def __getattr__(self, name):
+        return getattr(self.saved, name)
+
+    def classify_tokens(self, tokens):
+        return self.fused(tokens)
+
+
+def fused_or_saved(model, log=print):
+    """A FusedClassifier over model; if its graph can't be rewritten, model itself, with a note: the
+    rewrite only saves time, so no encoder it doesn't foresee may cost a score."""
+    try:
+        return FusedClassifier(model)
+    except Exception as error:  # any failure of the rewrite falls back to the graph as saved
+        log(f"note: scoring with the graph as saved: its fused form could not be built "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''})")
+        return model
 
 
 class TfliteClassifier:
@@ -51,11 +78,14 @@ class TfliteClassifier:
         return int(self.saved.label_names.shape[0]) if self.saved.task_kind.numpy() != b"binary" else 1
 
 
-def load(model_dir, precision, engine="savedmodel", log=print):
+def load(model_dir, precision, engine="fused", log=print):
     """(model, run record, the precision in force, as logs and reports name it): the saved model,
-    or a TfliteClassifier over it (converted once, then read from MODEL_DIR/engines/)."""
+    a FusedClassifier over it, or a TfliteClassifier over it (converted once, then read from MODEL_DIR/engines/)."""
     if engine == "savedmodel":
         return saving.load_model(model_dir, precision)
+    if engine == "fused":
+        model, record, precision = saving.load_model(model_dir, precision)
+        return fused_or_saved(model, log), record, precision
     model, record, _ = saving.load_model(model_dir, "float32")  # only its tokenizer runs
     path = os.path.join(model_dir, CACHE_FOLDER, f"{engine}-{fingerprint(model_dir)}.tflite")
     if os.path.isfile(path):

@@ -11,7 +11,7 @@ import numpy as np
 import config
 from tfhub_classifier import files, runtime, tasks
 from tfhub_classifier.data import imdb, tokenization, user_files
-from tfhub_classifier.inference import calibration, plots, prediction, scoring, thresholds
+from tfhub_classifier.inference import calibration, engines, plots, prediction, scoring, thresholds
 from tfhub_classifier.model import hub_models, modeling, saving
 from tfhub_classifier.runtime import keras, tf
 from tfhub_classifier.training import checkpoints, cluster, optimization
@@ -266,7 +266,7 @@ def _tune(session, work_dir, validation, log):
         return {}
     log("Scoring the validation set to " + ("calibrate and " if cfg.calibrate != "none" else "")
         + ("choose the threshold ..." if cfg.threshold_metric else "report the operating point ..."))
-    logits = _logits(session, work_dir, validation, "validation")  # the temperature is 1 here
+    logits = _logits(session, work_dir, validation, "validation", log)  # the temperature is 1 here
     tuned = {}
     if cfg.calibrate == "temperature":
         before = calibration.summary(task.kind, validation.labels, logits)
@@ -306,12 +306,14 @@ def _tune(session, work_dir, validation, log):
     return tuned
 
 
-def _logits(session, work_dir, split, name, progress=False):
-    """The model's logits of a split after training; out of memory is an error naming the fix, the
-    trained weights kept."""
+def _logits(session, work_dir, split, name, log, progress=False):
+    """The model's logits of a split after training, through the fused graph evaluate.py scores with
+    (frozen now, so it has the weights and temperature as they are; under a distribution strategy,
+    the graph as trained); out of memory is an error naming the fix, the trained weights kept."""
     batch_size = session.cfg.eval_batch_size
+    model = engines.fused_or_saved(session.exported, log) if session.cfg.strategy == "default" else session.exported
     try:
-        return scoring.logits_of(session.exported, split.texts, batch_size, progress=progress)
+        return scoring.logits_of(model, split.texts, batch_size, progress=progress)
     except tf.errors.ResourceExhaustedError:
         raise ValueError(f"out of memory scoring the {name} set; the trained weights are kept in {work_dir.path}: "
                          f"run the same command with a lower --eval-batch-size (now {batch_size}) "
@@ -332,7 +334,7 @@ def _described(scores):
 def _test(session, work_dir, test, threshold, log):
     """The trained model's metrics on the test split, at the threshold the model is saved with."""
     log("Scoring the test set ...")
-    test_logits = _logits(session, work_dir, test, "test", progress=True)
+    test_logits = _logits(session, work_dir, test, "test", log, progress=True)
     metrics = session.task.report(test.labels, test_logits, threshold)
     log(f"Test loss: {metrics['loss']:.4f}  " + ("  ".join(
         f"{name.replace('_', ' ')}: {metrics[name]:.4f}" for name in ("accuracy", "subset_accuracy")

@@ -1,0 +1,120 @@
+"""The fused graph (--engine fused): dense layers, GELU and layer normalization rewritten into the ops
+oneDNN fuses, scoring as the graph it came from; what only looks like GELU or layer normalization is left alone."""
+import numpy as np
+import pytest
+
+from tfhub_classifier.data import tokenization
+from tfhub_classifier.runtime import keras, tf
+
+WIDTH, HIDDEN, VOCAB = 32, 64, 50
+BERT_EPSILON = 1e-12  # BERT's layer normalization epsilon (below tf-keras's fused-batch-norm threshold)
+
+
+class DoubledVarianceNorm(keras.layers.Layer):
+    """Layer normalization's ops and weights, but with the variance doubled: not layer normalization."""
+
+    def build(self, shape):
+        self.gamma = self.add_weight(name="gamma", shape=shape[-1:], initializer="random_normal")
+        self.beta = self.add_weight(name="beta", shape=shape[-1:], initializer="random_normal")
+
+    def call(self, x):
+        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+        variance = tf.reduce_mean(tf.math.squared_difference(x, tf.stop_gradient(mean)), axis=-1, keepdims=True)
+        return (x - mean) * tf.math.rsqrt(variance * 2.0 + 1e-6) * self.gamma + self.beta
+
+
+def token_classifier(activation="gelu", first_norm=None):
+    """A BERT-shaped token classifier: embeddings, a normalization, a GELU dense block with a residual and
+    layer normalization, then the first token's logit; returned as its tf.function's concrete function."""
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((None,), dtype=tf.int32)
+    x = keras.layers.Embedding(VOCAB, WIDTH)(ids)
+    x = (first_norm or keras.layers.LayerNormalization(epsilon=BERT_EPSILON))(x)
+    # Attention's projections as Keras writes them: to [batch, length, heads, size] and back.
+    heads = keras.layers.EinsumDense("abc,cde->abde", (None, 2, WIDTH // 2), bias_axes="de",
+                                     bias_initializer="random_normal")(x)
+    x = x + keras.layers.EinsumDense("abcd,cde->abe", (None, WIDTH), bias_axes="e",
+                                     bias_initializer="random_normal")(tf.tanh(heads))
+    x = x + keras.layers.EinsumDense("abc,cd->abd", (None, WIDTH), bias_axes="d", activation=activation,
+                                     bias_initializer="random_normal")(x)
+    hidden = keras.layers.Dense(HIDDEN, activation=activation, bias_initializer="random_normal")(x)
+    x = keras.layers.LayerNormalization(epsilon=BERT_EPSILON, gamma_initializer="random_normal",
+                                        beta_initializer="random_normal")(
+        x + keras.layers.Dense(WIDTH, bias_initializer="random_normal")(hidden))
+    model = keras.Model(ids, keras.layers.Dense(2)(x[:, 0]))
+
+    @tf.function(input_signature=[{key: tf.TensorSpec([None, None], tf.int32) for key in tokenization.TOKEN_KEYS}])
+    def classify_tokens(tokens):
+        return model(tokens["input_word_ids"]) * tf.cast(tokens["input_mask"][:, :1], tf.float32)
+
+    return classify_tokens.get_concrete_function()
+
+
+def batches():
+    rng = np.random.default_rng(1)
+    for rows, width in ((1, 1), (3, 7), (8, 48), (2, 128)):
+        ids = rng.integers(1, VOCAB, size=(rows, width), dtype=np.int32)
+        yield {"input_word_ids": ids, "input_mask": np.ones_like(ids), "input_type_ids": np.zeros_like(ids)}
+
+
+def assert_scores_as_before(function, fused):
+    for tokens in batches():
+        expected = function({key: tf.constant(value) for key, value in tokens.items()})
+        np.testing.assert_allclose(fused(tokens).numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_dense_layers_gelu_and_layer_norms_are_fused_and_score_as_before():
+    from tfhub_classifier.model import fusion
+    function = token_classifier()
+    fused = fusion.fuse(function)
+    # The three Einsum and two Dense layers on [batch, length, ...] (not the head's, already two-axis), both
+    # GELUs, both layer normalizations.
+    assert (fused.dense_layers, fused.gelus, fused.layer_norms) == (5, 2, 2)
+    assert_scores_as_before(function, fused)
+
+
+def test_the_fused_graph_holds_the_fusable_ops_and_no_reshape_between_matmul_and_bias():
+    from tfhub_classifier.model import fusion
+    graph = fusion.Graph(fusion.frozen_graph(token_classifier()))
+    before = [node.op for node in graph.graph_def.node]
+    assert "_MklLayerNorm" not in before and "Erfc" in before and before.count("Einsum") == 3
+    graph = fusion.Graph(fusion.apply(graph.graph_def, fusion.fuse_dense(graph)))
+    after = fusion.Graph(fusion.apply(graph.graph_def, fusion.fuse_einsum(graph)))
+    ops = [node.op for node in after.graph_def.node]
+    assert "Einsum" not in ops and "Erfc" not in ops and ops.count("BiasAdd") == 6  # the head's too
+    for node in after.graph_def.node:
+        if node.op == "BiasAdd":  # the remapper's pattern: a BiasAdd reading its MatMul directly
+            assert after.nodes[node.input[0].split(":")[0]].op == "MatMul", node.name
+        if node.op == "Erf":  # GELU in the remapper's form: x * ((erf(x * sqrt(1/2)) + 1) * 0.5), x the BiasAdd
+            scaled = after.nodes[node.input[0]]
+            assert scaled.op == "Mul" and after.nodes[scaled.input[0]].op == "BiasAdd"
+    assert ops.count("Erf") == 2
+    layer_norm = fusion.fuse_layer_norm(after)
+    ops = [node.op for node in fusion.apply(after.graph_def, layer_norm).node]
+    assert ops.count("_MklLayerNorm") == 2 and "SquaredDifference" not in ops and "Rsqrt" not in ops
+    assert [node.attr["epsilon"].f for node in layer_norm.added] == pytest.approx([BERT_EPSILON] * 2)
+
+
+def test_approximate_gelu_is_not_taken_for_exact_gelu():
+    from tfhub_classifier.model import fusion
+    function = token_classifier(activation=lambda x: tf.nn.gelu(x, approximate=True))
+    fused = fusion.fuse(function)
+    assert (fused.dense_layers, fused.gelus) == (5, 0)
+    assert_scores_as_before(function, fused)
+
+
+def test_a_normalization_that_is_not_layer_normalization_is_left_alone():
+    from tfhub_classifier.model import fusion
+    function = token_classifier(first_norm=DoubledVarianceNorm())
+    fused = fusion.fuse(function)
+    assert fused.layer_norms == 1  # the real one only
+    assert_scores_as_before(function, fused)
+
+
+def test_tf_keras_fused_batch_norm_layer_norm_is_left_to_grappler():
+    """tf-keras runs a layer normalization with epsilon >= 1e-5 as FusedBatchNormV3, not moments: no match."""
+    from tfhub_classifier.model import fusion
+    function = token_classifier(first_norm=keras.layers.LayerNormalization(epsilon=1e-3))
+    fused = fusion.fuse(function)
+    assert fused.layer_norms == 1
+    assert_scores_as_before(function, fused)

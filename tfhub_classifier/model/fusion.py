@@ -1,0 +1,409 @@
+"""A classifier's token graph rewritten so oneDNN runs each dense layer, GELU and layer normalization as one kernel.
+
+TF-Hub encoders apply a dense layer to [batch, length, width] activations as Reshape, MatMul, Reshape,
+then the bias add, and GELU and layer normalization as chains of element-wise ops. grappler's remapper
+fuses MatMul + BiasAdd + GELU into one oneDNN kernel only when they follow each other directly, so
+the reshape back to three axes sits between them; and its own layer-normalization fusion, which fires
+once the weights are constants, drops the model's epsilon (a BERT's 1e-12 becomes 0.001, moving
+logits by about 1e-2). So, on a copy of the graph with its variables frozen into constants:
+
+- dense layers: MatMul -> Reshape -> BiasAdd [-> GELU] becomes MatMul -> BiasAdd [-> GELU in the form
+  the remapper matches] -> Reshape (the bias runs along the last axis, which the reshape keeps, so
+  the order doesn't change a value);
+- layer normalization: tf.nn.moments + batch_normalization over the last axis becomes one
+  _MklLayerNorm with the model's own epsilon, gamma and beta.
+
+Each rewrite is checked before it is made: a GELU or layer normalization chain is run on probe
+values beside its reference formula, and one that computes anything else is left as it is. The
+saved model on disk is never changed.
+"""
+import collections
+import dataclasses
+
+import numpy as np
+from tensorflow.core.framework import graph_pb2, node_def_pb2
+from tensorflow.python.framework import convert_to_constants, tensor_util
+
+from tfhub_classifier.runtime import tf
+
+ELEMENTWISE = {"Mul", "RealDiv", "AddV2", "Add", "Sub", "Neg", "Erf", "Erfc", "Tanh", "Pow", "Square", "Sqrt", "Rsqrt",
+               "Reciprocal", "Cast"}
+NORMALIZATION = {"Mean", "SquaredDifference", "StopGradient", "AddV2", "Add", "Sub", "Mul", "Rsqrt", "RealDiv",
+                 "Sqrt", "Square", "Reciprocal", "Identity"}
+FOLDABLE = ELEMENTWISE | {"Reshape", "ExpandDims", "Squeeze"}  # what may compute a constant from constants
+GELU_TOLERANCE = 1e-5  # on probes in [-6, 6]: GELU's own float32 rounding is far below
+LAYER_NORM_TOLERANCE = 1e-4  # on unit-scale probes, the sums' float32 rounding across 384-1024 columns
+
+
+@dataclasses.dataclass
+class Edit:
+    """Nodes to add, nodes to drop, and the readers of a dropped node's output to point at a new one."""
+    added: list = dataclasses.field(default_factory=list)
+    removed: set = dataclasses.field(default_factory=set)
+    rewired: dict = dataclasses.field(default_factory=dict)
+
+
+def _source(name):
+    """The node an input ("node", "node:0", "^node") reads."""
+    return name.lstrip("^").split(":")[0]
+
+
+def _first_output(name):
+    return ":" not in name or name.endswith(":0")
+
+
+class Graph:
+    """A GraphDef with who reads each node, and the value of any tensor computed from constants alone."""
+
+    def __init__(self, graph_def):
+        self.graph_def = graph_def
+        self.nodes = {node.name: node for node in graph_def.node}
+        self.readers = collections.defaultdict(list)
+        for node in graph_def.node:
+            for name in node.input:
+                self.readers[_source(name)].append(node)
+        self._values = {}
+
+    @staticmethod
+    def data_inputs(node):
+        return [name for name in node.input if not name.startswith("^")]
+
+    def constant(self, name):
+        """The value of input `name` if constants alone compute it, else None."""
+        if not _first_output(name) or name.startswith("^"):
+            return None
+        name = _source(name)
+        if name not in self._values:
+            self._values[name] = self._fold(name)
+        return self._values[name]
+
+    def _fold(self, name):
+        node = self.nodes.get(name)
+        if node is None:
+            return None
+        if node.op == "Const":
+            return tensor_util.MakeNdarray(node.attr["value"].tensor)
+        if node.op == "Identity":  # a frozen variable reads its constant through one
+            return self.constant(node.input[0])
+        if node.op not in FOLDABLE:
+            return None
+        inputs = [self.constant(name) for name in self.data_inputs(node)]
+        if any(value is None for value in inputs):
+            return None
+        return _run([_const_node(f"input_{k}", value) for k, value in enumerate(inputs)]
+                    + [_copy(node, [f"input_{k}" for k in range(len(inputs))])], node.name, {})
+
+    def scalar(self, name):
+        value = self.constant(name)
+        return value is not None and value.size == 1
+
+    def chain(self, start, ops, other_input_ok):
+        """The nodes downstream of start, in order, each of `ops` and reading only start, earlier
+        nodes of the chain, or inputs other_input_ok accepts."""
+        members, chain = {start}, []
+        pending = list(self.readers[start])
+        while pending:
+            node = pending.pop(0)
+            if node.name in members or node.op not in ops:
+                continue
+            inputs = self.data_inputs(node)
+            if all((_source(name) in members and _first_output(name)) or other_input_ok(name) for name in inputs):
+                members.add(node.name)
+                chain.append(node)
+                pending.extend(self.readers[node.name])  # re-queues a reader turned away before this joined
+        return chain
+
+    def outside_readers(self, nodes, start):
+        """The nodes among `nodes` (plus start) that something outside them reads."""
+        members = {start} | {node.name for node in nodes}
+        return [node for node in nodes if any(reader.name not in members for reader in self.readers[node.name])]
+
+    def run_chain(self, start, chain, output, probe):
+        """output's value when probe is fed in place of start, the chain's constants folded."""
+        members = {node.name for node in chain}
+        constants = {_source(name) for node in chain for name in self.data_inputs(node)
+                     if _source(name) not in members and _source(name) != start}
+        placeholder = node_def_pb2.NodeDef(name=start, op="Placeholder")
+        placeholder.attr["dtype"].type = tf.float32.as_datatype_enum
+        nodes = [placeholder] + [_const_node(name, self.constant(name)) for name in constants]
+        nodes += [_copy(node, self.data_inputs(node)) for node in chain]
+        return _run(nodes, output.name, {start + ":0": probe})
+
+
+def _copy(node, inputs):
+    copy = node_def_pb2.NodeDef()
+    copy.CopyFrom(node)
+    del copy.input[:]
+    copy.input.extend(inputs)
+    copy.ClearField("device")
+    return copy
+
+
+def _const_node(name, value):
+    node = node_def_pb2.NodeDef(name=name, op="Const")
+    node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+    node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(value))
+    return node
+
+
+def _run(nodes, output, feeds):
+    """Run a small graph of nodes once and return output's value."""
+    graph_def = graph_pb2.GraphDef()
+    graph_def.node.extend(nodes)
+    with tf.Graph().as_default() as graph:
+        tf.graph_util.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as session:
+            return session.run(output + ":0", feeds)
+
+
+def _gelu(graph, start):
+    """The element-wise chain after start and its last node, if that node is exact GELU of start (else None, None)."""
+    chain = graph.chain(start, ELEMENTWISE, graph.scalar)
+    ends, names = graph.outside_readers(chain, start), {node.name for node in chain}
+    if len(ends) != 1 or any(reader.name not in names for reader in graph.readers[start]):
+        return None, None
+    probe = np.linspace(-6, 6, 97, dtype=np.float32)[None, :]
+    got = graph.run_chain(start, chain, ends[0], probe)
+    want = 0.5 * probe * (1 + tf.math.erf(probe / np.sqrt(2)).numpy())
+    if got.shape != probe.shape or np.max(np.abs(got - want)) > GELU_TOLERANCE:
+        return None, None
+    return chain, ends[0]
+
+
+def fuse_dense(graph):
+    """An Edit turning each MatMul -> Reshape -> BiasAdd [-> GELU] into MatMul -> BiasAdd [-> GELU] -> Reshape."""
+    edit = Edit()
+    for reshape in graph.graph_def.node:
+        if reshape.op != "Reshape":
+            continue
+        matmul = graph.nodes.get(_source(reshape.input[0]))
+        readers = graph.readers[reshape.name]
+        if matmul is None or matmul.op != "MatMul" or len(readers) != 1 or readers[0].op != "BiasAdd" \
+                or len(graph.readers[matmul.name]) != 1 or not _first_output(reshape.input[0]):
+            continue
+        bias_add = readers[0]
+        weights, bias = graph.constant(matmul.input[1]), graph.constant(bias_add.input[1])
+        if weights is None or weights.ndim != 2 or bias is None \
+                or bias_add.attr["data_format"].s not in (b"", b"NHWC") or bias_add.input[0] != reshape.name:
+            continue
+        # The bias must match the MatMul's columns, which then stay the last axis through the reshape.
+        if bias.shape != (weights.shape[0 if matmul.attr["transpose_b"].b else 1],):
+            continue
+        dtype = matmul.attr["T"]
+        bias_2d = _op("BiasAdd", f"{bias_add.name}/before_reshape", [matmul.name, bias_add.input[1]], dtype)
+        edit.added.append(bias_2d)
+        output, replaced = bias_2d.name, bias_add
+        gelu_chain, gelu_end = _gelu(graph, bias_add.name)
+        if gelu_chain is not None:
+            output = _add_gelu(edit, bias_2d.name, f"{bias_add.name}/gelu", dtype)
+            replaced = gelu_end
+            edit.removed.update(node.name for node in gelu_chain)
+        reshape_after = _op("Reshape", f"{reshape.name}/after", [output, reshape.input[1]], reshape.attr["T"])
+        reshape_after.attr["Tshape"].CopyFrom(reshape.attr["Tshape"])
+        edit.added.append(reshape_after)
+        edit.removed.update({reshape.name, bias_add.name})
+        edit.rewired[replaced.name] = reshape_after.name
+    return edit
+
+
+def fuse_einsum(graph):
+    """An Edit turning each dense layer written as an Einsum of the activations with a constant kernel,
+    then its bias added [then GELU] (Keras' EinsumDense, e.g. "abc,cde->abde"), into Reshape -> MatMul
+    -> BiasAdd [-> GELU] -> Reshape, the kernel and bias flattened to two axes and one."""
+    edit = Edit()
+    for einsum in graph.graph_def.node:
+        kernel = graph.constant(einsum.input[1]) if einsum.op == "Einsum" and len(einsum.input) == 2 else None
+        readers = graph.readers[einsum.name]
+        if kernel is None or len(readers) != 1 or readers[0].op not in ("AddV2", "Add", "BiasAdd"):
+            continue
+        contracted = _contracted_axes(einsum.attr["equation"].s.decode(), kernel.ndim)
+        add = readers[0]
+        bias_input = [name for name in graph.data_inputs(add) if _source(name) != einsum.name]
+        bias = graph.constant(bias_input[0]) if len(bias_input) == 1 else None
+        if contracted is None or bias is None or bias.shape != kernel.shape[contracted:] \
+                or (add.op == "BiasAdd" and bias.ndim != 1):
+            continue
+        dtype, prefix = einsum.attr["T"], f"{einsum.name}/as_matmul"
+        rows, columns = int(np.prod(kernel.shape[:contracted])), int(np.prod(kernel.shape[contracted:]))
+        x = einsum.input[0]
+        edit.added += [_const_node(f"{prefix}/rows_shape", np.array([-1, rows], np.int32)),
+                       _const_node(f"{prefix}/kernel", kernel.reshape(rows, columns)),
+                       _const_node(f"{prefix}/bias", bias.reshape(columns))]
+        flat = _op("Reshape", f"{prefix}/rows", [x, f"{prefix}/rows_shape"], dtype)
+        flat.attr["Tshape"].type = tf.int32.as_datatype_enum
+        matmul = _op("MatMul", f"{prefix}/matmul", [flat.name, f"{prefix}/kernel"], dtype)
+        bias_2d = _op("BiasAdd", f"{prefix}/bias_add", [matmul.name, f"{prefix}/bias"], dtype)
+        edit.added += [flat, matmul, bias_2d]
+        output, replaced = bias_2d.name, add
+        gelu_chain, gelu_end = _gelu(graph, add.name)
+        if gelu_chain is not None:
+            output, replaced = _add_gelu(edit, bias_2d.name, f"{prefix}/gelu", dtype), gelu_end
+            edit.removed.update(node.name for node in gelu_chain)
+        # The result's shape: the activations' leading axes (as many as the equation keeps), then the kernel's last.
+        leading = len(einsum.attr["equation"].s.decode().split(",")[0]) - contracted
+        shape = node_def_pb2.NodeDef(name=f"{prefix}/input_shape", op="Shape", input=[x])
+        shape.attr["T"].CopyFrom(dtype)
+        shape.attr["out_type"].type = tf.int32.as_datatype_enum
+        edit.added += [shape, _const_node(f"{prefix}/zero", np.array([0], np.int32)),
+                       _const_node(f"{prefix}/leading", np.array([leading], np.int32)),
+                       _const_node(f"{prefix}/one", np.array([1], np.int32)),
+                       _const_node(f"{prefix}/kept", np.array(kernel.shape[contracted:], np.int32)),
+                       _const_node(f"{prefix}/axis", np.array(0, np.int32))]
+        kept = node_def_pb2.NodeDef(name=f"{prefix}/leading_shape", op="StridedSlice",
+                                    input=[shape.name, f"{prefix}/zero", f"{prefix}/leading", f"{prefix}/one"])
+        kept.attr["T"].type = kept.attr["Index"].type = tf.int32.as_datatype_enum
+        target = node_def_pb2.NodeDef(name=f"{prefix}/output_shape", op="ConcatV2",
+                                      input=[kept.name, f"{prefix}/kept", f"{prefix}/axis"])
+        target.attr["N"].i = 2
+        target.attr["T"].type = tf.int32.as_datatype_enum
+        target.attr["Tidx"].type = tf.int32.as_datatype_enum
+        reshaped = _op("Reshape", f"{prefix}/output", [output, target.name], dtype)
+        reshaped.attr["Tshape"].type = tf.int32.as_datatype_enum
+        edit.added += [kept, target, reshaped]
+        edit.removed.update({einsum.name, add.name})
+        edit.rewired[replaced.name] = reshaped.name
+    return edit
+
+
+def _contracted_axes(equation, kernel_axes):
+    """How many of the kernel's leading axes an equation like "abc,cde->abde" contracts with the
+    activations' trailing ones (the rest pass through in order), or None if it is another product."""
+    if "..." in equation or "->" not in equation or equation.count(",") != 1:
+        return None
+    inputs, output = equation.replace(" ", "").split("->")
+    activations, kernel = inputs.split(",")
+    if len(kernel) != kernel_axes or len(set(activations)) != len(activations) or len(set(kernel)) != len(kernel):
+        return None
+    for contracted in range(1, len(kernel)):
+        if activations.endswith(kernel[:contracted]) and len(activations) > contracted \
+                and output == activations[:-contracted] + kernel[contracted:] \
+                and not set(activations[:-contracted]) & set(kernel):
+            return contracted
+    return None
+
+
+def _op(kind, name, inputs, dtype):
+    node = node_def_pb2.NodeDef(name=name, op=kind)
+    node.input.extend(inputs)
+    node.attr["T"].CopyFrom(dtype)
+    return node
+
+
+def _add_gelu(edit, x, prefix, dtype):
+    """x * ((erf(x * sqrt(1/2)) + 1) * 0.5): the form grappler's remapper fuses into the MatMul before it."""
+    def constant(name, value):
+        node = _const_node(f"{prefix}/{name}", np.float32(value))
+        node.attr["dtype"].CopyFrom(dtype)
+        node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(value, dtype=tf.as_dtype(dtype.type)))
+        edit.added.append(node)
+        return node.name
+
+    def op(kind, name, *inputs):
+        edit.added.append(_op(kind, f"{prefix}/{name}", inputs, dtype))
+        return edit.added[-1].name
+
+    scaled = op("Mul", "scaled", x, constant("sqrt_one_half", np.sqrt(0.5)))
+    plus_one = op("AddV2", "plus_one", op("Erf", "erf", scaled), constant("one", 1.0))
+    return op("Mul", "output", op("Mul", "halved", plus_one, constant("one_half", 0.5)), x)
+
+
+def fuse_layer_norm(graph):
+    """An Edit turning each layer normalization over the last axis (as tf.nn.moments and
+    tf.nn.batch_normalization build it) into one _MklLayerNorm."""
+    edit = Edit()
+    for mean in graph.graph_def.node:
+        x = _source(mean.input[0]) if mean.op == "Mean" else None
+        if x is None or not mean.attr["keep_dims"].b or x in edit.removed or mean.name in edit.removed:
+            continue
+        chain = graph.chain(x, NORMALIZATION, lambda name: graph.constant(name) is not None)
+        members = {x} | {node.name for node in chain}
+        ends = graph.outside_readers(chain, x)
+        outside = [name for node in chain for name in graph.data_inputs(node) if _source(name) not in members]
+        vectors = {name: graph.constant(name) for name in outside if graph.constant(name).ndim == 1
+                   and graph.constant(name).size > 1}
+        epsilons = [float(graph.constant(name)) for node in chain if node.op in ("AddV2", "Add")
+                    for name in graph.data_inputs(node) if _source(name) not in members and graph.scalar(name)]
+        if len(ends) != 1 or len(vectors) != 2 or len(epsilons) != 1:
+            continue
+        width = next(iter(vectors.values())).size
+        probe = np.random.default_rng(0).normal(1.0, 3.0, size=(3, 5, width)).astype(np.float32)
+        got = graph.run_chain(x, chain, ends[0], probe)
+        normalized = (probe - probe.mean(-1, keepdims=True)) / np.sqrt(probe.var(-1, keepdims=True) + epsilons[0])
+        for gamma, beta in (tuple(vectors), tuple(vectors)[::-1]):
+            if got.shape == probe.shape and \
+                    np.max(np.abs(got - (normalized * vectors[gamma] + vectors[beta]))) <= LAYER_NORM_TOLERANCE:
+                break
+        else:
+            continue
+        node = node_def_pb2.NodeDef(name=f"{ends[0].name}/layer_norm", op="_MklLayerNorm")
+        node.input.extend([x, gamma, beta])
+        node.attr["T"].type = tf.float32.as_datatype_enum
+        node.attr["epsilon"].f = epsilons[0]
+        edit.added.append(node)
+        edit.removed.update(node.name for node in chain)
+        edit.rewired[ends[0].name] = node.name
+    return edit
+
+
+def apply(graph_def, edit):
+    """A new GraphDef: graph_def without edit.removed, with edit.added, readers rewired."""
+    out = graph_pb2.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name in edit.removed:
+            continue
+        copy = out.node.add()
+        copy.CopyFrom(node)
+        for k, name in enumerate(copy.input):
+            if not name.startswith("^") and _source(name) in edit.rewired and _first_output(name):
+                copy.input[k] = edit.rewired[_source(name)]
+    out.node.extend(edit.added)
+    return out
+
+
+@dataclasses.dataclass
+class FusedFunction:
+    """A token classifier's frozen, rewritten graph as a function of the token dict; the counts say what was fused."""
+    function: object
+    dense_layers: int
+    gelus: int
+    layer_norms: int
+
+    def __call__(self, tokens):
+        return self.function({key: tf.convert_to_tensor(value) for key, value in tokens.items()})
+
+
+def frozen_graph(concrete_function):
+    """The concrete function's GraphDef with its variables as constants. TensorFlow's public
+    convert_variables_to_constants_v2 also builds a function of it, which costs seconds here and is
+    not needed, so its two inner steps are called (TensorFlow is pinned in requirements.txt)."""
+    data = convert_to_constants._FunctionConverterDataInEager(func=concrete_function, lower_control_flow=True,
+                                                               aggressive_inlining=False)
+    graph_def, _ = convert_to_constants._replace_variables_by_constants(converter_data=data)
+    return graph_def
+
+
+def fuse(concrete_function):
+    """The FusedFunction of a concrete function taking one dict of tensors and returning one tensor."""
+    graph_def = frozen_graph(concrete_function)
+    dense = fuse_dense(Graph(graph_def))
+    graph_def = apply(graph_def, dense)
+    einsum = fuse_einsum(Graph(graph_def))
+    graph_def = apply(graph_def, einsum)
+    layer_norm = fuse_layer_norm(Graph(graph_def))
+    graph_def = apply(graph_def, layer_norm)
+    signature = concrete_function.structured_input_signature[0][0]
+    arguments = concrete_function.inputs[:len(tf.nest.flatten(signature))]
+    placeholders = {key: tensor.name for key, tensor in tf.nest.pack_sequence_as(signature, arguments).items()}
+    output = concrete_function.outputs[0].name
+
+    @tf.function(input_signature=[signature])
+    def function(tokens):
+        return tf.graph_util.import_graph_def(
+            graph_def, input_map={placeholders[key]: tokens[key] for key in placeholders},
+            return_elements=[output], name="fused")[0]
+
+    added = dense.added + einsum.added
+    return FusedFunction(function.get_concrete_function(), sum(node.op == "BiasAdd" for node in added),
+                         sum(node.op == "Erf" for node in added), len(layer_norm.added))
