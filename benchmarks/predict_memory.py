@@ -42,7 +42,7 @@ def stub_model_dir(folder):
 def child(path, model_dir):
     """Run predict.py's main on path with the stub model; print the peak RSS and seconds as JSON."""
     import predict
-    from tfhub_classifier.model import saving
+    from tfhub_classifier.inference import engines
     from tfhub_classifier.runtime import tf
 
     class Stub:
@@ -55,7 +55,7 @@ def child(path, model_dir):
 
     with open(os.path.join(model_dir, "run.json")) as f:
         record = json.load(f)
-    saving.load_model = lambda model_dir, precision: (Stub(), record, "float32")
+    engines.load = lambda model_dir, precision, engine, log=print: (Stub(), record, "float32")
     started = time.time()
     real_stdout = sys.stdout
     with open(os.devnull, "w") as sink:

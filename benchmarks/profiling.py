@@ -18,8 +18,11 @@ The model's part of evaluation is also timed at OTHER_EVAL_BATCHES batch sizes. 
 evaluation is also timed with a tf.data pipeline per window in place of scoring's NumPy
 batching (what scoring used before), the attempt's baseline.
 
-Then TensorFlow's profiler traces the model's part of that evaluation and those training steps op by
-op: the time in each op type (summed over threads) and its share, grouped into matrix multiplies,
+The model's part of evaluation is also timed through the fused graph (--engine fused, what
+evaluate.py, predict.py and serve.py run by default).
+
+Then TensorFlow's profiler traces the model's part of that evaluation (as trained and fused) and those
+training steps op by op: the time in each op type (summed over threads) and its share, grouped into matrix multiplies,
 element-wise and normalization ops, layout ops (transposes, reshapes, slices) and casts.
 """
 import argparse
@@ -104,7 +107,7 @@ def child(spec):
         runtime.tf.config.threading.set_intra_op_parallelism_threads(intra)
     import config
     from tfhub_classifier.data import imdb, tokenization
-    from tfhub_classifier.inference import scoring
+    from tfhub_classifier.inference import engines, scoring
     from tfhub_classifier.runtime import keras, tf
     from tfhub_classifier.training import trainer
 
@@ -154,6 +157,14 @@ def child(spec):
             lambda other=other: [exported.classify_tokens(batch).numpy() for batch in other])
     figures["ops_eval"] = op_kinds(op_seconds(model_eval))
     figures["ops_eval"]["model_s"] = figures["model_eval_s"]
+    # The same through the fused graph (--engine fused, what evaluate.py runs), against model_eval_s.
+    fused = engines.FusedClassifier(exported)
+
+    def model_eval_fused():
+        return [fused.classify_tokens(tokens).numpy() for tokens, _ in batches]
+    figures["model_eval_fused_s"] = common.fastest(model_eval_fused)
+    figures["ops_eval_fused"] = op_kinds(op_seconds(model_eval_fused))
+    figures["ops_eval_fused"]["model_s"] = figures["model_eval_fused_s"]
     figures["eval_widths"] = [int(t["input_mask"].shape[1]) for t, _ in batches]
     # Candidate: XLA for scoring, each batch padded up to one of a few fixed widths, so it compiles
     # at most len(XLA_WIDTHS) times; timed after those compiles, against model_eval_s.
@@ -233,7 +244,10 @@ def main(argv=None):
         print(f"seq={seq_length} model part of evaluation: {figures['model_eval_s']:.2f} s as it runs, "
               f"{figures['model_eval_xla_s']:.2f} s with XLA at widths {figures['xla_widths']} "
               f"({figures['model_eval_s'] / figures['model_eval_xla_s']:.2f}x)", flush=True)
-        for phase in ("eval", "train"):
+        print(f"seq={seq_length} model part of evaluation through the fused graph (--engine fused): "
+              f"{figures['model_eval_fused_s']:.2f} s ({figures['model_eval_s'] / figures['model_eval_fused_s']:.2f}x "
+              "the graph as trained)", flush=True)
+        for phase in ("eval", "eval_fused", "train"):
             ops = figures[f"ops_{phase}"]
             # A sanity check: ops summed over threads, against the wall time of the same untraced work.
             print(f"seq={seq_length} ops of {phase}: {ops['traced_op_s']:.2f} s summed over threads "

@@ -59,6 +59,7 @@ def test_the_fused_engine_is_the_default_and_scores_as_the_saved_graph(saved, ki
     model, _ = saving.load(saved[kind])
     engine, _, precision = engines.load(saved[kind], "float32")
     assert isinstance(engine, engines.FusedClassifier) and precision == "float32"
+    assert engines.in_use(engine, "fused") == "fused"
     # Per layer of the tiny encoder: attention's four EinsumDense projections and the feed-forward block's
     # two Dense layers, one with GELU. (Its layer normalization is tf-keras's FusedBatchNormV3 form: not rewritten.)
     assert (engine.fused.dense_layers, engine.fused.gelus, engine.fused.layer_norms) == (12, 2, 0)
@@ -69,13 +70,17 @@ def test_the_fused_engine_is_the_default_and_scores_as_the_saved_graph(saved, ki
 def test_a_graph_the_rewrite_fails_on_is_scored_as_saved_with_a_note(saved, monkeypatch):
     from tfhub_classifier.inference import engines
     from tfhub_classifier.model import fusion, saving
+    from tfhub_classifier.serving.servable import Servable
 
     def fails(function):
         raise ValueError("an op the rewrite does not know\nsecond line")
     monkeypatch.setattr(fusion, "fuse", fails)
     lines = []
     model, _, _ = engines.load(saved["binary"], "float32", log=lines.append)
-    assert not isinstance(model, engines.FusedClassifier)
+    assert not isinstance(model, engines.FusedClassifier) and engines.in_use(model, "fused") == "savedmodel"
+    servable = Servable.load(config.resolve(model_dir=saved["binary"]), log=lines.append)
+    assert servable.engine == "savedmodel"  # what /healthz and evaluation.json say runs
+    del lines[1:]
     assert lines == ["note: scoring with the graph as saved: its fused form could not be built "
                      "(ValueError: an op the rewrite does not know)"]
     np.testing.assert_array_equal(logits(model, TEXTS), logits(saving.load(saved["binary"])[0], TEXTS))
@@ -183,6 +188,7 @@ def test_the_server_scores_through_the_engine(saved):
     cfg = config.resolve(model_dir=saved["binary"], engine="tflite-int8")
     servable = Servable.load(cfg, log=lambda line: None)
     assert servable.precision == "int8 weights (TFLite)" and isinstance(servable.model, engines.TfliteClassifier)
+    assert servable.engine == "tflite-int8"
     from tfhub_classifier.model import saving
     served = [result["probabilities"] for result in servable.score(TEXTS)]
     float32 = servable.task.probabilities(scoring.logits_of(saving.load(saved["binary"])[0], TEXTS, 8))

@@ -118,3 +118,14 @@ def test_tf_keras_fused_batch_norm_layer_norm_is_left_to_grappler():
     fused = fusion.fuse(function)
     assert fused.layer_norms == 1
     assert_scores_as_before(function, fused)
+
+
+def test_a_layer_norm_left_unfused_keeps_its_epsilon(monkeypatch):
+    """Frozen weights let grappler's own layer-normalization fusion match, and it drops the epsilon
+    (BERT's 1e-12 becomes 0.001): a normalization the rewrite leaves alone must still score as before."""
+    from tfhub_classifier.model import fusion
+    monkeypatch.setattr(fusion, "fuse_layer_norm", lambda graph: fusion.Edit())
+    function = token_classifier()
+    fused = fusion.fuse(function)
+    assert fused.layer_norms == 0
+    assert_scores_as_before(function, fused)

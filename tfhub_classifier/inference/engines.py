@@ -37,6 +37,11 @@ class FusedClassifier:
         return self.fused(tokens)
 
 
+def in_use(model, engine):
+    """The engine that scores with model, loaded for --engine engine: fused falls back to savedmodel."""
+    return "savedmodel" if engine == "fused" and not isinstance(model, FusedClassifier) else engine
+
+
 def fused_or_saved(model, log=print):
     """A FusedClassifier over model; if its graph can't be rewritten, model itself, with a note: the
     rewrite only saves time, so no encoder it doesn't foresee may cost a score."""

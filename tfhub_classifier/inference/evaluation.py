@@ -53,7 +53,7 @@ def evaluate(cfg, log=print):
         for error, why in zip(errors, explainer.explain([error["text"] for error in errors], labels)):
             error.update(why.as_json(task.label_names))
     metrics["most_confident_errors"] = errors[:cfg.show_errors]
-    metrics["precision_mode"], metrics["engine"] = precision, cfg.engine
+    metrics["precision_mode"], metrics["engine"] = precision, engines.in_use(model, cfg.engine)
     metrics["task"] = {"kind": task.kind, "label_names": list(task.label_names)}
     try:
         with open(os.path.join(cfg.model_dir, "evaluation.json"), "w") as f:

@@ -11,7 +11,8 @@ logits by about 1e-2). So, on a copy of the graph with its variables frozen into
   the remapper matches] -> Reshape (the bias runs along the last axis, which the reshape keeps, so
   the order doesn't change a value);
 - layer normalization: tf.nn.moments + batch_normalization over the last axis becomes one
-  _MklLayerNorm with the model's own epsilon, gamma and beta.
+  _MklLayerNorm with the model's own epsilon, gamma and beta; any normalization left as it was gets
+  its constants through PlaceholderWithDefault, so grappler's own fusion can't take it.
 
 Each rewrite is checked before it is made: a GELU or layer normalization chain is run on probe
 values beside its reference formula, and one that computes anything else is left as it is. The
@@ -29,7 +30,7 @@ from tfhub_classifier.runtime import tf
 ELEMENTWISE = {"Mul", "RealDiv", "AddV2", "Add", "Sub", "Neg", "Erf", "Erfc", "Tanh", "Pow", "Square", "Sqrt", "Rsqrt",
                "Reciprocal", "Cast"}
 NORMALIZATION = {"Mean", "SquaredDifference", "StopGradient", "AddV2", "Add", "Sub", "Mul", "Rsqrt", "RealDiv",
-                 "Sqrt", "Square", "Reciprocal", "Identity"}
+                 "Sqrt", "Square", "Reciprocal"}
 FOLDABLE = ELEMENTWISE | {"Reshape", "ExpandDims", "Squeeze"}  # what may compute a constant from constants
 GELU_TOLERANCE = 1e-5  # on probes in [-6, 6]: GELU's own float32 rounding is far below
 LAYER_NORM_TOLERANCE = 1e-4  # on unit-scale probes, the sums' float32 rounding across 384-1024 columns
@@ -345,6 +346,30 @@ def fuse_layer_norm(graph):
     return edit
 
 
+def shield_normalizations(graph):
+    """An Edit feeding the constants of every normalization left unfused (gamma, beta, epsilon) through
+    PlaceholderWithDefault, which grappler never folds: its own layer-normalization fusion needs them
+    constant, and would otherwise drop the model's epsilon."""
+    edit = Edit()
+    for mean in graph.graph_def.node:
+        if mean.op != "Mean" or not mean.attr["keep_dims"].b:
+            continue
+        chain = graph.chain(_source(mean.input[0]), NORMALIZATION, lambda name: graph.constant(name) is not None)
+        for node in chain:
+            if node.op == "Mean":
+                continue
+            for name in graph.data_inputs(node):
+                value, source = graph.constant(name), _source(name)
+                if value is None or source in edit.rewired:
+                    continue
+                held = node_def_pb2.NodeDef(name=f"{source}/held", op="PlaceholderWithDefault", input=[name])
+                held.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+                held.attr["shape"].shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
+                edit.added.append(held)
+                edit.rewired[source] = held.name
+    return edit
+
+
 def apply(graph_def, edit):
     """A new GraphDef: graph_def without edit.removed, with edit.added, readers rewired."""
     out = graph_pb2.GraphDef()
@@ -393,6 +418,7 @@ def fuse(concrete_function):
     graph_def = apply(graph_def, einsum)
     layer_norm = fuse_layer_norm(Graph(graph_def))
     graph_def = apply(graph_def, layer_norm)
+    graph_def = apply(graph_def, shield_normalizations(Graph(graph_def)))
     signature = concrete_function.structured_input_signature[0][0]
     arguments = concrete_function.inputs[:len(tf.nest.flatten(signature))]
     placeholders = {key: tensor.name for key, tensor in tf.nest.pack_sequence_as(signature, arguments).items()}

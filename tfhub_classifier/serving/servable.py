@@ -8,8 +8,9 @@ class Servable:
     """The loaded model and what its answers say: texts (str or bytes) -> one JSON result each."""
 
     def __init__(self, model, record, task, threshold, top_k, batch_size, signature_defs=None, precision="float32",
-                 explainer=None):
+                 explainer=None, engine="savedmodel"):
         self.model, self.record, self.task, self.explainer = model, record, task, explainer
+        self.engine = engine  # in force (a fused graph that could not be built falls back to savedmodel)
         self.threshold, self.top_k, self.batch_size = threshold, top_k, batch_size
         self.signature_defs = signature_defs or {}  # the SavedModel's, as TF Serving's metadata gives them
         self.precision = precision  # in force: bfloat16 scores differ slightly from the saved signature's
@@ -26,7 +27,8 @@ class Servable:
         from tfhub_classifier.inference import attribution
         servable = cls(model, record, task, threshold, cfg.top_k, cfg.serve_batch_size,
                        protocol.signature_defs(cfg.model_dir), precision,
-                       attribution.Explainer.of_record(model, record, task, "occlusion"))
+                       attribution.Explainer.of_record(model, record, task, "occlusion"),
+                       engines.in_use(model, cfg.engine))
         servable.score(["A warm-up review, so the first request is not the one that waits."])
         log(f"Loaded {cfg.model_dir} ({task.kind}: {', '.join(task.label_names)}; {precision})")
         return servable
