@@ -241,7 +241,7 @@ class Config:
                              "accurate), else float32; bfloat16/float16 rewrite the graph", PRECISIONS,
                              scripts=(TRAIN, EVALUATE, PREDICT))
     engine: str = _option("fused", "what scores texts: fused = the saved graph with each dense layer, GELU and "
-                          "layer normalization run as one oneDNN kernel (the same scores to 1e-6 in float32, "
+                          "layer normalization run as one oneDNN kernel (the same scores to 1e-5 in float32, "
                           "faster); savedmodel = the saved graph as it is; both at --precision. tflite-int8 = "
                           "the token classifier in TFLite (XNNPACK) with int8 weights, scores slightly off, "
                           "converted once and kept in MODEL_DIR/engines/ (docs/benchmarks.md#engines)", ENGINES,
@@ -274,7 +274,7 @@ class Config:
                                     "requests; 1 = no batching (one text per call); TF Serving's name for it "
                                     "(--batch-size also works)", scripts=(SERVE,), at_least=1,
                                     flag={SERVE: "max-batch-size"}, alias={SERVE: "batch-size"})
-    serve_precision: str = _option("float32", "float32 = exactly the scores of the saved serving_default (what "
+    serve_precision: str = _option("float32", "float32 = the scores of the saved serving_default to 1e-6 (what "
                                    "TF Serving and the core-ops export give); bfloat16 = faster on CPUs with "
                                    "AVX512-BF16/AMX, scores off by up to about 0.015 (docs/benchmarks.md)",
                                    PRECISIONS[1:], scripts=(SERVE,), flag={SERVE: "precision"})

@@ -279,6 +279,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure each side this many times, alternating, and keep each side's best "
                              "(other jobs on a shared machine slow runs unevenly; default 1)")
+    parser.add_argument("--engine", choices=("fused", "savedmodel"), default="fused",
+                        help="what scores our float32 and bfloat16 evaluation (default: fused, as evaluate.py)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -308,7 +310,7 @@ def main(argv=None):
     for round_number in range(1, args.rounds + 1):
         for seq in args.seq_lengths:
             for precision in args.precisions:
-                engine = {"engine": "tflite-int8"} if precision == "int8" else {}
+                engine = {"engine": "tflite-int8" if precision == "int8" else args.engine}
                 ours = dict(pipeline="fast", predict=False, **engine)
                 runs = (("ours", speed.__file__, ours), ("peer", __file__, dict(model_dir=model_dir)))
                 # Sides take turns going first, so a slow stretch of a shared machine hits both alike.

@@ -157,6 +157,8 @@ FIGURES = ("train_reviews_per_s", "eval_reviews_per_s", "predict_latency_ms", "p
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-lengths", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--engine", choices=("fused", "savedmodel"), default="fused",
+                        help="what scores our pipeline's evaluation and predictions (default: fused, as evaluate.py)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -165,6 +167,7 @@ def main(argv=None):
     common.real_data_flags()  # build MiniLM and check the data before the children start
     results = {}
     for spec in configurations(args.seq_lengths):
+        spec["engine"] = args.engine
         figures = common.run_child(__file__, spec)
         if figures is None:
             continue

@@ -124,8 +124,9 @@ def save_sentencepiece_preprocessor(directory):
     return preprocess
 
 
-def build_encoder(layers=2, width=WIDTH, heads=2, seed=0):
-    """A 2-layer, 32-wide BERT-style encoder with TF-Hub's inputs and outputs."""
+def build_encoder(layers=2, width=WIDTH, heads=2, seed=0, layer_norm_epsilon=1e-3):
+    """A 2-layer, 32-wide BERT-style encoder with TF-Hub's inputs and outputs. (Keras's default epsilon
+    makes tf-keras normalize with FusedBatchNormV3; BERT's 1e-12 makes it use tf.nn.moments.)"""
     keras.utils.set_random_seed(seed)
     inputs = {name: keras.Input((None,), dtype=tf.int32, name=name)
               for name in ("input_word_ids", "input_mask", "input_type_ids")}
@@ -134,16 +135,17 @@ def build_encoder(layers=2, width=WIDTH, heads=2, seed=0):
         keras.layers.Embedding(len(VOCAB) + 1, width, name="word_embeddings")(inputs["input_word_ids"]),
         keras.layers.Embedding(2, width, name="type_embeddings")(inputs["input_type_ids"]),
         keras.layers.Embedding(MAX_POSITIONS, width, name="position_embedding")(positions)])
-    x = keras.layers.LayerNormalization(name="embeddings/layer_norm")(x)
+    x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="embeddings/layer_norm")(x)
     attention_mask = keras.layers.Lambda(
         lambda m: tf.cast(m[:, None, :] * m[:, :, None], tf.bool))(inputs["input_mask"])
     outputs = []
     for i in range(layers):
         attended = keras.layers.MultiHeadAttention(heads, width // heads, name=f"layer_{i}/attention")(
             x, x, attention_mask=attention_mask)
-        x = keras.layers.LayerNormalization(name=f"layer_{i}/attention_layer_norm")(x + attended)
+        x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name=f"layer_{i}/attention_layer_norm")(
+            x + attended)
         hidden = keras.layers.Dense(2 * width, activation="gelu", name=f"layer_{i}/intermediate")(x)
-        x = keras.layers.LayerNormalization(name=f"layer_{i}/output_layer_norm")(
+        x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name=f"layer_{i}/output_layer_norm")(
             x + keras.layers.Dense(width, name=f"layer_{i}/output")(hidden))
         outputs.append(x)
     first = keras.layers.Lambda(lambda t: t[:, 0, :])(x)
@@ -163,6 +165,12 @@ def save_hub_models(directory):
     tf.saved_model.save(TinyPreprocessor(vocab_file), preprocess)
     build_encoder().save(encoder, include_optimizer=False, save_format="tf")
     return preprocess, encoder
+
+
+def save_encoder(directory, **options):
+    """Write a tiny encoder built with build_encoder's options to directory; return its path."""
+    build_encoder(**options).save(directory, include_optimizer=False, save_format="tf")
+    return directory
 
 
 def review(label, rng, long=False):

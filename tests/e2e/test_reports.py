@@ -19,6 +19,7 @@ def test_evaluation_report_json_plots_and_errors(trained, capsys):
     with open(os.path.join(flags["--model-dir"], "evaluation.json")) as f:
         saved = json.load(f)
     assert saved["accuracy"] == metrics["accuracy"] and saved["confusion_matrix"] == metrics["confusion_matrix"]
+    assert saved["engine"] == "fused"  # the default, and what ran (a fallback would say savedmodel)
     for path in metrics["plots"].values():
         with open(path, "rb") as f:
             assert f.read(4) == b"\x89PNG"

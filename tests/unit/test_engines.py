@@ -1,5 +1,6 @@
 """--engine: the saved classifier's token half in TFLite scores as the SavedModel does, through the right
 width, converted once and kept beside the model for that model only."""
+import dataclasses
 import os
 
 import helpers
@@ -67,23 +68,53 @@ def test_the_fused_engine_is_the_default_and_scores_as_the_saved_graph(saved, ki
     np.testing.assert_allclose(logits(engine, TEXTS, batch_size=64), logits(model, TEXTS), atol=1e-5)
 
 
-def test_a_graph_the_rewrite_fails_on_is_scored_as_saved_with_a_note(saved, monkeypatch):
+def test_the_fused_engine_fuses_a_tf_hub_encoder_with_berts_layer_norms(hub_models, tmp_path):
+    """BERT's epsilon (1e-12) makes tf-keras write layer normalization as tf.nn.moments: reloaded from a
+    TF-Hub SavedModel, every one becomes _MklLayerNorm, and the scores stay the saved graph's."""
+    import tiny_hub
+
+    from tfhub_classifier.inference import engines
+    from tfhub_classifier.model import saving
+    encoder = tiny_hub.save_encoder(str(tmp_path / "encoder"), layer_norm_epsilon=1e-12)
+    model_dir = helpers.untrained_classifier(tmp_path, hub_models[0], encoder, tasks.Task("binary", LABELS["binary"]),
+                                             "head+tail", seq_length=100)
+    engine, _, _ = engines.load(model_dir, "float32")
+    assert (engine.fused.dense_layers, engine.fused.gelus, engine.fused.layer_norms) == (12, 2, 5)
+    np.testing.assert_allclose(logits(engine, TEXTS), logits(saving.load(model_dir)[0], TEXTS), atol=1e-5)
+
+
+@pytest.mark.parametrize("failure", ["raises", "fuses nothing", "scores differently", "a GPU"])
+def test_a_graph_the_rewrite_cannot_serve_is_scored_as_saved_with_a_note(saved, monkeypatch, failure):
     from tfhub_classifier.inference import engines
     from tfhub_classifier.model import fusion, saving
+    from tfhub_classifier.runtime import tf
     from tfhub_classifier.serving.servable import Servable
-
-    def fails(function):
-        raise ValueError("an op the rewrite does not know\nsecond line")
-    monkeypatch.setattr(fusion, "fuse", fails)
+    note = {"raises": "its fused form could not be built (ValueError: an op the rewrite does not know)",
+            "fuses nothing": "none of its layers has a form --engine fused rewrites",
+            "scores differently": "its fused form scores differently (logits 0.5 apart on a probe text)",
+            "a GPU": "--engine fused rewrites it for oneDNN on CPUs, and a GPU will run it"}[failure]
+    if failure == "raises":
+        def fails(function):
+            raise ValueError("an op the rewrite does not know\nsecond line")
+        monkeypatch.setattr(fusion, "fuse", fails)
+    elif failure == "fuses nothing":
+        fuse = fusion.fuse
+        monkeypatch.setattr(fusion, "fuse", lambda function: dataclasses.replace(fuse(function), dense_layers=0,
+                                                                                  gelus=0, layer_norms=0))
+    elif failure == "scores differently":
+        monkeypatch.setattr(engines.FusedClassifier, "largest_difference", lambda self: 0.5)
+    else:
+        devices = tf.config.list_physical_devices
+        monkeypatch.setattr(tf.config, "list_physical_devices",
+                            lambda kind=None: ["GPU:0"] if kind == "GPU" else devices(kind))
     lines = []
     model, _, _ = engines.load(saved["binary"], "float32", log=lines.append)
+    assert lines == ["note: scoring with the graph as saved: " + note]
     assert not isinstance(model, engines.FusedClassifier) and engines.in_use(model, "fused") == "savedmodel"
-    servable = Servable.load(config.resolve(model_dir=saved["binary"]), log=lines.append)
-    assert servable.engine == "savedmodel"  # what /healthz and evaluation.json say runs
-    del lines[1:]
-    assert lines == ["note: scoring with the graph as saved: its fused form could not be built "
-                     "(ValueError: an op the rewrite does not know)"]
     np.testing.assert_array_equal(logits(model, TEXTS), logits(saving.load(saved["binary"])[0], TEXTS))
+    if failure == "raises":
+        servable = Servable.load(config.resolve(model_dir=saved["binary"]), log=lines.append)
+        assert servable.engine == "savedmodel"  # what /healthz and evaluation.json say runs
 
 
 def test_a_batch_runs_at_the_smallest_width_that_holds_it(saved):

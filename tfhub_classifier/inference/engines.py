@@ -9,7 +9,10 @@ import hashlib
 import os
 import threading
 
+import numpy as np
+
 from tfhub_classifier import files, hardware
+from tfhub_classifier.data import tokenization
 from tfhub_classifier.export import client_example, tflite
 from tfhub_classifier.model import fusion, saving
 from tfhub_classifier.runtime import tf
@@ -19,6 +22,10 @@ from tfhub_classifier.runtime import tf
 QUANTIZATION = {"tflite": "none", "tflite-int8": "int8"}
 PRECISION = {"tflite": "float32 (TFLite)", "tflite-int8": "int8 weights (TFLite)"}
 CACHE_FOLDER = "engines"
+# The fused graph's logits against the saved graph's on the probe texts: float32 differs only in the
+# order of sums; bfloat16 rounds the two graphs' activations at different points.
+FUSED_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.1, "float16": 0.1}
+PROBE_TEXTS = ["A probe text: the fused graph must score it as the saved one does.", "Short."]
 STALE_PARTIAL_S = 3600  # a conversion's file being written is younger: another process may be writing it
 
 
@@ -36,21 +43,40 @@ class FusedClassifier:
     def classify_tokens(self, tokens):
         return self.fused(tokens)
 
+    def largest_difference(self):
+        """The largest logit difference from the saved graph's, on the probe texts."""
+        tokens = tokenization.trim_padding(self.saved.preprocess(tf.constant(PROBE_TEXTS)))
+        return float(np.max(np.abs(self.classify_tokens(tokens).numpy() - self.saved.classify_tokens(tokens).numpy())))
+
 
 def in_use(model, engine):
     """The engine that scores with model, loaded for --engine engine: fused falls back to savedmodel."""
     return "savedmodel" if engine == "fused" and not isinstance(model, FusedClassifier) else engine
 
 
-def fused_or_saved(model, log=print):
-    """A FusedClassifier over model; if its graph can't be rewritten, model itself, with a note: the
-    rewrite only saves time, so no encoder it doesn't foresee may cost a score."""
-    try:
-        return FusedClassifier(model)
-    except Exception as error:  # any failure of the rewrite falls back to the graph as saved
+def fused_or_saved(model, precision, log=print):
+    """A FusedClassifier over model, checked on probe texts against it; model itself, with a note, if
+    the rewrite fails, fuses nothing, scores differently, or a GPU would run it (its fused ops are
+    oneDNN's, for CPUs). The rewrite only saves time, so no encoder it doesn't foresee may cost a score."""
+    if tf.config.list_physical_devices("GPU"):
+        log("note: scoring with the graph as saved: --engine fused rewrites it for oneDNN on CPUs, and a GPU "
+            "will run it")
+        return model
+    try:  # any failure of the rewrite falls back to the graph as saved
+        fused = FusedClassifier(model)
+        difference = fused.largest_difference()
+    except Exception as error:
         log(f"note: scoring with the graph as saved: its fused form could not be built "
             f"({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''})")
         return model
+    if fused.fused.dense_layers + fused.fused.layer_norms == 0:
+        log("note: scoring with the graph as saved: none of its layers has a form --engine fused rewrites")
+        return model
+    if not difference <= FUSED_TOLERANCE[precision]:  # NaN included
+        log(f"note: scoring with the graph as saved: its fused form scores differently (logits {difference:.2g} "
+            "apart on a probe text)")
+        return model
+    return fused
 
 
 class TfliteClassifier:
@@ -90,7 +116,7 @@ def load(model_dir, precision, engine="fused", log=print):
         return saving.load_model(model_dir, precision)
     if engine == "fused":
         model, record, precision = saving.load_model(model_dir, precision)
-        return fused_or_saved(model, log), record, precision
+        return fused_or_saved(model, precision, log), record, precision
     model, record, _ = saving.load_model(model_dir, "float32")  # only its tokenizer runs
     path = os.path.join(model_dir, CACHE_FOLDER, f"{engine}-{fingerprint(model_dir)}.tflite")
     if os.path.isfile(path):

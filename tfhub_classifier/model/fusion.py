@@ -50,7 +50,7 @@ def _source(name):
 
 
 def _first_output(name):
-    return ":" not in name or name.endswith(":0")
+    return ":" not in name or name.rpartition(":")[2] == "0"
 
 
 class Graph:
@@ -64,6 +64,18 @@ class Graph:
             for name in node.input:
                 self.readers[_source(name)].append(node)
         self._values = {}
+        self._shapes = None  # a tf.Graph of graph_def, imported when a rank is first asked for
+
+    def rank(self, name):
+        """The static rank of node `name`'s first output (None if unknown), from TensorFlow's shape inference."""
+        if self._shapes is None:
+            with tf.Graph().as_default() as graph:
+                tf.graph_util.import_graph_def(self.graph_def, name="")
+            self._shapes = graph
+        try:
+            return self._shapes.get_tensor_by_name(_source(name) + ":0").shape.rank
+        except (KeyError, ValueError):
+            return None
 
     @staticmethod
     def data_inputs(node):
@@ -316,6 +328,10 @@ def fuse_layer_norm(graph):
         x = _source(mean.input[0]) if mean.op == "Mean" else None
         if x is None or not mean.attr["keep_dims"].b or x in edit.removed or mean.name in edit.removed:
             continue
+        rank, axes = graph.rank(x), graph.constant(mean.input[1])
+        # _MklLayerNorm normalizes the last axis of a 2- or 3-axis tensor.
+        if rank not in (2, 3) or axes is None or axes.size != 1 or int(axes.reshape(-1)[0]) not in (-1, rank - 1):
+            continue
         chain = graph.chain(x, NORMALIZATION, lambda name: graph.constant(name) is not None)
         members = {x} | {node.name for node in chain}
         ends = graph.outside_readers(chain, x)
@@ -326,16 +342,10 @@ def fuse_layer_norm(graph):
                     for name in graph.data_inputs(node) if _source(name) not in members and graph.scalar(name)]
         if len(ends) != 1 or len(vectors) != 2 or len(epsilons) != 1:
             continue
-        width = next(iter(vectors.values())).size
-        probe = np.random.default_rng(0).normal(1.0, 3.0, size=(3, 5, width)).astype(np.float32)
-        got = graph.run_chain(x, chain, ends[0], probe)
-        normalized = (probe - probe.mean(-1, keepdims=True)) / np.sqrt(probe.var(-1, keepdims=True) + epsilons[0])
-        for gamma, beta in (tuple(vectors), tuple(vectors)[::-1]):
-            if got.shape == probe.shape and \
-                    np.max(np.abs(got - (normalized * vectors[gamma] + vectors[beta]))) <= LAYER_NORM_TOLERANCE:
-                break
-        else:
+        matched = _layer_norm_weights(graph, x, chain, ends[0], vectors, epsilons[0], rank)
+        if matched is None:
             continue
+        gamma, beta = matched
         node = node_def_pb2.NodeDef(name=f"{ends[0].name}/layer_norm", op="_MklLayerNorm")
         node.input.extend([x, gamma, beta])
         node.attr["T"].type = tf.float32.as_datatype_enum
@@ -344,6 +354,27 @@ def fuse_layer_norm(graph):
         edit.removed.update(node.name for node in chain)
         edit.rewired[ends[0].name] = node.name
     return edit
+
+
+def _layer_norm_weights(graph, x, chain, end, vectors, epsilon, rank):
+    """(gamma's input, beta's input) if the chain from x to end computes layer normalization over the last
+    axis with them and epsilon, else None. Probed at unit scale, and at a variance ten times epsilon's,
+    where only the right placement of epsilon gives the right values."""
+    width = next(iter(vectors.values())).size
+    rng = np.random.default_rng(0)
+    probes = [rng.normal(1.0, 3.0, size=(3, 5, width)),
+              rng.normal(0.0, np.sqrt(10 * max(epsilon, 1e-30)), size=(3, 5, width))]
+    outputs = [graph.run_chain(x, chain, end, probe.astype(np.float32).reshape((-1, width) if rank == 2 else
+                                                                             probe.shape)) for probe in probes]
+    for gamma, beta in (tuple(vectors), tuple(vectors)[::-1]):
+        for probe, got in zip(probes, outputs):
+            normalized = (probe - probe.mean(-1, keepdims=True)) / np.sqrt(probe.var(-1, keepdims=True) + epsilon)
+            want = (normalized * vectors[gamma] + vectors[beta]).reshape(got.shape if got.size == probe.size else -1)
+            if got.shape != want.shape or np.max(np.abs(got - want) / (np.abs(want) + 1)) > LAYER_NORM_TOLERANCE:
+                break
+        else:
+            return gamma, beta
+    return None
 
 
 def shield_normalizations(graph):
@@ -375,16 +406,30 @@ def apply(graph_def, edit):
     out = graph_pb2.GraphDef()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)
-    for node in graph_def.node:
+    for node in list(graph_def.node) + edit.added:
         if node.name in edit.removed:
             continue
         copy = out.node.add()
         copy.CopyFrom(node)
         for k, name in enumerate(copy.input):
-            if not name.startswith("^") and _source(name) in edit.rewired and _first_output(name):
-                copy.input[k] = edit.rewired[_source(name)]
-    out.node.extend(edit.added)
+            target = edit.rewired.get(_source(name))
+            # (A node added to stand in front of a tensor reads that tensor itself.)
+            if not name.startswith("^") and target is not None and target != copy.name and _first_output(name):
+                copy.input[k] = target
     return out
+
+
+def without_unread(graph_def, keep):
+    """graph_def without the constants and Identity nodes nothing reads any more (but keep's), e.g. an
+    Einsum's kernel once its two-axis copy replaced it: they would hold the weights twice."""
+    while True:
+        read = {_source(name) for node in graph_def.node for name in node.input}
+        kept = [node for node in graph_def.node
+                if node.name in read or node.name in keep or node.op not in ("Const", "Identity")]
+        if len(kept) == len(graph_def.node):
+            return graph_def
+        del graph_def.node[:]
+        graph_def.node.extend(kept)
 
 
 @dataclasses.dataclass
@@ -423,13 +468,16 @@ def fuse(concrete_function):
     arguments = concrete_function.inputs[:len(tf.nest.flatten(signature))]
     placeholders = {key: tensor.name for key, tensor in tf.nest.pack_sequence_as(signature, arguments).items()}
     output = concrete_function.outputs[0].name
+    held = [without_unread(graph_def, keep={_source(output)})]  # let go once traced: the function holds the weights
 
     @tf.function(input_signature=[signature])
     def function(tokens):
         return tf.graph_util.import_graph_def(
-            graph_def, input_map={placeholders[key]: tokens[key] for key in placeholders},
+            held[0], input_map={placeholders[key]: tokens[key] for key in placeholders},
             return_elements=[output], name="fused")[0]
 
+    traced = function.get_concrete_function()
+    held.clear()
     added = dense.added + einsum.added
-    return FusedFunction(function.get_concrete_function(), sum(node.op == "BiasAdd" for node in added),
+    return FusedFunction(traced, sum(node.op == "BiasAdd" for node in added),
                          sum(node.op == "Erf" for node in added), len(layer_norm.added))

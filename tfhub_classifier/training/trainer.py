@@ -311,7 +311,8 @@ def _logits(session, work_dir, split, name, log, progress=False):
     (frozen now, so it has the weights and temperature as they are; under a distribution strategy,
     the graph as trained); out of memory is an error naming the fix, the trained weights kept."""
     batch_size = session.cfg.eval_batch_size
-    model = engines.fused_or_saved(session.exported, log) if session.cfg.strategy == "default" else session.exported
+    model = engines.fused_or_saved(session.exported, session.precision, log) if session.cfg.strategy == "default" \
+        else session.exported
     try:
         return scoring.logits_of(model, split.texts, batch_size, progress=progress)
     except tf.errors.ResourceExhaustedError:
