@@ -86,7 +86,7 @@ PIPELINES = ("fast", "tutorial")
 POOLINGS = ("pooled", "mean")
 OUTPUT_FORMATS = ("table", "jsonl", "csv")
 EXPLAIN_METHODS = ("occlusion", "integrated-gradients")
-ENGINES = ("fused", "savedmodel", "tflite-int8")  # TFLite in float32 measured slower than the SavedModel: not offered
+ENGINES = ("auto", "fused", "savedmodel", "tflite-int8")  # TFLite in float32 measured slower: not offered
 QUANTIZATIONS = ("none", "int8", "float16")  # export.py --format tflite's weights
 TASKS = ("auto", "binary", "multiclass", "multilabel")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -240,11 +240,13 @@ class Config:
     precision: str = _option("auto", "auto = bfloat16 on CPUs with AVX512-BF16/AMX (measured faster, as "
                              "accurate), else float32; bfloat16/float16 rewrite the graph", PRECISIONS,
                              scripts=(TRAIN, EVALUATE, PREDICT))
-    engine: str = _option("fused", "what scores texts: fused = the saved graph with each dense layer, GELU and "
+    engine: str = _option("auto", "what scores texts: fused = the saved graph with each dense layer, GELU and "
                           "layer normalization run as one oneDNN kernel (the same scores to 1e-5 in float32, "
-                          "faster); savedmodel = the saved graph as it is; both at --precision. tflite-int8 = "
-                          "the token classifier in TFLite (XNNPACK) with int8 weights, scores slightly off, "
-                          "converted once and kept in MODEL_DIR/engines/ (docs/benchmarks.md#engines)", ENGINES,
+                          "faster, but built in seconds at load); savedmodel = the saved graph as it is; both at "
+                          "--precision. auto = fused, but savedmodel for predict.py's texts given on the command "
+                          "line, too few to repay the build. tflite-int8 = the token classifier in TFLite "
+                          "(XNNPACK) with int8 weights, scores slightly off, converted once and kept in "
+                          "MODEL_DIR/engines/ (docs/benchmarks.md#engines)", ENGINES,
                           scripts=(EVALUATE, PREDICT, SERVE))
     jit_compile: bool = _option(False, "XLA-compile the encoder and head")
     strategy: str = _option("default", "tf.distribute strategy: mirrored = several GPUs, multiworker = "

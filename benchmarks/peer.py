@@ -10,7 +10,7 @@ benchmarks/speed.py (whose measurement of our pipeline this reuses): the first T
 training reviews, TRAIN_STEPS steps of batch 32 timed after a warm-up epoch of the same length,
 AdamW with the `official` recipe's rate, decay, epsilon, schedule and clipping; then EVAL_REVIEWS
 test reviews in batches of 128, timed from the raw texts (tokenization included; ours through the
-default --engine fused, as evaluate.py scores). Reviews keep
+fused graph, as evaluate.py scores by default). Reviews keep
 their first seq_length tokens. Each side runs in a process of its own, so TensorFlow and PyTorch
 never share memory or threads.
 

@@ -56,7 +56,7 @@ def test_tflite_scores_as_the_saved_model_in_float32(saved, kind):
 def test_the_fused_engine_is_the_default_and_scores_as_the_saved_graph(saved, kind):
     from tfhub_classifier.inference import engines
     from tfhub_classifier.model import saving
-    assert config.resolve().engine == "fused"
+    assert config.resolve().engine == "auto"
     model, _ = saving.load(saved[kind])
     engine, _, precision = engines.load(saved[kind], "float32")
     assert isinstance(engine, engines.FusedClassifier) and precision == "float32"
@@ -81,6 +81,22 @@ def test_the_fused_engine_fuses_a_tf_hub_encoder_with_berts_layer_norms(hub_mode
     engine, _, _ = engines.load(model_dir, "float32")
     assert (engine.fused.dense_layers, engine.fused.gelus, engine.fused.layer_norms) == (12, 2, 5)
     np.testing.assert_allclose(logits(engine, TEXTS), logits(saving.load(model_dir)[0], TEXTS), atol=1e-5)
+
+
+def test_auto_builds_the_fused_graph_except_for_a_few_texts_on_the_command_line(saved, tmp_path, monkeypatch):
+    """Building the fused graph takes seconds: predict.py's command-line texts are scored sooner without it."""
+    from tfhub_classifier.inference import engines
+    loaded = []
+    load = engines.load
+    monkeypatch.setattr(engines, "load", lambda *args, **kwargs: loaded.append(args[2]) or load(*args, **kwargs))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("great\nawful\n")
+    predict.main(["--model-dir", saved["binary"], "--precision", "float32", "great"])
+    predict.main(["--model-dir", saved["binary"], "--precision", "float32", "--file", str(texts)])
+    predict.main(["--model-dir", saved["binary"], "--precision", "float32", "--engine", "fused", "great"])
+    assert loaded == ["savedmodel", "auto", "fused"]
+    model, _, _ = load(saved["binary"], "float32", "auto")
+    assert isinstance(model, engines.FusedClassifier) and engines.in_use(model, "auto") == "fused"
 
 
 @pytest.mark.parametrize("failure", ["raises", "fuses nothing", "scores differently", "a GPU"])
@@ -205,7 +221,7 @@ def test_flags_an_engine_would_ignore_are_refused():
     assert config.resolve(engine="tflite-int8", precision="auto").validate(config.PREDICT).engine == "tflite-int8"
     with pytest.raises(ValueError, match="use --explain-method occlusion"):
         config.resolve(engine="tflite-int8", explain_method="integrated-gradients").validate(config.PREDICT)
-    for engine in ("fused", "savedmodel"):
+    for engine in ("auto", "fused", "savedmodel"):
         assert config.resolve(engine=engine, explain_method="integrated-gradients").validate(config.PREDICT)
         assert config.resolve(engine=engine, precision="auto").validate(config.PREDICT).engine == engine
     with pytest.raises(SystemExit):  # TFLite in float32, measured slower than the SavedModel: not offered

@@ -50,8 +50,11 @@ class FusedClassifier:
 
 
 def in_use(model, engine):
-    """The engine that scores with model, loaded for --engine engine: fused falls back to savedmodel."""
-    return "savedmodel" if engine == "fused" and not isinstance(model, FusedClassifier) else engine
+    """The engine that scores with model, loaded for --engine engine: auto is fused, which falls back to
+    savedmodel."""
+    if engine in ("auto", "fused"):
+        return "fused" if isinstance(model, FusedClassifier) else "savedmodel"
+    return engine
 
 
 def fused_or_saved(model, precision, log=print):
@@ -109,12 +112,12 @@ class TfliteClassifier:
         return int(self.saved.label_names.shape[0]) if self.saved.task_kind.numpy() != b"binary" else 1
 
 
-def load(model_dir, precision, engine="fused", log=print):
+def load(model_dir, precision, engine="auto", log=print):
     """(model, run record, the precision in force, as logs and reports name it): the saved model,
     a FusedClassifier over it, or a TfliteClassifier over it (converted once, then read from MODEL_DIR/engines/)."""
     if engine == "savedmodel":
         return saving.load_model(model_dir, precision)
-    if engine == "fused":
+    if engine in ("auto", "fused"):
         model, record, precision = saving.load_model(model_dir, precision)
         return fused_or_saved(model, precision, log), record, precision
     model, record, _ = saving.load_model(model_dir, "float32")  # only its tokenizer runs
