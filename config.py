@@ -241,8 +241,9 @@ class Config:
                              "accurate), else float32; bfloat16/float16 rewrite the graph", PRECISIONS,
                              scripts=(TRAIN, EVALUATE, PREDICT))
     engine: str = _option("auto", "what scores texts: fused = the saved graph with each dense layer, GELU and "
-                          "layer normalization run as one oneDNN kernel (the same scores to 1e-5 in float32, "
-                          "faster, but built in seconds at load); savedmodel = the saved graph as it is; both at "
+                          "layer normalization run as one oneDNN kernel (scores within 1e-4 in float32, checked "
+                          "at load; faster, but built in seconds at load); savedmodel = the saved graph as it is; "
+                          "both at "
                           "--precision. auto = fused, but savedmodel for predict.py's texts given on the command "
                           "line, too few to repay the build. tflite-int8 = the token classifier in TFLite "
                           "(XNNPACK) with int8 weights, scores slightly off, converted once and kept in "
@@ -276,8 +277,9 @@ class Config:
                                     "requests; 1 = no batching (one text per call); TF Serving's name for it "
                                     "(--batch-size also works)", scripts=(SERVE,), at_least=1,
                                     flag={SERVE: "max-batch-size"}, alias={SERVE: "batch-size"})
-    serve_precision: str = _option("float32", "float32 = the scores of the saved serving_default to 1e-6 (what "
-                                   "TF Serving and the core-ops export give); bfloat16 = faster on CPUs with "
+    serve_precision: str = _option("float32", "float32 = the scores of the saved serving_default (what TF "
+                                   "Serving and the core-ops export give; within 1e-4 through the fused graph, "
+                                   "exactly with --engine savedmodel); bfloat16 = faster on CPUs with "
                                    "AVX512-BF16/AMX, scores off by up to about 0.015 (docs/benchmarks.md)",
                                    PRECISIONS[1:], scripts=(SERVE,), flag={SERVE: "precision"})
     batch_timeout_ms: float = _option(5.0, "longest a text waits for others to share its model call: small "

@@ -65,14 +65,15 @@ def model_dir(run):
 
 
 def validation_logits(run):
-    """The validation split train.py cut, and the saved model's (calibrated) logits of it."""
-    from tfhub_classifier.inference import scoring
-    from tfhub_classifier.model import saving
+    """The validation split train.py cut, and the saved model's (calibrated) logits of it, as train.py and
+    evaluate.py score it: through the fused graph, at the run's precision."""
+    from tfhub_classifier.inference import engines, scoring
     from tfhub_classifier.training import trainer
     record = run[1]
     cfg = config.resolve(**{k: v for k, v in record["config"].items()})
     _, validation, _ = trainer.load_data(cfg, log=lambda line: None)
-    model, _ = saving.load(model_dir(run))
+    model, _, _ = engines.load(model_dir(run), record["precision"])
+    assert isinstance(model, engines.FusedClassifier)
     return validation, scoring.logits_of(model, validation.texts, 64)
 
 

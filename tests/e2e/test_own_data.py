@@ -280,7 +280,8 @@ def test_predict_reads_the_training_format_and_keeps_the_columns_asked_for(multi
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert count == 7 and [(r["id"], r["text"]) for r in results] == [(str(i), text) for i, (text, _) in
                                                                         enumerate(rows)]
-    alone = predict.main(model_flags(flags) + ["--format", "jsonl", *[text for text, _ in rows]])
+    # The same texts given on the command line, through the same graph (auto would take the saved one).
+    alone = predict.main(model_flags(flags) + ["--engine", "fused", "--format", "jsonl", *[text for text, _ in rows]])
     capsys.readouterr()
     assert [r["probability"] for r in results] == pytest.approx([max(p) for p in alone], abs=1e-5)
     predict.main(model_flags(flags) + ["--file", path, "--keep-columns", "all", "--format", "csv"])
