@@ -62,10 +62,14 @@ def out_of_memory_line(error, flags):
     return f"error: out of memory{f' ({detail})' if detail else ''}; lower {flags} and run again"
 
 
-def unexpected_error_line(error):
+def error_summary(error):
+    """The error's type and the first line of its message: "ValueError: ..."."""
     lines = str(error).strip().splitlines()
-    what = f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
-    return f"error: {what} (run again with {DEBUG_FLAG}, or {DEBUG_VARIABLE}=1, to see the traceback)"
+    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
+
+
+def unexpected_error_line(error):
+    return f"error: {error_summary(error)} (run again with {DEBUG_FLAG}, or {DEBUG_VARIABLE}=1, to see the traceback)"
 
 
 def memory_flags(main):

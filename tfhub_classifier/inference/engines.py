@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from tfhub_classifier import files, hardware
+from tfhub_classifier import cli, files, hardware
 from tfhub_classifier.data import tokenization
 from tfhub_classifier.export import client_example, tflite
 from tfhub_classifier.model import fusion, saving
@@ -69,8 +69,7 @@ def fused_or_saved(model, precision, log=print):
         fused = FusedClassifier(model)
         difference = fused.largest_difference()
     except Exception as error:
-        log(f"note: scoring with the graph as saved: its fused form could not be built "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''})")
+        log(f"note: scoring with the graph as saved: its fused form could not be built ({cli.error_summary(error)})")
         return model
     if fused.fused.dense_layers + fused.fused.layer_norms == 0:
         log("note: scoring with the graph as saved: none of its layers has a form --engine fused rewrites")

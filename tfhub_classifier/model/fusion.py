@@ -208,12 +208,7 @@ def fuse_dense(graph):
         dtype = matmul.attr["T"]
         bias_2d = _op("BiasAdd", f"{bias_add.name}/before_reshape", [matmul.name, bias_add.input[1]], dtype)
         edit.added.append(bias_2d)
-        output, replaced = bias_2d.name, bias_add
-        gelu_chain, gelu_end = _gelu(graph, bias_add.name)
-        if gelu_chain is not None:
-            output = _add_gelu(edit, bias_2d.name, f"{bias_add.name}/gelu", dtype)
-            replaced = gelu_end
-            edit.removed.update(node.name for node in gelu_chain)
+        output, replaced = _then_gelu(graph, edit, bias_2d.name, bias_add, f"{bias_add.name}/gelu", dtype)
         reshape_after = _op("Reshape", f"{reshape.name}/after", [output, reshape.input[1]], reshape.attr["T"])
         reshape_after.attr["Tshape"].CopyFrom(reshape.attr["Tshape"])
         edit.added.append(reshape_after)
@@ -232,7 +227,8 @@ def fuse_einsum(graph):
         readers = graph.readers[einsum.name]
         if kernel is None or len(readers) != 1 or readers[0].op not in ("AddV2", "Add", "BiasAdd"):
             continue
-        contracted = _contracted_axes(einsum.attr["equation"].s.decode(), kernel.ndim)
+        equation = einsum.attr["equation"].s.decode()
+        contracted = _contracted_axes(equation, kernel.ndim)
         add = readers[0]
         bias_input = [name for name in graph.data_inputs(add) if _source(name) != einsum.name]
         bias = graph.constant(bias_input[0]) if len(bias_input) == 1 else None
@@ -250,13 +246,9 @@ def fuse_einsum(graph):
         matmul = _op("MatMul", f"{prefix}/matmul", [flat.name, f"{prefix}/kernel"], dtype)
         bias_2d = _op("BiasAdd", f"{prefix}/bias_add", [matmul.name, f"{prefix}/bias"], dtype)
         edit.added += [flat, matmul, bias_2d]
-        output, replaced = bias_2d.name, add
-        gelu_chain, gelu_end = _gelu(graph, add.name)
-        if gelu_chain is not None:
-            output, replaced = _add_gelu(edit, bias_2d.name, f"{prefix}/gelu", dtype), gelu_end
-            edit.removed.update(node.name for node in gelu_chain)
+        output, replaced = _then_gelu(graph, edit, bias_2d.name, add, f"{prefix}/gelu", dtype)
         # The result's shape: the activations' leading axes (as many as the equation keeps), then the kernel's last.
-        leading = len(einsum.attr["equation"].s.decode().split(",")[0]) - contracted
+        leading = len(equation.replace(" ", "").split(",")[0]) - contracted
         shape = node_def_pb2.NodeDef(name=f"{prefix}/input_shape", op="Shape", input=[x])
         shape.attr["T"].CopyFrom(dtype)
         shape.attr["out_type"].type = tf.int32.as_datatype_enum
@@ -305,14 +297,21 @@ def _op(kind, name, inputs, dtype):
     return node
 
 
+def _then_gelu(graph, edit, bias_2d, bias_add, prefix, dtype):
+    """(the new output, the old node it stands for): bias_2d, standing for bias_add; or, if GELU of
+    bias_add follows it, GELU of bias_2d in the remapper's form, standing for the old GELU's last node."""
+    gelu_chain, gelu_end = _gelu(graph, bias_add.name)
+    if gelu_chain is None:
+        return bias_2d, bias_add
+    edit.removed.update(node.name for node in gelu_chain)
+    return _add_gelu(edit, bias_2d, prefix, dtype), gelu_end
+
+
 def _add_gelu(edit, x, prefix, dtype):
     """x * ((erf(x * sqrt(1/2)) + 1) * 0.5): the form grappler's remapper fuses into the MatMul before it."""
     def constant(name, value):
-        node = _const_node(f"{prefix}/{name}", np.float32(value))
-        node.attr["dtype"].CopyFrom(dtype)
-        node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(value, dtype=tf.as_dtype(dtype.type)))
-        edit.added.append(node)
-        return node.name
+        edit.added.append(_const_node(f"{prefix}/{name}", np.asarray(value, tf.as_dtype(dtype.type).as_numpy_dtype)))
+        return edit.added[-1].name
 
     def op(kind, name, *inputs):
         edit.added.append(_op(kind, f"{prefix}/{name}", inputs, dtype))
