@@ -4,8 +4,8 @@ TF-Hub encoders apply a dense layer to [batch, length, width] activations as Res
 then the bias add, and GELU and layer normalization as chains of element-wise ops. grappler's remapper
 fuses MatMul + BiasAdd + GELU into one oneDNN kernel only when they follow each other directly, so
 the reshape back to three axes sits between them; and its own layer-normalization fusion, which fires
-once the weights are constants, drops the model's epsilon (a BERT's 1e-12 becomes 0.001, which moved
-a trained MiniLM's logits by up to 0.3). So, on a copy of the graph with its variables frozen into
+once the weights are constants, drops the model's epsilon (a BERT's 1e-12 becomes 0.001;
+docs/benchmarks.md#the-fused-graph). So, on a copy of the graph with its variables frozen into
 constants:
 
 - dense layers: MatMul -> Reshape -> BiasAdd [-> GELU] becomes MatMul -> BiasAdd [-> GELU in the form
