@@ -29,16 +29,17 @@ def main(argv=None):
     args = parse(argv)
     cfg = config.from_args(args, script=config.SERVE)
     cli.require_model_dir(cfg.model_dir)
-    from tfhub_classifier.serving import rest_api  # FastAPI and uvicorn; TensorFlow waits for Servable.load
+    # FastAPI and uvicorn; TensorFlow waits for Servable.load
+    from tfhub_classifier.serving import connections, rest_api
     from tfhub_classifier.serving.servable import Servable
     name = rest_api.model_name(cfg)
-    rest_api.check_descriptor_limit(cfg.max_connections)
-    sock = rest_api.bind(cfg.host, cfg.port)
+    connections.check_descriptor_limit(cfg.max_connections)
+    sock = connections.bind(cfg.host, cfg.port)
     try:
         servable = Servable.load(cfg, log=_log)
         _log(f"Serving {name} at http://{cfg.host}:{cfg.port}/v1/models/{name}:predict; up to "
              f"{cfg.serve_batch_size} texts per model call, gathered for at most {cfg.batch_timeout_ms:g} ms")
-        rest_api.serve(rest_api.create_app(servable, name, cfg), sock, cfg)
+        connections.serve(rest_api.create_app(servable, name, cfg), sock, cfg)
     finally:
         sock.close()
     _log(f"Stopped serving {name}.")

@@ -13,7 +13,7 @@ LIGHT_MODULES = ["config", "tfhub_classifier.cli", "tfhub_classifier.hardware", 
                  "tfhub_classifier.data.user_files", "tfhub_classifier.data.imdb",
                  "tfhub_classifier.inference.metrics", "tfhub_classifier.serving.batching",
                  "tfhub_classifier.serving.protocol", "tfhub_classifier.serving.servable",
-                 "tfhub_classifier.serving.rest_api",
+                 "tfhub_classifier.serving.rest_api", "tfhub_classifier.serving.connections",
                  "train", "evaluate", "predict", "serve", "export"]
 
 

@@ -27,7 +27,7 @@ import predict
 import serve
 import train
 from tfhub_classifier import cli, tasks
-from tfhub_classifier.serving import batching, protocol, rest_api
+from tfhub_classifier.serving import batching, connections, protocol, rest_api
 from tfhub_classifier.serving.servable import Servable
 
 LABEL_NAMES = ["neg", "pos"]  # the tiny IMDB model's, as its serving_default signature returns them
@@ -63,10 +63,10 @@ class InProcessServer:
         self.explain_call = FakeModelCall()
         servable.explain = self.explain_call
         self.app = rest_api.create_app(servable, "fake", cfg)
-        sock = rest_api.bind(HOST, 0)
+        sock = connections.bind(HOST, 0)
         self.port = sock.getsockname()[1]
         self.predict_url = f"http://{HOST}:{self.port}/v1/models/fake:predict"
-        self.server = rest_api.uvicorn_server(self.app, cfg)
+        self.server = connections.uvicorn_server(self.app, cfg)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -628,14 +628,14 @@ def test_a_client_stalled_mid_body_does_not_hold_the_drain(fake_model_dir):
 def test_more_connections_than_the_open_file_limit_allows_are_refused_at_start(monkeypatch):
     import resource
     monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
-    assert rest_api.check_descriptor_limit(512) == 512
+    assert connections.check_descriptor_limit(512) == 512
     with pytest.raises(ValueError, match=r"--max-connections 2000 does not fit this process's open-file limit "
                                          r"\(1024, .*use --max-connections 736 or less, or raise the limit "
                                          r"\(ulimit -n 2288\)"):
-        rest_api.check_descriptor_limit(2000)
+        connections.check_descriptor_limit(2000)
     monkeypatch.setattr(resource, "getrlimit", lambda which: (256, 4096))  # macOS's default
     with pytest.raises(ValueError, match=r"limit \(256\) leaves no room for connections .* \(ulimit -n 800\)"):
-        rest_api.check_descriptor_limit(512)
+        connections.check_descriptor_limit(512)
 
 
 @pytest.mark.parametrize("path", ["/V1/MODELS/fake:predict", "/v1/models/fake/versions/01:predict",
