@@ -1,25 +1,32 @@
-"""The connections under serve.py's REST API: the listening socket, uvicorn, and what uvicorn lacks
-before it faces a network (GuardedHTTP: read and write deadlines and a connection cap sized to the
-open-file limit)."""
+"""The connections under serve.py's REST API: the listening socket, what accepts from it (Acceptor),
+uvicorn, and what uvicorn lacks before it faces a network (GuardedHTTP: read and write deadlines and a
+connection cap), all within the process's open-file limit."""
+import array
+import asyncio
+import errno
+import fcntl
 import json
+import logging
 import signal
 import socket
+import termios
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-ACCEPT_BURST = 128  # the listen backlog, which is also how many connections asyncio accepts in one go
-ACCEPT_BURSTS_AHEAD = 2  # bursts accepted before their connections are counted (and the idle closed)
+ACCEPT_BATCH = 64  # connections accepted per turn of the event loop: also the most held past --max-connections
 RESERVED_DESCRIPTORS = 32  # the process's own files, sockets and pipes besides its connections
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+RETRY_ACCEPT_SECONDS = 1.0  # with nothing held to close, when accept() is tried again after running out
 
 
 def check_descriptor_limit(max_connections):
-    """ValueError unless --max-connections fits the open-file limit, with room for a burst of accepts
-    and for connections being closed: else accept() fails with 'Too many open files' under a flood."""
+    """ValueError unless --max-connections fits the open-file limit, with room for a batch of accepts
+    beyond it (connections about to displace the idle or be refused) and for the process's own files."""
     import resource
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    room = soft - ACCEPT_BURSTS_AHEAD * ACCEPT_BURST - RESERVED_DESCRIPTORS
+    room = soft - ACCEPT_BATCH - RESERVED_DESCRIPTORS
     if soft != resource.RLIM_INFINITY and max_connections > room:
         kept = soft - room
         if room < 1:
@@ -51,18 +58,116 @@ def bind(host, port):
     return sock
 
 
+class Acceptor:
+    """Accepts connections from a listening socket only while their descriptors fit: at most `limit`
+    held (open, or closing after being displaced or refused), up to ACCEPT_BATCH per turn of the event
+    loop. A flood past that waits in the kernel's queue, which listen() makes as long as the system
+    allows (net.core.somaxconn), so a client's connection completes at once instead of its SYN being
+    dropped and retried a second later. By hand, as asyncio's own accept loop takes as many as
+    listen()'s backlog in one go whatever descriptors are left, then logs 'Too many open files' and
+    stops accepting for a second; uvicorn serves through it. Speaks asyncio.Server's close() and
+    wait_closed(), which uvicorn's shutdown calls."""
+
+    def __init__(self, sock, protocol_factory, limit, loop):
+        self.sock, self.protocol_factory, self.limit, self.loop = sock, protocol_factory, limit, loop
+        self.held, self.reading, self.closed, self.warned = set(), False, False, False
+        sock.setblocking(False)
+        sock.listen(socket.SOMAXCONN)
+        self._resume()
+
+    def close(self):
+        """Stop accepting and close the listening socket (connections still queued get a reset)."""
+        self.closed = True
+        self._pause()
+        self.sock.close()
+
+    async def wait_closed(self):
+        return None
+
+    def _held(self):
+        self.held = {conn for conn in self.held if conn.fileno() != -1}  # asyncio closes a transport's socket
+        return len(self.held)
+
+    def _accept(self):
+        for _ in range(min(ACCEPT_BATCH, self.limit - self._held())):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # the queue is empty
+            except OSError as error:
+                if error.errno not in OUT_OF_DESCRIPTORS:
+                    raise
+                if not self.warned:  # the process's own files took more than RESERVED_DESCRIPTORS
+                    logging.getLogger("uvicorn.error").warning(
+                        "the open-file limit is reached (%s); new connections wait until one closes: raise "
+                        "it (ulimit -n) or lower --max-connections", error.strerror)
+                self.warned = True
+                self._pause()
+                if not self._held():
+                    self.loop.call_later(RETRY_ACCEPT_SECONDS, self._resume)
+                return
+            conn.setblocking(False)
+            self.held.add(conn)
+            self.warned = False
+            task = self.loop.create_task(self.loop.connect_accepted_socket(self._protocol, conn))
+            task.add_done_callback(lambda made, conn=conn: self._made(made, conn))
+        if self._held() >= self.limit:
+            self._pause()
+
+    def _protocol(self):
+        protocol = self.protocol_factory()
+        protocol.on_closed = self._closed
+        return protocol
+
+    def _made(self, task, conn):
+        if task.cancelled() or task.exception() is not None:  # no transport to close it
+            conn.close()
+            self._closed()
+
+    def _closed(self):
+        """A connection is closing: once its descriptor is free (after this turn), accept again."""
+        if not self.reading and not self.closed:
+            self.loop.call_soon(self._resume)
+
+    def _pause(self):
+        if self.reading:
+            self.loop.remove_reader(self.sock.fileno())
+            self.reading = False
+
+    def _resume(self):
+        if not self.reading and not self.closed and self._held() < self.limit:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+            self.reading = True
+
+
+class GuardedServer(uvicorn.Server):
+    """uvicorn's server, accepting through an Acceptor that holds at most --max-connections plus a
+    batch of connections, so their descriptors fit the limit check_descriptor_limit checked."""
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets=[])  # the lifespan (the model's warm-up) first; listening after it
+        loop = asyncio.get_running_loop()
+
+        def create_protocol():
+            return self.config.http_protocol_class(config=self.config, server_state=self.server_state,
+                                                   app_state=self.lifespan.state, _loop=loop)
+        limit = self.config.http_protocol_class.max_connections + ACCEPT_BATCH
+        self.servers.extend(Acceptor(sock, create_protocol, limit, loop) for sock in sockets or [])
+
+
 def uvicorn_server(app, cfg):
     """The uvicorn server that runs app: quiet but for warnings, draining for cfg.drain_timeout_s, its
-    connections guarded (GuardedHTTP) with cfg's read timeout and connection cap."""
+    connections accepted within the open-file limit (Acceptor) and guarded (GuardedHTTP) with cfg's
+    read timeout and connection cap."""
     protocol_class = type("GuardedHTTP", (GuardedHTTP,), {"read_timeout": cfg.read_timeout_s,
                                                           "max_connections": cfg.max_connections})
-    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                         timeout_graceful_shutdown=cfg.drain_timeout_s, http=protocol_class,
-                                         timeout_keep_alive=cfg.keep_alive_timeout_s, backlog=ACCEPT_BURST))
+    return GuardedServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                        timeout_graceful_shutdown=cfg.drain_timeout_s, http=protocol_class,
+                                        timeout_keep_alive=cfg.keep_alive_timeout_s))
 
 
 LINGER_SECONDS = 2.0  # how long a refused connection's leftover request is read before the close
-MAX_LINGERING = ACCEPT_BURST // 2  # refused connections lingering at once: half the descriptors kept spare
+MAX_LINGERING = ACCEPT_BATCH // 2  # refused connections lingering at once: half the batch held past the cap
 
 
 def _raw_answer(status, reason, message):
@@ -82,11 +187,16 @@ class GuardedHTTP(H11Protocol):
     silently if it never sent a byte): trickling headers or a stalled body hold nothing for long,
     SIGTERM's drain included. Between requests only the keep-alive timeout applies. A write deadline:
     an answer the client does not read for read_timeout seconds cuts the connection. A cap: past
-    max_connections open connections, the longest-idle one (no request running) is closed to make
-    room, or, with none idle, the new one gets 503."""
+    max_connections open connections, an idle one (no request running) is closed to make room: the
+    longest-silent one with nothing waiting to be read first, as a client whose request has come but
+    not been read yet (a flood accepted in one batch) is about to be busy; with none idle, the new
+    one gets 503."""
 
     read_timeout = 10.0
     max_connections = 512
+
+    def on_closed(self):
+        """Called as the connection closes (the Acceptor sets it, to accept again)."""
 
     def connection_made(self, transport):
         super().connection_made(transport)
@@ -96,12 +206,23 @@ class GuardedHTTP(H11Protocol):
         open_connections = [c for c in self.connections
                             if not (c.transport.is_closing() or getattr(c, "refusing", False))]
         if len(open_connections) > self.max_connections:
-            idle = [c for c in open_connections if c is not self and isinstance(c, GuardedHTTP) and c.evictable()]
-            if idle:
-                min(idle, key=lambda connection: connection.last_active).cut()
+            idle = sorted((c for c in open_connections if c is not self and isinstance(c, GuardedHTTP)
+                           and c.evictable()), key=lambda connection: connection.last_active)
+            victim = next((c for c in idle if not c.unread_bytes()), idle[0] if idle else None)
+            if victim is not None:
+                victim.cut()
             else:
                 self.refuse(503, "Service Unavailable", f"over --max-connections {self.max_connections} "
                                                         "connections, each with a request running; retry")
+
+    def unread_bytes(self):
+        """How many bytes the client has sent that are not read yet (FIONREAD)."""
+        waiting = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.transport.get_extra_info("socket").fileno(), termios.FIONREAD, waiting, True)
+        except OSError:
+            return 0
+        return waiting[0]
 
     def send_400_response(self, msg):
         """Malformed HTTP: TF Serving's JSON error body, not uvicorn's plain text."""
@@ -193,6 +314,7 @@ class GuardedHTTP(H11Protocol):
     def connection_lost(self, exc):
         self._cancel(("read_deadline", "write_deadline"))
         super().connection_lost(exc)
+        self.on_closed()
 
     def _arm_read_deadline(self):
         self._cancel(("read_deadline",))
