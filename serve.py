@@ -7,7 +7,8 @@
 
 SIGTERM or Ctrl-C stops it: no new connections, the requests in flight and queued are answered, then it
 exits 0; if --drain-timeout-s passes first, the requests left are cut off and it exits 2, saying so.
-The request and answer shapes, routes and limits: tfhub_classifier/serving/rest_api.py's docstring.
+The request and answer shapes, routes and limits: tfhub_classifier/serving/rest_api.py's docstring;
+the connections' deadlines and cap: serving/connections.py's.
 """
 import argparse
 import sys

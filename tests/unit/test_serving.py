@@ -578,8 +578,8 @@ def _connected(sockets, seconds):
 def test_a_flood_queued_while_the_server_is_stopped_neither_starves_a_client_nor_outlives_the_read_timeout(
         fake_model_dir):
     """Under a 300-descriptor limit and --max-connections 10, 400 connections arrive while the server is
-    stopped (SIGSTOP: a loaded machine, at its worst): 250 silent and 150 trickling half a request's
-    headers, and among the first of them a normal client's whole request. Every connection completes at
+    stopped (SIGSTOP: a loaded machine, at its worst): 150 trickling half a request's headers, 5 of them
+    before a normal client's whole request and the rest right after it, then 250 silent. Every connection completes at
     once (none waits out a dropped SYN's retry); once the server runs again the client is answered within
     a second, not displaced by the silent connections accepted with it; the server never runs out of
     descriptors, and closes all 400 once --read-timeout-s has passed, trickling on or not."""
@@ -602,7 +602,7 @@ def test_a_flood_queued_while_the_server_is_stopped_neither_starves_a_client_nor
         assert _connected([client, *flood], 5), "connections waited for the stopped server"
         client.sendall(b"POST /v1/models/imdb_bert:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        for sock in flood[250:]:
+        for sock in flood[:150]:
             sock.sendall(b"POST /v1/models/imdb_bert:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-")
         server.process.send_signal(signal.SIGCONT)
         opened = time.monotonic()
@@ -615,7 +615,7 @@ def test_a_flood_queued_while_the_server_is_stopped_neither_starves_a_client_nor
         assert answer.startswith(b"HTTP/1.1 200 "), answer
         assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"predictions": [{"score": 0.5}]}
         assert time.monotonic() - opened < 1, "the client waited for the idle connections to time out"
-        for sock in flood[250:]:
+        for sock in flood[:150]:
             with contextlib.suppress(OSError):
                 sock.sendall(b"Length: 10\r\n")  # trickling on does not extend the deadline
         budget = 3 + 10  # the read timeout, and room for a loaded machine
@@ -635,6 +635,43 @@ def test_a_flood_queued_while_the_server_is_stopped_neither_starves_a_client_nor
             if sock is not None:
                 sock.close()
         server.stop()
+
+
+def test_an_answer_the_client_does_not_read_is_cut_however_little_of_it_is_left():
+    """A client that never reads a 40 kB answer, of which the kernel's buffers (made small here) take a
+    few: the rest, under asyncio's 64 KiB mark, starts no pause, and after the answer only a close waits
+    for it. The connection is cut within --read-timeout-s or two all the same."""
+    server = InProcessServer(read_timeout_s=1.0)
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((HOST, server.port))
+            deadline = time.monotonic() + 10
+            while not (connection := next(iter(server.server.server_state.connections), None)):
+                assert time.monotonic() < deadline, "the server never took the connection"
+                time.sleep(0.01)
+            connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            body = json.dumps({"instances": ["x" * 5000] * 8}).encode()
+            sock.sendall(b"POST /v1/models/fake:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            while not connection.transport.get_write_buffer_size():
+                assert time.monotonic() < deadline, "the kernel took the whole answer"
+                time.sleep(0.01)
+            answered = time.monotonic()
+            assert connection.transport.get_write_buffer_size() < 64 * 1024
+            while server.server.server_state.connections:
+                assert time.monotonic() - answered < 2 * 1.0 + 3, "the connection outlived a client not reading"
+                time.sleep(0.05)
+    finally:
+        server.stop()
+
+
+def test_a_websocket_upgrade_is_answered_as_plain_http(fake):
+    """No upgrade to a protocol outside the deadlines and the cap: the request is answered over HTTP/1.1."""
+    with socket.create_connection((HOST, fake.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
 
 
 def test_a_client_stalled_mid_body_does_not_hold_the_drain(fake_model_dir):

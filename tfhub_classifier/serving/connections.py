@@ -18,7 +18,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 ACCEPT_BATCH = 64  # connections accepted per turn of the event loop: also the most held past --max-connections
 RESERVED_DESCRIPTORS = 32  # the process's own files, sockets and pipes besides its connections
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-RETRY_ACCEPT_SECONDS = 1.0  # with nothing held to close, when accept() is tried again after running out
+RETRY_ACCEPT_SECONDS = 1.0  # when accept() is tried again after running out, if no connection closes sooner
 
 
 def check_descriptor_limit(max_connections):
@@ -103,8 +103,7 @@ class Acceptor:
                         "it (ulimit -n) or lower --max-connections", error.strerror)
                 self.warned = True
                 self._pause()
-                if not self._held():
-                    self.loop.call_later(RETRY_ACCEPT_SECONDS, self._resume)
+                self.loop.call_later(RETRY_ACCEPT_SECONDS, self._resume)  # if no connection closes sooner
                 return
             conn.setblocking(False)
             self.held.add(conn)
@@ -145,6 +144,8 @@ class GuardedServer(uvicorn.Server):
     batch of connections, so their descriptors fit the limit check_descriptor_limit checked."""
 
     async def startup(self, sockets=None):
+        if not sockets:
+            raise ValueError("GuardedServer serves bound sockets: run it with sockets=[connections.bind(...)]")
         await super().startup(sockets=[])  # the lifespan (the model's warm-up) first; listening after it
         loop = asyncio.get_running_loop()
 
@@ -152,7 +153,7 @@ class GuardedServer(uvicorn.Server):
             return self.config.http_protocol_class(config=self.config, server_state=self.server_state,
                                                    app_state=self.lifespan.state, _loop=loop)
         limit = self.config.http_protocol_class.max_connections + ACCEPT_BATCH
-        self.servers.extend(Acceptor(sock, create_protocol, limit, loop) for sock in sockets or [])
+        self.servers.extend(Acceptor(sock, create_protocol, limit, loop) for sock in sockets)
 
 
 def uvicorn_server(app, cfg):
@@ -161,11 +162,13 @@ def uvicorn_server(app, cfg):
     read timeout and connection cap."""
     protocol_class = type("GuardedHTTP", (GuardedHTTP,), {"read_timeout": cfg.read_timeout_s,
                                                           "max_connections": cfg.max_connections})
-    return GuardedServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+    # ws="none": a WebSocket upgrade would swap in a protocol without the deadlines, the cap or on_closed.
+    return GuardedServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", ws="none",
                                         timeout_graceful_shutdown=cfg.drain_timeout_s, http=protocol_class,
                                         timeout_keep_alive=cfg.keep_alive_timeout_s))
 
 
+UNREAD_PEEK = 16384  # bytes of a connection's unread input looked at for a whole request head
 LINGER_SECONDS = 2.0  # how long a refused connection's leftover request is read before the close
 MAX_LINGERING = ACCEPT_BATCH // 2  # refused connections lingering at once: half the batch held past the cap
 
@@ -186,11 +189,11 @@ class GuardedHTTP(H11Protocol):
     the connection opening), else the connection is cut (with a 408 if its headers were still coming;
     silently if it never sent a byte): trickling headers or a stalled body hold nothing for long,
     SIGTERM's drain included. Between requests only the keep-alive timeout applies. A write deadline:
-    an answer the client does not read for read_timeout seconds cuts the connection. A cap: past
-    max_connections open connections, an idle one (no request running) is closed to make room: the
-    longest-silent one with nothing waiting to be read first, as a client whose request has come but
-    not been read yet (a flood accepted in one batch) is about to be busy; with none idle, the new
-    one gets 503."""
+    an answer whose unsent part does not shrink for read_timeout seconds cuts the connection. A cap: past
+    max_connections open connections, an idle one (no request running) is closed to make room, the
+    longest-silent first among those with nothing waiting to be read, then among those with no whole
+    request head waiting: a client whose request has come but not been read yet (accepted in one
+    batch with a flood) is about to be busy. With none idle, the new one gets 503."""
 
     read_timeout = 10.0
     max_connections = 512
@@ -208,21 +211,29 @@ class GuardedHTTP(H11Protocol):
         if len(open_connections) > self.max_connections:
             idle = sorted((c for c in open_connections if c is not self and isinstance(c, GuardedHTTP)
                            and c.evictable()), key=lambda connection: connection.last_active)
-            victim = next((c for c in idle if not c.unread_bytes()), idle[0] if idle else None)
+            victim = next((c for c in idle if not c.unread()), None) or next(
+                (c for c in idle if b"\r\n\r\n" not in c.unread()), idle[0] if idle else None)
             if victim is not None:
                 victim.cut()
             else:
                 self.refuse(503, "Service Unavailable", f"over --max-connections {self.max_connections} "
                                                         "connections, each with a request running; retry")
 
-    def unread_bytes(self):
-        """How many bytes the client has sent that are not read yet (FIONREAD)."""
+    def unread(self):
+        """What the client has sent that is not read yet (up to UNREAD_PEEK bytes of it), left in place."""
+        descriptor = self.transport.get_extra_info("socket").fileno()
         waiting = array.array("i", [0])
         try:
-            fcntl.ioctl(self.transport.get_extra_info("socket").fileno(), termios.FIONREAD, waiting, True)
+            fcntl.ioctl(descriptor, termios.FIONREAD, waiting, True)
+            if not waiting[0]:
+                return b""
+            peeking = socket.socket(fileno=descriptor)  # the connection's own socket object is asyncio's
+            try:
+                return peeking.recv(UNREAD_PEEK, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            finally:
+                peeking.detach()
         except OSError:
-            return 0
-        return waiting[0]
+            return b""
 
     def send_400_response(self, msg):
         """Malformed HTTP: TF Serving's JSON error body, not uvicorn's plain text."""
@@ -292,6 +303,8 @@ class GuardedHTTP(H11Protocol):
 
     def on_response_complete(self):
         super().on_response_complete()
+        if self.write_deadline is None:
+            self._watch_unsent()
         self.last_active = self.loop.time()
         pending, _ = self.conn.trailing_data
         if self.half_closed and not pending:
@@ -304,12 +317,7 @@ class GuardedHTTP(H11Protocol):
 
     def pause_writing(self):
         super().pause_writing()
-        self._cancel(("write_deadline",))
-        self.write_deadline = self.loop.call_later(self.read_timeout, self._write_timed_out)
-
-    def resume_writing(self):
-        self._cancel(("write_deadline",))
-        super().resume_writing()
+        self._watch_unsent()
 
     def connection_lost(self, exc):
         self._cancel(("read_deadline", "write_deadline"))
@@ -336,9 +344,18 @@ class GuardedHTTP(H11Protocol):
         else:  # silent since it opened, or a body stalled (its request sees the hang-up: 499)
             self.cut()
 
-    def _write_timed_out(self):
-        self.write_deadline = None
-        self.cut()
+    def _watch_unsent(self, before=None):
+        """Cut the connection if what waits to be sent (the kernel's buffer full) does not shrink for
+        read_timeout seconds: a client that stopped reading. Watched while any of it is left, also
+        under asyncio's 64 KiB high-water mark and after the close that waits for it to go out."""
+        self._cancel(("write_deadline",))
+        unsent = self.transport.get_write_buffer_size()
+        if not unsent:
+            return
+        if before is not None and unsent >= before:
+            self.cut()
+            return
+        self.write_deadline = self.loop.call_later(self.read_timeout, self._watch_unsent, unsent)
 
 
 def serve(app, sock, cfg):
