@@ -296,8 +296,8 @@ class Config:
     keep_alive_timeout_s: float = _option(5.0, "an idle keep-alive connection is closed after this many seconds",
                                           scripts=(SERVE,))
     max_connections: int = _option(512, "open connections at most, kept under the descriptor limit: past it an idle "
-                                   "connection is closed to make room (the longest-silent first, sparing those "
-                                   "whose request has come unread), or, if every one has a request running, the "
+                                   "connection is closed to make room (the longest-silent first, those whose "
+                                   "request has come unread last), or, if every one has a request running, the "
                                    "new one gets 503", scripts=(SERVE,), at_least=1)
     drain_timeout_s: float = _option(30.0, "on SIGTERM, how long in-flight requests may run before they are "
                                      "cut off (Kubernetes' default grace period)", scripts=(SERVE,))

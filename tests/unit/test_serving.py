@@ -668,6 +668,7 @@ def test_an_answer_the_client_does_not_read_is_cut_however_little_of_it_is_left(
 
 def test_a_websocket_upgrade_is_answered_as_plain_http(fake):
     """No upgrade to a protocol outside the deadlines and the cap: the request is answered over HTTP/1.1."""
+    assert fake.server.config.ws == "none"  # also where a WebSocket library is installed
     with socket.create_connection((HOST, fake.port), timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
                      b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")

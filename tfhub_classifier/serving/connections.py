@@ -203,6 +203,12 @@ class GuardedHTTP(H11Protocol):
 
     def connection_made(self, transport):
         super().connection_made(transport)
+        self.queued, write = 0, transport.write
+
+        def counted_write(data):  # what went out is what was queued less what is still unsent
+            self.queued += len(data)
+            write(data)
+        transport.write = counted_write
         self.read_deadline = self.write_deadline = None
         self.request_begun, self.half_closed, self.refusing, self.last_active = False, False, False, self.loop.time()
         self._arm_read_deadline()
@@ -211,8 +217,7 @@ class GuardedHTTP(H11Protocol):
         if len(open_connections) > self.max_connections:
             idle = sorted((c for c in open_connections if c is not self and isinstance(c, GuardedHTTP)
                            and c.evictable()), key=lambda connection: connection.last_active)
-            victim = next((c for c in idle if not c.unread()), None) or next(
-                (c for c in idle if b"\r\n\r\n" not in c.unread()), idle[0] if idle else None)
+            victim = _victim(idle)
             if victim is not None:
                 victim.cut()
             else:
@@ -243,12 +248,14 @@ class GuardedHTTP(H11Protocol):
         """Answer and close so that the answer arrives: closing with the client's request unread would
         send a reset, which can destroy the answer before the client reads it. So: the answer, then our
         FIN, then what the client still sends is read and dropped until its own FIN or LINGER_SECONDS."""
-        self._cancel(("read_deadline", "write_deadline"))
+        self._cancel(("read_deadline",))
         lingering = sum(1 for connection in self.connections if getattr(connection, "refusing", False))
         self.refusing = True
         self.transport.write(_raw_answer(status, reason, message))
         if lingering >= MAX_LINGERING or not self.transport.can_write_eof():  # a flood: descriptors first
             self.transport.close()
+            if self.write_deadline is None:
+                self._watch_unsent()
             return
         self.transport.write_eof()
         self.read_deadline = self.loop.call_later(LINGER_SECONDS, self.cut)
@@ -344,18 +351,31 @@ class GuardedHTTP(H11Protocol):
         else:  # silent since it opened, or a body stalled (its request sees the hang-up: 499)
             self.cut()
 
-    def _watch_unsent(self, before=None):
-        """Cut the connection if what waits to be sent (the kernel's buffer full) does not shrink for
-        read_timeout seconds: a client that stopped reading. Watched while any of it is left, also
-        under asyncio's 64 KiB high-water mark and after the close that waits for it to go out."""
+    def _watch_unsent(self, sent_before=None):
+        """Cut the connection if, with answer bytes waiting to be sent (the kernel's buffer full), none
+        goes out for read_timeout seconds: a client that stopped reading. Watched while any is left,
+        also under asyncio's 64 KiB high-water mark and after the close that waits for it to go out."""
         self._cancel(("write_deadline",))
         unsent = self.transport.get_write_buffer_size()
         if not unsent:
             return
-        if before is not None and unsent >= before:
+        sent = self.queued - unsent
+        if sent_before is not None and sent <= sent_before:
             self.cut()
             return
-        self.write_deadline = self.loop.call_later(self.read_timeout, self._watch_unsent, unsent)
+        self.write_deadline = self.loop.call_later(self.read_timeout, self._watch_unsent, sent)
+
+
+def _victim(idle):
+    """Of idle connections, longest-silent first: the first with nothing unread, else the first whose
+    request head (read in part, and unread) is not whole, else the first."""
+    heads = []
+    for connection in idle:
+        waiting = connection.unread()
+        if not waiting:
+            return connection
+        heads.append((connection, bytes(connection.conn.trailing_data[0]) + waiting))
+    return next((connection for connection, head in heads if b"\r\n\r\n" not in head), idle[0] if idle else None)
 
 
 def serve(app, sock, cfg):
