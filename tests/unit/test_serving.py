@@ -666,6 +666,38 @@ def test_an_answer_the_client_does_not_read_is_cut_however_little_of_it_is_left(
         server.stop()
 
 
+def test_a_client_reading_its_answers_steadily_is_not_cut():
+    """Keep-alive, the kernel's buffers made small: a 40 kB answer read at once, then, close to
+    --read-timeout-s later, a 60 kB one read at 40 kB/s. More of the second is unsent (under asyncio's
+    64 KiB mark) than was of the first, yet bytes keep going out, so the connection is not cut."""
+    server = InProcessServer(read_timeout_s=1.0)
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((HOST, server.port))
+            sock.settimeout(10)
+            deadline = time.monotonic() + 10
+            while not (connection := next(iter(server.server.server_state.connections), None)):
+                assert time.monotonic() < deadline, "the server never took the connection"
+                time.sleep(0.01)
+            connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            for size, pause, then in ((5000, 0.0, 0.8), (7500, 0.1, 0.0)):
+                body = json.dumps({"instances": ["x" * size] * 8}).encode()
+                sock.sendall(b"POST /v1/models/fake:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                answer = b""
+                while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < int(
+                        answer.lower().partition(b"content-length: ")[2].partition(b"\r\n")[0]):
+                    chunk = sock.recv(4096)
+                    assert chunk, "the server cut a client that was reading"
+                    answer += chunk
+                    time.sleep(pause)
+                assert answer.startswith(b"HTTP/1.1 200 ")
+                time.sleep(then)
+    finally:
+        server.stop()
+
+
 def test_a_websocket_upgrade_is_answered_as_plain_http(fake):
     """No upgrade to a protocol outside the deadlines and the cap: the request is answered over HTTP/1.1."""
     assert fake.server.config.ws == "none"  # also where a WebSocket library is installed
