@@ -53,11 +53,36 @@ def set_precision(precision):
     if precision == "float16" and not tf.config.list_physical_devices("GPU"):
         raise ValueError("--precision float16 needs a GPU (CPUs run float16 slower than float32); "
                          "use --precision auto or float32")
+    _follow_bfloat16(BFLOAT16_FOLLOWERS if precision == "bfloat16" else ())
     tf.config.optimizer.set_experimental_options({
         "auto_mixed_precision_onednn_bfloat16": precision == "bfloat16",
         "auto_mixed_precision": precision == "float16",
     })
     return precision
+
+
+# Ops the bfloat16 rewrite leaves in float32, with casts around them, that run in bfloat16 as well:
+# oneDNN's layer normalization (model/fusion.py's), which then takes its input as it comes. A user
+# keeps it in float32 with TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_INFERLIST_REMOVE=_MklLayerNorm.
+BFLOAT16_FOLLOWERS = ("_MklLayerNorm",)
+_followers_added = set()
+
+
+def _follow_bfloat16(ops):
+    """Make ops, and no others this suite added, the ones the rewrite adds to its list of those that run
+    in their inputs' type (grappler reads the variable each time it rewrites a graph); what the user
+    listed there stays."""
+    name = "TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_INFERLIST_ADD"
+    listed = [op for op in os.environ.get(name, "").split(",") if op and op not in _followers_added - set(ops)]
+    _followers_added.difference_update(_followers_added - set(ops))
+    for op in ops:
+        if op not in listed:
+            listed.append(op)
+            _followers_added.add(op)
+    if listed:
+        os.environ[name] = ",".join(listed)
+    else:
+        os.environ.pop(name, None)
 
 
 def check_devices(require_gpu=False, log=print):

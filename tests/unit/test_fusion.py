@@ -1,5 +1,7 @@
 """The fused graph (--engine fused): dense layers, GELU and layer normalization rewritten into the ops
 oneDNN fuses, scoring as the graph it came from; what only looks like GELU or layer normalization is left alone."""
+import collections
+
 import numpy as np
 import pytest
 
@@ -195,7 +197,7 @@ def test_an_einsum_whose_bias_spans_part_of_its_output_is_left_alone():
 
 
 def executed_ops(function, tokens):
-    """The op types TensorFlow's executor ran for one call (oneDNN's kernels by their registered names)."""
+    """How often TensorFlow's executor ran each op type in one call (oneDNN's kernels by their registered names)."""
     import glob
     import tempfile
 
@@ -209,7 +211,8 @@ def executed_ops(function, tokens):
         space = xplane_pb2.XSpace()
         with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as trace:
             space.ParseFromString(trace.read())
-    return {meta.name.rpartition(":")[2] for plane in space.planes for meta in plane.event_metadata.values()}
+    return collections.Counter(plane.event_metadata[event.metadata_id].name.rpartition(":")[2]
+                               for plane in space.planes for line in plane.lines for event in line.events)
 
 
 def test_grappler_runs_each_rewritten_layer_as_one_onednn_kernel():
@@ -226,4 +229,30 @@ def test_grappler_runs_each_rewritten_layer_as_one_onednn_kernel():
     ops = executed_ops(fused, tokens)
     assert any("FusedMatMul" in op for op in ops), sorted(ops)
     assert any("LayerNorm" in op for op in ops), sorted(ops)
-    assert not ops & {"Erf", "Erfc", "BiasAdd", "SquaredDifference", "Rsqrt", "Einsum"}, sorted(ops)
+    assert not set(ops) & {"Erf", "Erfc", "BiasAdd", "SquaredDifference", "Rsqrt", "Einsum"}, sorted(ops)
+
+
+def test_in_bfloat16_the_layer_norms_run_without_casts_around_them(monkeypatch):
+    """--precision bfloat16 lets oneDNN's layer normalization take the bfloat16 activations around it as
+    they come, where grappler's own lists would cast them to float32 and back for each one."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    from tfhub_classifier import hardware, runtime
+    from tfhub_classifier.model import fusion
+    if not _pywrap_util_port.IsMklEnabled() or not hardware.cpu_supports_bfloat16():
+        pytest.skip("needs oneDNN and a CPU with AVX512-BF16 or AMX: no bfloat16 rewrite here")
+    tokens = list(batches())[2]
+    monkeypatch.setenv("TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_INFERLIST_ADD", "")
+    try:
+        runtime.set_precision("bfloat16")
+        following = fusion.fuse(token_classifier())
+        following(tokens)  # the first call rewrites the graph
+        following_ops = executed_ops(following, tokens)
+        monkeypatch.setenv("TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_INFERLIST_ADD", "")  # grappler's lists alone
+        plain = fusion.fuse(token_classifier())
+        plain(tokens)
+        plain_ops = executed_ops(plain, tokens)
+    finally:
+        runtime.set_precision("float32")
+    assert following_ops["_MklLayerNorm"] == plain_ops["_MklLayerNorm"] == 2
+    assert following_ops["Cast"] < plain_ops["Cast"], (following_ops, plain_ops)

@@ -1,4 +1,5 @@
 """What --precision bfloat16 and head+tail truncation really do, shown on the tiny models."""
+import os
 import random
 
 import numpy as np
@@ -75,3 +76,20 @@ def test_head_tail_keeps_a_short_review_whole(preprocessor):
     n = len(pieces)
     assert list(ids[1:n + 1]) == list(pieces)
     assert ids[n + 1] == tiny_hub.VOCAB.index("[SEP]") and mask.sum() == n + 2 and not ids[n + 2:].any()
+
+
+def test_bfloat16_lists_the_layer_norm_for_grappler_and_float32_takes_it_back_keeping_the_users(monkeypatch):
+    from tfhub_classifier import runtime
+    name = "TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_INFERLIST_ADD"
+    monkeypatch.setenv(name, "MyOp")
+    monkeypatch.setattr(runtime.tf.config.optimizer, "set_experimental_options", lambda options: None)
+    monkeypatch.setattr(runtime, "_followers_added", set())
+    runtime.set_precision("bfloat16")
+    runtime.set_precision("bfloat16")
+    assert os.environ[name] == "MyOp,_MklLayerNorm"
+    runtime.set_precision("float32")
+    assert os.environ[name] == "MyOp"
+    monkeypatch.setenv(name, "_MklLayerNorm")  # the user's own: kept
+    runtime.set_precision("bfloat16")
+    runtime.set_precision("float32")
+    assert os.environ[name] == "_MklLayerNorm"
