@@ -125,10 +125,24 @@ def test_texts_of_two_requests_share_one_model_call(fake, pool):
     assert sorted(fake.model_call.batches[-1]) == ["b1", "b2", "c"]
 
 
-def raw_predict(texts):
+def raw_predict(texts, model="fake", close=False):
     body = json.dumps({"instances": texts}).encode()
-    return (b"POST /v1/models/fake:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    closing = "Connection: close\r\n" if close else ""
+    return (f"POST /v1/models/{model}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n{closing}Content-Type: application/json"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def through_small_buffers(server, sock):
+    """sock connected to the in-process server with both sides' kernel buffers made a few kB, so an answer
+    of tens of kB stays partly in asyncio's buffer: the server's side of the connection."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((HOST, server.port))
+    deadline = time.monotonic() + 10
+    while not (connection := next(iter(server.server.server_state.connections), None)):
+        assert time.monotonic() < deadline, "the server never took the connection"
+        time.sleep(0.01)
+    connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return connection
 
 
 def test_a_client_that_hangs_up_while_its_texts_wait_has_them_dropped_unscored(fake, pool):
@@ -590,7 +604,7 @@ def test_a_flood_queued_while_the_server_is_stopped_neither_starves_a_client_nor
     server = ServerProcess(fake_model_dir, os.path.join(os.path.dirname(fake_model_dir), "serve.log"),
                            "--max-connections", "10", "--read-timeout-s", "3",
                            command=[sys.executable, "-c", limited], startup_seconds=60)
-    sockets, body = [], json.dumps({"instances": ["a"]}).encode()
+    sockets = []
     try:
         server.process.send_signal(signal.SIGSTOP)
         for _ in range(401):
@@ -600,8 +614,7 @@ def test_a_flood_queued_while_the_server_is_stopped_neither_starves_a_client_nor
             sockets.append(sock)
         client, flood = sockets.pop(5), sockets
         assert _connected([client, *flood], 5), "connections waited for the stopped server"
-        client.sendall(b"POST /v1/models/imdb_bert:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                       b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        client.sendall(raw_predict(["a"], model="imdb_bert", close=True))
         for sock in flood[:150]:
             sock.sendall(b"POST /v1/models/imdb_bert:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-")
         server.process.send_signal(signal.SIGCONT)
@@ -644,16 +657,9 @@ def test_an_answer_the_client_does_not_read_is_cut_however_little_of_it_is_left(
     server = InProcessServer(read_timeout_s=1.0)
     try:
         with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect((HOST, server.port))
+            connection = through_small_buffers(server, sock)
+            sock.sendall(raw_predict(["x" * 5000] * 8, close=True))
             deadline = time.monotonic() + 10
-            while not (connection := next(iter(server.server.server_state.connections), None)):
-                assert time.monotonic() < deadline, "the server never took the connection"
-                time.sleep(0.01)
-            connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            body = json.dumps({"instances": ["x" * 5000] * 8}).encode()
-            sock.sendall(b"POST /v1/models/fake:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             while not connection.transport.get_write_buffer_size():
                 assert time.monotonic() < deadline, "the kernel took the whole answer"
                 time.sleep(0.01)
@@ -673,18 +679,10 @@ def test_a_client_reading_its_answers_steadily_is_not_cut():
     server = InProcessServer(read_timeout_s=1.0)
     try:
         with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect((HOST, server.port))
+            through_small_buffers(server, sock)
             sock.settimeout(10)
-            deadline = time.monotonic() + 10
-            while not (connection := next(iter(server.server.server_state.connections), None)):
-                assert time.monotonic() < deadline, "the server never took the connection"
-                time.sleep(0.01)
-            connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             for size, pause, then in ((5000, 0.0, 0.8), (7500, 0.1, 0.0)):
-                body = json.dumps({"instances": ["x" * size] * 8}).encode()
-                sock.sendall(b"POST /v1/models/fake:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                sock.sendall(raw_predict(["x" * size] * 8))
                 answer = b""
                 while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < int(
                         answer.lower().partition(b"content-length: ")[2].partition(b"\r\n")[0]):
