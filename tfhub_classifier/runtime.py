@@ -69,16 +69,13 @@ _followers_added = set()
 
 
 def _follow_bfloat16(ops):
-    """Make ops, and no others this suite added, the ones the rewrite adds to its list of those that run
-    in their inputs' type (grappler reads the variable each time it rewrites a graph); what the user
-    listed there stays."""
+    """Make ops the ones this suite adds to the rewrite's list of those that run in their inputs' type
+    (grappler reads the variable each time it rewrites a graph); what the user listed there stays."""
     name = "TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_INFERLIST_ADD"
-    listed = [op for op in os.environ.get(name, "").split(",") if op and op not in _followers_added - set(ops)]
-    _followers_added.difference_update(_followers_added - set(ops))
-    for op in ops:
-        if op not in listed:
-            listed.append(op)
-            _followers_added.add(op)
+    listed = [op for op in os.environ.get(name, "").split(",") if op and op not in _followers_added]
+    _followers_added.clear()
+    _followers_added.update(op for op in ops if op not in listed)
+    listed += sorted(_followers_added)
     if listed:
         os.environ[name] = ",".join(listed)
     else:
