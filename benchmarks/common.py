@@ -55,6 +55,13 @@ def save_result(name, result):
     return path
 
 
+def require_engine(asked, running, where="its log"):
+    """SystemExit unless the engine running is the one asked for (auto runs the fused graph): a fallen-back
+    engine's figures would not be its own."""
+    if running != ("fused" if asked == "auto" else asked):
+        raise SystemExit(f"--engine {asked} fell back to {running}: its figures would not be its own (see {where})")
+
+
 def fastest(work, repeats=3):
     """Seconds of the fastest of `repeats` runs of work(), after one warm-up run: other jobs on a
     shared machine only ever slow a run down, so the fastest is the least disturbed."""

@@ -45,8 +45,7 @@ def child(model_dir, reviews, pipeline, precision):
     else:
         engine = pipeline if pipeline in engines.QUANTIZATION or pipeline == "fused" else "savedmodel"
         model, record, _ = engines.load(model_dir, precision, engine, log=lambda line: print(line, file=sys.stderr))
-        if engines.in_use(model, engine) != engine:
-            raise SystemExit(f"--engine {engine} fell back to the graph as saved: its figures would not be its own")
+        common.require_engine(engine, engines.in_use(model, engine), "the note above")
     cfg = config.resolve(**common.real_data_flags())
     _, _, test = imdb.load_splits(cfg, with_train=False, caps=(0, 0, reviews))
     scoring.logits_of(model, test.texts[:32], 128)  # warm up

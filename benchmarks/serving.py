@@ -123,8 +123,7 @@ def ceiling(spec):
     engine = spec.get("engine", "fused")
     model, record, precision = engines.load(spec["model_dir"], "float32" if engine == "tflite-int8" else PRECISION,
                                             engine)
-    if engines.in_use(model, engine) != expected_engine(engine):
-        raise SystemExit(f"--engine {engine} fell back to the graph as saved: its figures would not be its own")
+    common.require_engine(engine, engines.in_use(model, engine), "the note above")
     task = saving.task_of_record(record)
     reviews = test_reviews(REVIEWS)[:CEILING_REVIEWS]
     figures = {"precision": precision}
@@ -135,11 +134,6 @@ def ceiling(spec):
         figures[setting] = len(reviews) / common.fastest(
             lambda servable=servable, calls=calls: [servable.score(texts) for texts in calls])
     return figures
-
-
-def expected_engine(engine):
-    """The engine /healthz names when --engine engine runs as asked (auto runs the fused graph)."""
-    return "fused" if engine == "auto" else engine
 
 
 def percentile(values, share):
@@ -170,9 +164,7 @@ def main(argv=None):
     for setting, batch_size in SETTINGS.items():
         server = Server(model_dir, batch_size, os.path.join(common.RESULTS, f"serving-{setting}.log"), args.engine)
         try:
-            if server.health()["engine"] != expected_engine(args.engine):
-                raise SystemExit(f"serve.py --engine {args.engine} fell back to {server.health()['engine']}: "
-                                 "its figures would not be the engine's own (see its log)")
+            common.require_engine(args.engine, server.health()["engine"], server.log_path)
             load(server, reviews, max(args.clients), min(WARM_UP_REQUESTS, 8 * max(args.clients)))
             for clients in args.clients:
                 before = server.health()
