@@ -28,6 +28,7 @@ import numpy as np
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.framework import convert_to_constants, tensor_util
 
+from tfhub_classifier.model import attention_chunks
 from tfhub_classifier.runtime import tf
 
 ELEMENTWISE = {"Mul", "RealDiv", "AddV2", "Add", "Sub", "Neg", "Erf", "Erfc", "Tanh", "Pow", "Square", "Sqrt", "Rsqrt",
@@ -70,13 +71,19 @@ class Graph:
         self._shapes = None  # a tf.Graph of graph_def, imported when a rank is first asked for
 
     def rank(self, name):
-        """The static rank of node `name`'s first output (None if unknown), from TensorFlow's shape inference."""
+        """The static rank of tensor `name` ("node" or "node:k"; None if unknown), from TensorFlow's shape inference."""
+        tensor = self.tensor(name)
+        return None if tensor is None else tensor.shape.rank
+
+    def tensor(self, name):
+        """Tensor `name` ("node" or "node:k") of graph_def imported into a tf.Graph (None if there is none),
+        for its static shape and dtype."""
         if self._shapes is None:
             with tf.Graph().as_default() as graph:
                 tf.graph_util.import_graph_def(self.graph_def, name="")
             self._shapes = graph
         try:
-            return self._shapes.get_tensor_by_name(_source(name) + ":0").shape.rank
+            return self._shapes.get_tensor_by_name(name if ":" in name else name + ":0")
         except (KeyError, ValueError):
             return None
 
@@ -441,6 +448,7 @@ class FusedFunction:
     dense_layers: int
     gelus: int
     layer_norms: int
+    attentions: int
 
     def __call__(self, tokens):
         return self.function({key: tf.convert_to_tensor(value) for key, value in tokens.items()})
@@ -466,6 +474,7 @@ def fuse(concrete_function):
     layer_norm = fuse_layer_norm(Graph(graph_def))
     graph_def = apply(graph_def, layer_norm)
     graph_def = apply(graph_def, shield_normalizations(Graph(graph_def)))
+    graph_def, attentions = attention_chunks.chunk(Graph(graph_def))
     signature = concrete_function.structured_input_signature[0][0]
     arguments = concrete_function.inputs[:len(tf.nest.flatten(signature))]
     placeholders = {key: tensor.name for key, tensor in tf.nest.pack_sequence_as(signature, arguments).items()}
@@ -474,6 +483,8 @@ def fuse(concrete_function):
 
     @tf.function(input_signature=[signature])
     def function(tokens):
+        for attention in attentions:
+            attention.add_to_graph()
         return tf.graph_util.import_graph_def(
             held[0], input_map={placeholders[key]: tokens[key] for key in placeholders},
             return_elements=[output], name="fused")[0]
@@ -482,4 +493,4 @@ def fuse(concrete_function):
     held.clear()
     added = dense.added + einsum.added
     return FusedFunction(traced, sum(node.op == "BiasAdd" for node in added),
-                         sum(node.op == "Erf" for node in added), len(layer_norm.added))
+                         sum(node.op == "Erf" for node in added), len(layer_norm.added), len(attentions))

@@ -1,0 +1,126 @@
+"""The fused graph's attention, run a chunk of the batch at a time: the same scores as the whole batch at
+once, in as many chunks as the budget allows; an attention whose scores are read elsewhere is left alone."""
+import numpy as np
+import pytest
+
+from tfhub_classifier.data import tokenization
+from tfhub_classifier.runtime import keras, tf
+
+WIDTH, HEADS, VOCAB = 16, 2, 50
+
+
+class MatMulAttention(keras.layers.Layer):
+    """Self-attention written as MiniLM's TF-Hub graph has it: BatchMatMulV2 of queries and keys, a
+    division by sqrt(size), the additive mask, softmax, dropout's Identity, BatchMatMulV2 with the values."""
+
+    def __init__(self, scores_out=False, **kwargs):
+        super().__init__(**kwargs)
+        self.scores_out = scores_out
+
+    def build(self, shape):
+        self.kernel = self.add_weight(name="qkv", shape=(WIDTH, 3 * WIDTH), initializer="random_normal")
+
+    def call(self, x, mask):
+        def heads(t):  # [batch, length, width] -> [batch, heads, length, size]
+            return tf.transpose(tf.reshape(t, [tf.shape(x)[0], -1, HEADS, WIDTH // HEADS]), [0, 2, 1, 3])
+        q, k, v = (heads(t) for t in tf.split(tf.einsum("blw,wk->blk", x, self.kernel), 3, axis=-1))
+        scores = tf.matmul(q, k, transpose_b=True) / np.sqrt(WIDTH // HEADS).astype(np.float32)
+        probabilities = tf.identity(tf.nn.softmax(scores + (1.0 - mask[:, None, None, :]) * -10000.0))
+        out = tf.reshape(tf.transpose(tf.matmul(probabilities, v), [0, 2, 1, 3]), tf.shape(x))
+        return (out, scores) if self.scores_out else out
+
+
+def token_classifier(style="einsum", layers=2, scores_out=False):
+    """Embeddings, `layers` self-attentions over the input mask (Keras' MultiHeadAttention, Einsum-style, as
+    TF-Hub's BERTs; or MatMulAttention), the first token's logits; as a tf.function's concrete function."""
+    keras.utils.set_random_seed(0)
+    ids, mask = keras.Input((None,), dtype=tf.int32), keras.Input((None,), dtype=tf.float32)
+    x = keras.layers.Embedding(VOCAB, WIDTH)(ids)
+    extra = []
+    for _ in range(layers):
+        if style == "einsum":
+            pairs = keras.layers.Lambda(lambda m: m[:, None, :] * m[:, :, None])(mask)
+            attended = keras.layers.MultiHeadAttention(HEADS, WIDTH // HEADS)(x, x, attention_mask=pairs)
+        else:
+            attended = MatMulAttention(scores_out)(x, mask)
+            if scores_out:
+                attended, scores = attended
+                extra.append(tf.reduce_sum(scores, axis=[1, 2, 3])[:, None])
+        x = x + attended
+    logits = keras.layers.Dense(2)(x[:, 0])
+    model = keras.Model([ids, mask], logits + sum(extra) if extra else logits)
+
+    @tf.function(input_signature=[{key: tf.TensorSpec([None, None], tf.int32) for key in tokenization.TOKEN_KEYS}])
+    def classify_tokens(tokens):
+        return model([tokens["input_word_ids"], tf.cast(tokens["input_mask"], tf.float32)])
+
+    return classify_tokens.get_concrete_function()
+
+
+def batch(rows, width, seed=1):
+    """Token ids with the last texts padded (as length-sorted batches are), input_mask marking the padding."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, VOCAB, size=(rows, width), dtype=np.int32)
+    mask = np.ones_like(ids)
+    for row in range(rows):
+        mask[row, max(1, width - row):] = 0
+    return {"input_word_ids": ids * mask, "input_mask": mask, "input_type_ids": np.zeros_like(ids)}
+
+
+def scores_per_text(width):
+    return HEADS * width * width
+
+
+@pytest.fixture
+def chunks_of(monkeypatch):
+    """Sets the budget so that each chunk holds `rows` texts of `width` tokens, and no batch runs whole."""
+    from tfhub_classifier.model import attention_chunks
+
+    def set_rows(rows, width):
+        monkeypatch.setattr(attention_chunks, "SCORES_PER_CHUNK", rows * scores_per_text(width))
+        monkeypatch.setattr(attention_chunks, "WHOLE_BATCH_SCORES", 0)
+    return set_rows
+
+
+def softmax_runs(function, tokens):
+    from tests.unit.test_fusion import executed_ops
+    function(tokens)  # the first call optimizes the graph
+    return sum(count for op, count in executed_ops(function, tokens).items() if op.endswith("Softmax"))
+
+
+@pytest.mark.parametrize("style", ["einsum", "matmul"])
+def test_each_attention_runs_in_chunks_and_scores_as_before(style, chunks_of):
+    from tfhub_classifier.model import fusion
+    function = token_classifier(style)
+    chunks_of(2, 9)
+    fused = fusion.fuse(function)
+    assert fused.attentions == 2
+    for rows, width in ((1, 1), (5, 9), (4, 9), (7, 3), (0, 4)):  # one text, uneven chunks, more a chunk, none
+        tokens = batch(rows, width)
+        expected = function({key: tf.constant(value) for key, value in tokens.items()}).numpy()
+        got = fused(tokens).numpy()
+        assert got.shape == expected.shape == (rows, 2)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_a_batch_runs_in_as_many_chunks_as_the_budget_allows(chunks_of, monkeypatch):
+    from tfhub_classifier.model import attention_chunks, fusion
+    chunks_of(2, 9)
+    fused = fusion.fuse(token_classifier("matmul"))
+    assert softmax_runs(fused, batch(5, 9)) == 2 * 3  # two layers, texts 1-2, 3-4 and 5
+    assert softmax_runs(fused, batch(5, 3)) == 2 * 1  # shorter texts: 9 of 3 tokens fit in a chunk
+    monkeypatch.setattr(attention_chunks, "WHOLE_BATCH_SCORES", 5 * scores_per_text(9))
+    fused = fusion.fuse(token_classifier("matmul"))
+    assert softmax_runs(fused, batch(5, 9)) == 2  # the batch's scores fit: one piece
+
+
+def test_an_attention_whose_scores_are_read_elsewhere_is_left_alone(chunks_of):
+    from tfhub_classifier.model import fusion
+    function = token_classifier("matmul", scores_out=True)
+    chunks_of(1, 9)
+    fused = fusion.fuse(function)
+    assert fused.attentions == 0
+    tokens = batch(3, 9)
+    np.testing.assert_allclose(fused(tokens).numpy(),
+                               function({key: tf.constant(value) for key, value in tokens.items()}).numpy(),
+                               atol=1e-4)
