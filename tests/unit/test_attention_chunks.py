@@ -73,12 +73,11 @@ def scores_per_text(width):
 
 @pytest.fixture
 def chunks_of(monkeypatch):
-    """Sets the budget so that each chunk holds `rows` texts of `width` tokens, and no batch runs whole."""
+    """Sets the budget so that each chunk holds `rows` texts of `width` tokens."""
     from tfhub_classifier.model import attention_chunks
 
     def set_rows(rows, width):
         monkeypatch.setattr(attention_chunks, "SCORES_PER_CHUNK", rows * scores_per_text(width))
-        monkeypatch.setattr(attention_chunks, "WHOLE_BATCH_SCORES", 0)
     return set_rows
 
 
@@ -103,15 +102,15 @@ def test_each_attention_runs_in_chunks_and_scores_as_before(style, chunks_of):
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_a_batch_runs_in_as_many_chunks_as_the_budget_allows(chunks_of, monkeypatch):
-    from tfhub_classifier.model import attention_chunks, fusion
+def test_a_batch_runs_in_as_many_chunks_as_the_budget_allows(chunks_of):
+    from tfhub_classifier.model import fusion
     chunks_of(2, 9)
     fused = fusion.fuse(token_classifier("matmul"))
     assert softmax_runs(fused, batch(5, 9)) == 2 * 3  # two layers, texts 1-2, 3-4 and 5
     assert softmax_runs(fused, batch(5, 3)) == 2 * 1  # shorter texts: 9 of 3 tokens fit in a chunk
-    monkeypatch.setattr(attention_chunks, "WHOLE_BATCH_SCORES", 5 * scores_per_text(9))
+    chunks_of(1, 30)  # a budget below one text's scores: a text a chunk
     fused = fusion.fuse(token_classifier("matmul"))
-    assert softmax_runs(fused, batch(5, 9)) == 2  # the batch's scores fit: one piece
+    assert softmax_runs(fused, batch(3, 31)) == 2 * 3
 
 
 def test_an_attention_whose_scores_are_read_elsewhere_is_left_alone(chunks_of):

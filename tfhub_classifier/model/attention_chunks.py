@@ -20,9 +20,6 @@ from tfhub_classifier.runtime import tf
 
 # Score elements a chunk may hold: 4 MiB in bfloat16, about one core's L2 cache on the CPUs measured.
 SCORES_PER_CHUNK = 2 ** 21
-# A batch whose scores are at most this many (64 MiB in bfloat16) runs in one piece: at 128 tokens, a batch of 128
-# (25 M) was no faster in chunks on the CPU measured, whose last-level cache holds it.
-WHOLE_BATCH_SCORES = 2 ** 25
 PRODUCTS = {"BatchMatMulV2", "BatchMatMulV3", "Einsum"}
 ON_THE_SCORES = {"AddV2", "Add", "Mul", "RealDiv", "Sub", "Identity"}  # scaling and masking
 MOST_ON_THE_SCORES = 4  # ops between the product and the softmax (BERT has at most a scale and a mask)
@@ -174,12 +171,10 @@ def _scores_per_text(product, x, y):
 
 
 def _in_chunks(body, attention, inputs, per_text):
-    """The attention of body over inputs [(tensor, whether its axis 0 is the batch)]: in one piece if the
-    batch's scores (per_text numbers a text) fit in WHOLE_BATCH_SCORES, else a chunk of texts at a
-    time, as many as SCORES_PER_CHUNK holds."""
+    """The attention of body over inputs [(tensor, whether its axis 0 is the batch)], a chunk of texts
+    at a time: as many as SCORES_PER_CHUNK holds at per_text numbers a text, and at least one."""
     batch = tf.reduce_max([tf.shape(value)[0] for value, cut in inputs if cut])
     rows = tf.cast(tf.maximum(tf.constant(1, tf.int64), SCORES_PER_CHUNK // tf.maximum(per_text, 1)), tf.int32)
-    rows = tf.where(tf.cast(batch, tf.int64) * per_text <= WHOLE_BATCH_SCORES, batch, rows)
 
     def step(start, index, pieces):
         feeds = {}
