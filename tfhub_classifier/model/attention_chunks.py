@@ -129,8 +129,11 @@ def _call(graph, attention):
                 body.node[-1].attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
             elif _source(name) not in names and name not in inputs and name not in constants:
                 inputs.append(name)
+    # The products' operands hold the batch on axis 0 (find() checked); an element-wise op's operand does if it
+    # has the scores' rank, and one of a lower rank broadcasts without the batch axis, so it is passed whole.
+    products = {name for node in (attention.scores, attention.output) for name in _data_inputs(node)}
     full_rank = graph.rank(attention.scores.name)
-    sliced = [graph.rank(name) == full_rank for name in inputs]  # lower-rank inputs broadcast without the batch axis
+    sliced = [name in products or graph.rank(name) == full_rank for name in inputs]
     dtypes = [graph.tensor(name).dtype for name in inputs]
     for k, dtype in enumerate(dtypes):
         body.node.add(name=f"input_{k}", op="Placeholder").attr["dtype"].type = dtype.as_datatype_enum
