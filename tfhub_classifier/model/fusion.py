@@ -14,169 +14,37 @@ constants:
   kernel, then the bias) becomes Reshape -> MatMul -> BiasAdd [-> GELU] -> Reshape alike;
 - layer normalization: tf.nn.moments + batch_normalization over the last axis becomes one
   _MklLayerNorm with the model's own epsilon, gamma and beta; any normalization left as it was gets
-  its constants through PlaceholderWithDefault, so grappler's own fusion can't take it.
+  its constants through PlaceholderWithDefault, so grappler's own fusion can't take it;
+- attention runs a few texts of the batch at a time (model/attention_chunks.py).
 
 Each rewrite is checked before it is made: a GELU or layer normalization chain is run on probe
-values beside its reference formula, and one that computes anything else is left as it is
-(inference/engines.py then checks the whole graph against the saved one). The saved model on disk
-is never changed.
+values beside its reference formula, a chunked attention on probe values beside its nodes, and one
+that computes anything else is left as it is (inference/engines.py then checks the whole graph
+against the saved one). The saved model on disk is never changed.
 """
-import collections
 import dataclasses
 
 import numpy as np
-from tensorflow.core.framework import graph_pb2, node_def_pb2
-from tensorflow.python.framework import convert_to_constants, tensor_util
+from tensorflow.core.framework import node_def_pb2
 
 from tfhub_classifier.model import attention_chunks
+from tfhub_classifier.model.graph_edits import (
+    ELEMENTWISE,
+    Edit,
+    Graph,
+    apply,
+    const_node,
+    first_output,
+    frozen_graph,
+    node_of,
+    without_unread,
+)
 from tfhub_classifier.runtime import tf
 
-ELEMENTWISE = {"Mul", "RealDiv", "AddV2", "Add", "Sub", "Neg", "Erf", "Erfc", "Tanh", "Pow", "Square", "Sqrt", "Rsqrt",
-               "Reciprocal", "Cast"}
 NORMALIZATION = {"Mean", "SquaredDifference", "StopGradient", "AddV2", "Add", "Sub", "Mul", "Rsqrt", "RealDiv",
                  "Sqrt", "Square", "Reciprocal"}
-FOLDABLE = ELEMENTWISE | {"Reshape", "ExpandDims", "Squeeze"}  # what may compute a constant from constants
 GELU_TOLERANCE = 1e-5  # on probes in [-6, 6]: GELU's own float32 rounding is far below
 LAYER_NORM_TOLERANCE = 1e-4  # on unit-scale probes, the sums' float32 rounding across 384-1024 columns
-
-
-@dataclasses.dataclass
-class Edit:
-    """Nodes to add, nodes to drop, and the readers of a dropped node's output to point at a new one."""
-    added: list = dataclasses.field(default_factory=list)
-    removed: set = dataclasses.field(default_factory=set)
-    rewired: dict = dataclasses.field(default_factory=dict)
-
-
-def _source(name):
-    """The node an input ("node", "node:0", "^node") reads."""
-    return name.lstrip("^").split(":")[0]
-
-
-def _first_output(name):
-    return ":" not in name or name.rpartition(":")[2] == "0"
-
-
-class Graph:
-    """A GraphDef with who reads each node, and the value of any tensor computed from constants alone."""
-
-    def __init__(self, graph_def):
-        self.graph_def = graph_def
-        self.nodes = {node.name: node for node in graph_def.node}
-        self.readers = collections.defaultdict(list)
-        for node in graph_def.node:
-            for name in node.input:
-                self.readers[_source(name)].append(node)
-        self._values = {}
-        self._shapes = None  # a tf.Graph of graph_def, imported when a rank is first asked for
-
-    def rank(self, name):
-        """The static rank of tensor `name` ("node" or "node:k"; None if unknown), from TensorFlow's shape inference."""
-        tensor = self.tensor(name)
-        return None if tensor is None else tensor.shape.rank
-
-    def tensor(self, name):
-        """Tensor `name` ("node" or "node:k") of graph_def imported into a tf.Graph (None if there is none),
-        for its static shape and dtype."""
-        if self._shapes is None:
-            with tf.Graph().as_default() as graph:
-                tf.graph_util.import_graph_def(self.graph_def, name="")
-            self._shapes = graph
-        try:
-            return self._shapes.get_tensor_by_name(name if ":" in name else name + ":0")
-        except (KeyError, ValueError):
-            return None
-
-    @staticmethod
-    def data_inputs(node):
-        return [name for name in node.input if not name.startswith("^")]
-
-    def constant(self, name):
-        """The value of input `name` if constants alone compute it, else None."""
-        if not _first_output(name) or name.startswith("^"):
-            return None
-        name = _source(name)
-        if name not in self._values:
-            self._values[name] = self._fold(name)
-        return self._values[name]
-
-    def _fold(self, name):
-        node = self.nodes.get(name)
-        if node is None:
-            return None
-        if node.op == "Const":
-            return tensor_util.MakeNdarray(node.attr["value"].tensor)
-        if node.op == "Identity":  # a frozen variable reads its constant through one
-            return self.constant(node.input[0])
-        if node.op not in FOLDABLE:
-            return None
-        inputs = [self.constant(name) for name in self.data_inputs(node)]
-        if any(value is None for value in inputs):
-            return None
-        return _run([_const_node(f"input_{k}", value) for k, value in enumerate(inputs)]
-                    + [_copy(node, [f"input_{k}" for k in range(len(inputs))])], node.name, {})
-
-    def scalar(self, name):
-        value = self.constant(name)
-        return value is not None and value.size == 1
-
-    def chain(self, start, ops, other_input_ok):
-        """The nodes downstream of start, in order, each of `ops` and reading only start, earlier
-        nodes of the chain, or inputs other_input_ok accepts."""
-        members, chain = {start}, []
-        pending = list(self.readers[start])
-        while pending:
-            node = pending.pop(0)
-            if node.name in members or node.op not in ops:
-                continue
-            inputs = self.data_inputs(node)
-            if all((_source(name) in members and _first_output(name)) or other_input_ok(name) for name in inputs):
-                members.add(node.name)
-                chain.append(node)
-                pending.extend(self.readers[node.name])  # re-queues a reader turned away before this joined
-        return chain
-
-    def outside_readers(self, nodes, start):
-        """The nodes among `nodes` (plus start) that something outside them reads."""
-        members = {start} | {node.name for node in nodes}
-        return [node for node in nodes if any(reader.name not in members for reader in self.readers[node.name])]
-
-    def run_chain(self, start, chain, output, probe):
-        """output's value when probe is fed in place of start, the chain's constants folded."""
-        members = {node.name for node in chain}
-        constants = {_source(name) for node in chain for name in self.data_inputs(node)
-                     if _source(name) not in members and _source(name) != start}
-        placeholder = node_def_pb2.NodeDef(name=start, op="Placeholder")
-        placeholder.attr["dtype"].type = tf.float32.as_datatype_enum
-        nodes = [placeholder] + [_const_node(name, self.constant(name)) for name in constants]
-        nodes += [_copy(node, self.data_inputs(node)) for node in chain]
-        return _run(nodes, output.name, {start + ":0": probe})
-
-
-def _copy(node, inputs):
-    copy = node_def_pb2.NodeDef()
-    copy.CopyFrom(node)
-    del copy.input[:]
-    copy.input.extend(inputs)
-    copy.ClearField("device")
-    return copy
-
-
-def _const_node(name, value):
-    node = node_def_pb2.NodeDef(name=name, op="Const")
-    node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
-    node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(value))
-    return node
-
-
-def _run(nodes, output, feeds):
-    """Run a small graph of nodes once and return output's value."""
-    graph_def = graph_pb2.GraphDef()
-    graph_def.node.extend(nodes)
-    with tf.Graph().as_default() as graph:
-        tf.graph_util.import_graph_def(graph_def, name="")
-        with tf.compat.v1.Session(graph=graph) as session:
-            return session.run(output + ":0", feeds)
 
 
 def _gelu(graph, start):
@@ -199,10 +67,10 @@ def fuse_dense(graph):
     for reshape in graph.graph_def.node:
         if reshape.op != "Reshape":
             continue
-        matmul = graph.nodes.get(_source(reshape.input[0]))
+        matmul = graph.nodes.get(node_of(reshape.input[0]))
         readers = graph.readers[reshape.name]
         if matmul is None or matmul.op != "MatMul" or len(readers) != 1 or readers[0].op != "BiasAdd" \
-                or len(graph.readers[matmul.name]) != 1 or not _first_output(reshape.input[0]):
+                or len(graph.readers[matmul.name]) != 1 or not first_output(reshape.input[0]):
             continue
         bias_add = readers[0]
         weights, bias = graph.constant(matmul.input[1]), graph.constant(bias_add.input[1])
@@ -237,7 +105,7 @@ def fuse_einsum(graph):
         equation = einsum.attr["equation"].s.decode()
         contracted = _contracted_axes(equation, kernel.ndim)
         add = readers[0]
-        bias_input = [name for name in graph.data_inputs(add) if _source(name) != einsum.name]
+        bias_input = [name for name in graph.data_inputs(add) if node_of(name) != einsum.name]
         bias = graph.constant(bias_input[0]) if len(bias_input) == 1 else None
         if contracted is None or bias is None or bias.shape != kernel.shape[contracted:] \
                 or (add.op == "BiasAdd" and bias.ndim != 1):
@@ -245,9 +113,9 @@ def fuse_einsum(graph):
         dtype, prefix = einsum.attr["T"], f"{einsum.name}/as_matmul"
         rows, columns = int(np.prod(kernel.shape[:contracted])), int(np.prod(kernel.shape[contracted:]))
         x = einsum.input[0]
-        edit.added += [_const_node(f"{prefix}/rows_shape", np.array([-1, rows], np.int32)),
-                       _const_node(f"{prefix}/kernel", kernel.reshape(rows, columns)),
-                       _const_node(f"{prefix}/bias", bias.reshape(columns))]
+        edit.added += [const_node(f"{prefix}/rows_shape", np.array([-1, rows], np.int32)),
+                       const_node(f"{prefix}/kernel", kernel.reshape(rows, columns)),
+                       const_node(f"{prefix}/bias", bias.reshape(columns))]
         flat = _op("Reshape", f"{prefix}/rows", [x, f"{prefix}/rows_shape"], dtype)
         flat.attr["Tshape"].type = tf.int32.as_datatype_enum
         matmul = _op("MatMul", f"{prefix}/matmul", [flat.name, f"{prefix}/kernel"], dtype)
@@ -259,11 +127,11 @@ def fuse_einsum(graph):
         shape = node_def_pb2.NodeDef(name=f"{prefix}/input_shape", op="Shape", input=[x])
         shape.attr["T"].CopyFrom(dtype)
         shape.attr["out_type"].type = tf.int32.as_datatype_enum
-        edit.added += [shape, _const_node(f"{prefix}/zero", np.array([0], np.int32)),
-                       _const_node(f"{prefix}/leading", np.array([leading], np.int32)),
-                       _const_node(f"{prefix}/one", np.array([1], np.int32)),
-                       _const_node(f"{prefix}/kept", np.array(kernel.shape[contracted:], np.int32)),
-                       _const_node(f"{prefix}/axis", np.array(0, np.int32))]
+        edit.added += [shape, const_node(f"{prefix}/zero", np.array([0], np.int32)),
+                       const_node(f"{prefix}/leading", np.array([leading], np.int32)),
+                       const_node(f"{prefix}/one", np.array([1], np.int32)),
+                       const_node(f"{prefix}/kept", np.array(kernel.shape[contracted:], np.int32)),
+                       const_node(f"{prefix}/axis", np.array(0, np.int32))]
         kept = node_def_pb2.NodeDef(name=f"{prefix}/leading_shape", op="StridedSlice",
                                     input=[shape.name, f"{prefix}/zero", f"{prefix}/leading", f"{prefix}/one"])
         kept.attr["T"].type = kept.attr["Index"].type = tf.int32.as_datatype_enum
@@ -317,7 +185,7 @@ def _then_gelu(graph, edit, bias_2d, bias_add, prefix, dtype):
 def _add_gelu(edit, x, prefix, dtype):
     """x * ((erf(x * sqrt(1/2)) + 1) * 0.5): the form grappler's remapper fuses into the MatMul before it."""
     def constant(name, value):
-        edit.added.append(_const_node(f"{prefix}/{name}", np.asarray(value, tf.as_dtype(dtype.type).as_numpy_dtype)))
+        edit.added.append(const_node(f"{prefix}/{name}", np.asarray(value, tf.as_dtype(dtype.type).as_numpy_dtype)))
         return edit.added[-1].name
 
     def op(kind, name, *inputs):
@@ -334,7 +202,7 @@ def fuse_layer_norm(graph):
     tf.nn.batch_normalization build it) into one _MklLayerNorm."""
     edit = Edit()
     for mean in graph.graph_def.node:
-        x = _source(mean.input[0]) if mean.op == "Mean" else None
+        x = node_of(mean.input[0]) if mean.op == "Mean" else None
         if x is None or not mean.attr["keep_dims"].b or x in edit.removed or mean.name in edit.removed:
             continue
         rank, axes = graph.rank(x), graph.constant(mean.input[1])
@@ -344,11 +212,11 @@ def fuse_layer_norm(graph):
         chain = graph.chain(x, NORMALIZATION, lambda name: graph.constant(name) is not None)
         members = {x} | {node.name for node in chain}
         ends = graph.outside_readers(chain, x)
-        outside = [name for node in chain for name in graph.data_inputs(node) if _source(name) not in members]
+        outside = [name for node in chain for name in graph.data_inputs(node) if node_of(name) not in members]
         vectors = {name: graph.constant(name) for name in outside if graph.constant(name).ndim == 1
                    and graph.constant(name).size > 1}
         epsilons = [float(graph.constant(name)) for node in chain if node.op in ("AddV2", "Add")
-                    for name in graph.data_inputs(node) if _source(name) not in members and graph.scalar(name)]
+                    for name in graph.data_inputs(node) if node_of(name) not in members and graph.scalar(name)]
         if len(ends) != 1 or len(vectors) != 2 or len(epsilons) != 1:
             continue
         matched = _layer_norm_weights(graph, x, chain, ends[0], vectors, epsilons[0], rank)
@@ -394,12 +262,12 @@ def shield_normalizations(graph):
     for mean in graph.graph_def.node:
         if mean.op != "Mean" or not mean.attr["keep_dims"].b:
             continue
-        chain = graph.chain(_source(mean.input[0]), NORMALIZATION, lambda name: graph.constant(name) is not None)
+        chain = graph.chain(node_of(mean.input[0]), NORMALIZATION, lambda name: graph.constant(name) is not None)
         for node in chain:
             if node.op == "Mean":
                 continue
             for name in graph.data_inputs(node):
-                value, source = graph.constant(name), _source(name)
+                value, source = graph.constant(name), node_of(name)
                 if value is None or source in edit.rewired:
                     continue
                 held = node_def_pb2.NodeDef(name=f"{source}/held", op="PlaceholderWithDefault", input=[name])
@@ -410,40 +278,10 @@ def shield_normalizations(graph):
     return edit
 
 
-def apply(graph_def, edit):
-    """A new GraphDef: graph_def without edit.removed, with edit.added, readers rewired."""
-    out = graph_pb2.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    for node in list(graph_def.node) + edit.added:
-        if node.name in edit.removed:
-            continue
-        copy = out.node.add()
-        copy.CopyFrom(node)
-        for k, name in enumerate(copy.input):
-            target = edit.rewired.get(_source(name))
-            # (A node added to stand in front of a tensor reads that tensor itself.)
-            if not name.startswith("^") and target is not None and target != copy.name and _first_output(name):
-                copy.input[k] = target
-    return out
-
-
-def without_unread(graph_def, keep):
-    """graph_def without the constants and Identity nodes nothing reads any more (but keep's), e.g. an
-    Einsum's kernel once its two-axis copy replaced it: they would hold the weights twice."""
-    while True:
-        read = {_source(name) for node in graph_def.node for name in node.input}
-        kept = [node for node in graph_def.node
-                if node.name in read or node.name in keep or node.op not in ("Const", "Identity")]
-        if len(kept) == len(graph_def.node):
-            return graph_def
-        del graph_def.node[:]
-        graph_def.node.extend(kept)
-
-
 @dataclasses.dataclass
 class FusedFunction:
-    """A token classifier's frozen, rewritten graph as a function of the token dict; the counts say what was fused."""
+    """A token classifier's frozen, rewritten graph as a function of the token dict; the counts say what was
+    rewritten (dense layers, GELUs and layer normalizations fused; attentions run in chunks)."""
     function: object
     dense_layers: int
     gelus: int
@@ -452,16 +290,6 @@ class FusedFunction:
 
     def __call__(self, tokens):
         return self.function({key: tf.convert_to_tensor(value) for key, value in tokens.items()})
-
-
-def frozen_graph(concrete_function):
-    """The concrete function's GraphDef with its variables as constants. TensorFlow's public
-    convert_variables_to_constants_v2 also builds a function of it, which costs seconds here and is
-    not needed, so its two inner steps are called (TensorFlow is pinned in requirements.txt)."""
-    data = convert_to_constants._FunctionConverterDataInEager(func=concrete_function, lower_control_flow=True,
-                                                               aggressive_inlining=False)
-    graph_def, _ = convert_to_constants._replace_variables_by_constants(converter_data=data)
-    return graph_def
 
 
 def fuse(concrete_function):
@@ -479,7 +307,7 @@ def fuse(concrete_function):
     arguments = concrete_function.inputs[:len(tf.nest.flatten(signature))]
     placeholders = {key: tensor.name for key, tensor in tf.nest.pack_sequence_as(signature, arguments).items()}
     output = concrete_function.outputs[0].name
-    held = [without_unread(graph_def, keep={_source(output)})]  # let go once traced: the function holds the weights
+    held = [without_unread(graph_def, keep={node_of(output)})]  # let go once traced: the function holds the weights
 
     @tf.function(input_signature=[signature])
     def function(tokens):

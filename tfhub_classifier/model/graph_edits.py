@@ -1,0 +1,197 @@
+"""Editing a frozen GraphDef: who reads each node, the constants it computes, nodes swapped in and out.
+
+The graph rewrites (model/fusion.py, model/attention_chunks.py) work on a copy of a concrete function's
+graph with its variables frozen into constants; these are the steps they share. TensorFlow has no public
+API for editing a GraphDef in place, so this is written by hand on its protocol buffers.
+"""
+import collections
+import dataclasses
+
+from tensorflow.core.framework import graph_pb2, node_def_pb2
+from tensorflow.python.framework import convert_to_constants, tensor_util
+
+from tfhub_classifier.runtime import tf
+
+ELEMENTWISE = {"Mul", "RealDiv", "AddV2", "Add", "Sub", "Neg", "Erf", "Erfc", "Tanh", "Pow", "Square", "Sqrt", "Rsqrt",
+               "Reciprocal", "Cast"}
+FOLDABLE = ELEMENTWISE | {"Reshape", "ExpandDims", "Squeeze"}  # what may compute a constant from constants
+
+
+@dataclasses.dataclass
+class Edit:
+    """Nodes to add, nodes to drop, and the readers of a dropped node's output to point at a new one."""
+    added: list = dataclasses.field(default_factory=list)
+    removed: set = dataclasses.field(default_factory=set)
+    rewired: dict = dataclasses.field(default_factory=dict)
+
+
+def node_of(name):
+    """The node an input ("node", "node:0", "^node") reads."""
+    return name.lstrip("^").split(":")[0]
+
+
+def first_output(name):
+    return ":" not in name or name.rpartition(":")[2] == "0"
+
+
+class Graph:
+    """A GraphDef with who reads each node, and the value of any tensor computed from constants alone."""
+
+    def __init__(self, graph_def):
+        self.graph_def = graph_def
+        self.nodes = {node.name: node for node in graph_def.node}
+        self.readers = collections.defaultdict(list)
+        for node in graph_def.node:
+            for name in node.input:
+                self.readers[node_of(name)].append(node)
+        self._values = {}
+        self._shapes = None  # a tf.Graph of graph_def, imported when a rank is first asked for
+
+    def rank(self, name):
+        """The static rank of tensor `name` ("node" or "node:k"; None if unknown), from TensorFlow's shape inference."""
+        tensor = self.tensor(name)
+        return None if tensor is None else tensor.shape.rank
+
+    def tensor(self, name):
+        """Tensor `name` ("node" or "node:k") of graph_def imported into a tf.Graph (None if there is none),
+        for its static shape and dtype."""
+        if self._shapes is None:
+            with tf.Graph().as_default() as graph:
+                tf.graph_util.import_graph_def(self.graph_def, name="")
+            self._shapes = graph
+        try:
+            return self._shapes.get_tensor_by_name(name if ":" in name else name + ":0")
+        except (KeyError, ValueError):
+            return None
+
+    @staticmethod
+    def data_inputs(node):
+        return [name for name in node.input if not name.startswith("^")]
+
+    def constant(self, name):
+        """The value of input `name` if constants alone compute it, else None."""
+        if not first_output(name) or name.startswith("^"):
+            return None
+        name = node_of(name)
+        if name not in self._values:
+            self._values[name] = self._fold(name)
+        return self._values[name]
+
+    def _fold(self, name):
+        node = self.nodes.get(name)
+        if node is None:
+            return None
+        if node.op == "Const":
+            return tensor_util.MakeNdarray(node.attr["value"].tensor)
+        if node.op == "Identity":  # a frozen variable reads its constant through one
+            return self.constant(node.input[0])
+        if node.op not in FOLDABLE:
+            return None
+        inputs = [self.constant(name) for name in self.data_inputs(node)]
+        if any(value is None for value in inputs):
+            return None
+        return run_nodes([const_node(f"input_{k}", value) for k, value in enumerate(inputs)]
+                    + [copy_node(node, [f"input_{k}" for k in range(len(inputs))])], node.name, {})
+
+    def scalar(self, name):
+        value = self.constant(name)
+        return value is not None and value.size == 1
+
+    def chain(self, start, ops, other_input_ok):
+        """The nodes downstream of start, in order, each of `ops` and reading only start, earlier
+        nodes of the chain, or inputs other_input_ok accepts."""
+        members, chain = {start}, []
+        pending = list(self.readers[start])
+        while pending:
+            node = pending.pop(0)
+            if node.name in members or node.op not in ops:
+                continue
+            inputs = self.data_inputs(node)
+            if all((node_of(name) in members and first_output(name)) or other_input_ok(name) for name in inputs):
+                members.add(node.name)
+                chain.append(node)
+                pending.extend(self.readers[node.name])  # re-queues a reader turned away before this joined
+        return chain
+
+    def outside_readers(self, nodes, start):
+        """The nodes among `nodes` (plus start) that something outside them reads."""
+        members = {start} | {node.name for node in nodes}
+        return [node for node in nodes if any(reader.name not in members for reader in self.readers[node.name])]
+
+    def run_chain(self, start, chain, output, probe):
+        """output's value when probe is fed in place of start, the chain's constants folded."""
+        members = {node.name for node in chain}
+        constants = {node_of(name) for node in chain for name in self.data_inputs(node)
+                     if node_of(name) not in members and node_of(name) != start}
+        placeholder = node_def_pb2.NodeDef(name=start, op="Placeholder")
+        placeholder.attr["dtype"].type = tf.float32.as_datatype_enum
+        nodes = [placeholder] + [const_node(name, self.constant(name)) for name in constants]
+        nodes += [copy_node(node, self.data_inputs(node)) for node in chain]
+        return run_nodes(nodes, output.name, {start + ":0": probe})
+
+
+def copy_node(node, inputs):
+    copy = node_def_pb2.NodeDef()
+    copy.CopyFrom(node)
+    del copy.input[:]
+    copy.input.extend(inputs)
+    copy.ClearField("device")
+    return copy
+
+
+def const_node(name, value):
+    node = node_def_pb2.NodeDef(name=name, op="Const")
+    node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+    node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(value))
+    return node
+
+
+def run_nodes(nodes, output, feeds):
+    """Run a small graph of nodes once and return output's value."""
+    graph_def = graph_pb2.GraphDef()
+    graph_def.node.extend(nodes)
+    with tf.Graph().as_default() as graph:
+        tf.graph_util.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as session:
+            return session.run(output + ":0", feeds)
+
+
+def apply(graph_def, edit):
+    """A new GraphDef: graph_def without edit.removed, with edit.added, readers rewired."""
+    out = graph_pb2.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for node in list(graph_def.node) + edit.added:
+        if node.name in edit.removed:
+            continue
+        copy = out.node.add()
+        copy.CopyFrom(node)
+        for k, name in enumerate(copy.input):
+            target = edit.rewired.get(node_of(name))
+            # (A node added to stand in front of a tensor reads that tensor itself.)
+            if not name.startswith("^") and target is not None and target != copy.name and first_output(name):
+                copy.input[k] = target
+    return out
+
+
+def without_unread(graph_def, keep):
+    """graph_def without the constants and Identity nodes nothing reads any more (but keep's), e.g. an
+    Einsum's kernel once its two-axis copy replaced it: they would hold the weights twice."""
+    while True:
+        read = {node_of(name) for node in graph_def.node for name in node.input}
+        kept = [node for node in graph_def.node
+                if node.name in read or node.name in keep or node.op not in ("Const", "Identity")]
+        if len(kept) == len(graph_def.node):
+            return graph_def
+        del graph_def.node[:]
+        graph_def.node.extend(kept)
+
+
+def frozen_graph(concrete_function):
+    """The concrete function's GraphDef with its variables as constants. TensorFlow's public
+    convert_variables_to_constants_v2 also builds a function of it, which costs seconds here and is
+    not needed, so its two inner steps are called (TensorFlow is pinned in requirements.txt)."""
+    data = convert_to_constants._FunctionConverterDataInEager(func=concrete_function, lower_control_flow=True,
+                                                               aggressive_inlining=False)
+    graph_def, _ = convert_to_constants._replace_variables_by_constants(converter_data=data)
+    return graph_def
