@@ -7,7 +7,8 @@ process since the precision rewrite is process-wide: our pipeline in float32 (so
 padded per batch, batch 128: what predict.py and serve.py run), the tutorial's (in order,
 every review padded to the full length, batch 32) in float32, the SavedModel's serving_default
 signature in float32 (what TensorFlow Serving runs), ours with the bfloat16 rewrite, the fused graph
-(--engine fused, the default) in float32 and bfloat16, and the TFLite
+(--engine fused, the default) in float32 and bfloat16, with and without its attention run in chunks
+of the batch ("fused-whole": the whole batch at once), and the TFLite
 engines (--engine tflite and tflite-int8, and float16 weights as export.py --quantize float16
 writes them). Each is compared with ours in float32: accuracy, labels agreeing, largest
 probability difference; and each one's reviews/s, scoring from the raw texts (a TFLite engine's
@@ -25,6 +26,7 @@ import numpy as np
 WAYS = {"ours-fp32": ("fast", "float32"), "tutorial-fp32": ("tutorial", "float32"),
         "signature-fp32": ("signature", "float32"), "ours-bf16": ("fast", "bfloat16"),
         "fused-fp32": ("fused", "float32"), "fused-bf16": ("fused", "bfloat16"),
+        "fused-whole-fp32": ("fused-whole", "float32"), "fused-whole-bf16": ("fused-whole", "bfloat16"),
         "tflite-fp32": ("tflite", "float32"), "tflite-int8": ("tflite-int8", "float32"),
         "tflite-fp16": ("tflite-float16", "float32")}  # the last: export.py --quantize float16's weights
 
@@ -43,6 +45,10 @@ def child(model_dir, reviews, pipeline, precision):
         model = engines.TfliteClassifier(model, tflite.convert(model, saving.task_of_record(record).kind,
                                                                record["config"]["seq_length"], "float16"))
     else:
+        if pipeline == "fused-whole":  # the fused graph with each attention left whole, to measure the chunks
+            from tfhub_classifier.model import attention_chunks
+            attention_chunks.find = lambda graph: []
+            pipeline = "fused"
         engine = pipeline if pipeline in engines.QUANTIZATION or pipeline == "fused" else "savedmodel"
         model, record, _ = engines.load(model_dir, precision, engine, log=lambda line: print(line, file=sys.stderr))
         common.require_engine(engine, engines.in_use(model, engine), "the note above")
@@ -90,7 +96,7 @@ def main(argv=None):
             print(f"{name} failed:\n{run.stderr[-3000:]}")
             continue
         results[name] = json.loads(lines[-1][6:])
-        print(f"{name:<14} accuracy={results[name]['accuracy']:.4f} "
+        print(f"{name:<18} accuracy={results[name]['accuracy']:.4f} "
               f"reviews/s={results[name]['reviews_per_s']:.1f}", flush=True)
     if "ours-fp32" in results:
         reference = np.array(results["ours-fp32"]["probabilities"])

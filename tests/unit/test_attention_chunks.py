@@ -7,43 +7,49 @@ from tfhub_classifier.data import tokenization
 from tfhub_classifier.runtime import keras, tf
 
 WIDTH, HEADS, VOCAB = 16, 2, 50
+# Weights large enough that the softmax is far from even: a wrong query, key or scale then moves the logits.
+SHARP = keras.initializers.RandomNormal(stddev=0.5)
 
 
 class MatMulAttention(keras.layers.Layer):
     """Self-attention written as MiniLM's TF-Hub graph has it: BatchMatMulV2 of queries and keys, a
     division by sqrt(size), the additive mask, softmax, dropout's Identity, BatchMatMulV2 with the values."""
 
-    def __init__(self, scores_out=False, **kwargs):
+    def __init__(self, scores_out=False, shared_mask=False, **kwargs):
         super().__init__(**kwargs)
-        self.scores_out = scores_out
+        self.scores_out, self.shared_mask = scores_out, shared_mask
 
     def build(self, shape):
-        self.kernel = self.add_weight(name="qkv", shape=(WIDTH, 3 * WIDTH), initializer="random_normal")
+        self.kernel = self.add_weight(name="qkv", shape=(WIDTH, 3 * WIDTH), initializer=SHARP)
 
     def call(self, x, mask):
         def heads(t):  # [batch, length, width] -> [batch, heads, length, size]
             return tf.transpose(tf.reshape(t, [tf.shape(x)[0], -1, HEADS, WIDTH // HEADS]), [0, 2, 1, 3])
         q, k, v = (heads(t) for t in tf.split(tf.einsum("blw,wk->blk", x, self.kernel), 3, axis=-1))
         scores = tf.matmul(q, k, transpose_b=True) / np.sqrt(WIDTH // HEADS).astype(np.float32)
+        if self.shared_mask:  # one mask row for every text: [1, 1, 1, length], broadcast along the batch
+            mask = mask[:1]
         probabilities = tf.identity(tf.nn.softmax(scores + (1.0 - mask[:, None, None, :]) * -10000.0))
         out = tf.reshape(tf.transpose(tf.matmul(probabilities, v), [0, 2, 1, 3]), tf.shape(x))
         return (out, scores) if self.scores_out else out
 
 
-def token_classifier(style="einsum", layers=2, scores_out=False):
+def token_classifier(style="einsum", layers=2, scores_out=(), shared_mask=False):
     """Embeddings, `layers` self-attentions over the input mask (Keras' MultiHeadAttention, Einsum-style, as
-    TF-Hub's BERTs; or MatMulAttention), the first token's logits; as a tf.function's concrete function."""
+    TF-Hub's BERTs; or MatMulAttention, the layers in scores_out also adding their scores to the logits),
+    the first token's logits; as a tf.function's concrete function."""
     keras.utils.set_random_seed(0)
     ids, mask = keras.Input((None,), dtype=tf.int32), keras.Input((None,), dtype=tf.float32)
-    x = keras.layers.Embedding(VOCAB, WIDTH)(ids)
+    x = keras.layers.Embedding(VOCAB, WIDTH, embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0))(ids)
     extra = []
-    for _ in range(layers):
+    for layer in range(layers):
         if style == "einsum":
             pairs = keras.layers.Lambda(lambda m: m[:, None, :] * m[:, :, None])(mask)
-            attended = keras.layers.MultiHeadAttention(HEADS, WIDTH // HEADS)(x, x, attention_mask=pairs)
+            attended = keras.layers.MultiHeadAttention(HEADS, WIDTH // HEADS, kernel_initializer=SHARP)(
+                x, x, attention_mask=pairs)
         else:
-            attended = MatMulAttention(scores_out)(x, mask)
-            if scores_out:
+            attended = MatMulAttention(layer in scores_out, shared_mask)(x, mask)
+            if layer in scores_out:
                 attended, scores = attended
                 extra.append(tf.reduce_sum(scores, axis=[1, 2, 3])[:, None])
         x = x + attended
@@ -87,10 +93,10 @@ def softmax_runs(function, tokens):
     return sum(count for op, count in executed_ops(function, tokens).items() if op.endswith("Softmax"))
 
 
-@pytest.mark.parametrize("style", ["einsum", "matmul"])
-def test_each_attention_runs_in_chunks_and_scores_as_before(style, chunks_of):
+@pytest.mark.parametrize("style, shared_mask", [("einsum", False), ("matmul", False), ("matmul", True)])
+def test_each_attention_runs_in_chunks_and_scores_as_before(style, shared_mask, chunks_of):
     from tfhub_classifier.model import fusion
-    function = token_classifier(style)
+    function = token_classifier(style, shared_mask=shared_mask)
     chunks_of(2, 9)
     fused = fusion.fuse(function)
     assert fused.attentions == 2
@@ -115,11 +121,54 @@ def test_a_batch_runs_in_as_many_chunks_as_the_budget_allows(chunks_of):
 
 def test_an_attention_whose_scores_are_read_elsewhere_is_left_alone(chunks_of):
     from tfhub_classifier.model import fusion
-    function = token_classifier("matmul", scores_out=True)
+    function = token_classifier("matmul", scores_out=(0,))  # the first layer's scores also reach the logits
+    chunks_of(1, 9)
+    fused = fusion.fuse(function)
+    assert fused.attentions == 1
+    tokens = batch(3, 9)
+    np.testing.assert_allclose(fused(tokens).numpy(),
+                               function({key: tf.constant(value) for key, value in tokens.items()}).numpy(),
+                               atol=1e-4)
+
+
+def test_an_attention_whose_chunks_would_score_differently_is_left_alone(chunks_of, monkeypatch):
+    """The check each chunked attention passes before it replaces the original: here the chunks are
+    joined in the wrong order, which the probe's three texts, one a chunk, show."""
+    from tfhub_classifier.model import attention_chunks, fusion
+    joined = attention_chunks._in_chunks
+    monkeypatch.setattr(attention_chunks, "_in_chunks", lambda *args: tf.reverse(joined(*args), [0]))
+    function = token_classifier("matmul")
     chunks_of(1, 9)
     fused = fusion.fuse(function)
     assert fused.attentions == 0
     tokens = batch(3, 9)
     np.testing.assert_allclose(fused(tokens).numpy(),
                                function({key: tf.constant(value) for key, value in tokens.items()}).numpy(),
-                               atol=1e-4)
+                               atol=1e-5)
+
+
+def test_in_bfloat16_chunks_add_no_casts(chunks_of, monkeypatch):
+    """grappler's bfloat16 rewrite reaches inside the chunked function: its products and softmax run in
+    bfloat16 without a cast per chunk."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    from tests.unit.test_fusion import executed_ops
+    from tfhub_classifier import hardware, runtime
+    from tfhub_classifier.model import attention_chunks, fusion
+    if not _pywrap_util_port.IsMklEnabled() or not hardware.cpu_supports_bfloat16():
+        pytest.skip("needs oneDNN and a CPU with AVX512-BF16 or AMX: no bfloat16 rewrite here")
+    tokens = batch(6, 9)
+    chunks_of(1, 9)
+    try:
+        runtime.set_precision("bfloat16")
+        chunked = fusion.fuse(token_classifier("matmul"))
+        chunked(tokens)
+        chunked_ops = executed_ops(chunked, tokens)
+        monkeypatch.setattr(attention_chunks, "find", lambda graph: [])
+        whole = fusion.fuse(token_classifier("matmul"))
+        whole(tokens)
+        whole_ops = executed_ops(whole, tokens)
+    finally:
+        runtime.set_precision("float32")
+    assert chunked.attentions == 2 and sum(n for op, n in chunked_ops.items() if op.endswith("Softmax")) == 2 * 6
+    assert chunked_ops["Cast"] <= whole_ops["Cast"], (chunked_ops, whole_ops)

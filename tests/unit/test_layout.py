@@ -45,7 +45,9 @@ def test_the_package_takes_no_name_an_installed_package_has():
 def test_the_readme_layout_names_every_module():
     """A newcomer reads the package's map in README's layout table: no module may be missing from it."""
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as readme:
-        table = readme.read()
+        text = readme.read()
+    table = text[text.index("## Layout"):]
+    table = table[:table.index("\n## ", 3)]
     package = os.path.join(ROOT, "tfhub_classifier")
     modules = sorted(os.path.relpath(os.path.join(folder, name), package) for folder, _, names in os.walk(package)
                      for name in names if name.endswith(".py") and name != "__init__.py")

@@ -1,28 +1,34 @@
 """A frozen graph's attention computed a few texts of the batch at a time, so its scores stay in cache.
 
-A BERT's attention builds [batch, heads, length, length] scores, adds the mask, takes the softmax and
-multiplies by the values: at 512 tokens and 12 heads one text's scores are 3.1 M numbers, a batch of
-128's 400 M (800 MB in bfloat16), which each of those kernels streams through memory. Run on a few
-texts at a time (as many as SCORES_PER_CHUNK allows), the scores one kernel writes are still in the
-CPU's cache when the next reads them; the arithmetic is the same, text by text.
+A BERT's attention builds [batch, heads, length, length] scores, scales and masks them, takes the
+softmax and multiplies by the values: at 512 tokens and 12 heads one text's scores are 3.1 M numbers,
+a batch of 128's 400 M (800 MB in bfloat16), which each of those kernels streams through memory.
+Run on a few texts at a time (as many as SCORES_PER_CHUNK allows), the scores one kernel writes are
+still in the CPU's cache when the next reads them; each text's arithmetic is the same.
 
-Each attention, from the product of queries and keys to the product with the values, is moved into
-a function that loops over chunks of the batch axis; the graph calls it in its place
-(docs/benchmarks.md#the-fused-graph measures it). An attention is only moved when every op in it
-keeps the batch axis first and apart, and when nothing outside reads its scores.
+Each attention, from the product of queries and keys to the product with the values, is moved into a
+function that loops over chunks of the batch axis, and the graph calls it in its place
+(docs/benchmarks.md#the-fused-graph measures it). An attention is moved only if both products keep the
+batch axis first and apart, every op between them keeps the scores' rank, nothing outside reads what
+it computes on the way, and its chunked function, run a text at a time on probe values, gives what
+its nodes give on the whole batch.
 """
 import dataclasses
 
+import numpy as np
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
-from tensorflow.python.framework import tensor_util
 
+from tfhub_classifier.model.graph_edits import const_node, copy_node, node_of, run_nodes
 from tfhub_classifier.runtime import tf
 
-# Score elements a chunk may hold: 4 MiB in bfloat16, about one core's L2 cache on the CPUs measured.
+# Score numbers a chunk may hold (4 MiB in bfloat16): at 512 tokens a text a chunk, at 128 ten; measured
+# against the whole batch at once and against larger chunks in docs/benchmarks.md#the-fused-graph.
 SCORES_PER_CHUNK = 2 ** 21
 PRODUCTS = {"BatchMatMulV2", "BatchMatMulV3", "Einsum"}
 ON_THE_SCORES = {"AddV2", "Add", "Mul", "RealDiv", "Sub", "Identity"}  # scaling and masking
 MOST_ON_THE_SCORES = 4  # ops between the product and the softmax (BERT has at most a scale and a mask)
+PROBE_TEXTS, PROBE_WIDTH = 3, 5  # the self-check's batch, and its size for each axis the graph leaves open
+PROBE_TOLERANCE = 1e-5  # float32, the same kernels on fewer rows
 
 
 @dataclasses.dataclass
@@ -33,16 +39,11 @@ class Attention:
     output: object
 
 
-def _source(name):
-    return name.lstrip("^").split(":")[0]
-
-
-def _data_inputs(node):
-    return [name for name in node.input if not name.startswith("^")]
-
-
-def _keeps_batch_first(node, rank):
-    """Whether a product's batch axis is axis 0 of both operands and of its result."""
+def _keeps_batch_first(graph, node):
+    """Whether a product of two operands has its batch axis at axis 0 of both and of its result."""
+    operands = graph.data_inputs(node)
+    if len(operands) != 2:
+        return False
     if node.op == "Einsum":
         equation = node.attr["equation"].s.decode().replace(" ", "")
         if "..." in equation or "->" not in equation:
@@ -50,17 +51,17 @@ def _keeps_batch_first(node, rank):
         terms = equation.replace("->", ",").split(",")
         batch = terms[0][:1]
         return all(term[:1] == batch and term.count(batch) == 1 for term in terms)
-    ranks = {rank(name) for name in _data_inputs(node)}
+    ranks = {graph.rank(name) for name in operands}
     return len(ranks) == 1 and None not in ranks and ranks.pop() >= 3
 
 
 def find(graph):
-    """The attentions in graph (fusion.Graph) that can run a chunk of the batch at a time."""
-    found = []
+    """The attentions in graph (a graph_edits.Graph) that can run a chunk of the batch at a time."""
+    found, taken = [], set()
     for softmax in graph.graph_def.node:
         if softmax.op != "Softmax":
             continue
-        path = _path_to_product(graph, graph.nodes.get(_source(softmax.input[0])), MOST_ON_THE_SCORES)
+        path = _path_to_product(graph, graph.nodes.get(node_of(softmax.input[0])), MOST_ON_THE_SCORES)
         probabilities, after = softmax, []
         while len(graph.readers[probabilities.name]) == 1 and graph.readers[probabilities.name][0].op == "Identity":
             probabilities = graph.readers[probabilities.name][0]
@@ -71,11 +72,15 @@ def find(graph):
         output = readers[0]
         nodes = path + [softmax] + after + [output]
         names = {node.name for node in nodes}
-        rank = graph.rank
-        if graph.outside_readers(nodes[:-1], output.name) or not all(
-                _keeps_batch_first(node, rank) for node in (path[0], output)) or any(
-                rank(name) is None for node in nodes for name in _data_inputs(node) if _source(name) not in names):
+        scores_rank = graph.rank(path[0].name)
+        if names & taken or graph.outside_readers(nodes[:-1], output.name) \
+                or not (_keeps_batch_first(graph, path[0]) and _keeps_batch_first(graph, output)) \
+                or any(graph.rank(node.name) != scores_rank for node in nodes[:-1]) \
+                or any(name.startswith("^") for node in nodes for name in node.input) \
+                or any(graph.rank(name) is None for node in nodes for name in graph.data_inputs(node)
+                       if node_of(name) not in names):
             continue
+        taken |= names
         found.append(Attention(path[0], nodes, output))
     return found
 
@@ -89,73 +94,99 @@ def _path_to_product(graph, node, steps):
         return [node]
     if node.op not in ON_THE_SCORES or steps == 0:
         return None
-    for name in _data_inputs(node):
-        path = _path_to_product(graph, graph.nodes.get(_source(name)), steps - 1)
+    for name in graph.data_inputs(node):
+        path = _path_to_product(graph, graph.nodes.get(node_of(name)), steps - 1)
         if path is not None:
             return path + [node]
     return None
 
 
 def chunk(graph):
-    """(GraphDef, functions): graph's GraphDef with each attention find() returns replaced by a call
-    of a function that computes it a chunk of the batch at a time, and those functions (concrete
-    functions, to add to the graph the GraphDef is imported into)."""
-    attentions = find(graph)
-    moved = {node.name for attention in attentions for node in attention.nodes}
+    """(GraphDef, functions): graph's GraphDef with each attention find() returns and its check passes
+    replaced by a call of a function that computes it a chunk of the batch at a time, and those
+    functions (concrete functions, to add to the graph the GraphDef is imported into)."""
+    calls, moved, functions = [], set(), []
+    for attention in find(graph):
+        try:  # an attention the chunked function can't reproduce stays as it is
+            nodes, function = _call(graph, attention)
+        except (ValueError, TypeError, tf.errors.OpError):
+            continue
+        calls += nodes
+        moved |= {node.name for node in attention.nodes}
+        functions.append(function)
     out = graph_pb2.GraphDef()
     out.versions.CopyFrom(graph.graph_def.versions)
     out.library.CopyFrom(graph.graph_def.library)
-    out.node.extend(node for node in graph.graph_def.node if node.name not in moved)
-    functions = []
-    for attention in attentions:
-        call, function = _call(graph, attention)
-        out.node.append(call)
-        functions.append(function)
+    out.node.extend([node for node in graph.graph_def.node if node.name not in moved] + calls)
     return out, functions
 
 
 def _call(graph, attention):
-    """(a node calling the chunked attention, named as its output so its readers stay wired; the
-    concrete function it calls)."""
+    """([the chunk budget's constant, a node calling the chunked attention, named as its output so its
+    readers stay wired], the concrete function it calls). Raises ValueError if the function, run a text
+    at a time on probe values, differs from the attention's nodes run on the whole batch."""
     names = {node.name for node in attention.nodes}
-    body, inputs, constants = graph_pb2.GraphDef(), [], {}
-    for node in attention.nodes:  # what the attention reads from outside it: constants are copied into the body
-        for name in _data_inputs(node):
-            value = None if _source(name) in names or name in inputs or name in constants else graph.constant(name)
-            if value is not None:
-                constants[name] = f"constant_{len(constants)}"
-                body.node.add(name=constants[name], op="Const").attr["value"].tensor.CopyFrom(
-                    tensor_util.make_tensor_proto(value))
-                body.node[-1].attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
-            elif _source(name) not in names and name not in inputs and name not in constants:
+    inputs, constants = [], {}  # what the attention reads from outside it; constants are copied into the body
+    for node in attention.nodes:
+        for name in graph.data_inputs(node):
+            if node_of(name) in names or name in inputs or name in constants:
+                continue
+            value = graph.constant(name)
+            if value is None:
                 inputs.append(name)
+            else:
+                constants[name] = const_node(f"chunk_constant_{len(constants)}", value)
+    placeholders = [f"chunk_input_{k}" for k in range(len(inputs))]
+    if set(placeholders) & names or {node.name for node in constants.values()} & names:
+        raise ValueError("an attention node has a name the chunked function gives its inputs")
+    dtypes = [graph.tensor(name).dtype for name in inputs]
+    body = graph_pb2.GraphDef()
+    for placeholder, dtype in zip(placeholders, dtypes):
+        body.node.add(name=placeholder, op="Placeholder").attr["dtype"].type = dtype.as_datatype_enum
+    body.node.extend(constants.values())
+    renamed = dict(zip(inputs, placeholders)) | {name: node.name for name, node in constants.items()}
+    body.node.extend(copy_node(node, [renamed.get(name, name) for name in graph.data_inputs(node)])
+                     for node in attention.nodes)
     # The products' operands hold the batch on axis 0 (find() checked); an element-wise op's operand does if it
     # has the scores' rank, and one of a lower rank broadcasts without the batch axis, so it is passed whole.
-    products = {name for node in (attention.scores, attention.output) for name in _data_inputs(node)}
-    full_rank = graph.rank(attention.scores.name)
-    sliced = [name in products or graph.rank(name) == full_rank for name in inputs]
-    dtypes = [graph.tensor(name).dtype for name in inputs]
-    for k, dtype in enumerate(dtypes):
-        body.node.add(name=f"input_{k}", op="Placeholder").attr["dtype"].type = dtype.as_datatype_enum
-    for node in attention.nodes:
-        copy = body.node.add()
-        copy.CopyFrom(node)
-        copy.ClearField("device")
-        del copy.input[:]
-        copy.input.extend(f"input_{inputs.index(name)}" if name in inputs else constants.get(name, name)
-                          for name in _data_inputs(node))
+    products = {name for node in (attention.scores, attention.output) for name in graph.data_inputs(node)}
+    scores_rank = graph.rank(attention.scores.name)
+    sliced = [name in products or graph.rank(name) == scores_rank for name in inputs]
+    operands = [renamed[name] for name in graph.data_inputs(attention.scores)]
+    output_dtype = graph.tensor(attention.output.name).dtype
 
-    def run(values):
-        operands = [values[inputs.index(name)] if name in inputs else tf.constant(graph.constant(name))
-                    for name in _data_inputs(attention.scores)]
-        return _in_chunks(body, attention, list(zip(values, sliced)), _scores_per_text(attention.scores, *operands))
+    def run(values, scores_per_chunk):
+        by_name = dict(zip(placeholders, values))
+        by_name |= {node.name: tf.constant(graph.constant(name)) for name, node in constants.items()}
+        per_text = _scores_per_text(attention.scores, *(by_name[name] for name in operands))
+        return _in_chunks(body, attention.output.name, output_dtype, list(zip(values, sliced)), per_text,
+                          scores_per_chunk)
 
-    function = tf.function(run).get_concrete_function([tf.TensorSpec(None, dtype) for dtype in dtypes])
-    call = node_def_pb2.NodeDef(name=attention.output.name, op="PartitionedCall", input=inputs)
-    call.attr["Tin"].list.type.extend(dtype.as_datatype_enum for dtype in dtypes)
-    call.attr["Tout"].list.type.append(attention.output.attr["T"].type)
+    function = tf.function(run).get_concrete_function([tf.TensorSpec(None, dtype) for dtype in dtypes],
+                                                      tf.TensorSpec([], tf.int64))
+    _check(graph, inputs, sliced, body, attention.output.name, function)
+    budget = const_node(f"{attention.output.name}/scores_per_chunk", np.int64(SCORES_PER_CHUNK))
+    call = node_def_pb2.NodeDef(name=attention.output.name, op="PartitionedCall", input=inputs + [budget.name])
+    call.attr["Tin"].list.type.extend([dtype.as_datatype_enum for dtype in dtypes] + [tf.int64.as_datatype_enum])
+    call.attr["Tout"].list.type.append(output_dtype.as_datatype_enum)
     call.attr["f"].func.CopyFrom(attr_value_pb2.NameAttrList(name=function.function_def.signature.name))
-    return call, function
+    return [budget, call], function
+
+
+def _check(graph, inputs, sliced, body, output, function):
+    """Raises ValueError unless the chunked function, a text a chunk, gives what body gives on the whole
+    probe batch: random values shaped as the graph knows each input, PROBE_TEXTS along the batch axis."""
+    rng = np.random.default_rng(0)
+    values = []
+    for name, cut in zip(inputs, sliced):
+        tensor = graph.tensor(name)
+        shape = [PROBE_TEXTS if axis == 0 and cut and size is None else size or PROBE_WIDTH
+                 for axis, size in enumerate(tensor.shape.as_list())]
+        values.append(rng.standard_normal(shape).astype(tensor.dtype.as_numpy_dtype))
+    whole = run_nodes(list(body.node), output, {f"chunk_input_{k}:0": value for k, value in enumerate(values)})
+    chunked = function([tf.constant(value) for value in values], tf.constant(1, tf.int64)).numpy()
+    if chunked.shape != whole.shape or not np.allclose(chunked, whole, rtol=PROBE_TOLERANCE, atol=PROBE_TOLERANCE):
+        raise ValueError("the chunked attention differs from the attention on probe values")
 
 
 def _scores_per_text(product, x, y):
@@ -173,11 +204,11 @@ def _scores_per_text(product, x, y):
     return tf.reduce_prod(tf.maximum(x_shape[1:-2], y_shape[1:-2])) * rows * columns
 
 
-def _in_chunks(body, attention, inputs, per_text):
-    """The attention of body over inputs [(tensor, whether its axis 0 is the batch)], a chunk of texts
-    at a time: as many as SCORES_PER_CHUNK holds at per_text numbers a text, and at least one."""
+def _in_chunks(body, output, dtype, inputs, per_text, scores_per_chunk):
+    """body's output over inputs [(tensor, whether its axis 0 is the batch)], a chunk of texts at a time:
+    as many as scores_per_chunk holds at per_text numbers a text, and at least one."""
     batch = tf.reduce_max([tf.shape(value)[0] for value, cut in inputs if cut])
-    rows = tf.cast(tf.maximum(tf.constant(1, tf.int64), SCORES_PER_CHUNK // tf.maximum(per_text, 1)), tf.int32)
+    rows = tf.cast(tf.maximum(tf.constant(1, tf.int64), scores_per_chunk // tf.maximum(per_text, 1)), tf.int32)
 
     def step(start, index, pieces):
         feeds = {}
@@ -186,14 +217,13 @@ def _in_chunks(body, attention, inputs, per_text):
                 size = tf.shape(value)[0]
                 begin = tf.minimum(start, tf.maximum(size - 1, 0))
                 value = value[begin:begin + rows]
-            feeds[f"input_{k}:0"] = value
-        output = tf.graph_util.import_graph_def(body, input_map=feeds, return_elements=[f"{attention.output.name}:0"],
-                                                name="chunk")[0]
-        return start + rows, index + 1, pieces.write(index, output)
+            feeds[f"chunk_input_{k}:0"] = value
+        piece = tf.graph_util.import_graph_def(body, input_map=feeds, return_elements=[f"{output}:0"], name="chunk")[0]
+        return start + rows, index + 1, pieces.write(index, piece)
 
-    pieces = tf.TensorArray(attention.output.attr["T"].type, size=0, dynamic_size=True, infer_shape=False)
-    # At least one step, so that an empty batch gives an empty result.
+    pieces = tf.TensorArray(dtype, size=0, dynamic_size=True, infer_shape=False)
+    # At least one step, so that an empty batch gives an empty result; one chunk at a time, so that the
+    # chunk in flight is the one in cache.
     _, _, pieces = tf.while_loop(lambda start, index, pieces: tf.logical_or(start < batch, index == 0), step,
-                                 (0, 0, pieces))
+                                 (0, 0, pieces), parallel_iterations=1)
     return pieces.concat()
-
