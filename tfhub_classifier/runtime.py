@@ -4,6 +4,7 @@ tensorflow_hub's KerasLayer only works with tf-keras (Keras 2), so TF_USE_LEGACY
 must be set before TensorFlow is first imported, and tensorflow_text must be imported
 before any preprocessor is loaded, or its ops (CaseFoldUTF8, ...) are unknown.
 """
+import contextlib
 import os
 import sys
 
@@ -59,6 +60,22 @@ def set_precision(precision):
         "auto_mixed_precision": precision == "float16",
     })
     return precision
+
+
+REDUCED_PRECISION_REWRITES = ("auto_mixed_precision_onednn_bfloat16", "auto_mixed_precision")
+
+
+@contextlib.contextmanager
+def float32_rewrites():
+    """Functions first run inside run in float32 whatever set_precision chose, e.g. a rewrite's check
+    against float32 reference values; the setting in force comes back after."""
+    before = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options({option: False for option in REDUCED_PRECISION_REWRITES})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options(
+            {option: before.get(option, False) for option in REDUCED_PRECISION_REWRITES})
 
 
 # Ops the bfloat16 rewrite leaves in float32, with casts around them, that run in bfloat16 as well:

@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
 
+from tfhub_classifier import runtime
 from tfhub_classifier.model.graph_edits import const_node, copy_node, node_of, run_nodes
 from tfhub_classifier.runtime import tf
 
@@ -183,8 +184,9 @@ def _check(graph, inputs, sliced, body, output, function):
         shape = [PROBE_TEXTS if axis == 0 and cut and size is None else size or PROBE_WIDTH
                  for axis, size in enumerate(tensor.shape.as_list())]
         values.append(rng.standard_normal(shape).astype(tensor.dtype.as_numpy_dtype))
-    whole = run_nodes(list(body.node), output, {f"chunk_input_{k}:0": value for k, value in enumerate(values)})
-    chunked = function([tf.constant(value) for value in values], tf.constant(1, tf.int64)).numpy()
+    with runtime.float32_rewrites():  # both in float32, whatever --precision: the rewrite must be exact
+        whole = run_nodes(list(body.node), output, {f"chunk_input_{k}:0": value for k, value in enumerate(values)})
+        chunked = function([tf.constant(value) for value in values], tf.constant(1, tf.int64)).numpy()
     if chunked.shape != whole.shape or not np.allclose(chunked, whole, rtol=PROBE_TOLERANCE, atol=PROBE_TOLERANCE):
         raise ValueError("the chunked attention differs from the attention on probe values")
 
