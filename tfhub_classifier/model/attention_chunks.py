@@ -23,7 +23,7 @@ from tfhub_classifier.model.graph_edits import const_node, copy_node, node_of, r
 from tfhub_classifier.runtime import tf
 
 # Score numbers a chunk may hold (4 MiB in bfloat16): at 512 tokens a text a chunk, at 128 ten; measured
-# against the whole batch at once and against larger chunks in docs/benchmarks.md#the-fused-graph.
+# against the whole batch at once in docs/benchmarks.md#the-fused-graph.
 SCORES_PER_CHUNK = 2 ** 21
 PRODUCTS = {"BatchMatMulV2", "BatchMatMulV3", "Einsum"}
 ON_THE_SCORES = {"AddV2", "Add", "Mul", "RealDiv", "Sub", "Identity"}  # scaling and masking
@@ -115,6 +115,7 @@ def chunk(graph):
         calls += nodes
         moved |= {node.name for node in attention.nodes}
         functions.append(function)
+    # Not graph_edits.apply: each call takes the name of a node it removes, which apply would drop too.
     out = graph_pb2.GraphDef()
     out.versions.CopyFrom(graph.graph_def.versions)
     out.library.CopyFrom(graph.graph_def.library)
