@@ -7,12 +7,13 @@ benchmarks/peer.py evaluates EVAL_REVIEWS test reviews (speed.py's protocol) in 
 128, each padded to its longest. This counts the arithmetic of that evaluation, from the reviews' token
 counts (the MiniLM checkpoint's own tokenizer) and the checkpoint's shape (its config.json), and times
 TensorFlow's matrix multiply (oneDNN's kernels, as the fused graph runs them) on the dense layers' own
-shapes. The ceiling is the reviews/s of an engine whose dense layers ran at that speed while nothing
-else (attention, softmax, normalization, tokenization) took any time: no engine on these kernels
-evaluates faster. Dividing it by a peer.py figure gives the most any such engine could lead by.
+shapes. The ceiling is the reviews/s of an engine whose dense layers ran at that speed on batches
+padded as peer.py's are, while nothing else (attention, softmax, normalization, tokenization) took
+any time: no engine padding so and multiplying with these kernels evaluates faster. Dividing a
+peer.py figure by it says how much of that ceiling each side reaches.
 
 Prints, per sequence length, the arithmetic a review takes, and per precision a line
-`ceiling seq=128 precision=float32 dense_gflops=344 reviews_per_s=126.0`.
+`ceiling seq=128 precision=float32 dense_gflops=330 reviews_per_s=121.5`.
 """
 import argparse
 import json
@@ -29,7 +30,6 @@ import speed  # noqa: E402
 from tfhub_classifier import hardware  # noqa: E402
 
 EVAL_BATCH = 128  # peer.py's (and speed.py's) evaluation batch
-ROWS = 16384  # the rows a dense layer multiplies in a batch of 128 reviews at 128 tokens
 
 
 def eval_lengths(seq_length):
@@ -42,6 +42,7 @@ def eval_lengths(seq_length):
     from tokenizers import Tokenizer
     tokenizer = Tokenizer.from_file(os.path.join(peer.minilm_hf(), "tokenizer.json"))
     tokenizer.no_truncation()
+    tokenizer.no_padding()  # the checkpoint's tokenizer.json pads to 128
     lengths = [len(encoding.ids) for encoding in tokenizer.encode_batch(list(test.texts[:speed.EVAL_REVIEWS]))]
     return np.minimum(np.array(lengths), seq_length)
 
@@ -58,18 +59,18 @@ def arithmetic(lengths, shape):
     return dense, attention
 
 
-def dense_rate(shape, precision):
-    """Floating-point operations a second of TensorFlow's matrix multiply on the dense layers' shapes, weighted
-    as a layer uses them (fastest of 5 each)."""
+def dense_rate(shape, precision, rows):
+    """Floating-point operations a second of TensorFlow's matrix multiply on the dense layers' shapes (rows
+    activations at a time), weighted as a layer uses them (fastest of 5 each)."""
     from tfhub_classifier.runtime import tf
     width, inner = shape["hidden_size"], shape["intermediate_size"]
     dtype = tf.as_dtype(precision)
     seconds = operations = 0.0  # per row of activations, through one layer's dense layers
     for k, n, count in ((width, width, 4), (width, inner, 1), (inner, width, 1)):
-        a = tf.cast(tf.random.normal([ROWS, k]), dtype)
+        a = tf.cast(tf.random.normal([rows, k]), dtype)
         b = tf.cast(tf.random.normal([k, n]), dtype)
         multiply = tf.function(lambda a, b: tf.matmul(a, b)[:1, :1])  # a one-number result: no copy out timed
-        seconds += count * common.fastest(lambda multiply=multiply, a=a, b=b: multiply(a, b).numpy(), repeats=5) / ROWS
+        seconds += count * common.fastest(lambda multiply=multiply, a=a, b=b: multiply(a, b).numpy(), repeats=5) / rows
         operations += count * 2 * k * n
     return operations / seconds
 
@@ -86,14 +87,16 @@ def main(argv=None):
           f"MiniLM: {shape['num_hidden_layers']} layers, width {shape['hidden_size']}, "
           f"intermediate {shape['intermediate_size']}; {speed.EVAL_REVIEWS} reviews in batches of {EVAL_BATCH}",
           flush=True)
-    rates = {precision: dense_rate(shape, precision) for precision in precisions}
-    record = {"machine": common.machine(), "cpu_flags": flags, "dense_flops_per_s": rates, "ceilings": {}}
+    record = {"machine": common.machine(), "cpu_flags": flags, "dense_flops_per_s": {}, "ceilings": {}}
     for seq in args.seq_lengths:
         lengths = eval_lengths(seq)
         dense, attention = arithmetic(lengths, shape)
         reviews = len(lengths)
         print(f"seq={seq}: mean length {lengths.mean():.0f} tokens; {(dense + attention) / reviews / 1e9:.2f} "
               f"GFLOP a review, {dense / (dense + attention):.0%} of it in the dense layers")
+        # The dense layers' rows in a batch of 128 reviews at this length (the longest batch's).
+        rates = {precision: dense_rate(shape, precision, EVAL_BATCH * int(lengths.max())) for precision in precisions}
+        record["dense_flops_per_s"][seq] = rates
         for precision, rate in rates.items():
             ceiling = reviews / (dense / rate)
             record["ceilings"][f"{precision}@{seq}"] = ceiling

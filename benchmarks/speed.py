@@ -78,6 +78,9 @@ def child(spec):
                                    for i in range(0, len(texts), 32)])
     else:
         scorer = engines.FusedClassifier(session.exported) if engine == "fused" else session.exported
+        if engine == "fused":  # what the rewrite took: a figure is only the fused graph's if it fused
+            results["fused"] = {"dense_layers": scorer.fused.dense_layers, "layer_norms": scorer.fused.layer_norms,
+                                "attentions_in_chunks": scorer.fused.attentions}
 
         def evaluate(split):
             logits = scoring.logits_of(scorer, split.texts, cfg.eval_batch_size)
