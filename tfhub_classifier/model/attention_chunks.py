@@ -19,7 +19,7 @@ import numpy as np
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
 
 from tfhub_classifier import runtime
-from tfhub_classifier.model.graph_edits import const_node, copy_node, node_of, run_nodes
+from tfhub_classifier.model.graph_edits import Edit, apply, const_node, copy_node, node_of, run_nodes
 from tfhub_classifier.runtime import tf
 
 # Score numbers a chunk may hold (4 MiB in bfloat16): at 512 tokens a text a chunk, at 128 ten; measured
@@ -115,12 +115,7 @@ def chunk(graph):
         calls += nodes
         moved |= {node.name for node in attention.nodes}
         functions.append(function)
-    # Not graph_edits.apply: each call takes the name of a node it removes, which apply would drop too.
-    out = graph_pb2.GraphDef()
-    out.versions.CopyFrom(graph.graph_def.versions)
-    out.library.CopyFrom(graph.graph_def.library)
-    out.node.extend([node for node in graph.graph_def.node if node.name not in moved] + calls)
-    return out, functions
+    return apply(graph.graph_def, Edit(added=calls, removed=moved)), functions
 
 
 def _call(graph, attention):

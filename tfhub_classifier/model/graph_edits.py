@@ -157,13 +157,12 @@ def run_nodes(nodes, output, feeds):
 
 
 def apply(graph_def, edit):
-    """A new GraphDef: graph_def without edit.removed, with edit.added, readers rewired."""
+    """A new GraphDef: graph_def without edit.removed, with edit.added (an added node may take a removed
+    one's name, to stand in for it), readers rewired."""
     out = graph_pb2.GraphDef()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)
-    for node in list(graph_def.node) + edit.added:
-        if node.name in edit.removed:
-            continue
+    for node in [node for node in graph_def.node if node.name not in edit.removed] + edit.added:
         copy = out.node.add()
         copy.CopyFrom(node)
         for k, name in enumerate(copy.input):
