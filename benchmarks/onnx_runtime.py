@@ -8,17 +8,21 @@ same batch of EVAL_BATCH random token ids (peer.py's evaluation batch; the last 
 through:
 
   saved     the graph as trained (the SavedModel's)
-  fused     the fused graph (model/fusion.py; what evaluate.py, predict.py and serve.py run)
-  ort       ONNX Runtime on tf2onnx's conversion of the saved graph, all graph optimizations on,
-            one thread per core
-  ort-bert  the same after onnxruntime.transformers' BERT optimizer (its attention, GELU and layer
-            normalization fusions; the statistics of what it fused are printed)
+  fused     the fused graph (model/fusion.py; what evaluate.py, predict.py and serve.py run); the
+            benchmark stops if it fused no dense layer or layer normalization
+  ort       ONNX Runtime on tf2onnx's conversion of the saved graph, all graph optimizations on, as
+            many threads as os.cpu_count() (TensorFlow's default); the op types its session runs
+            after its own fusions are printed
+  ort-bert  the same after onnxruntime.transformers' BERT optimizer for tf2onnx's conversions
+            (model_type bert_tf: its attention, GELU and layer normalization fusions; what it fused
+            is printed)
 
 Each engine's figure is the fastest of REPEATS calls after one warm-up, with its largest difference
-from the saved graph's scores. Prints `onnx-runtime seq=128 engine=ort reviews_per_s=68.4
-vs_fused=0.71 max_difference=1.9e-07`.
+from the saved graph's scores. Prints `onnx-runtime seq=128 engine=ort reviews_per_s=58.9
+vs_fused=0.65 max_difference=2.0e-07`.
 """
 import argparse
+import collections
 import os
 import sys
 import tempfile
@@ -47,6 +51,7 @@ def main(argv=None):
     parser.add_argument("--seq-lengths", type=int, nargs="+", default=[128, 512])
     args = parser.parse_args(argv)
     try:
+        import onnx
         import onnxruntime
         import tf2onnx
         from onnxruntime.transformers import optimizer
@@ -72,16 +77,27 @@ def main(argv=None):
     def saved(tokens):
         return model(tokens, training=False)
 
-    fused = fusion.fuse(saved.get_concrete_function()).function
+    fused = fusion.fuse(saved.get_concrete_function())
+    if not fused.dense_layers or not fused.layer_norms:
+        raise SystemExit(f"the fused graph fused {fused.dense_layers} dense layers and {fused.layer_norms} layer "
+                         "normalizations: its figures would be the saved graph's")
+    print(f"fused graph: {fused.dense_layers} dense layers, {fused.gelus} GELUs, {fused.layer_norms} layer "
+          f"normalizations, {fused.attentions} attentions in chunks", flush=True)
     onnx_proto, _ = tf2onnx.convert.from_function(saved, input_signature=[signature], opset=OPSET)
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count()
+    options.intra_op_num_threads = os.cpu_count()  # TensorFlow's default too
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     with tempfile.TemporaryDirectory() as scratch:
         converted = os.path.join(scratch, "model.onnx")
         with open(converted, "wb") as f:
             f.write(onnx_proto.SerializeToString())
+        options.optimized_model_filepath = os.path.join(scratch, "optimized.onnx")
         ort = onnxruntime.InferenceSession(converted, options, providers=["CPUExecutionProvider"])
+        options.optimized_model_filepath = ""
+        session_ops = collections.Counter(node.op_type for node in onnx.load(
+            os.path.join(scratch, "optimized.onnx")).graph.node)
+        print(f"ONNX Runtime's session runs {sum(session_ops.values())} nodes: " + ", ".join(
+            f"{op} {count}" for op, count in session_ops.most_common()), flush=True)
         bert = optimizer.optimize_model(converted, model_type="bert_tf", num_heads=MINILM_HEADS,
                                         hidden_size=MINILM_WIDTH)
         fusions = {name: count for name, count in bert.get_fused_operator_statistics().items() if count}
@@ -94,7 +110,8 @@ def main(argv=None):
                "ort": lambda tokens: ort.run(None, tokens)[0],
                "ort-bert": lambda tokens: ort_bert.run(None, tokens)[0]}
     record = {"machine": common.machine(), "cpu_flags": flags, "onnxruntime": onnxruntime.__version__,
-              "tf2onnx": tf2onnx.__version__, "bert_optimizer_fused": fusions, "results": {}}
+              "tf2onnx": tf2onnx.__version__, "session_ops": dict(session_ops), "bert_optimizer_fused": fusions,
+              "results": {}}
     for seq in args.seq_lengths:
         tokens = tokens_of(seq)
         reference = engines["saved"](tokens)
