@@ -56,7 +56,7 @@ def main(argv=None):
         import tf2onnx
         from onnxruntime.transformers import optimizer
     except ImportError:
-        raise SystemExit("this benchmark needs onnxruntime and tf2onnx: "
+        raise SystemExit("this benchmark needs onnxruntime, tf2onnx and onnx: "
                          "pip install --no-deps -r requirements-bench.txt") from None
     from tfhub_classifier import hardware, runtime
     from tfhub_classifier.model import fusion

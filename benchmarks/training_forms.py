@@ -163,8 +163,8 @@ def child(spec):
     steps(WARMUP_STEPS)
     seconds = common.fastest(lambda: steps(STEPS), repeats=REPEATS)
     figures["reviews_per_s"] = STEPS * BATCH / seconds
-    if not form.endswith("-xla"):  # an XLA cluster runs as one op, with no op-by-op trace inside
-        op_seconds = profiling.op_seconds(lambda: steps(1))
+    op_seconds = {} if form.endswith("-xla") else profiling.op_seconds(lambda: steps(1))
+    if op_seconds:  # an XLA cluster runs as one op, with no op-by-op trace inside
         fused = {op: spent for op, spent in op_seconds.items() if "Fused" in op}
         figures["fused_share"] = sum(fused.values()) / sum(op_seconds.values())
         figures["fused_ops"] = sorted(fused)
