@@ -82,8 +82,8 @@ def main(argv=None):
     with open(os.path.join(peer.minilm_hf(), "config.json"), encoding="utf-8") as f:
         shape = json.load(f)
     precisions = ["float32", "bfloat16"] if hardware.cpu_supports_bfloat16() else ["float32"]
-    flags = sorted(flag for flag in hardware.cpu_flags() if flag.startswith(peer.RELEVANT_FLAGS))
-    print(f"Machine: {common.machine()}\nCPU flags: {' '.join(flags) or 'none found'}\n"
+    flags = common.cpu_flags()
+    print(f"{common.machine_header(flags)}\n"
           f"MiniLM: {shape['num_hidden_layers']} layers, width {shape['hidden_size']}, "
           f"intermediate {shape['intermediate_size']}; {speed.EVAL_REVIEWS} reviews in batches of {EVAL_BATCH}",
           flush=True)

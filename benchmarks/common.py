@@ -47,6 +47,20 @@ def machine():
             f"Python {platform.python_version()}")
 
 
+RELEVANT_FLAGS = ("avx", "amx", "fma", "f16c")  # the flags that decide which kernels run
+
+
+def cpu_flags():
+    """This CPU's flags among RELEVANT_FLAGS, sorted: what each figure's record states beside it."""
+    from tfhub_classifier import hardware
+    return sorted(flag for flag in hardware.cpu_flags() if flag.startswith(RELEVANT_FLAGS))
+
+
+def machine_header(flags):
+    """The first lines a benchmark prints: the machine and its relevant CPU flags."""
+    return f"Machine: {machine()}\nCPU flags: {' '.join(flags) or 'none found'}"
+
+
 def save_result(name, result):
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")

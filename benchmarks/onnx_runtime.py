@@ -58,13 +58,13 @@ def main(argv=None):
     except ImportError:
         raise SystemExit("this benchmark needs onnxruntime, tf2onnx and onnx: "
                          "pip install --no-deps -r requirements-bench.txt") from None
-    from tfhub_classifier import hardware, runtime
+    from tfhub_classifier import runtime
     from tfhub_classifier.model import fusion
     from tfhub_classifier.runtime import hub, keras, tf
 
     runtime.set_precision("float32")
-    flags = sorted(flag for flag in hardware.cpu_flags() if flag.startswith(("avx512", "amx")))
-    print(f"Machine: {common.machine()}\nCPU flags: {' '.join(flags) or 'none found'}\n"
+    flags = common.cpu_flags()
+    print(f"{common.machine_header(flags)}\n"
           f"TensorFlow {tf.__version__}, ONNX Runtime {onnxruntime.__version__}, tf2onnx {tf2onnx.__version__}; "
           f"batches of {EVAL_BATCH}, fastest of {REPEATS} calls", flush=True)
     keras.utils.set_random_seed(0)
@@ -106,7 +106,7 @@ def main(argv=None):
         ort_bert = onnxruntime.InferenceSession(os.path.join(scratch, "bert.onnx"), options,
                                                 providers=["CPUExecutionProvider"])
     engines = {"saved": lambda tokens: saved({k: tf.constant(v) for k, v in tokens.items()}).numpy(),
-               "fused": lambda tokens: fused({k: tf.constant(v) for k, v in tokens.items()}).numpy(),
+               "fused": lambda tokens: fused(tokens).numpy(),  # FusedFunction converts the arrays itself
                "ort": lambda tokens: ort.run(None, tokens)[0],
                "ort-bert": lambda tokens: ort_bert.run(None, tokens)[0]}
     record = {"machine": common.machine(), "cpu_flags": flags, "onnxruntime": onnxruntime.__version__,

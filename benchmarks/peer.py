@@ -50,7 +50,6 @@ PRECISIONS = ("float32", "bfloat16", "int8")
 # tokenization.WINDOW_BATCHES (not imported here: that module imports TensorFlow).
 WINDOW_BATCHES = 16
 HF_MODEL_DIR = os.path.join(common.RESULTS, "minilm_hf")
-RELEVANT_FLAGS = ("avx", "amx", "fma", "f16c")
 
 
 def minilm_hf(out_dir=HF_MODEL_DIR):
@@ -296,9 +295,9 @@ def main(argv=None):
 
     common.real_data_flags()  # build MiniLM and check the data before the children start
     model_dir = minilm_hf()
-    flags = sorted(flag for flag in hardware.cpu_flags() if flag.startswith(RELEVANT_FLAGS))
+    flags = common.cpu_flags()
     versions = _versions()
-    print(f"Machine: {common.machine()}\nCPU flags: {' '.join(flags) or 'none found'}\n"
+    print(f"{common.machine_header(flags)}\n"
           f"TensorFlow {versions['tensorflow']}, PyTorch {versions['torch']}, transformers {versions['transformers']}; "
           f"{args.train_steps} training steps of batch 32 after a warm-up epoch, {args.eval_reviews} test reviews "
           f"in batches of 128; each side's best of {args.rounds} round(s)", flush=True)

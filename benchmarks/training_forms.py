@@ -191,8 +191,8 @@ def main(argv=None):
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     common.minilm()
-    flags = sorted(flag for flag in hardware.cpu_flags() if flag.startswith(("avx512", "amx")))
-    print(f"Machine: {common.machine()}\nCPU flags: {' '.join(flags) or 'none found'}\n"
+    flags = common.cpu_flags()
+    print(f"{common.machine_header(flags)}\n"
           f"{STEPS} training steps of batch {BATCH}, fastest of {REPEATS}, after {WARMUP_STEPS}; "
           f"each form's best of {args.rounds} round(s)", flush=True)
     record = {"machine": common.machine(), "cpu_flags": flags, "rounds": args.rounds, "results": {}, "runs": []}
