@@ -40,11 +40,8 @@ def remove_leftovers(parent, prefix):
 
 
 def write_json(path, value):
-    """Write JSON beside its final name and rename it into place, so a kill never leaves half a file."""
-    with open(path + ".partial", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".partial", path)
-    return path
+    """Write value as JSON by write_bytes: a kill or a full disk never leaves half a file."""
+    return write_bytes(path, json.dumps(value, indent=2).encode("utf-8"))
 
 
 def write_bytes(path, content):

@@ -31,14 +31,39 @@ def test_write_json_never_leaves_half_a_file(tmp_path, monkeypatch):
     path = str(tmp_path / "config.json")
     files.write_json(path, {"epochs": 4})
 
-    def disk_full(value, f, **kwargs):
-        f.write('{"epo')
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(json, "dump", disk_full)
+    class DiskFull:
+        def __init__(self, name, mode):
+            self.f = open(name, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *error):
+            self.f.close()
+
+        def write(self, content):
+            self.f.write(content[:5])
+            raise OSError(28, "No space left on device")
+    monkeypatch.setattr(files, "open", DiskFull, raising=False)  # the module's open, before the builtin
     with pytest.raises(OSError):
         files.write_json(path, {"epochs": 5})
     with open(path) as f:
         assert json.load(f) == {"epochs": 4}
+    assert os.listdir(tmp_path) == ["config.json"]  # no half-written file left beside it
+
+
+def test_write_json_leaves_the_old_file_and_nothing_else_when_the_rename_fails(tmp_path, monkeypatch):
+    path = str(tmp_path / "metrics.json")
+    files.write_json(path, {"accuracy": 0.9})
+
+    def read_only(source, target):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(os, "replace", read_only)
+    with pytest.raises(PermissionError):
+        files.write_json(path, {"accuracy": 0.8})
+    assert os.listdir(tmp_path) == ["metrics.json"]
+    with open(path) as f:
+        assert json.load(f) == {"accuracy": 0.9}
 
 
 def test_a_private_staging_folder_is_its_owners_alone_and_leftovers_can_be_left_be(tmp_path):

@@ -114,8 +114,11 @@ def tokenized(examples, text_to_tokens):
             .unbatch())
 
 
+def as_text(text):
+    """Bytes or str -> str, invalid UTF-8 sequences replaced."""
+    return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+
+
 def sanitize(text):
     """Bytes or str -> valid UTF-8 bytes, invalid sequences replaced, so the tokenizer never fails."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    return text.encode("utf-8", errors="replace")
+    return as_text(text).encode("utf-8", errors="replace")

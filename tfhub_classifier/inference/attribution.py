@@ -104,7 +104,7 @@ class Explainer:
             self.embeddings = word_embeddings(self.model)
         explanations = []
         for start in range(0, len(texts), BATCH_SIZE):
-            batch = [_as_str(text) for text in texts[start:start + BATCH_SIZE]]
+            batch = [tokenization.as_text(text) for text in texts[start:start + BATCH_SIZE]]
             explanations += self._explain_batch(batch, list(labels[start:start + BATCH_SIZE]))
         return explanations
 
@@ -112,7 +112,7 @@ class Explainer:
         """The simple baseline: each word's weight is how much the label's probability falls when that
         word alone is deleted from the text (one model call per word, batched)."""
         explanations = []
-        for text, label in zip(map(_as_str, texts), labels):
+        for text, label in zip(map(tokenization.as_text, texts), labels):
             words, spans, in_window, note = self._words(text, np.zeros(self.seq_length),
                                                         int(self.piece_counts([text])[0]))
             variants = [text] + [without(text, [span]) for span, seen in zip(spans, in_window) if seen is not None]
@@ -124,7 +124,7 @@ class Explainer:
 
     def probabilities(self, texts, labels, batch_size=32):
         """Each text's label's probability in this window, scored in length-sorted batches."""
-        texts, labels = [_as_str(text) for text in texts], np.asarray(labels)
+        texts, labels = [tokenization.as_text(text) for text in texts], np.asarray(labels)
         tokens = self.tokens(texts)
         result = np.empty(len(texts), dtype=np.float64)
         for rows, batch in tokenization.sorted_batches(tokens, batch_size):
@@ -229,7 +229,3 @@ class Explainer:
         if tokens.ragged_rank == 2:
             tokens = tokens.merge_dims(-2, -1)
         return tokens.row_lengths().numpy()
-
-
-def _as_str(text):
-    return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text

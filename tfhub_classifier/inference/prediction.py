@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from tfhub_classifier.data import imdb, table_files
+from tfhub_classifier.data import imdb, table_files, tokenization
 from tfhub_classifier.inference import scoring
 
 
@@ -200,10 +200,6 @@ def display_names(task):
     return tuple(dict(zip(imdb.CLASS_NAMES, imdb.DISPLAY_NAMES))[name] for name in task.label_names)
 
 
-def _as_text(text):
-    return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
-
-
 def labelled(task, probabilities, threshold=0.5, top_k=1, names=None):
     """What the model says of one text, as predict.py's JSON Lines and serve.py's predictions give it
     (without the text): binary, the positive label's score, which label that is, and the label given;
@@ -300,7 +296,7 @@ class Writer:
     def write(self, text, probabilities, kept=(), explanation=None):
         """One text's line; kept: the values of the kept columns, in their order; explanation: an
         attribution.Explanation (JSON Lines: its fields; the table: a line of the top words)."""
-        text = _as_text(text)
+        text = tokenization.as_text(text)
         result = labelled(self.task, probabilities, self.threshold, self.top_k)
         if self.format == "jsonl":
             why = explanation.as_json(display_names(self.task)) if explanation else {}

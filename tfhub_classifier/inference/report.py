@@ -7,6 +7,8 @@ import os
 
 import jinja2
 
+from tfhub_classifier import files
+
 REPORT_FILE = "report.html"
 REPORT_ERRORS = 5  # mistakes the report explains when --show-errors asks for fewer
 CAPTIONS = {"roc_curve": "ROC curve", "pr_curve": "Precision-recall curve", "roc_curves": "ROC curves",
@@ -25,15 +27,7 @@ def write(path, name, metrics, record, method, errors):
         per_label=list(metrics["per_label"].items()), figures=_figures(metrics["plots"]),
         errors=[{**error, "pieces": highlighted(error["text"], error.get("offsets", []), error.get("weights", []))}
                 for error in errors], method=method)
-    staging = path + ".partial"
-    try:
-        with open(staging, "w", encoding="utf-8") as f:
-            f.write(html_text)
-        os.replace(staging, path)  # never a half-written report
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
-    return path
+    return files.write_bytes(path, html_text.encode("utf-8"))  # never a half-written report
 
 
 def highlighted(text, offsets, weights):
