@@ -88,10 +88,12 @@ def fastest(work, repeats=3):
     return min(times)
 
 
-def run_child(script, spec):
-    """Run `python script --child SPEC` in a process of its own (own memory, threads and framework)
-    and return the figures it reported with report_child; None, after printing its error, if it failed."""
-    run = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True)
+def run_child(script, spec, environment=None):
+    """Run `python script --child SPEC` in a process of its own (own memory, threads and framework; the
+    variables in environment added to ours) and return the figures it reported with report_child; None,
+    after printing its error, if it failed."""
+    run = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True,
+                         env={**os.environ, **(environment or {})})
     lines = [line for line in run.stdout.splitlines() if line.startswith("CHILD ")]
     if run.returncode or not lines:
         print(f"{spec['name']} failed:\n{run.stderr[-3000:]}", flush=True)

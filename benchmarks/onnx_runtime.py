@@ -50,6 +50,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-lengths", type=int, nargs="+", default=[128, 512])
     args = parser.parse_args(argv)
+    from tfhub_classifier import runtime  # before tf2onnx, which imports TensorFlow
     try:
         import onnx
         import onnxruntime
@@ -58,7 +59,6 @@ def main(argv=None):
     except ImportError:
         raise SystemExit("this benchmark needs onnxruntime, tf2onnx and onnx: "
                          "pip install --no-deps -r requirements-bench.txt") from None
-    from tfhub_classifier import runtime
     from tfhub_classifier.model import fusion
     from tfhub_classifier.runtime import hub, keras, tf
 

@@ -48,7 +48,8 @@ def child(spec):
     test_cap = max(eval_reviews, PREDICT_REVIEWS if measure_predict else 64)
     train_split, _, test = imdb.load_splits(cfg, caps=(train_steps * cfg.batch_size, 1, test_cap))
     session = trainer.Session(cfg, log=lambda *_: None)
-    results = {"precision": session.precision}
+    from tensorflow.python.util import _pywrap_util_port
+    results = {"precision": session.precision, "onednn": _pywrap_util_port.IsMklEnabled()}
 
     train_ds, _ = session.datasets(train_split, train_split)
     model = session.compile(train_steps)

@@ -1,18 +1,17 @@
 """The TensorFlow stack, imported in the one order that works, and the devices to run on.
 
 tensorflow_hub's KerasLayer only works with tf-keras (Keras 2), so TF_USE_LEGACY_KERAS
-must be set before TensorFlow is first imported, and tensorflow_text must be imported
-before any preprocessor is loaded, or its ops (CaseFoldUTF8, ...) are unknown.
+must be set before TensorFlow is first imported (the package's __init__ sets it, with
+TensorFlow's other variables), and tensorflow_text must be imported before any preprocessor
+is loaded, or its ops (CaseFoldUTF8, ...) are unknown.
 """
 import contextlib
 import os
 import sys
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ start-up chatter out of the user's way
-
-import config  # noqa: E402
-from tfhub_classifier import hardware  # noqa: E402
+import config
+import tfhub_classifier  # sets TF_USE_LEGACY_KERAS and TensorFlow's other variables
+from tfhub_classifier import hardware
 
 os.environ.setdefault("TFHUB_CACHE_DIR", config.hub_cache_dir())  # persistent, unlike the default temp dir
 
@@ -35,7 +34,20 @@ def keras_version():
 
 if not hasattr(keras, "__internal__") or keras_version().startswith("3."):
     raise ImportError("TensorFlow was imported before tfhub_classifier.runtime could select tf-keras; "
-                      "import tfhub_classifier.runtime first or set TF_USE_LEGACY_KERAS=1")
+                      "import tfhub_classifier.runtime first or set TF_USE_LEGACY_KERAS=1 "
+                      "(and TF_ENABLE_ONEDNN_OPTS=1) before importing TensorFlow")
+
+
+def onednn_enabled():
+    """Whether TensorFlow runs its oneDNN kernels in this process."""
+    from tensorflow.python.util import _pywrap_util_port
+    return _pywrap_util_port.IsMklEnabled()
+
+
+if tfhub_classifier.TENSORFLOW_PRELOADED and tfhub_classifier.ONEDNN_CPU \
+        and os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1" and not onednn_enabled():
+    print("note: TensorFlow was imported before tfhub_classifier, so its oneDNN kernels stay off and it runs "
+          "slower; set TF_ENABLE_ONEDNN_OPTS=1 before importing TensorFlow", file=sys.stderr)
 
 
 def resolve_precision(precision):

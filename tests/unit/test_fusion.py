@@ -1,7 +1,12 @@
 """The fused graph (--engine fused): dense layers, GELU and layer normalization rewritten into the ops
 oneDNN fuses, scoring as the graph it came from; what only looks like GELU or layer normalization is left alone."""
 import collections
+import os
+import platform
+import subprocess
+import sys
 
+import helpers
 import numpy as np
 import pytest
 
@@ -230,6 +235,47 @@ def test_grappler_runs_each_rewritten_layer_as_one_onednn_kernel():
     assert any("FusedMatMul" in op for op in ops), sorted(ops)
     assert any("LayerNorm" in op for op in ops), sorted(ops)
     assert not set(ops) & {"Erf", "Erfc", "BiasAdd", "SquaredDifference", "Rsqrt", "Einsum"}, sorted(ops)
+
+
+def python(code, **variables):
+    """(stdout, stderr) of code run by a new Python at the suite's root, with variables set (None: unset)."""
+    environment = {key: value for key, value in os.environ.items() if key not in variables}
+    environment.update({key: value for key, value in variables.items() if value is not None})
+    run = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, capture_output=True, text=True,
+                         env=environment)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout, run.stderr
+
+
+ONEDNN_PROBE = "from tensorflow.python.util import _pywrap_util_port\nprint('oneDNN', _pywrap_util_port.IsMklEnabled())"
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the suite turns oneDNN on "
+                    "on x86 CPUs only, where it was measured")
+def test_the_suite_runs_onednn_on_every_x86_cpu_unless_the_user_turns_it_off():
+    """TensorFlow turns oneDNN on by itself only on some x86 CPUs (AVX512-VNNI, AVX512-BF16, AVX-VNNI, AMX);
+    the suite turns it on for all of them, AVX2 CPUs included, whichever of its modules imports TensorFlow
+    first, and a user's TF_ENABLE_ONEDNN_OPTS=0 still wins."""
+    first = "import os\nimport tfhub_classifier.model.graph_edits\n"  # a module that imports TensorFlow itself
+    shown = "print('variable', os.environ.get('TF_ENABLE_ONEDNN_OPTS'))\n"
+    out, _ = python(first + shown + ONEDNN_PROBE, TF_ENABLE_ONEDNN_OPTS=None)
+    assert out.splitlines()[-2:] == ["variable 1", "oneDNN True"], out
+    out, _ = python(first + shown + ONEDNN_PROBE, TF_ENABLE_ONEDNN_OPTS="0")
+    assert out.splitlines()[-2:] == ["variable 0", "oneDNN False"], out
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the suite turns oneDNN on "
+                    "on x86 CPUs only, where it was measured")
+def test_tensorflow_imported_before_the_suite_gets_a_note_when_it_left_onednn_off():
+    """A notebook that imported TensorFlow first runs without oneDNN where TensorFlow's own default leaves it
+    off (AVX2 CPUs): the suite says so and how to fix it, rather than running slower in silence."""
+    out, err = python("import tensorflow\nimport tfhub_classifier.runtime\n" + ONEDNN_PROBE,
+                      TF_ENABLE_ONEDNN_OPTS=None, TF_USE_LEGACY_KERAS="1")
+    note = "note: TensorFlow was imported before tfhub_classifier, so its oneDNN kernels stay off"
+    if out.splitlines()[-1] == "oneDNN True":  # TensorFlow's own default on this CPU: nothing to say
+        assert note not in err
+    else:
+        assert out.splitlines()[-1] == "oneDNN False" and note in err and "TF_ENABLE_ONEDNN_OPTS=1" in err, err
 
 
 def test_in_bfloat16_the_layer_norms_run_without_casts_around_them(monkeypatch):
