@@ -12,7 +12,7 @@ TF_ENABLE_ONEDNN_OPTS=0, the two taking turns to go first over --rounds rounds, 
 On a CPU where TensorFlow turns oneDNN on itself, the rows differ only by TF_ENABLE_ONEDNN_OPTS=0
 turning it off.
 
-Prints each run, then `onednn seq=128 train=1.24 eval=1.17` (oneDNN on / off); writes
+Prints each run, then `onednn seq=128 train=1.25 eval=1.17` (oneDNN on / off); writes
 benchmarks/results/onednn.json after every run.
 """
 import argparse

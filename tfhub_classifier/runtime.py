@@ -39,15 +39,19 @@ if not hasattr(keras, "__internal__") or keras_version().startswith("3."):
 
 
 def onednn_enabled():
-    """Whether TensorFlow runs its oneDNN kernels in this process."""
-    from tensorflow.python.util import _pywrap_util_port
-    return _pywrap_util_port.IsMklEnabled()
+    """Whether TensorFlow runs its oneDNN kernels in this process (None if this TensorFlow can't say)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return _pywrap_util_port.IsMklEnabled()
+    except (ImportError, AttributeError):  # a private module: a TensorFlow without it can't be asked
+        return None
 
 
 if tfhub_classifier.TENSORFLOW_PRELOADED and tfhub_classifier.ONEDNN_CPU \
-        and os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1" and not onednn_enabled():
+        and os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1" and onednn_enabled() is False:
     print("note: TensorFlow was imported before tfhub_classifier, so its oneDNN kernels stay off and it runs "
-          "slower; set TF_ENABLE_ONEDNN_OPTS=1 before importing TensorFlow", file=sys.stderr)
+          "slower; import tfhub_classifier first, or set TF_ENABLE_ONEDNN_OPTS=1 before importing TensorFlow",
+          file=sys.stderr)
 
 
 def resolve_precision(precision):

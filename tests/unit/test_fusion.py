@@ -268,14 +268,24 @@ def test_the_suite_runs_onednn_on_every_x86_cpu_unless_the_user_turns_it_off():
                     "on x86 CPUs only, where it was measured")
 def test_tensorflow_imported_before_the_suite_gets_a_note_when_it_left_onednn_off():
     """A notebook that imported TensorFlow first runs without oneDNN where TensorFlow's own default leaves it
-    off (AVX2 CPUs): the suite says so and how to fix it, rather than running slower in silence."""
-    out, err = python("import tensorflow\nimport tfhub_classifier.runtime\n" + ONEDNN_PROBE,
-                      TF_ENABLE_ONEDNN_OPTS=None, TF_USE_LEGACY_KERAS="1")
+    off (AVX2 CPUs): the suite says so and how to fix it, rather than running slower in silence; nothing is
+    said when oneDNN is on anyway, or off because the user asked."""
     note = "note: TensorFlow was imported before tfhub_classifier, so its oneDNN kernels stay off"
-    if out.splitlines()[-1] == "oneDNN True":  # TensorFlow's own default on this CPU: nothing to say
-        assert note not in err
-    else:
-        assert out.splitlines()[-1] == "oneDNN False" and note in err and "TF_ENABLE_ONEDNN_OPTS=1" in err, err
+
+    def imported_first(loaded_with, then):
+        """stderr of TensorFlow loaded with TF_ENABLE_ONEDNN_OPTS=loaded_with, then the variable set to then
+        (None: unset) and the suite imported."""
+        code = (f"import os\nos.environ['TF_ENABLE_ONEDNN_OPTS'] = {loaded_with!r}\nimport tensorflow\n"
+                + ("os.environ.pop('TF_ENABLE_ONEDNN_OPTS')\n" if then is None else
+                   f"os.environ['TF_ENABLE_ONEDNN_OPTS'] = {then!r}\n")
+                + "import tfhub_classifier.runtime\n" + ONEDNN_PROBE)
+        out, err = python(code, TF_USE_LEGACY_KERAS="1")
+        assert out.splitlines()[-1] == f"oneDNN {loaded_with == '1'}", out
+        return err
+    err = imported_first("0", None)  # as an AVX2 CPU loads TensorFlow by default
+    assert note in err and "TF_ENABLE_ONEDNN_OPTS=1" in err, err
+    assert note not in imported_first("0", "0")  # the user's own choice
+    assert note not in imported_first("1", None)  # on already
 
 
 def test_in_bfloat16_the_layer_norms_run_without_casts_around_them(monkeypatch):

@@ -55,7 +55,7 @@ def evaluated(tmp_path, kind="binary"):
 
 
 @pytest.mark.parametrize("kind", ["binary", "multiclass"])
-def test_the_report_is_one_self_contained_file_that_runs_no_script(tmp_path, kind):
+def test_the_report_is_one_self_contained_file_that_runs_no_script(tmp_path, kind, monkeypatch):
     metrics, record = evaluated(tmp_path, kind)
     path = report.write(str(tmp_path / "report.html"), "tickets", metrics, record, "occlusion",
                         metrics["most_confident_errors"])
@@ -71,6 +71,15 @@ def test_the_report_is_one_self_contained_file_that_runs_no_script(tmp_path, kin
         assert f"<td>{name}</td>" in page and f"{row['f1']:.4f}" in page
     assert f"{metrics['loss']:.4f}" in page and "head+tail" in page and "small_bert" in page
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".partial")]  # nothing half-written
+
+    def disk_full(source, target):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError):
+        report.write(path, "tickets", metrics, record, "occlusion", [])
+    with open(path, encoding="utf-8") as f:
+        assert f.read() == page  # a failed rewrite keeps the report that was there
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".partial")]
 
 
 def test_the_report_in_a_browser_shows_figures_metrics_and_the_words_of_each_mistake(tmp_path, chromium):
