@@ -34,6 +34,7 @@ def child(spec):
     import numpy as np
 
     import config
+    from tfhub_classifier import runtime
     from tfhub_classifier.data import imdb
     from tfhub_classifier.inference import engines, prediction, scoring
     from tfhub_classifier.runtime import keras, tf
@@ -48,8 +49,7 @@ def child(spec):
     test_cap = max(eval_reviews, PREDICT_REVIEWS if measure_predict else 64)
     train_split, _, test = imdb.load_splits(cfg, caps=(train_steps * cfg.batch_size, 1, test_cap))
     session = trainer.Session(cfg, log=lambda *_: None)
-    from tensorflow.python.util import _pywrap_util_port
-    results = {"precision": session.precision, "onednn": _pywrap_util_port.IsMklEnabled()}
+    results = {"precision": session.precision, "onednn": runtime.onednn_enabled()}
 
     train_ds, _ = session.datasets(train_split, train_split)
     model = session.compile(train_steps)

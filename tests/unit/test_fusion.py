@@ -2,7 +2,6 @@
 oneDNN fuses, scoring as the graph it came from; what only looks like GELU or layer normalization is left alone."""
 import collections
 import os
-import platform
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import helpers
 import numpy as np
 import pytest
 
+import tfhub_classifier
 from tfhub_classifier.data import tokenization
 from tfhub_classifier.runtime import keras, tf
 
@@ -247,11 +247,12 @@ def python(code, **variables):
     return run.stdout, run.stderr
 
 
+X86_ONLY = pytest.mark.skipif(not tfhub_classifier.ONEDNN_CPU, reason="the suite turns oneDNN on on x86 CPUs "
+                              "only, where it was measured")
 ONEDNN_PROBE = "from tensorflow.python.util import _pywrap_util_port\nprint('oneDNN', _pywrap_util_port.IsMklEnabled())"
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the suite turns oneDNN on "
-                    "on x86 CPUs only, where it was measured")
+@X86_ONLY
 def test_the_suite_runs_onednn_on_every_x86_cpu_unless_the_user_turns_it_off():
     """TensorFlow turns oneDNN on by itself only on some x86 CPUs (AVX512-VNNI, AVX512-BF16, AVX-VNNI, AMX);
     the suite turns it on for all of them, AVX2 CPUs included, whichever of its modules imports TensorFlow
@@ -264,8 +265,7 @@ def test_the_suite_runs_onednn_on_every_x86_cpu_unless_the_user_turns_it_off():
     assert out.splitlines()[-2:] == ["variable 0", "oneDNN False"], out
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the suite turns oneDNN on "
-                    "on x86 CPUs only, where it was measured")
+@X86_ONLY
 def test_tensorflow_imported_before_the_suite_gets_a_note_when_it_left_onednn_off():
     """A notebook that imported TensorFlow first runs without oneDNN where TensorFlow's own default leaves it
     off (AVX2 CPUs): the suite says so and how to fix it, rather than running slower in silence; nothing is
