@@ -1,11 +1,15 @@
 import os
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the scripts, config.py and the package
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # helpers, tiny_hub, serving_client
+
+# The suite's C++ kernels compile once per test session, into a cache of its own (subprocesses inherit it).
+os.environ.setdefault("TFHUB_CLASSIFIER_CACHE", tempfile.mkdtemp(prefix="tfhub_classifier_cache_"))
 
 import helpers  # noqa: E402
 import tiny_hub  # noqa: E402

@@ -81,6 +81,12 @@ def set_precision(precision):
 REDUCED_PRECISION_REWRITES = ("auto_mixed_precision_onednn_bfloat16", "auto_mixed_precision")
 
 
+def reduced_precision_rewrites():
+    """Whether graphs now run through set_precision's bfloat16 or float16 rewrite."""
+    options = tf.config.optimizer.get_experimental_options()
+    return any(options.get(option, False) for option in REDUCED_PRECISION_REWRITES)
+
+
 @contextlib.contextmanager
 def float32_rewrites():
     """Functions first run inside run in float32 whatever set_precision chose, e.g. a rewrite's check

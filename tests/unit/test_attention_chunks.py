@@ -1,5 +1,6 @@
-"""The fused graph's attention, run a chunk of the batch at a time: the same scores as the whole batch at
-once, in as many chunks as the budget allows; an attention whose scores are read elsewhere is left alone."""
+"""The fused graph's attention where the fused attention kernel doesn't take it (in bfloat16, or without a
+compiler), run a chunk of the batch at a time: the same scores as the whole batch at once, in as many
+chunks as the budget allows; an attention whose scores are read elsewhere is left alone."""
 import numpy as np
 import pytest
 
@@ -109,7 +110,7 @@ def test_each_attention_runs_in_chunks_and_scores_as_before(style, shared_mask, 
     from tfhub_classifier.model import fusion
     function = token_classifier(style, shared_mask=shared_mask)
     chunks_of(2, 9)
-    fused = fusion.fuse(function)
+    fused = fusion.fuse(function, attention_kernel=False)
     assert fused.attentions == 2
     for rows, width in ((1, 1), (5, 9), (4, 9), (7, 3), (0, 4)):  # one text, uneven chunks, more a chunk, none
         assert_scores_as_before(function, fused, batch(rows, width))
@@ -118,11 +119,11 @@ def test_each_attention_runs_in_chunks_and_scores_as_before(style, shared_mask, 
 def test_a_batch_runs_in_as_many_chunks_as_the_budget_allows(chunks_of):
     from tfhub_classifier.model import fusion
     chunks_of(2, 9)
-    fused = fusion.fuse(token_classifier("matmul"))
+    fused = fusion.fuse(token_classifier("matmul"), attention_kernel=False)
     assert softmax_runs(fused, batch(5, 9)) == 2 * 3  # two layers, texts 1-2, 3-4 and 5
     assert softmax_runs(fused, batch(5, 3)) == 2 * 1  # shorter texts: 9 of 3 tokens fit in a chunk
     chunks_of(1, 30)  # a budget below one text's scores: a text a chunk
-    fused = fusion.fuse(token_classifier("matmul"))
+    fused = fusion.fuse(token_classifier("matmul"), attention_kernel=False)
     assert softmax_runs(fused, batch(3, 31)) == 2 * 3
 
 
@@ -130,7 +131,7 @@ def test_an_attention_whose_scores_are_read_elsewhere_is_left_alone(chunks_of):
     from tfhub_classifier.model import fusion
     function = token_classifier("matmul", scores_out=(0,))  # the first layer's scores also reach the logits
     chunks_of(1, 9)
-    fused = fusion.fuse(function)
+    fused = fusion.fuse(function, attention_kernel=False)
     assert fused.attentions == 1
     assert_scores_as_before(function, fused, batch(3, 9), atol=1e-4)  # the scores' sum is large: float32 rounding
 
@@ -143,7 +144,7 @@ def test_an_attention_whose_chunks_would_score_differently_is_left_alone(chunks_
     monkeypatch.setattr(attention_chunks, "_in_chunks", lambda *args: tf.reverse(joined(*args), [0]))
     function = token_classifier("matmul")
     chunks_of(1, 9)
-    fused = fusion.fuse(function)
+    fused = fusion.fuse(function, attention_kernel=False)
     assert fused.attentions == 0
     assert_scores_as_before(function, fused, batch(3, 9))
 
@@ -162,11 +163,11 @@ def test_in_bfloat16_chunks_add_no_casts(chunks_of, monkeypatch):
     chunks_of(1, 9)
     try:
         runtime.set_precision("bfloat16")
-        chunked = fusion.fuse(token_classifier("matmul"))
+        chunked = fusion.fuse(token_classifier("matmul"), attention_kernel=False)
         chunked(tokens)
         chunked_ops = executed_ops(chunked, tokens)
         monkeypatch.setattr(attention_chunks, "find", lambda graph: [])
-        whole = fusion.fuse(token_classifier("matmul"))
+        whole = fusion.fuse(token_classifier("matmul"), attention_kernel=False)
         whole(tokens)
         whole_ops = executed_ops(whole, tokens)
     finally:

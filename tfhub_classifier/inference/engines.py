@@ -33,9 +33,9 @@ class FusedClassifier:
     """A saved classifier whose classify_tokens runs model/fusion.py's rewrite of its graph (weights
     frozen in at load time); everything else is the saved model's, in `saved`."""
 
-    def __init__(self, saved):
+    def __init__(self, saved, log=print):
         self.saved = saved
-        self.fused = fusion.fuse(saved.classify_tokens.get_concrete_function())
+        self.fused = fusion.fuse(saved.classify_tokens.get_concrete_function(), log)
 
     def __getattr__(self, name):
         return getattr(self.saved, name)
@@ -66,7 +66,7 @@ def fused_or_saved(model, precision, log=print):
             "will run it")
         return model
     try:  # any failure of the rewrite falls back to the graph as saved
-        fused = FusedClassifier(model)
+        fused = FusedClassifier(model, log)
         difference = fused.largest_difference()
     except Exception as error:
         log(f"note: scoring with the graph as saved: its fused form could not be built ({cli.error_summary(error)})")

@@ -16,10 +16,10 @@ its nodes give on the whole batch.
 import dataclasses
 
 import numpy as np
-from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
+from tensorflow.core.framework import attr_value_pb2, node_def_pb2
 
 from tfhub_classifier import runtime
-from tfhub_classifier.model.graph_edits import Edit, apply, const_node, copy_node, node_of, run_nodes
+from tfhub_classifier.model.graph_edits import Edit, apply, const_node, cut_out, node_of, probe_values, run_nodes
 from tfhub_classifier.runtime import tf
 
 # Score numbers a chunk may hold (4 MiB in bfloat16): at 512 tokens a text a chunk, at 128 ten; measured
@@ -122,28 +122,10 @@ def _call(graph, attention):
     """([the chunk budget's constant, a node calling the chunked attention, named as its output so its
     readers stay wired], the concrete function it calls). Raises ValueError if the function, run a text
     at a time on probe values, differs from the attention's nodes run on the whole batch."""
-    names = {node.name for node in attention.nodes}
-    inputs, constants = [], {}  # what the attention reads from outside it; constants are copied into the body
-    for node in attention.nodes:
-        for name in graph.data_inputs(node):
-            if node_of(name) in names or name in inputs or name in constants:
-                continue
-            value = graph.constant(name)
-            if value is None:
-                inputs.append(name)
-            else:
-                constants[name] = const_node(f"chunk_constant_{len(constants)}", value)
-    placeholders = [f"chunk_input_{k}" for k in range(len(inputs))]
-    if set(placeholders) & names or {node.name for node in constants.values()} & names:
-        raise ValueError("an attention node has a name the chunked function gives its inputs")
+    piece = cut_out(graph, attention.nodes, "chunk")
+    inputs, placeholders, constants, body = piece.inputs, piece.placeholders, piece.constants, piece.body
     dtypes = [graph.tensor(name).dtype for name in inputs]
-    body = graph_pb2.GraphDef()
-    for placeholder, dtype in zip(placeholders, dtypes):
-        body.node.add(name=placeholder, op="Placeholder").attr["dtype"].type = dtype.as_datatype_enum
-    body.node.extend(constants.values())
     renamed = dict(zip(inputs, placeholders)) | {name: node.name for name, node in constants.items()}
-    body.node.extend(copy_node(node, [renamed.get(name, name) for name in graph.data_inputs(node)])
-                     for node in attention.nodes)
     # The products' operands hold the batch on axis 0 (find() checked); an element-wise op's operand does if it
     # has the scores' rank, and one of a lower rank broadcasts without the batch axis, so it is passed whole.
     products = {name for node in (attention.scores, attention.output) for name in graph.data_inputs(node)}
@@ -175,13 +157,7 @@ def _call(graph, attention):
 def _check(graph, inputs, sliced, body, output, function):
     """Raises ValueError unless the chunked function, a text a chunk, gives what body gives on the whole
     probe batch: random values shaped as the graph knows each input, PROBE_TEXTS along the batch axis."""
-    rng = np.random.default_rng(0)
-    values = []
-    for name, cut in zip(inputs, sliced):
-        tensor = graph.tensor(name)
-        shape = [PROBE_TEXTS if axis == 0 and cut and size is None else size or PROBE_WIDTH
-                 for axis, size in enumerate(tensor.shape.as_list())]
-        values.append(rng.standard_normal(shape).astype(tensor.dtype.as_numpy_dtype))
+    values = probe_values(graph, inputs, PROBE_TEXTS, PROBE_WIDTH, batch_first=sliced)
     with runtime.float32_rewrites():  # both in float32, whatever --precision: the rewrite must be exact
         whole = run_nodes(list(body.node), output, {f"chunk_input_{k}:0": value for k, value in enumerate(values)})
         chunked = function([tf.constant(value) for value in values], tf.constant(1, tf.int64)).numpy()

@@ -15,7 +15,8 @@ constants:
 - layer normalization: tf.nn.moments + batch_normalization over the last axis becomes one
   _MklLayerNorm with the model's own epsilon, gamma and beta; any normalization left as it was gets
   its constants through PlaceholderWithDefault, so grappler's own fusion can't take it;
-- attention runs a few texts of the batch at a time (model/attention_chunks.py).
+- attention, in float32, runs as one kernel of the suite's own (model/attention_kernel.py); any it
+  doesn't take, or in bfloat16, runs a few texts of the batch at a time (model/attention_chunks.py).
 
 Each rewrite is checked before it is made: a GELU or layer normalization chain is run on probe
 values beside its reference formula, a chunked attention on probe values beside its nodes, and one
@@ -27,7 +28,9 @@ import dataclasses
 import numpy as np
 from tensorflow.core.framework import node_def_pb2
 
-from tfhub_classifier.model import attention_chunks
+from tfhub_classifier import runtime
+from tfhub_classifier.model import attention_chunks, kernel_library
+from tfhub_classifier.model import attention_kernel as attention_kernels
 from tfhub_classifier.model.graph_edits import (
     ELEMENTWISE,
     Edit,
@@ -281,19 +284,23 @@ def shield_normalizations(graph):
 @dataclasses.dataclass
 class FusedFunction:
     """A token classifier's frozen, rewritten graph as a function of the token dict; the counts say what was
-    rewritten (dense layers, GELUs and layer normalizations fused; attentions run in chunks)."""
+    rewritten (dense layers, GELUs and layer normalizations fused; attentions run in chunks, and as
+    one kernel)."""
     function: object
     dense_layers: int
     gelus: int
     layer_norms: int
     attentions: int
+    attention_kernels: int = 0
 
     def __call__(self, tokens):
         return self.function({key: tf.convert_to_tensor(value) for key, value in tokens.items()})
 
 
-def fuse(concrete_function):
-    """The FusedFunction of a concrete function taking one dict of tensors and returning one tensor."""
+def fuse(concrete_function, log=print, attention_kernel=True):
+    """The FusedFunction of a concrete function taking one dict of tensors and returning one tensor. Its
+    attentions run as one kernel each (unless attention_kernel is False) if the graph runs in float32
+    (runtime.set_precision) and the kernel can be compiled here; if it can't, a note says why."""
     graph_def = frozen_graph(concrete_function)
     dense = fuse_dense(Graph(graph_def))
     graph_def = apply(graph_def, dense)
@@ -302,6 +309,15 @@ def fuse(concrete_function):
     layer_norm = fuse_layer_norm(Graph(graph_def))
     graph_def = apply(graph_def, layer_norm)
     graph_def = apply(graph_def, shield_normalizations(Graph(graph_def)))
+    kernels = 0
+    if attention_kernel and not runtime.reduced_precision_rewrites() and attention_chunks.find(Graph(graph_def)):
+        try:
+            library = kernel_library.load("fused_attention", log)
+        except kernel_library.Unavailable as error:
+            log(f"note: attention runs as TensorFlow's ops: {error}")
+        else:
+            kernel_edit, kernels = attention_kernels.replace(Graph(graph_def), library)
+            graph_def = apply(graph_def, kernel_edit)
     graph_def, attentions = attention_chunks.chunk(Graph(graph_def))
     signature = concrete_function.structured_input_signature[0][0]
     arguments = concrete_function.inputs[:len(tf.nest.flatten(signature))]
@@ -321,4 +337,4 @@ def fuse(concrete_function):
     held.clear()
     added = dense.added + einsum.added
     return FusedFunction(traced, sum(node.op == "BiasAdd" for node in added),
-                         sum(node.op == "Erf" for node in added), len(layer_norm.added), len(attentions))
+                         sum(node.op == "Erf" for node in added), len(layer_norm.added), len(attentions), kernels)

@@ -7,6 +7,7 @@ API for editing a GraphDef in place, so this is written by hand on its protocol 
 import collections
 import dataclasses
 
+import numpy as np
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.framework import convert_to_constants, tensor_util
 
@@ -128,6 +129,57 @@ class Graph:
         nodes = [placeholder] + [const_node(name, self.constant(name)) for name in constants]
         nodes += [copy_node(node, self.data_inputs(node)) for node in chain]
         return run_nodes(nodes, output.name, {start + ":0": probe})
+
+
+@dataclasses.dataclass
+class Cut:
+    """Nodes of a graph alone: body holds them, each tensor they read from outside as a Placeholder
+    (inputs[k] becomes placeholders[k]) and each constant they read as a copy (constants: name -> Const)."""
+    body: graph_pb2.GraphDef
+    inputs: list
+    placeholders: list
+    constants: dict
+
+
+def cut_out(graph, nodes, prefix):
+    """The Cut of nodes (a list of graph's, in order), its placeholders named PREFIX_input_k and its
+    constants PREFIX_constant_k. Raises ValueError if one of nodes already has such a name."""
+    names = {node.name for node in nodes}
+    inputs, constants = [], {}
+    for node in nodes:
+        for name in graph.data_inputs(node):
+            if node_of(name) in names or name in inputs or name in constants:
+                continue
+            value = graph.constant(name)
+            if value is None:
+                inputs.append(name)
+            else:
+                constants[name] = const_node(f"{prefix}_constant_{len(constants)}", value)
+    placeholders = [f"{prefix}_input_{k}" for k in range(len(inputs))]
+    if (set(placeholders) | {node.name for node in constants.values()}) & names:
+        raise ValueError(f"a node has a name the cut gives its inputs ({prefix}_...)")
+    body = graph_pb2.GraphDef()
+    for placeholder, name in zip(placeholders, inputs):
+        body.node.add(name=placeholder, op="Placeholder").attr["dtype"].type = graph.tensor(name).dtype.as_datatype_enum
+    body.node.extend(constants.values())
+    renamed = dict(zip(inputs, placeholders)) | {name: node.name for name, node in constants.items()}
+    body.node.extend(copy_node(node, [renamed.get(name, name) for name in graph.data_inputs(node)]) for node in nodes)
+    return Cut(body, inputs, placeholders, constants)
+
+
+def probe_values(graph, inputs, texts, width, batch_first=None, seed=0):
+    """Random standard-normal values for tensors `inputs` of graph, shaped as the graph knows each:
+    an unknown axis 0 holds `texts` (if batch_first says the tensor has the batch there: all by
+    default), any other unknown axis `width`."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for k, name in enumerate(inputs):
+        tensor = graph.tensor(name)
+        batch = batch_first is None or batch_first[k]
+        shape = [texts if axis == 0 and batch and size is None else size or width
+                 for axis, size in enumerate(tensor.shape.as_list())]
+        values.append(rng.standard_normal(shape).astype(tensor.dtype.as_numpy_dtype))
+    return values
 
 
 def copy_node(node, inputs):
