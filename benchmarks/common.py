@@ -104,3 +104,38 @@ def run_child(script, spec, environment=None):
 def report_child(figures):
     """What a child process prints for run_child to read."""
     print("CHILD " + json.dumps(figures), flush=True)
+
+
+TURN_FIGURES = ("train_reviews_per_s", "eval_reviews_per_s")
+
+
+def take_turns(result_name, settings, seq_lengths, rounds, record, check, figures=TURN_FIGURES):
+    """speed.py's float32 protocol (8 training steps, 512 test reviews through the fused graph) for each of
+    settings ({name: (spec additions, environment additions)}) at each length, in processes of their own,
+    the settings taking turns to go first over the rounds. check(setting, figures of a run, the first
+    run's figures) returns why a run's figures are not its setting's, or None. Saves record (its "runs")
+    after every run; returns {(seq, setting): {figure: the best of its runs}}."""
+    import speed
+    best, runs = {}, record.setdefault("runs", [])
+    for round_number in range(1, rounds + 1):
+        for seq in seq_lengths:
+            order = tuple(settings) if round_number % 2 else tuple(settings)[::-1]
+            for setting in order:
+                additions, environment = settings[setting]
+                spec = dict(dict(name=f"{result_name}-{setting}@{seq}", precision="float32", seq_length=seq,
+                                 train_steps=speed.TRAIN_STEPS, eval_reviews=speed.EVAL_REVIEWS, pipeline="fast",
+                                 predict=False, engine="fused"), **additions)
+                got = run_child(speed.__file__, spec, environment)
+                if got is None:
+                    raise SystemExit(f"{spec['name']} failed: its figures are missing, so no ratio is printed")
+                runs.append(dict(got, name=spec["name"], round=round_number))
+                save_result(result_name, record)
+                problem = check(setting, got, runs[0])
+                if problem:
+                    raise SystemExit(f"{spec['name']} {problem}")
+                kept = best.setdefault((seq, setting), {})
+                for figure in figures:
+                    kept[figure] = max(kept.get(figure, 0.0), got[figure])
+                print(f"round {round_number} {spec['name']:<20} " + " ".join(
+                    f"{figure}={got[figure]:.2f}" for figure in figures), flush=True)
+    return best

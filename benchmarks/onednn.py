@@ -19,10 +19,16 @@ import argparse
 import importlib.metadata
 
 import common
-import speed
 
-SETTINGS = {"on": {"TF_ENABLE_ONEDNN_OPTS": "1"}, "off": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
-FIGURES = ("train_reviews_per_s", "eval_reviews_per_s")
+SETTINGS = {"on": ({}, {"TF_ENABLE_ONEDNN_OPTS": "1"}), "off": ({}, {"TF_ENABLE_ONEDNN_OPTS": "0"})}
+
+
+def check(setting, figures, first):
+    if figures["onednn"] != (setting == "on"):
+        return f"ran with oneDNN {'on' if figures['onednn'] else 'off'}: its figures would not be its setting's"
+    if figures["fused"] != first["fused"]:
+        return f"fused {figures['fused']}, {first['name']} {first['fused']}: the two would not score the same graph"
+    return None
 
 
 def main(argv=None):
@@ -35,36 +41,13 @@ def main(argv=None):
     common.real_data_flags()  # build MiniLM and check the data before the children start
     flags = common.cpu_flags()
     print(common.machine_header(flags), flush=True)
-    best, runs = {}, []
     record = {"machine": common.machine(), "cpu_flags": flags, "tensorflow": importlib.metadata.version("tensorflow"),
-              "rounds": args.rounds, "runs": runs}
-    for round_number in range(1, args.rounds + 1):
-        for seq in args.seq_lengths:
-            order = tuple(SETTINGS) if round_number % 2 else tuple(SETTINGS)[::-1]
-            for setting in order:
-                spec = dict(name=f"onednn-{setting}@{seq}", precision="float32", seq_length=seq,
-                            train_steps=speed.TRAIN_STEPS, eval_reviews=speed.EVAL_REVIEWS, pipeline="fast",
-                            predict=False, engine="fused")
-                figures = common.run_child(speed.__file__, spec, SETTINGS[setting])
-                if figures is None:
-                    raise SystemExit(f"{spec['name']} failed: its figures are missing, so no ratio is printed")
-                runs.append(dict(figures, name=spec["name"], round=round_number))
-                common.save_result("onednn", record)
-                if figures["onednn"] != (setting == "on"):
-                    raise SystemExit(f"{spec['name']} ran with oneDNN {'on' if figures['onednn'] else 'off'}: "
-                                     "its figures would not be its setting's")
-                if figures["fused"] != runs[0]["fused"]:
-                    raise SystemExit(f"{spec['name']} fused {figures['fused']}, {runs[0]['name']} "
-                                     f"{runs[0]['fused']}: the two would not score the same graph")
-                kept = best.setdefault((seq, setting), {})
-                for figure in FIGURES:
-                    kept[figure] = max(kept.get(figure, 0.0), figures[figure])
-                print(f"round {round_number} {spec['name']:<16} " + " ".join(
-                    f"{figure}={figures[figure]:.2f}" for figure in FIGURES), flush=True)
+              "rounds": args.rounds, "runs": []}
+    best = common.take_turns("onednn", SETTINGS, args.seq_lengths, args.rounds, record, check)
     ratios = {}
     for seq in args.seq_lengths:
         on, off = best[(seq, "on")], best[(seq, "off")]
-        ratios[seq] = {figure.split("_")[0]: on[figure] / off[figure] for figure in FIGURES}
+        ratios[seq] = {figure.split("_")[0]: on[figure] / off[figure] for figure in common.TURN_FIGURES}
         print(f"onednn seq={seq} " + " ".join(f"{name}={ratio:.2f}" for name, ratio in ratios[seq].items()),
               flush=True)
     record.update(best={f"{setting}@{seq}": figures for (seq, setting), figures in best.items()}, ratios=ratios)

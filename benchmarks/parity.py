@@ -7,8 +7,9 @@ process since the precision rewrite is process-wide: our pipeline in float32 (so
 padded per batch, batch 128: what predict.py and serve.py run), the tutorial's (in order,
 every review padded to the full length, batch 32) in float32, the SavedModel's serving_default
 signature in float32 (what TensorFlow Serving runs), ours with the bfloat16 rewrite, the fused graph
-(--engine fused, the default) in float32 and bfloat16, with and without its attention run in chunks
-of the batch ("fused-whole": the whole batch at once), and the TFLite
+(--engine fused, the default) in float32 and bfloat16 (its float32 attention the suite's kernel;
+"fused-chunks": TensorFlow's ops a chunk of the batch at a time, as without a compiler and in bfloat16;
+"fused-whole": TensorFlow's ops on the whole batch at once), and the TFLite
 engines (--engine tflite and tflite-int8, and float16 weights as export.py --quantize float16
 writes them). Each is compared with ours in float32: accuracy, labels agreeing, largest
 probability difference; and each one's reviews/s, scoring from the raw texts (a TFLite engine's
@@ -26,6 +27,7 @@ import numpy as np
 WAYS = {"ours-fp32": ("fast", "float32"), "tutorial-fp32": ("tutorial", "float32"),
         "signature-fp32": ("signature", "float32"), "ours-bf16": ("fast", "bfloat16"),
         "fused-fp32": ("fused", "float32"), "fused-bf16": ("fused", "bfloat16"),
+        "fused-chunks-fp32": ("fused-chunks", "float32"),
         "fused-whole-fp32": ("fused-whole", "float32"), "fused-whole-bf16": ("fused-whole", "bfloat16"),
         "tflite-fp32": ("tflite", "float32"), "tflite-int8": ("tflite-int8", "float32"),
         "tflite-fp16": ("tflite-float16", "float32")}  # the last: export.py --quantize float16's weights
@@ -48,6 +50,10 @@ def child(model_dir, reviews, pipeline, precision):
         if pipeline == "fused-whole":  # the fused graph with each attention left whole, to measure the chunks
             from tfhub_classifier.model import attention_chunks
             attention_chunks.find = lambda graph: []
+            pipeline = "fused"
+        if pipeline == "fused-chunks":  # the fused graph's attention in chunks, to measure the kernel
+            from tfhub_classifier.model import attention_kernel
+            attention_kernel.find = lambda graph: []
             pipeline = "fused"
         engine = pipeline if pipeline in engines.QUANTIZATION or pipeline == "fused" else "savedmodel"
         model, record, _ = engines.load(model_dir, precision, engine, log=lambda line: print(line, file=sys.stderr))

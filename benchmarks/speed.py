@@ -27,7 +27,8 @@ def child(spec):
     """Measure one configuration; returns a dict of figures. spec may lower train_steps and
     eval_reviews (for a quick run) and set predict=False to measure training and evaluation only.
     engine: the --engine that scores (default fused, as evaluate.py's; savedmodel: the graph as trained);
-    tflite-int8 measures evaluation alone, through a saved and converted model."""
+    tflite-int8 measures evaluation alone, through a saved and converted model. attention_kernel=False:
+    the fused graph's attention as TensorFlow's ops in chunks, not the suite's kernel."""
     engine = spec.get("engine", "fused")
     if engine == "tflite-int8":
         return engine_child(spec)
@@ -78,10 +79,12 @@ def child(spec):
             return np.concatenate([call(tf.constant(texts[i:i + 32])).numpy().reshape(-1)
                                    for i in range(0, len(texts), 32)])
     else:
-        scorer = engines.FusedClassifier(session.exported) if engine == "fused" else session.exported
+        scorer = engines.FusedClassifier(session.exported, attention_kernel=spec.get("attention_kernel", True)) \
+            if engine == "fused" else session.exported
         if engine == "fused":  # what the rewrite took: a figure is only the fused graph's if it fused
             results["fused"] = {"dense_layers": scorer.fused.dense_layers, "layer_norms": scorer.fused.layer_norms,
-                                "attentions_in_chunks": scorer.fused.attentions}
+                                "attentions_in_chunks": scorer.fused.attentions,
+                                "attention_kernels": scorer.fused.attention_kernels}
 
         def evaluate(split):
             logits = scoring.logits_of(scorer, split.texts, cfg.eval_batch_size)
