@@ -82,7 +82,8 @@ def main(argv=None):
         raise SystemExit(f"the fused graph fused {fused.dense_layers} dense layers and {fused.layer_norms} layer "
                          "normalizations: its figures would be the saved graph's")
     print(f"fused graph: {fused.dense_layers} dense layers, {fused.gelus} GELUs, {fused.layer_norms} layer "
-          f"normalizations, {fused.attentions} attentions in chunks", flush=True)
+          f"normalizations, {fused.attention_kernels} attentions as the suite's kernel, {fused.attentions_in_chunks} "
+          "in chunks", flush=True)
     onnx_proto, _ = tf2onnx.convert.from_function(saved, input_signature=[signature], opset=OPSET)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = os.cpu_count()  # TensorFlow's default too

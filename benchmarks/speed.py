@@ -79,11 +79,11 @@ def child(spec):
             return np.concatenate([call(tf.constant(texts[i:i + 32])).numpy().reshape(-1)
                                    for i in range(0, len(texts), 32)])
     else:
-        scorer = engines.FusedClassifier(session.exported, attention_kernel=spec.get("attention_kernel", True)) \
+        scorer = engines.FusedClassifier(session.exported, kernel=spec.get("attention_kernel", True)) \
             if engine == "fused" else session.exported
         if engine == "fused":  # what the rewrite took: a figure is only the fused graph's if it fused
             results["fused"] = {"dense_layers": scorer.fused.dense_layers, "layer_norms": scorer.fused.layer_norms,
-                                "attentions_in_chunks": scorer.fused.attentions,
+                                "attentions_in_chunks": scorer.fused.attentions_in_chunks,
                                 "attention_kernels": scorer.fused.attention_kernels}
 
         def evaluate(split):

@@ -17,6 +17,17 @@ from browser import chromium  # noqa: E402, F401  (the headless browser fixture)
 from helpers import QUICK  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def attention_kernel():
+    """The suite's attention kernel, compiled before any test (None where it can't be), so that no test's
+    log depends on whether it was the first to load the kernel."""
+    from tfhub_classifier.model import kernel_library
+    try:
+        return kernel_library.load("fused_attention", log=lambda line: None)
+    except kernel_library.Unavailable:
+        return None
+
+
 @pytest.fixture(autouse=True)
 def float32_after_each_test():
     """--precision is process-wide (a grappler rewrite): one test's bfloat16 must not leak into the next."""

@@ -20,18 +20,18 @@ class MatMulAttention(keras.layers.Layer):
     """Self-attention written as MiniLM's TF-Hub graph has it: BatchMatMulV2 of queries and keys, a
     division by sqrt(size), the additive mask, softmax, dropout's Identity, BatchMatMulV2 with the values."""
 
-    def __init__(self, scores_out=False, shared_mask=False, **kwargs):
+    def __init__(self, scores_out=False, shared_mask=False, heads=HEADS, **kwargs):
         super().__init__(**kwargs)
-        self.scores_out, self.shared_mask = scores_out, shared_mask
+        self.scores_out, self.shared_mask, self.heads = scores_out, shared_mask, heads
 
     def build(self, shape):
         self.kernel = self.add_weight(name="qkv", shape=(WIDTH, 3 * WIDTH), initializer=sharp())
 
     def call(self, x, mask):
         def heads(t):  # [batch, length, width] -> [batch, heads, length, size]
-            return tf.transpose(tf.reshape(t, [tf.shape(x)[0], -1, HEADS, WIDTH // HEADS]), [0, 2, 1, 3])
+            return tf.transpose(tf.reshape(t, [tf.shape(x)[0], -1, self.heads, WIDTH // self.heads]), [0, 2, 1, 3])
         q, k, v = (heads(t) for t in tf.split(tf.einsum("blw,wk->blk", x, self.kernel), 3, axis=-1))
-        scores = tf.matmul(q, k, transpose_b=True) / np.sqrt(WIDTH // HEADS).astype(np.float32)
+        scores = tf.matmul(q, k, transpose_b=True) / np.sqrt(WIDTH // self.heads).astype(np.float32)
         if self.shared_mask:  # one mask row for every text: [1, 1, 1, length], broadcast along the batch
             mask = mask[:1]
         probabilities = tf.identity(tf.nn.softmax(scores + (1.0 - mask[:, None, None, :]) * -10000.0))
@@ -39,10 +39,10 @@ class MatMulAttention(keras.layers.Layer):
         return (out, scores) if self.scores_out else out
 
 
-def token_classifier(style="einsum", layers=2, scores_out=(), shared_mask=False):
-    """Embeddings, `layers` self-attentions over the input mask (Keras' MultiHeadAttention, Einsum-style, as
-    TF-Hub's BERTs; or MatMulAttention, the layers in scores_out also adding their scores to the logits),
-    the first token's logits; as a tf.function's concrete function."""
+def token_classifier(style="einsum", layers=2, scores_out=(), shared_mask=False, heads=HEADS):
+    """Embeddings, `layers` self-attentions of `heads` heads over the input mask (Keras' MultiHeadAttention,
+    Einsum-style, as TF-Hub's BERTs; or MatMulAttention, the layers in scores_out also adding their scores
+    to the logits), the first token's logits; as a tf.function's concrete function."""
     keras.utils.set_random_seed(0)
     ids, mask = keras.Input((None,), dtype=tf.int32), keras.Input((None,), dtype=tf.float32)
     x = keras.layers.Embedding(VOCAB, WIDTH, embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0))(ids)
@@ -50,10 +50,10 @@ def token_classifier(style="einsum", layers=2, scores_out=(), shared_mask=False)
     for layer in range(layers):
         if style == "einsum":
             pairs = keras.layers.Lambda(lambda m: m[:, None, :] * m[:, :, None])(mask)
-            attended = keras.layers.MultiHeadAttention(HEADS, WIDTH // HEADS, kernel_initializer=sharp())(
+            attended = keras.layers.MultiHeadAttention(heads, WIDTH // heads, kernel_initializer=sharp())(
                 x, x, attention_mask=pairs)
         else:
-            attended = MatMulAttention(layer in scores_out, shared_mask)(x, mask)
+            attended = MatMulAttention(layer in scores_out, shared_mask, heads)(x, mask)
             if layer in scores_out:
                 attended, scores = attended
                 extra.append(tf.reduce_sum(scores, axis=[1, 2, 3])[:, None])
@@ -110,8 +110,8 @@ def test_each_attention_runs_in_chunks_and_scores_as_before(style, shared_mask, 
     from tfhub_classifier.model import fusion
     function = token_classifier(style, shared_mask=shared_mask)
     chunks_of(2, 9)
-    fused = fusion.fuse(function, attention_kernel=False)
-    assert fused.attentions == 2
+    fused = fusion.fuse(function, kernel=False)
+    assert fused.attentions_in_chunks == 2
     for rows, width in ((1, 1), (5, 9), (4, 9), (7, 3), (0, 4)):  # one text, uneven chunks, more a chunk, none
         assert_scores_as_before(function, fused, batch(rows, width))
 
@@ -119,11 +119,11 @@ def test_each_attention_runs_in_chunks_and_scores_as_before(style, shared_mask, 
 def test_a_batch_runs_in_as_many_chunks_as_the_budget_allows(chunks_of):
     from tfhub_classifier.model import fusion
     chunks_of(2, 9)
-    fused = fusion.fuse(token_classifier("matmul"), attention_kernel=False)
+    fused = fusion.fuse(token_classifier("matmul"), kernel=False)
     assert softmax_runs(fused, batch(5, 9)) == 2 * 3  # two layers, texts 1-2, 3-4 and 5
     assert softmax_runs(fused, batch(5, 3)) == 2 * 1  # shorter texts: 9 of 3 tokens fit in a chunk
     chunks_of(1, 30)  # a budget below one text's scores: a text a chunk
-    fused = fusion.fuse(token_classifier("matmul"), attention_kernel=False)
+    fused = fusion.fuse(token_classifier("matmul"), kernel=False)
     assert softmax_runs(fused, batch(3, 31)) == 2 * 3
 
 
@@ -131,8 +131,8 @@ def test_an_attention_whose_scores_are_read_elsewhere_is_left_alone(chunks_of):
     from tfhub_classifier.model import fusion
     function = token_classifier("matmul", scores_out=(0,))  # the first layer's scores also reach the logits
     chunks_of(1, 9)
-    fused = fusion.fuse(function, attention_kernel=False)
-    assert fused.attentions == 1
+    fused = fusion.fuse(function, kernel=False)
+    assert fused.attentions_in_chunks == 1
     assert_scores_as_before(function, fused, batch(3, 9), atol=1e-4)  # the scores' sum is large: float32 rounding
 
 
@@ -144,8 +144,8 @@ def test_an_attention_whose_chunks_would_score_differently_is_left_alone(chunks_
     monkeypatch.setattr(attention_chunks, "_in_chunks", lambda *args: tf.reverse(joined(*args), [0]))
     function = token_classifier("matmul")
     chunks_of(1, 9)
-    fused = fusion.fuse(function, attention_kernel=False)
-    assert fused.attentions == 0
+    fused = fusion.fuse(function, kernel=False)
+    assert fused.attentions_in_chunks == 0
     assert_scores_as_before(function, fused, batch(3, 9))
 
 
@@ -163,14 +163,15 @@ def test_in_bfloat16_chunks_add_no_casts(chunks_of, monkeypatch):
     chunks_of(1, 9)
     try:
         runtime.set_precision("bfloat16")
-        chunked = fusion.fuse(token_classifier("matmul"), attention_kernel=False)
+        chunked = fusion.fuse(token_classifier("matmul"), kernel=False)
         chunked(tokens)
         chunked_ops = executed_ops(chunked, tokens)
         monkeypatch.setattr(attention_chunks, "find", lambda graph: [])
-        whole = fusion.fuse(token_classifier("matmul"), attention_kernel=False)
+        whole = fusion.fuse(token_classifier("matmul"), kernel=False)
         whole(tokens)
         whole_ops = executed_ops(whole, tokens)
     finally:
         runtime.set_precision("float32")
-    assert chunked.attentions == 2 and sum(n for op, n in chunked_ops.items() if op.endswith("Softmax")) == 2 * 6
-    assert chunked_ops["Cast"] <= whole_ops["Cast"] + chunked.attentions, (chunked_ops, whole_ops)
+    assert chunked.attentions_in_chunks == 2
+    assert sum(n for op, n in chunked_ops.items() if op.endswith("Softmax")) == 2 * 6
+    assert chunked_ops["Cast"] <= whole_ops["Cast"] + chunked.attentions_in_chunks, (chunked_ops, whole_ops)

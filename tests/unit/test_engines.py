@@ -120,13 +120,13 @@ def test_a_graph_the_rewrite_cannot_serve_is_scored_as_saved_with_a_note(saved, 
             "scores differently": "its fused form scores differently (logits 0.01 apart on a probe text)",
             "a GPU": "--engine fused rewrites it for oneDNN on CPUs, and a GPU will run it"}[failure]
     if failure == "raises":
-        def fails(function, log=print):
+        def fails(function, **options):
             raise ValueError("an op the rewrite does not know\nsecond line")
         monkeypatch.setattr(fusion, "fuse", fails)
     elif failure == "fuses nothing":
         fuse = fusion.fuse
-        monkeypatch.setattr(fusion, "fuse", lambda function, log=print: dataclasses.replace(
-            fuse(function), dense_layers=0, gelus=0, layer_norms=0))
+        monkeypatch.setattr(fusion, "fuse", lambda function, **options: dataclasses.replace(
+            fuse(function, **options), dense_layers=0, gelus=0, layer_norms=0))
     elif failure == "scores differently":  # the load-time check compares the two graphs' real logits
         fused_logits = engines.FusedClassifier.classify_tokens
         monkeypatch.setattr(engines.FusedClassifier, "classify_tokens", lambda self, tokens: fused_logits(

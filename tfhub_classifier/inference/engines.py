@@ -33,9 +33,9 @@ class FusedClassifier:
     """A saved classifier whose classify_tokens runs model/fusion.py's rewrite of its graph (weights
     frozen in at load time); everything else is the saved model's, in `saved`."""
 
-    def __init__(self, saved, log=print, attention_kernel=True):
+    def __init__(self, saved, log=print, kernel=True):
         self.saved = saved
-        self.fused = fusion.fuse(saved.classify_tokens.get_concrete_function(), log, attention_kernel)
+        self.fused = fusion.fuse(saved.classify_tokens.get_concrete_function(), log=log, kernel=kernel)
 
     def __getattr__(self, name):
         return getattr(self.saved, name)

@@ -5,7 +5,7 @@ keys, a scale, the additive mask, softmax, the product with the values, and tran
 around them, each writing its [batch, heads, length, length] or [batch, heads, length, size] result to
 memory. The kernel does it per text, head and block of query rows with the scores in cache, and reads
 and writes the heads in place. Where it can't be compiled (no C++ compiler), attention stays TensorFlow's
-ops, in chunks (model/attention_chunks.py); docs/benchmarks.md#the-fused-graph measures both.
+ops, in chunks (model/attention_chunks.py); docs/benchmarks.md#the-fused-graph measures the two.
 
 An attention (as attention_chunks.find() finds them) is replaced when its ops are those forms:
 BatchMatMul of queries and keys (keys adjoint) or Keras' Einsum of them; then at most a scale by a
@@ -30,7 +30,7 @@ MATMULS = {"BatchMatMulV2", "BatchMatMulV3"}
 SCORE_EQUATIONS = {"aecd,abcd->acbe": (1, 0), "abcd,aecd->acbe": (0, 1)}
 OUTPUT_EQUATION = "acbe,aecd->abcd"  # the probabilities with the values [batch, keys, heads, size]
 HEADS_SWAPPED = [0, 2, 1, 3]  # the transpose between [batch, heads, length, size] and [batch, length, heads, size]
-PROBE_TEXTS, PROBE_WIDTH = 3, 70  # past one of the kernel's 64-row blocks
+PROBE_TEXTS, PROBE_WIDTH = 3, 70  # past one of the kernel's blocks of query rows (60, or 64)
 PROBE_TOLERANCE = 1e-5  # float32, the same arithmetic summed in another order
 
 
@@ -116,21 +116,24 @@ def _swaps_heads(graph, node):
     return perm is not None and perm.tolist() == HEADS_SWAPPED and graph.rank(node.input[0]) == 4
 
 
-def replace(graph, library):
-    """(Edit, how many attentions it replaces): each of find()'s attentions whose kernel (library's, from
-    kernel_library.load("fused_attention")) gives its nodes' values on probe values, as one kernel node."""
-    edit, count = Edit(), 0
-    for match in find(graph):
-        nodes = _kernel_nodes(match)
+def replace(graph, matches, library, log=print):
+    """(Edit, how many attentions it replaces): each of matches (find(graph)'s) whose kernel (library's,
+    from kernel_library.load("fused_attention")) gives its nodes' values on probe values, as one kernel
+    node; a note says how many stay as they were, and why the first did."""
+    edit, count, reasons = Edit(), 0, []
+    for match in matches:
         try:  # the kernel only saves time: an attention it doesn't reproduce stays as it is
             _check(graph, match, library)
-        except Exception:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001
+            reasons.append(str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__)
             continue
         replaced = {node.name for node in match.nodes}
-        edit.added += nodes
+        edit.added += _kernel_nodes(match)
         edit.removed |= replaced | {node.name for node in match.transposes
                                     if all(reader.name in replaced for reader in graph.readers[node.name])}
         count += 1
+    if reasons:
+        log(f"note: {len(reasons)} of {len(matches)} attentions stay TensorFlow's ops: {reasons[0]}")
     return edit, count
 
 

@@ -19,8 +19,8 @@ constants:
   doesn't take, or in bfloat16, runs a few texts of the batch at a time (model/attention_chunks.py).
 
 Each rewrite is checked before it is made: a GELU or layer normalization chain is run on probe
-values beside its reference formula, a chunked attention on probe values beside its nodes, and one
-that computes anything else is left as it is (inference/engines.py then checks the whole graph
+values beside its reference formula, an attention's kernel or chunks on probe values beside its nodes,
+and one that computes anything else is left as it is (inference/engines.py then checks the whole graph
 against the saved one). The saved model on disk is never changed.
 """
 import dataclasses
@@ -29,8 +29,7 @@ import numpy as np
 from tensorflow.core.framework import node_def_pb2
 
 from tfhub_classifier import runtime
-from tfhub_classifier.model import attention_chunks, kernel_library
-from tfhub_classifier.model import attention_kernel as attention_kernels
+from tfhub_classifier.model import attention_chunks, attention_kernel, kernel_library
 from tfhub_classifier.model.graph_edits import (
     ELEMENTWISE,
     Edit,
@@ -284,22 +283,22 @@ def shield_normalizations(graph):
 @dataclasses.dataclass
 class FusedFunction:
     """A token classifier's frozen, rewritten graph as a function of the token dict; the counts say what was
-    rewritten (dense layers, GELUs and layer normalizations fused; attentions run in chunks, and as
-    one kernel)."""
+    rewritten (dense layers, GELUs and layer normalizations fused; attentions run as the suite's kernel,
+    and in chunks)."""
     function: object
     dense_layers: int
     gelus: int
     layer_norms: int
-    attentions: int
+    attentions_in_chunks: int
     attention_kernels: int = 0
 
     def __call__(self, tokens):
         return self.function({key: tf.convert_to_tensor(value) for key, value in tokens.items()})
 
 
-def fuse(concrete_function, log=print, attention_kernel=True):
+def fuse(concrete_function, log=print, kernel=True):
     """The FusedFunction of a concrete function taking one dict of tensors and returning one tensor. Its
-    attentions run as one kernel each (unless attention_kernel is False) if the graph runs in float32
+    attentions run as one kernel each (unless kernel is False) if the graph runs in float32
     (runtime.set_precision) and the kernel can be compiled here; if it can't, a note says why."""
     graph_def = frozen_graph(concrete_function)
     dense = fuse_dense(Graph(graph_def))
@@ -309,16 +308,18 @@ def fuse(concrete_function, log=print, attention_kernel=True):
     layer_norm = fuse_layer_norm(Graph(graph_def))
     graph_def = apply(graph_def, layer_norm)
     graph_def = apply(graph_def, shield_normalizations(Graph(graph_def)))
-    kernels = 0
-    if attention_kernel and not runtime.reduced_precision_rewrites() and attention_chunks.find(Graph(graph_def)):
+    graph, kernels = Graph(graph_def), 0
+    matches = attention_kernel.find(graph) if kernel and not runtime.reduced_precision_rewrites() else []
+    if matches:
         try:
             library = kernel_library.load("fused_attention", log)
         except kernel_library.Unavailable as error:
             log(f"note: attention runs as TensorFlow's ops: {error}")
         else:
-            kernel_edit, kernels = attention_kernels.replace(Graph(graph_def), library)
+            kernel_edit, kernels = attention_kernel.replace(graph, matches, library, log)
             graph_def = apply(graph_def, kernel_edit)
-    graph_def, attentions = attention_chunks.chunk(Graph(graph_def))
+            graph = Graph(graph_def) if kernels else graph
+    graph_def, chunked = attention_chunks.chunk(graph)
     signature = concrete_function.structured_input_signature[0][0]
     arguments = concrete_function.inputs[:len(tf.nest.flatten(signature))]
     placeholders = {key: tensor.name for key, tensor in tf.nest.pack_sequence_as(signature, arguments).items()}
@@ -327,7 +328,7 @@ def fuse(concrete_function, log=print, attention_kernel=True):
 
     @tf.function(input_signature=[signature])
     def function(tokens):
-        for attention in attentions:
+        for attention in chunked:
             attention.add_to_graph()
         return tf.graph_util.import_graph_def(
             held[0], input_map={placeholders[key]: tokens[key] for key in placeholders},
@@ -337,4 +338,4 @@ def fuse(concrete_function, log=print, attention_kernel=True):
     held.clear()
     added = dense.added + einsum.added
     return FusedFunction(traced, sum(node.op == "BiasAdd" for node in added),
-                         sum(node.op == "Erf" for node in added), len(layer_norm.added), len(attentions), kernels)
+                         sum(node.op == "Erf" for node in added), len(layer_norm.added), len(chunked), kernels)

@@ -4,26 +4,29 @@ TensorFlow's pip package ships the headers and the flags to build op libraries a
 (tf.sysconfig), as torch.utils.cpp_extension does for PyTorch; TensorFlow itself has no helper that
 compiles one at run time, so this does: the system's C++ compiler (CXX, else g++) builds the library
 with -march=native, and it is kept in the cache folder under a name hashed from the source, TensorFlow's
-version and flags, the compiler and this CPU's flags, so a copied cache or another CPU never loads a
-library built for something else. A library being written has a name of its own until it is renamed
-into place, so processes compiling at once don't mix.
+version and flags, the compiler and this CPU (its model and flags as /proc/cpuinfo gives them), so a
+copied cache or another CPU doesn't load a library built for something else. A library being written
+has a name of its own until it is renamed into place, so processes compiling at once don't mix.
 """
 import functools
 import hashlib
 import os
 import platform
 import secrets
+import shlex
 import shutil
 import subprocess
 import tempfile
 
-from tfhub_classifier import files, hardware
+from tfhub_classifier import files
 from tfhub_classifier.runtime import tf
 
 SOURCES = os.path.join(os.path.dirname(__file__), "kernels")
 CACHE_VARIABLE = "TFHUB_CLASSIFIER_CACHE"  # the cache folder; else $XDG_CACHE_HOME/tfhub_classifier, else ~/.cache/...
 COMPILE_TIMEOUT_S = 600
 STALE_PARTIAL_S = 3600  # a library being written is younger: another process may be compiling it
+CPU_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU part")  # x86's and Arm's /proc/cpuinfo
+FIX = "set CXX to a C++17 compiler (apt-get install g++)"
 
 
 class Unavailable(Exception):
@@ -37,9 +40,13 @@ def cache_folder():
     return os.path.join(base, "tfhub_classifier")
 
 
+def compiler():
+    """The compiler's command (CXX, which may carry a launcher or flags, e.g. "ccache g++"; else g++)."""
+    return shlex.split(os.environ.get("CXX", "")) or ["g++"]
+
+
 def compile_command(source, output):
-    compiler = os.environ.get("CXX", "g++")
-    return [compiler, "-shared", "-fPIC", "-O3", "-march=native", "-w", source, "-o", output,
+    return [*compiler(), "-shared", "-fPIC", "-O3", "-march=native", "-w", source, "-o", output,
             *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
 
 
@@ -48,19 +55,33 @@ def library_path(name):
     source = os.path.join(SOURCES, f"{name}.cc")
     with open(source, "rb") as f:
         digest = hashlib.sha256(f.read())
-    compiler = os.environ.get("CXX", "g++")
-    for part in (tf.__version__, *compile_command(source, ""), _compiler_version(compiler), platform.machine(),
-                 *sorted(hardware.cpu_flags())):
+    for part in (tf.__version__, *compile_command(source, ""), _compiler_version(tuple(compiler())),
+                 platform.machine(), _cpu()):
         digest.update(part.encode() + b"\0")
     return os.path.join(cache_folder(), "kernels", f"{name}-{digest.hexdigest()[:16]}.so")
 
 
 @functools.cache
-def _compiler_version(compiler):
+def _compiler_version(command):
     try:
-        return subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+        return subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+@functools.cache
+def _cpu():
+    """This CPU as -march=native sees it: the first of each CPU_FIELDS line of /proc/cpuinfo."""
+    seen = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                field, _, value = line.partition(":")
+                if field.strip() in CPU_FIELDS:
+                    seen.setdefault(field.strip(), value.strip())
+    except OSError:
+        pass
+    return repr(sorted(seen.items()))
 
 
 _loaded = {}
@@ -68,7 +89,8 @@ _loaded = {}
 
 def load(name, log=print):
     """The op library of kernels/NAME.cc (tf.load_op_library's module), compiled once for this CPU and
-    kept; raises Unavailable, saying why, if it can't be compiled or loaded. Loaded once a process."""
+    kept; raises Unavailable, saying why, if it can't be compiled or loaded. Loaded once a process:
+    TensorFlow registers a library's ops for the whole process, and a second copy's would clash."""
     if name not in _loaded:
         path = library_path(name)
         if os.path.isfile(path):
@@ -77,35 +99,45 @@ def load(name, log=print):
                 return _loaded[name]
             except Exception as error:  # noqa: BLE001  a damaged or foreign file: build it again
                 log(f"note: {path} could not be loaded ({_first_line(error)}); compiling it again")
-        _loaded[name] = tf.load_op_library(_compiled(name, path, log))
+        path = _compiled(name, path, log)
+        try:
+            _loaded[name] = tf.load_op_library(path)
+        except Exception as error:  # noqa: BLE001  e.g. a compiler whose C++ library TensorFlow's doesn't match
+            os.remove(path)
+            raise Unavailable(f"{shlex.join(compiler())} built its kernel, but TensorFlow can't load it "
+                              f"({_first_line(error)}): {FIX}") from None
     return _loaded[name]
 
 
 def _compiled(name, path, log):
-    """path, once kernels/NAME.cc is compiled there (or into a scratch folder if path's can't be written)."""
-    compiler = os.environ.get("CXX", "g++")
-    if shutil.which(compiler) is None:
-        raise Unavailable(f"no C++ compiler '{compiler}' to build its kernel: install g++ (apt-get install g++) "
+    """path, once kernels/NAME.cc is compiled there (or in a scratch folder if path's can't be written)."""
+    command = compiler()
+    if shutil.which(command[0]) is None:
+        raise Unavailable(f"no C++ compiler '{command[0]}' to build its kernel: install g++ (apt-get install g++) "
                           "or set CXX to one")
     folder = os.path.dirname(path)
     try:
         os.makedirs(folder, exist_ok=True)
         files.remove_stale_partials(folder, STALE_PARTIAL_S)
         partial = f"{path}.{secrets.token_hex(6)}.partial"
+        open(partial, "xb").close()  # the folder can be written: the compiler's output will be kept
+        log(f"Compiling the {name} kernel for this CPU (once; kept in {folder}) ...")
     except OSError as error:
-        log(f"note: {folder} can't be written ({error.strerror}); the kernel is compiled again each run")
         path = os.path.join(tempfile.mkdtemp(prefix="tfhub_classifier_kernels_"), os.path.basename(path))
         partial = f"{path}.partial"
-    log(f"Compiling the {name} kernel for this CPU (once; kept in {os.path.dirname(path)}) ...")
+        log(f"Compiling the {name} kernel for this CPU: {folder} can't be written ({error.strerror}), so it is "
+            f"compiled again each run (set {CACHE_VARIABLE} to a folder that can be) ...")
     try:
         done = subprocess.run(compile_command(os.path.join(SOURCES, f"{name}.cc"), partial), capture_output=True,
                               text=True, timeout=COMPILE_TIMEOUT_S)
         if done.returncode != 0:
             errors = [line for line in done.stderr.splitlines() if "error:" in line] or done.stderr.splitlines()
-            raise Unavailable(f"{compiler} could not compile its kernel: {(errors or ['no message'])[0][:200]}")
+            raise Unavailable(f"{shlex.join(command)} could not compile its kernel "
+                              f"({(errors or ['no message'])[0][:200]}): {FIX}")
         os.replace(partial, path)
     except subprocess.TimeoutExpired:
-        raise Unavailable(f"{compiler} took over {COMPILE_TIMEOUT_S} s to compile its kernel") from None
+        raise Unavailable(f"{shlex.join(command)} took over {COMPILE_TIMEOUT_S} s to compile its kernel: {FIX}") \
+            from None
     finally:
         if os.path.exists(partial):
             os.remove(partial)

@@ -162,9 +162,9 @@ float Softmax(float* row, int64_t keys, int64_t padded, float scale, const float
   __m256 sums = _mm256_setzero_ps();
   for (j = 0; j < padded; j += 8) {
     const __m256 x = _mm256_loadu_ps(row + j);
-    // exp of the -inf padding is 0 (Eigen's pexp clamps below, so it is masked out)
+    // exp of the -inf padding is 0 (Eigen's pexp clamps below, so it is masked out); a NaN stays NaN
     const __m256 e = _mm256_and_ps(Eigen::internal::pexp(_mm256_sub_ps(x, shift)),
-                                   _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ));
+                                   _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_NEQ_UQ));
     _mm256_storeu_ps(row + j, e);
     sums = _mm256_add_ps(sums, e);
   }
@@ -176,6 +176,9 @@ tensorflow::Status ShapeOf(shape_inference::InferenceContext* c) {
   std::vector<int> axes;
   TF_RETURN_IF_ERROR(c->GetAttr("heads_axes", &axes));
   if (axes.size() != 4) return InvalidArgument("heads_axes needs 4 entries");
+  for (int axis : axes) {
+    if (axis != 1 && axis != 2) return InvalidArgument("a heads axis is 1 or 2");
+  }
   shape_inference::ShapeHandle query, value;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &query));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 4, &value));
