@@ -13,9 +13,6 @@ have rewritten what its setting says, and both the same dense layers and layer n
 Prints each run, then `attention seq=128 eval=1.11` (kernel / chunks); writes
 benchmarks/results/attention.json after every run.
 """
-import argparse
-import importlib.metadata
-
 import common
 
 SETTINGS = {"kernel": ({"attention_kernel": True, "train_steps": 1}, {}),
@@ -26,35 +23,17 @@ FIGURES = ("eval_reviews_per_s",)
 def check(setting, figures, first):
     fused, kept = figures["fused"], first["fused"]
     kernels = fused["attention_kernels"]
-    if (kernels > 0) != (setting == "kernel") or (setting == "kernel" and fused["attentions_in_chunks"]):
+    if (kernels > 0, fused["attentions_in_chunks"] > 0) != (setting == "kernel", setting == "chunks"):
         return f"rewrote {kernels} attentions as the kernel and {fused['attentions_in_chunks']} in chunks: " \
-               "its figures would not be its setting's (a note in its log says why)"
+               "its figures would not be its setting's"
     if (fused["dense_layers"], fused["layer_norms"]) != (kept["dense_layers"], kept["layer_norms"]):
         return f"fused {fused}, {first['name']} {kept}: the two would not score the same layers"
     return None
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seq-lengths", type=int, nargs="+", default=[128, 512])
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each setting, taking turns (default 2)")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    common.real_data_flags()  # build MiniLM and check the data before the children start
-    flags = common.cpu_flags()
-    print(common.machine_header(flags), flush=True)
-    record = {"machine": common.machine(), "cpu_flags": flags, "tensorflow": importlib.metadata.version("tensorflow"),
-              "rounds": args.rounds, "runs": []}
-    best = common.take_turns("attention", SETTINGS, args.seq_lengths, args.rounds, record, check, FIGURES)
-    ratios = {}
-    for seq in args.seq_lengths:
-        ratios[seq] = best[(seq, "kernel")]["eval_reviews_per_s"] / best[(seq, "chunks")]["eval_reviews_per_s"]
-        print(f"attention seq={seq} eval={ratios[seq]:.2f}", flush=True)
-    record.update(best={f"{setting}@{seq}": figures for (seq, setting), figures in best.items()}, ratios=ratios)
-    path = common.save_result("attention", record)
-    print(f"Results: {path}")
-    return ratios
+    return common.compare_settings("attention", SETTINGS, check, argv, __doc__.splitlines()[0], seq_lengths=(128, 512),
+                                   figures=FIGURES)
 
 
 if __name__ == "__main__":

@@ -139,3 +139,33 @@ def take_turns(result_name, settings, seq_lengths, rounds, record, check, figure
                 print(f"round {round_number} {spec['name']:<20} " + " ".join(
                     f"{figure}={got[figure]:.2f}" for figure in figures), flush=True)
     return best
+
+
+def compare_settings(result_name, settings, check, argv, description, seq_lengths=(128,), figures=TURN_FIGURES):
+    """The main() of a benchmark of two settings (take_turns'): parses --seq-lengths and --rounds, runs
+    them, prints `RESULT_NAME seq=128 eval=1.12` (the first setting's best / the second's, per figure)
+    and saves results/RESULT_NAME.json; returns {seq: {figure's first word: ratio}}."""
+    import argparse
+    import importlib.metadata
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seq-lengths", type=int, nargs="+", default=list(seq_lengths))
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each setting, taking turns (default 2)")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    real_data_flags()  # build MiniLM and check the data before the children start
+    flags = cpu_flags()
+    print(machine_header(flags), flush=True)
+    record = {"machine": machine(), "cpu_flags": flags, "tensorflow": importlib.metadata.version("tensorflow"),
+              "rounds": args.rounds, "runs": []}
+    best = take_turns(result_name, settings, args.seq_lengths, args.rounds, record, check, figures)
+    first, second = settings
+    ratios = {}
+    for seq in args.seq_lengths:
+        ratios[seq] = {figure.split("_")[0]: best[(seq, first)][figure] / best[(seq, second)][figure]
+                       for figure in figures}
+        print(f"{result_name} seq={seq} " + " ".join(f"{name}={ratio:.2f}" for name, ratio in ratios[seq].items()),
+              flush=True)
+    record.update(best={f"{setting}@{seq}": kept for (seq, setting), kept in best.items()}, ratios=ratios)
+    print(f"Results: {save_result(result_name, record)}")
+    return ratios

@@ -15,9 +15,6 @@ turning it off.
 Prints each run, then `onednn seq=128 train=1.25 eval=1.17` (oneDNN on / off); writes
 benchmarks/results/onednn.json after every run.
 """
-import argparse
-import importlib.metadata
-
 import common
 
 SETTINGS = {"on": ({}, {"TF_ENABLE_ONEDNN_OPTS": "1"}), "off": ({}, {"TF_ENABLE_ONEDNN_OPTS": "0"})}
@@ -32,28 +29,7 @@ def check(setting, figures, first):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seq-lengths", type=int, nargs="+", default=[128])
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each setting, taking turns (default 2)")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    common.real_data_flags()  # build MiniLM and check the data before the children start
-    flags = common.cpu_flags()
-    print(common.machine_header(flags), flush=True)
-    record = {"machine": common.machine(), "cpu_flags": flags, "tensorflow": importlib.metadata.version("tensorflow"),
-              "rounds": args.rounds, "runs": []}
-    best = common.take_turns("onednn", SETTINGS, args.seq_lengths, args.rounds, record, check)
-    ratios = {}
-    for seq in args.seq_lengths:
-        on, off = best[(seq, "on")], best[(seq, "off")]
-        ratios[seq] = {figure.split("_")[0]: on[figure] / off[figure] for figure in common.TURN_FIGURES}
-        print(f"onednn seq={seq} " + " ".join(f"{name}={ratio:.2f}" for name, ratio in ratios[seq].items()),
-              flush=True)
-    record.update(best={f"{setting}@{seq}": figures for (seq, setting), figures in best.items()}, ratios=ratios)
-    path = common.save_result("onednn", record)
-    print(f"Results: {path}")
-    return ratios
+    return common.compare_settings("onednn", SETTINGS, check, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -47,9 +47,9 @@ def child(model_dir, reviews, pipeline, precision):
         model = engines.TfliteClassifier(model, tflite.convert(model, saving.task_of_record(record).kind,
                                                                record["config"]["seq_length"], "float16"))
     else:
-        if pipeline == "fused-whole":  # the fused graph with each attention left whole, to measure the chunks
-            from tfhub_classifier.model import attention_chunks
-            attention_chunks.find = lambda graph: []
+        if pipeline == "fused-whole":  # the fused graph with each attention TensorFlow's ops on the whole batch
+            from tfhub_classifier.model import attention_chunks, attention_kernel
+            attention_chunks.find = attention_kernel.find = lambda graph: []
             pipeline = "fused"
         if pipeline == "fused-chunks":  # the fused graph's attention in chunks, to measure the kernel
             from tfhub_classifier.model import attention_kernel
@@ -91,6 +91,7 @@ def main(argv=None):
     if args.child:
         print("CHILD " + json.dumps(child(args.model_dir, args.reviews, *args.child)), flush=True)
         return None
+    print(common.machine_header(common.cpu_flags()), flush=True)
     results = {}
     for name, (pipeline, precision) in WAYS.items():
         if name not in args.ways and name != "ours-fp32":

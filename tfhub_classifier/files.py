@@ -58,7 +58,10 @@ def write_bytes(path, content):
     return path
 
 
-def remove_stale_partials(folder, older_than_s):
+STALE_PARTIAL_S = 3600  # a .partial file being written is younger: another process may be writing it
+
+
+def remove_stale_partials(folder, older_than_s=STALE_PARTIAL_S):
     """Delete the .partial files write_bytes left in folder when killed, if older than older_than_s seconds."""
     now = time.time()
     for name in os.listdir(folder):

@@ -16,7 +16,7 @@ def library(attention_kernel):
     if attention_kernel is None:
         from tfhub_classifier.model import kernel_library
         try:
-            kernel_library.load("fused_attention", log=lambda line: None)
+            return kernel_library.load("fused_attention", log=lambda line: None)
         except kernel_library.Unavailable as error:
             pytest.skip(f"the kernel can't be built here: {error}")
     return attention_kernel
@@ -80,9 +80,10 @@ def test_operands_that_do_not_fit_get_an_error_not_a_crash(library):
     with pytest.raises(tf.errors.InvalidArgumentError, match="texts or heads"):
         library.classifier_fused_attention(query, key[:1], value, np.zeros([1, 1, 1, 1], np.float32), scale=1.0,
                                            heads_axes=[2, 2, 2, 2])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="a heads axis is 1 or 2"):
-        library.classifier_fused_attention(query, key, value, np.zeros([1, 1, 1, 1], np.float32), scale=1.0,
-                                           heads_axes=[2, 2, 3, 2])
+    for run in (lambda f: f(), tf.function(lambda f: f())):  # eagerly (the kernel) and building a graph (its shape)
+        with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="a heads axis is 1 or 2"):
+            run(lambda: library.classifier_fused_attention(query, key, value, np.zeros([1, 1, 1, 1], np.float32),
+                                                           scale=1.0, heads_axes=[2, 2, 3, 2]))
 
 
 @pytest.mark.parametrize("value_size", [8, 32])  # the other path, and the tiled one
@@ -142,6 +143,11 @@ def test_an_attention_the_kernel_would_compute_differently_stays_as_it_was(libra
     assert_scores_as_before(function, fused, batch(3, 9))
 
 
+# A stand-in compiler: answers --version, writes its -o file (half a library), then exits as what follows says.
+FAKE_COMPILER = ('#!/bin/sh\nfor a; do [ "$a" = --version ] && exit 0; done\n'
+                 'while [ "$#" -gt 1 ] && [ "$1" != -o ]; do shift; done\necho half a library > "$2"\n')
+
+
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     """An empty kernel cache, and a process that has loaded no kernel library yet (as far as load() knows)."""
@@ -165,8 +171,7 @@ def test_without_a_compiler_attention_stays_tensorflows_with_a_note_naming_the_f
 
 def test_a_failed_compile_says_so_in_one_line_and_leaves_nothing_behind(fresh_cache, tmp_path, monkeypatch):
     compiler = tmp_path / "failing-c++"
-    compiler.write_text('#!/bin/sh\n[ "$1" = --version ] && exit 0\nwhile [ "$1" != -o ]; do shift; done\n'
-                        'echo half a library > "$2"\necho "kernel.cc:1:1: error: a made-up failure" >&2\nexit 1\n')
+    compiler.write_text(FAKE_COMPILER + 'echo "kernel.cc:1:1: error: a made-up failure" >&2\nexit 1\n')
     compiler.chmod(0o755)
     monkeypatch.setenv("CXX", f"{compiler} -O1")  # a command with flags, as CXX may be
     from tfhub_classifier.model import kernel_library
@@ -177,12 +182,62 @@ def test_a_failed_compile_says_so_in_one_line_and_leaves_nothing_behind(fresh_ca
     assert os.listdir(fresh_cache) == []  # its half-written output is gone
 
 
-def test_the_cache_key_names_the_compiler(fresh_cache, monkeypatch):
+def test_a_library_tensorflow_cannot_load_is_removed_and_said_so(fresh_cache, tmp_path, monkeypatch):
+    compiler = tmp_path / "junk-c++"
+    compiler.write_text(FAKE_COMPILER + "exit 0\n")  # "compiles" a file that is no library
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    from tfhub_classifier.model import kernel_library
+    with pytest.raises(kernel_library.Unavailable, match=r"^\S+junk-c\+\+ built its kernel, but TensorFlow can't "
+                                                        r"load it \(.+\): set CXX to a C\+\+17 compiler"):
+        kernel_library.load("fused_attention", log=lambda line: None)
+    assert os.listdir(fresh_cache) == []
+
+
+def test_a_cache_that_cannot_be_written_compiles_into_a_scratch_folder_it_removes(fresh_cache, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TFHUB_CLASSIFIER_CACHE", str(tmp_path / "file"))  # a folder under a file: never writable
+    compiler = tmp_path / "junk-c++"
+    compiler.write_text(FAKE_COMPILER + "exit 0\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    import tempfile
+
+    from tfhub_classifier.model import kernel_library
+    scratch = tmp_path / "scratch"
+
+    def scratch_folder(**options):
+        scratch.mkdir()
+        return str(scratch)
+    monkeypatch.setattr(tempfile, "mkdtemp", scratch_folder)
+    notes = []
+    with pytest.raises(kernel_library.Unavailable):  # the junk then fails to load: the scratch folder still goes
+        kernel_library.load("fused_attention", log=notes.append)
+    assert notes[0].startswith(f"Compiling the fused_attention kernel for this CPU: {tmp_path / 'file'}")
+    assert notes[0].endswith("(set TFHUB_CLASSIFIER_CACHE to a folder that can be) ...")
+    assert not scratch.exists()
+
+
+def test_the_cache_key_names_the_compiler_and_the_cpu(fresh_cache, monkeypatch):
     from tfhub_classifier.model import kernel_library
     monkeypatch.setenv("CXX", "g++")
     with_gxx = kernel_library.library_path("fused_attention")
     monkeypatch.setenv("CXX", "another-c++")
     assert kernel_library.library_path("fused_attention") != with_gxx
+    monkeypatch.setenv("CXX", "g++")
+    monkeypatch.setattr(kernel_library, "_cpu", lambda: "another CPU")
+    assert kernel_library.library_path("fused_attention") != with_gxx
+
+
+def test_a_compile_that_failed_is_not_tried_again_in_the_same_process(fresh_cache, monkeypatch):
+    from tfhub_classifier.model import kernel_library
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    for _ in range(2):
+        with pytest.raises(kernel_library.Unavailable, match="no C\\+\\+ compiler"):
+            kernel_library.load("fused_attention", log=lambda line: None)
+    monkeypatch.setattr(kernel_library, "_compiled", lambda *args: pytest.fail("compiled again"))
+    with pytest.raises(kernel_library.Unavailable, match="no C\\+\\+ compiler"):
+        kernel_library.load("fused_attention", log=lambda line: None)
 
 
 LOAD = """

@@ -26,7 +26,6 @@ CACHE_FOLDER = "engines"
 # order of sums; bfloat16 rounds the two graphs' activations at different points.
 FUSED_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.1, "float16": 0.1}
 PROBE_TEXTS = ["A probe text: the fused graph must score it as the saved one does.", "Short."]
-STALE_PARTIAL_S = 3600  # a conversion's file being written is younger: another process may be writing it
 
 
 class FusedClassifier:
@@ -140,7 +139,7 @@ def converted(model, record, model_dir, engine, path, log=print):
                              instead="score it with --engine savedmodel")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        files.remove_stale_partials(os.path.dirname(path), STALE_PARTIAL_S)
+        files.remove_stale_partials(os.path.dirname(path))
         files.write_bytes(path, content)
     except OSError as error:
         log(f"note: could not keep the converted model in {os.path.dirname(path)} ({error.strerror}); "

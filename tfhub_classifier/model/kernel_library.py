@@ -18,13 +18,12 @@ import shutil
 import subprocess
 import tempfile
 
-from tfhub_classifier import files
+from tfhub_classifier import cli, files
 from tfhub_classifier.runtime import tf
 
 SOURCES = os.path.join(os.path.dirname(__file__), "kernels")
 CACHE_VARIABLE = "TFHUB_CLASSIFIER_CACHE"  # the cache folder; else $XDG_CACHE_HOME/tfhub_classifier, else ~/.cache/...
 COMPILE_TIMEOUT_S = 600
-STALE_PARTIAL_S = 3600  # a library being written is younger: another process may be compiling it
 CPU_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU part")  # x86's and Arm's /proc/cpuinfo
 FIX = "set CXX to a C++17 compiler (apt-get install g++)"
 
@@ -84,46 +83,61 @@ def _cpu():
     return repr(sorted(seen.items()))
 
 
-_loaded = {}
+_loaded = {}  # name: the library, or the Unavailable its load raised (not tried again in this process)
 
 
 def load(name, log=print):
     """The op library of kernels/NAME.cc (tf.load_op_library's module), compiled once for this CPU and
-    kept; raises Unavailable, saying why, if it can't be compiled or loaded. Loaded once a process:
+    kept; raises Unavailable, saying why, if it can't be compiled or loaded. Tried once a process:
     TensorFlow registers a library's ops for the whole process, and a second copy's would clash."""
     if name not in _loaded:
-        path = library_path(name)
-        if os.path.isfile(path):
-            try:
-                _loaded[name] = tf.load_op_library(path)
-                return _loaded[name]
-            except Exception as error:  # noqa: BLE001  a damaged or foreign file: build it again
-                log(f"note: {path} could not be loaded ({_first_line(error)}); compiling it again")
-        path = _compiled(name, path, log)
         try:
-            _loaded[name] = tf.load_op_library(path)
-        except Exception as error:  # noqa: BLE001  e.g. a compiler whose C++ library TensorFlow's doesn't match
-            os.remove(path)
-            raise Unavailable(f"{shlex.join(compiler())} built its kernel, but TensorFlow can't load it "
-                              f"({_first_line(error)}): {FIX}") from None
+            _loaded[name] = _load(name, log)
+        except Unavailable as error:
+            _loaded[name] = error
+        except (OSError, ValueError) as error:  # e.g. CXX that isn't a command line, a source file gone
+            _loaded[name] = Unavailable(f"its kernel could not be built ({cli.error_summary(error)}): {FIX}")
+    if isinstance(_loaded[name], Unavailable):
+        raise Unavailable(str(_loaded[name]))
     return _loaded[name]
 
 
+def _load(name, log):
+    path = library_path(name)
+    if os.path.isfile(path):
+        try:
+            return tf.load_op_library(path)
+        except Exception as error:  # noqa: BLE001  a damaged or foreign file: build it again
+            log(f"note: {path} could not be loaded ({cli.error_summary(error)}); compiling it again")
+    path, scratch = _compiled(name, path, log)
+    try:
+        return tf.load_op_library(path)
+    except Exception as error:  # noqa: BLE001  e.g. a compiler whose C++ library TensorFlow's doesn't match
+        os.remove(path)
+        raise Unavailable(f"{shlex.join(compiler())} built its kernel, but TensorFlow can't load it "
+                          f"({cli.error_summary(error)}): {FIX}") from None
+    finally:
+        if scratch:  # the library stays mapped once loaded
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _compiled(name, path, log):
-    """path, once kernels/NAME.cc is compiled there (or in a scratch folder if path's can't be written)."""
+    """(path, None) once kernels/NAME.cc is compiled there; (a path in a scratch folder, that folder) if
+    path's folder can't be written."""
     command = compiler()
     if shutil.which(command[0]) is None:
         raise Unavailable(f"no C++ compiler '{command[0]}' to build its kernel: install g++ (apt-get install g++) "
                           "or set CXX to one")
-    folder = os.path.dirname(path)
+    folder, scratch = os.path.dirname(path), None
     try:
         os.makedirs(folder, exist_ok=True)
-        files.remove_stale_partials(folder, STALE_PARTIAL_S)
+        files.remove_stale_partials(folder)
         partial = f"{path}.{secrets.token_hex(6)}.partial"
         open(partial, "xb").close()  # the folder can be written: the compiler's output will be kept
         log(f"Compiling the {name} kernel for this CPU (once; kept in {folder}) ...")
     except OSError as error:
-        path = os.path.join(tempfile.mkdtemp(prefix="tfhub_classifier_kernels_"), os.path.basename(path))
+        scratch = tempfile.mkdtemp(prefix="tfhub_classifier_kernels_")
+        path = os.path.join(scratch, os.path.basename(path))
         partial = f"{path}.partial"
         log(f"Compiling the {name} kernel for this CPU: {folder} can't be written ({error.strerror}), so it is "
             f"compiled again each run (set {CACHE_VARIABLE} to a folder that can be) ...")
@@ -138,11 +152,13 @@ def _compiled(name, path, log):
     except subprocess.TimeoutExpired:
         raise Unavailable(f"{shlex.join(command)} took over {COMPILE_TIMEOUT_S} s to compile its kernel: {FIX}") \
             from None
+    except BaseException:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-    return path
+    return path, scratch
 
 
-def _first_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
