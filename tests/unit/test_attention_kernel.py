@@ -138,8 +138,8 @@ def test_an_attention_the_kernel_would_compute_differently_stays_as_it_was(libra
     notes = []
     fused = fusion.fuse(function, log=notes.append)
     assert (fused.attention_kernels, fused.attentions_in_chunks) == (0, 2)
-    assert notes == ["note: 2 of 2 attentions stay TensorFlow's ops: the kernel differs from the attention's "
-                     "nodes on probe values"]
+    assert notes == ["note: 2 of 2 attentions stay TensorFlow's ops: ValueError: the kernel differs from the "
+                     "attention's nodes on probe values"]
     assert_scores_as_before(function, fused, batch(3, 9))
 
 

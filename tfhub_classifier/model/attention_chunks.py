@@ -123,9 +123,9 @@ def _call(graph, attention):
     readers stay wired], the concrete function it calls). Raises ValueError if the function, run a text
     at a time on probe values, differs from the attention's nodes run on the whole batch."""
     piece = cut_out(graph, attention.nodes, "chunk")
-    inputs, placeholders, constants, body = piece.inputs, piece.placeholders, piece.constants, piece.body
+    inputs, placeholders, constants, body, renamed = (piece.inputs, piece.placeholders, piece.constants, piece.body,
+                                                      piece.renamed)
     dtypes = [graph.tensor(name).dtype for name in inputs]
-    renamed = dict(zip(inputs, placeholders)) | {name: node.name for name, node in constants.items()}
     # The products' operands hold the batch on axis 0 (find() checked); an element-wise op's operand does if it
     # has the scores' rank, and one of a lower rank broadcasts without the batch axis, so it is passed whole.
     products = {name for node in (attention.scores, attention.output) for name in graph.data_inputs(node)}

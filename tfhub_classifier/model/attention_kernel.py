@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 from tensorflow.core.framework import node_def_pb2
 
-from tfhub_classifier import runtime
+from tfhub_classifier import cli, runtime
 from tfhub_classifier.model import attention_chunks
 from tfhub_classifier.model.graph_edits import Edit, const_node, cut_out, first_output, node_of, probe_values, run_nodes
 from tfhub_classifier.runtime import tf
@@ -125,7 +125,7 @@ def replace(graph, matches, library, log=print):
         try:  # the kernel only saves time: an attention it doesn't reproduce stays as it is
             _check(graph, match, library)
         except Exception as error:  # noqa: BLE001
-            reasons.append(str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__)
+            reasons.append(cli.error_summary(error))
             continue
         replaced = {node.name for node in match.nodes}
         edit.added += _kernel_nodes(match)

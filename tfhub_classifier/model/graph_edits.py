@@ -140,6 +140,11 @@ class Cut:
     placeholders: list
     constants: dict
 
+    @property
+    def renamed(self):
+        """What each input and constant is called in body."""
+        return dict(zip(self.inputs, self.placeholders)) | {name: node.name for name, node in self.constants.items()}
+
 
 def cut_out(graph, nodes, prefix):
     """The Cut of nodes (a list of graph's, in order), its placeholders named PREFIX_input_k and its
@@ -162,9 +167,10 @@ def cut_out(graph, nodes, prefix):
     for placeholder, name in zip(placeholders, inputs):
         body.node.add(name=placeholder, op="Placeholder").attr["dtype"].type = graph.tensor(name).dtype.as_datatype_enum
     body.node.extend(constants.values())
-    renamed = dict(zip(inputs, placeholders)) | {name: node.name for name, node in constants.items()}
+    piece = Cut(body, inputs, placeholders, constants)
+    renamed = piece.renamed
     body.node.extend(copy_node(node, [renamed.get(name, name) for name in graph.data_inputs(node)]) for node in nodes)
-    return Cut(body, inputs, placeholders, constants)
+    return piece
 
 
 def probe_values(graph, inputs, texts, width, batch_first=None, seed=0):
