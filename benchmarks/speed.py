@@ -28,7 +28,8 @@ def child(spec):
     eval_reviews (for a quick run) and set predict=False to measure training and evaluation only.
     engine: the --engine that scores (default fused, as evaluate.py's; savedmodel: the graph as trained);
     tflite-int8 measures evaluation alone, through a saved and converted model. attention_kernel=False:
-    the fused graph's attention as TensorFlow's ops in chunks, not the suite's kernel."""
+    the fused graph's attention as TensorFlow's ops in chunks, not the suite's kernel. optimizer_kernels=False:
+    tf-keras' own AdamW, not the suite's (training/optimization.AdamW)."""
     engine = spec.get("engine", "fused")
     if engine == "tflite-int8":
         return engine_child(spec)
@@ -39,7 +40,7 @@ def child(spec):
     from tfhub_classifier.data import imdb
     from tfhub_classifier.inference import engines, prediction, scoring
     from tfhub_classifier.runtime import keras, tf
-    from tfhub_classifier.training import trainer
+    from tfhub_classifier.training import optimization, trainer
 
     cfg = config.resolve(recipe="official", seq_length=spec["seq_length"], pipeline=spec["pipeline"],
                          precision=spec["precision"], jit_compile=spec.get("jit", False),
@@ -53,7 +54,10 @@ def child(spec):
     results = {"precision": session.precision, "onednn": runtime.onednn_enabled()}
 
     train_ds, _ = session.datasets(train_split, train_split)
+    if not spec.get("optimizer_kernels", True):
+        optimization.AdamW = keras.optimizers.AdamW  # make_optimizer's class, in this process only
     model = session.compile(train_steps)
+    results["optimizer"] = f"{type(model.optimizer).__module__}.{type(model.optimizer).__name__}"
     epoch_times = []
 
     class Timer(keras.callbacks.Callback):
