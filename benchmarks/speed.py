@@ -25,7 +25,8 @@ LATENCY_CALLS = 50
 
 def child(spec):
     """Measure one configuration; returns a dict of figures. spec may lower train_steps and
-    eval_reviews (for a quick run) and set predict=False to measure training and evaluation only.
+    eval_reviews (for a quick run), set batch_size (the recipe's otherwise) and set predict=False to
+    measure training and evaluation only.
     engine: the --engine that scores (default fused, as evaluate.py's; savedmodel: the graph as trained);
     tflite-int8 measures evaluation alone, through a saved and converted model. attention_kernel=False:
     the fused graph's attention as TensorFlow's ops in chunks, not the suite's kernel. optimizer_kernels=False:
@@ -44,7 +45,7 @@ def child(spec):
 
     cfg = config.resolve(recipe="official", seq_length=spec["seq_length"], pipeline=spec["pipeline"],
                          precision=spec["precision"], jit_compile=spec.get("jit", False),
-                         truncation="head", **common.real_data_flags())
+                         batch_size=spec.get("batch_size"), truncation="head", **common.real_data_flags())
     train_steps = spec.get("train_steps", TRAIN_STEPS)
     eval_reviews = spec.get("eval_reviews", EVAL_REVIEWS)
     measure_predict = spec.get("predict", True)
