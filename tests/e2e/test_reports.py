@@ -12,7 +12,7 @@ import predict
 import train
 
 
-def test_evaluation_report_json_plots_and_errors(trained, capsys):
+def test_evaluation_report_json_plots_and_errors(trained, capsys, attention_kernel):
     flags, _ = trained
     metrics = evaluate.main(["--model-dir", flags["--model-dir"], "--show-errors", "3",
                              "--plots-dir", flags["--plots-dir"]])
@@ -20,6 +20,7 @@ def test_evaluation_report_json_plots_and_errors(trained, capsys):
         saved = json.load(f)
     assert saved["accuracy"] == metrics["accuracy"] and saved["confusion_matrix"] == metrics["confusion_matrix"]
     assert saved["engine"] == "fused"  # the default, and what ran (a fallback would say savedmodel)
+    assert saved["attention"] == ("kernel" if attention_kernel else "chunks")  # chunks where it can't be built
     for path in metrics["plots"].values():
         with open(path, "rb") as f:
             assert f.read(4) == b"\x89PNG"

@@ -82,7 +82,7 @@ def test_row_format_answers_predictions_as_predict_py_scores(server, expected):
         check_predictions(answer.json()["predictions"], TEXTS, expected)  # more texts than --batch-size, too
 
 
-def test_served_scores_are_the_saved_signatures_own_by_default(server, model_dir):
+def test_served_scores_are_the_saved_signatures_own_by_default(server, model_dir, attention_kernel):
     """What TF Serving and the core-ops export give for the same texts (to 1e-6, through the fused graph),
     whatever the CPU's bfloat16."""
     from tfhub_classifier.model import saving
@@ -93,6 +93,7 @@ def test_served_scores_are_the_saved_signatures_own_by_default(server, model_dir
     answer = requests.post(server.predict_url, json={"instances": TEXTS}, timeout=60)
     assert [p["probabilities"] for p in answer.json()["predictions"]] == pytest.approx(saved, abs=1e-6)
     assert server.health()["precision"] == "float32" and server.health()["engine"] == "fused"
+    assert server.health()["attention"] == ("kernel" if attention_kernel else "chunks")
 
 
 @pytest.mark.parametrize("inputs", [TEXTS[:5], {"text": TEXTS[:5]}, {"text": [b64(text) for text in TEXTS[:5]]}])

@@ -68,6 +68,27 @@ def test_the_fused_engine_is_the_default_and_scores_as_the_saved_graph(saved, ki
     np.testing.assert_allclose(logits(engine, TEXTS, batch_size=64), logits(model, TEXTS), atol=1e-5)
 
 
+def test_the_engine_in_use_says_how_attention_runs(saved, attention_kernel, monkeypatch):
+    """evaluation.json and /healthz say how the fused graph ran attention, which sets its speed."""
+    from tfhub_classifier.inference import engines
+    from tfhub_classifier.model import attention_chunks, saving
+    from tfhub_classifier.model import attention_kernel as kernel_rewrite
+    model, _ = saving.load(saved["binary"])
+
+    def fused(**options):
+        return engines.attention_in_use(engines.FusedClassifier(model, log=lambda line: None, **options))
+
+    assert engines.attention_in_use(model) is None  # the graph as saved
+    assert fused(kernel=False) == "chunks"
+    assert fused() == ("kernel" if attention_kernel else "chunks")
+    if attention_kernel:
+        find = kernel_rewrite.find
+        monkeypatch.setattr(kernel_rewrite, "find", lambda graph: find(graph)[:1])  # the kernel takes one of two
+        assert fused() == "kernel for 1, chunks for 1"
+    monkeypatch.setattr(attention_chunks, "find", lambda graph: [])  # no attention recognized
+    assert fused() == "as saved"
+
+
 def test_the_fused_engine_fuses_a_tf_hub_encoder_with_berts_layer_norms(hub_models, tmp_path):
     """BERT's epsilon (1e-12) makes tf-keras write layer normalization as tf.nn.moments: reloaded from a
     TF-Hub SavedModel, every one becomes _MklLayerNorm, and the scores stay the saved graph's."""

@@ -56,6 +56,19 @@ def in_use(model, engine):
     return engine
 
 
+def attention_in_use(model):
+    """How a fused graph runs attention, so a record says why speeds differ: "kernel" (the suite's C++
+    op), "chunks" (TensorFlow's ops a few texts at a time: no compiler, or bfloat16), "as saved"
+    (TensorFlow's ops over the whole batch: no attention the rewrite recognizes), or both counts where
+    some attentions run each way; None for the other engines."""
+    if not isinstance(model, FusedClassifier):
+        return None
+    kernels, chunks = model.fused.attention_kernels, model.fused.attentions_in_chunks
+    if kernels and chunks:
+        return f"kernel for {kernels}, chunks for {chunks}"
+    return "kernel" if kernels else "chunks" if chunks else "as saved"
+
+
 def fused_or_saved(model, precision, log=print):
     """A FusedClassifier over model, checked on probe texts against it; model itself, with a note, if
     the rewrite fails, fuses nothing, scores differently, or a GPU would run it (its fused ops are

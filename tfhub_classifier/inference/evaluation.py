@@ -54,6 +54,7 @@ def evaluate(cfg, log=print):
             error.update(why.as_json(task.label_names))
     metrics["most_confident_errors"] = errors[:cfg.show_errors]
     metrics["precision_mode"], metrics["engine"] = precision, engines.in_use(model, cfg.engine)
+    metrics["attention"] = engines.attention_in_use(model)
     metrics["task"] = {"kind": task.kind, "label_names": list(task.label_names)}
     try:
         with open(os.path.join(cfg.model_dir, "evaluation.json"), "w") as f:

@@ -188,7 +188,7 @@ def create_app(servable, name, cfg):
     async def health():
         failure = batcher.failure() or explaining.failure()
         body = {"status": "unavailable" if failure else "ok", "model": name, "precision": servable.precision,
-                "engine": servable.engine, "model_calls": batcher.calls,
+                "engine": servable.engine, "attention": servable.attention, "model_calls": batcher.calls,
                 "texts_scored": batcher.texts, "texts_queued": batcher.queued, "texts_dropped": batcher.dropped,
                 "texts_explained": explaining.texts}
         return JSONResponse({**body, "error": failure} if failure else body, status_code=503 if failure else 200)
