@@ -141,18 +141,24 @@ def take_turns(result_name, settings, seq_lengths, rounds, record, check, figure
     return best
 
 
-def compare_settings(result_name, settings, check, argv, description, seq_lengths=(128,), figures=TURN_FIGURES):
-    """The main() of a benchmark of two settings (take_turns'): parses --seq-lengths and --rounds, runs
-    them, prints `RESULT_NAME seq=128 eval=1.12` (the first setting's best / the second's, per figure)
-    and saves results/RESULT_NAME.json; returns {seq: {figure's first word: ratio}}."""
+def compare_settings(result_name, settings, check, argv, description, seq_lengths=(128,), figures=TURN_FIGURES,
+                     add_arguments=None):
+    """The main() of a benchmark of two settings (take_turns'): parses --seq-lengths and --rounds (and what
+    add_arguments(parser) adds; settings may then be a function of the parsed arguments), runs them,
+    prints `RESULT_NAME seq=128 eval=1.12` (the first setting's best / the second's, per figure) and saves
+    results/RESULT_NAME.json; returns {seq: {figure's first word: ratio}}."""
     import argparse
     import importlib.metadata
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seq-lengths", type=int, nargs="+", default=list(seq_lengths))
     parser.add_argument("--rounds", type=int, default=2, help="runs of each setting, taking turns (default 2)")
+    if add_arguments:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if callable(settings):
+        settings = settings(parser, args)
     real_data_flags()  # build MiniLM and check the data before the children start
     flags = cpu_flags()
     print(machine_header(flags), flush=True)

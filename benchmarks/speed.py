@@ -55,10 +55,13 @@ def child(spec):
     results = {"precision": session.precision, "onednn": runtime.onednn_enabled()}
 
     train_ds, _ = session.datasets(train_split, train_split)
+    suite_adamw = optimization.AdamW
     if not spec.get("optimizer_kernels", True):
         optimization.AdamW = keras.optimizers.AdamW  # make_optimizer's class, in this process only
     model = session.compile(train_steps)
-    results["optimizer"] = f"{type(model.optimizer).__module__}.{type(model.optimizer).__name__}"
+    results["batch_size"] = cfg.batch_size
+    results["optimizer"] = {suite_adamw: "suite", keras.optimizers.AdamW: "tf-keras"}.get(
+        type(model.optimizer), type(model.optimizer).__name__)
     epoch_times = []
 
     class Timer(keras.callbacks.Callback):
