@@ -144,7 +144,7 @@ def take_turns(result_name, settings, seq_lengths, rounds, record, check, figure
 def compare_settings(result_name, settings, check, argv, description, seq_lengths=(128,), figures=TURN_FIGURES,
                      add_arguments=None):
     """The main() of a benchmark of two settings (take_turns'): parses --seq-lengths and --rounds (and what
-    add_arguments(parser) adds; settings may then be a function of the parsed arguments), runs them,
+    add_arguments(parser) adds; settings may then be a function settings(parser, args)), runs them,
     prints `RESULT_NAME seq=128 eval=1.12` (the first setting's best / the second's, per figure) and saves
     results/RESULT_NAME.json; returns {seq: {figure's first word: ratio}}."""
     import argparse
@@ -159,11 +159,14 @@ def compare_settings(result_name, settings, check, argv, description, seq_length
         parser.error("--rounds must be at least 1")
     if callable(settings):
         settings = settings(parser, args)
+    arguments = {key: value for key, value in vars(args).items() if key not in ("seq_lengths", "rounds")}
     real_data_flags()  # build MiniLM and check the data before the children start
     flags = cpu_flags()
     print(machine_header(flags), flush=True)
+    if arguments:
+        print(" ".join(f"{key}={value}" for key, value in arguments.items()), flush=True)
     record = {"machine": machine(), "cpu_flags": flags, "tensorflow": importlib.metadata.version("tensorflow"),
-              "rounds": args.rounds, "runs": []}
+              "rounds": args.rounds, **arguments, "runs": []}
     best = take_turns(result_name, settings, args.seq_lengths, args.rounds, record, check, figures)
     first, second = settings
     ratios = {}

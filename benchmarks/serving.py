@@ -129,7 +129,8 @@ def ceiling(spec):
     figures = {"precision": precision}
     for setting, batch_size in SETTINGS.items():
         servable = Servable(model, record, task, saving.threshold_in_use(defaults.threshold, record), defaults.top_k,
-                            batch_size, engine=engines.in_use(model, engine))
+                            batch_size, engine=engines.in_use(model, engine),
+                            attention=engines.attention_in_use(model))
         calls = [reviews[start:start + batch_size] for start in range(0, len(reviews), batch_size)]
         figures[setting] = len(reviews) / common.fastest(
             lambda servable=servable, calls=calls: [servable.score(texts) for texts in calls])

@@ -163,7 +163,7 @@ def test_a_graph_the_rewrite_cannot_serve_is_scored_as_saved_with_a_note(saved, 
     np.testing.assert_array_equal(logits(model, TEXTS), logits(saving.load(saved["binary"])[0], TEXTS))
     if failure == "raises":
         servable = Servable.load(config.resolve(model_dir=saved["binary"]), log=lines.append)
-        assert servable.engine == "savedmodel"  # what /healthz and evaluation.json say runs
+        assert servable.engine == "savedmodel" and servable.attention is None  # what /healthz and evaluation.json say
 
 
 def test_a_batch_runs_at_the_smallest_width_that_holds_it(saved):
@@ -268,7 +268,7 @@ def test_the_server_scores_through_the_engine(saved):
     cfg = config.resolve(model_dir=saved["binary"], engine="tflite-int8")
     servable = Servable.load(cfg, log=lambda line: None)
     assert servable.precision == "int8 weights (TFLite)" and isinstance(servable.model, engines.TfliteClassifier)
-    assert servable.engine == "tflite-int8"
+    assert servable.engine == "tflite-int8" and servable.attention is None
     from tfhub_classifier.model import saving
     served = [result["probabilities"] for result in servable.score(TEXTS)]
     float32 = servable.task.probabilities(scoring.logits_of(saving.load(saved["binary"])[0], TEXTS, 8))

@@ -102,9 +102,12 @@ def test_adamw_steps_as_tf_keras_adamw(distributed):
 
     theirs = _adamw_steps(tf_keras_adamw, strategy)
     initial = _adamw_steps(tf_keras_adamw, strategy, steps=0)
-    for mine, reference, before in zip(ours, theirs, initial):
+    for index, (mine, reference, before) in enumerate(zip(ours, theirs, initial)):
         assert not np.allclose(reference, before)  # every variable and slot moved
-        np.testing.assert_allclose(mine, reference, rtol=2e-5, atol=1e-6)  # float32's step near 1 is 1.2e-7
+        if index < 3:  # the variables, near 1: float32's step there is 1.2e-7
+            np.testing.assert_allclose(mine, reference, rtol=2e-5, atol=1e-6)
+        else:  # the slots, whose entries span decades: within 3e-5 of each slot's largest
+            np.testing.assert_allclose(mine, reference, rtol=0, atol=3e-5 * np.abs(reference).max())
 
 
 def test_adamw_decays_as_tf_keras_adamw_at_berts_rates():
@@ -119,12 +122,9 @@ def test_adamw_decays_as_tf_keras_adamw_at_berts_rates():
         variable = tf.Variable(np.linspace(-2.0, 2.0, 64, dtype=np.float32), name="kernel")
         optimizer.build([variable])
 
-        @tf.function
-        def steps():
-            for _ in tf.range(500):
-                optimizer.apply_gradients([(tf.zeros_like(variable), variable)])
-
-        steps()
+        step = tf.function(lambda: optimizer.apply_gradients([(tf.zeros_like(variable), variable)]))
+        for _ in range(500):
+            step()
         return variable.numpy()
 
     ours = decayed(optimization.AdamW(learning_rate=2e-5, weight_decay=0.01))

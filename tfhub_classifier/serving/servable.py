@@ -8,10 +8,10 @@ class Servable:
     """The loaded model and what its answers say: texts (str or bytes) -> one JSON result each."""
 
     def __init__(self, model, record, task, threshold, top_k, batch_size, signature_defs=None, precision="float32",
-                 explainer=None, engine="savedmodel"):
+                 explainer=None, engine="savedmodel", attention=None):
         self.model, self.record, self.task, self.explainer = model, record, task, explainer
         self.engine = engine  # in force (a fused graph that could not be built falls back to savedmodel)
-        self.attention = None  # how the fused graph runs attention (engines.attention_in_use)
+        self.attention = attention  # how a fused graph runs attention (engines.attention_in_use), else None
         self.threshold, self.top_k, self.batch_size = threshold, top_k, batch_size
         self.signature_defs = signature_defs or {}  # the SavedModel's, as TF Serving's metadata gives them
         self.precision = precision  # in force: bfloat16 scores differ slightly from the saved signature's
@@ -29,8 +29,7 @@ class Servable:
         servable = cls(model, record, task, threshold, cfg.top_k, cfg.serve_batch_size,
                        protocol.signature_defs(cfg.model_dir), precision,
                        attribution.Explainer.of_record(model, record, task, "occlusion"),
-                       engines.in_use(model, cfg.engine))
-        servable.attention = engines.attention_in_use(model)
+                       engines.in_use(model, cfg.engine), engines.attention_in_use(model))
         servable.score(["A warm-up review, so the first request is not the one that waits."])
         log(f"Loaded {cfg.model_dir} ({task.kind}: {', '.join(task.label_names)}; {precision})")
         return servable
