@@ -34,26 +34,25 @@ class AdamW(keras.optimizers.AdamW):
         pass  # each variable's decay runs in update_step, just before its Adam step, as tf-keras orders them
 
     def update_step(self, gradient, variable):
+        dtype = variable.dtype
+        lr = tf.cast(self.learning_rate, dtype)  # the schedule's value, for the decay and the step
+        self._decay(variable, lr)
         if self.amsgrad:
-            self._decay(variable)
             return super().update_step(gradient, variable)
         if isinstance(gradient, tf.IndexedSlices):
             # The sparse form's update is dense over the slots anyway; one dense kernel beats its six passes.
             gradient = tf.convert_to_tensor(gradient)
-        dtype = variable.dtype
-        lr = tf.cast(self.learning_rate, dtype)
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         index = self._index_dict[self._var_key(variable)]
-        self._decay(variable)
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
             beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step), lr=lr, beta1=beta_1, beta2=beta_2,
             epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
 
-    def _decay(self, variable):
+    def _decay(self, variable, lr):
         if self.weight_decay and self._use_weight_decay(variable):
-            rate = tf.cast(self.learning_rate, variable.dtype) * tf.cast(self.weight_decay, variable.dtype)
+            rate = lr * tf.cast(self.weight_decay, variable.dtype)
             # tf-keras' var -= var * decay * rate, with the rate's product taken first: one pass fewer. (Not
             # var * (1 - rate): float32 rounds 1 - rate by a fifth of a rate of 1e-7, and to 1 below 3e-8.)
             variable.assign_sub(variable * rate)
@@ -76,16 +75,15 @@ def _adamw(cfg, total_steps):
                                               total_steps)
     clipping = {"global_clipnorm": cfg.clip_norm} if cfg.clip_norm else {}
     if cfg.optimizer == "adamw":
-        optimizer = AdamW(learning_rate=learning_rate, weight_decay=cfg.weight_decay,
-                                           epsilon=cfg.epsilon, **clipping)
+        optimizer = AdamW(learning_rate=learning_rate, weight_decay=cfg.weight_decay, epsilon=cfg.epsilon,
+                          **clipping)
         optimizer.exclude_from_weight_decay(var_names=NO_DECAY_NAMES)
         return optimizer
     if cfg.optimizer == "tutorial-adamw":
         # tfa decays every variable by weight_decay * w per step; tf-keras by rate * weight_decay * w,
         # so dividing by the (constant) rate gives tfa's semantics with tf-keras' optimizer.
-        return AdamW(learning_rate=learning_rate,
-                                      weight_decay=cfg.weight_decay / cfg.learning_rate,
-                                      epsilon=cfg.epsilon, **clipping)
+        return AdamW(learning_rate=learning_rate, weight_decay=cfg.weight_decay / cfg.learning_rate,
+                     epsilon=cfg.epsilon, **clipping)
     import tensorflow_addons as tfa  # config.validate() checked that it is installed
     return tfa.optimizers.AdamW(weight_decay=lambda: cfg.weight_decay, learning_rate=learning_rate,
                                 epsilon=cfg.epsilon, **clipping)
