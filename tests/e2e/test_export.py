@@ -2,6 +2,7 @@
 export for runtimes without TF Text ops, scored by its plain-Python client."""
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -350,6 +351,32 @@ def test_export_writes_the_settings_and_names_the_model_uses(exports):
             assert f.read().splitlines() == names
         # The bfloat16 rewrite is grappler's, at run time: a model built under it exports a float32 graph.
         assert result["bfloat16_ops"] == 0 and core_ops.bfloat16_nodes(out) == []
+
+
+# Run in a fresh process: the export's client loads its SavedModel; then whether TensorFlow runs oneDNN.
+ONEDNN_CHECK = r"""
+import importlib.util, json, os, sys
+spec = importlib.util.spec_from_file_location("client_example", sys.argv[1] + "/client_example.py")
+client = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(client)
+client.local_scorer(sys.argv[1])
+from tensorflow.python.util import _pywrap_util_port
+print(json.dumps(_pywrap_util_port.IsMklEnabled()))
+"""
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="oneDNN is turned on on x86 only")
+def test_the_client_scores_with_onednn_as_the_suite_does(exports):
+    """On x86 the client turns TensorFlow's oneDNN kernels on, as the suite does (TensorFlow leaves them off
+    on CPUs without AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX, where they score slower); a user's
+    TF_ENABLE_ONEDNN_OPTS=0 keeps them off."""
+    environment = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+    for setting, expected in ((None, True), ("0", False)):
+        child = dict(environment, **({"TF_ENABLE_ONEDNN_OPTS": setting} if setting else {}))
+        done = subprocess.run([sys.executable, "-c", ONEDNN_CHECK, exports["binary"][1]], env=child,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout.splitlines()[-1]) is expected, (setting, done.stdout)
 
 
 def test_client_rest_paths_need_only_the_standard_library(exports, capsys):
