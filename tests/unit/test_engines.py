@@ -2,6 +2,7 @@
 width, converted once and kept beside the model for that model only."""
 import dataclasses
 import os
+from unittest import mock
 
 import helpers
 import numpy as np
@@ -85,6 +86,12 @@ def test_the_engine_in_use_says_how_attention_runs(saved, attention_kernel, monk
         find = kernel_rewrite.find
         monkeypatch.setattr(kernel_rewrite, "find", lambda graph: find(graph)[:1])  # the kernel takes one of two
         assert fused() == "kernel for 1, chunks for 1"
+        with monkeypatch.context() as patch:  # and the chunks can't reproduce the other: it runs as saved
+            patch.setattr(attention_chunks, "_check", mock.Mock(side_effect=ValueError("differs")))
+            assert fused() == "kernel for 1, as saved for 1"
+    with monkeypatch.context() as patch:  # recognized, but the chunks reproduce none
+        patch.setattr(attention_chunks, "_check", mock.Mock(side_effect=ValueError("differs")))
+        assert fused(kernel=False) == "as saved"
     monkeypatch.setattr(attention_chunks, "find", lambda graph: [])  # no attention recognized
     assert fused() == "as saved"
 

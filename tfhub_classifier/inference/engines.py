@@ -59,14 +59,18 @@ def in_use(model, engine):
 def attention_in_use(model):
     """How a fused graph runs attention, so a record says why speeds differ: "kernel" (the suite's C++
     op), "chunks" (TensorFlow's ops a few texts at a time: no compiler, or bfloat16), "as saved"
-    (TensorFlow's ops over the whole batch: no attention the rewrite recognizes), or both counts where
-    some attentions run each way; None for the other engines."""
+    (TensorFlow's ops over the whole batch: no attention the rewrite recognizes, or none it reproduced),
+    or the counts where attentions run more than one way ("kernel for 5, as saved for 1"); None for the
+    other engines."""
     if not isinstance(model, FusedClassifier):
         return None
-    kernels, chunks = model.fused.attention_kernels, model.fused.attentions_in_chunks
-    if kernels and chunks:
-        return f"kernel for {kernels}, chunks for {chunks}"
-    return "kernel" if kernels else "chunks" if chunks else "as saved"
+    fused = model.fused
+    counts = {"kernel": fused.attention_kernels, "chunks": fused.attentions_in_chunks,
+              "as saved": fused.attentions_as_saved}
+    ways = [way for way, count in counts.items() if count]
+    if len(ways) > 1:
+        return ", ".join(f"{way} for {counts[way]}" for way in ways)
+    return ways[0] if ways else "as saved"
 
 
 def fused_or_saved(model, precision, log=print):

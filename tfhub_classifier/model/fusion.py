@@ -284,13 +284,14 @@ def shield_normalizations(graph):
 class FusedFunction:
     """A token classifier's frozen, rewritten graph as a function of the token dict; the counts say what was
     rewritten (dense layers, GELUs and layer normalizations fused; attentions run as the suite's kernel,
-    and in chunks)."""
+    in chunks, and as saved: recognized, but neither rewrite reproduced them)."""
     function: object
     dense_layers: int
     gelus: int
     layer_norms: int
     attentions_in_chunks: int
     attention_kernels: int = 0
+    attentions_as_saved: int = 0
 
     def __call__(self, tokens):
         return self.function({key: tf.convert_to_tensor(value) for key, value in tokens.items()})
@@ -309,6 +310,7 @@ def fuse(concrete_function, log=print, kernel=True):
     graph_def = apply(graph_def, layer_norm)
     graph_def = apply(graph_def, shield_normalizations(Graph(graph_def)))
     graph, kernels = Graph(graph_def), 0
+    attentions = len(attention_chunks.find(graph))
     matches = attention_kernel.find(graph) if kernel and not runtime.reduced_precision_rewrites() else []
     if matches:
         try:
@@ -338,4 +340,5 @@ def fuse(concrete_function, log=print, kernel=True):
     held.clear()
     added = dense.added + einsum.added
     return FusedFunction(traced, sum(node.op == "BiasAdd" for node in added),
-                         sum(node.op == "Erf" for node in added), len(layer_norm.added), len(chunked), kernels)
+                         sum(node.op == "Erf" for node in added), len(layer_norm.added), len(chunked), kernels,
+                         max(0, attentions - kernels - len(chunked)))
