@@ -8,6 +8,7 @@ import argparse
 import codecs
 import dataclasses
 import importlib.util
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -247,7 +248,8 @@ class Config:
                           "--precision. auto = fused, but savedmodel for predict.py's texts given on the command "
                           "line, too few to repay the build. tflite-int8 = the token classifier in TFLite "
                           "(XNNPACK) with int8 weights, scores slightly off, converted once and kept in "
-                          "MODEL_DIR/engines/ (docs/benchmarks.md#engines)", ENGINES,
+                          "MODEL_DIR/engines/: what the int8 .tflite export scores, to check it before deploying "
+                          "(docs/benchmarks.md#engines)", ENGINES,
                           scripts=(EVALUATE, PREDICT, SERVE))
     jit_compile: bool = _option(False, "XLA-compile the encoder and head")
     strategy: str = _option("default", "tf.distribute strategy: mirrored = several GPUs, multiworker = "
@@ -353,6 +355,8 @@ class Config:
         offered = set(field_names(script))
         for spec in dataclasses.fields(self):
             least, value = spec.metadata["at_least"], getattr(self, spec.name)
+            if spec.name in offered and least is not None and isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{flag_name(spec.name, script)} must be a finite number, got {value}")
             if spec.name in offered and least is not None and value < least:
                 bound = "at least 1" if least == 1 else f"{least} or more"
                 raise ValueError(f"--{flag_name(spec.name, script)} must be {bound}, got {value}")

@@ -30,15 +30,15 @@ def parse(argv=None):
                              "as model.tflite for TFLite/LiteRT (default: core-ops)")
     parser.add_argument("--quantize", choices=config.QUANTIZATIONS, default=None,
                         help="tflite: none = float32 weights; int8 = int8 weights (dynamic range), a quarter "
-                             "of the size and faster on CPUs; float16 = float16 weights, half the size "
-                             "(default: none)")
+                             "of the size, faster on CPUs that multiply int8 faster than float32 (VNNI, AMX; "
+                             "docs/benchmarks.md); float16 = float16 weights, half the size (default: none)")
     config.add_flags(parser, config.EXPORT)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse(argv)
-    if args.quantize and args.format != "tflite":
+    if args.quantize not in (None, "none") and args.format != "tflite":
         raise ValueError("--quantize applies to --format tflite; add --format tflite, or drop --quantize")
     model_dir = cli.require_model_dir(args.model_dir or config.Config.model_dir)
     from tfhub_classifier.export import core_ops  # TensorFlow loads only once the flags are known to be good

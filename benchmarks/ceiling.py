@@ -16,7 +16,8 @@ Whether int8 could raise the ceiling: it also times oneDNN's int8 multiply (Tens
 QuantizedMatMulWithBiasAndDequantize, activations and weights in 8 bits, checked against the float32
 product first) on the same shapes, the `int8` precision; and, on an x86 CPU with AVX2 and FMA and a
 C++ compiler, it runs multiply_add_rates.cc, which counts the multiply-adds a second one core issues
-with each AVX2 instruction a dense layer can use (float32 FMA, int16 VPMADDWD, int8 VPMADDUBSW).
+with each AVX2 instruction form a dense layer can use (float32 FMA, int16 VPMADDWD, int8 VPMADDUBSW
+widened at once or after summing a pair in int16; the file says which are exact when).
 
 Prints, per sequence length, the arithmetic a review takes, and per precision a line
 `ceiling seq=128 precision=float32 dense_gflops=373 reviews_per_s=137.2`; then a line per instruction

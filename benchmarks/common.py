@@ -69,6 +69,18 @@ def save_result(name, result):
     return path
 
 
+def append_result(name, run):
+    """Add run to results/NAME.json's "runs", keeping the runs before it (a file of one earlier run,
+    without "runs", becomes the first); returns the path."""
+    path = os.path.join(RESULTS, f"{name}.json")
+    runs = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            earlier = json.load(f)
+        runs = earlier["runs"] if isinstance(earlier, dict) and "runs" in earlier else [earlier]
+    return save_result(name, {"runs": runs + [run]})
+
+
 def require_engine(asked, running, where="its log"):
     """SystemExit unless the engine running is the one asked for (auto runs the fused graph): a fallen-back
     engine's figures would not be its own."""

@@ -1,5 +1,11 @@
 // How many multiply-adds a second one core issues with each AVX2 form a dense layer can run on:
-// float32 FMA, int16 VPMADDWD, and int8 VPMADDUBSW (widened by VPMADDWD, as int8 kernels do on AVX2).
+//   fma_float32            float32 FMA, 8 a vector;
+//   vpmaddwd_int16         int16 VPMADDWD, 16 a vector, summed in int32;
+//   vpmaddubsw_int8        uint8 x int8 VPMADDUBSW, 32 a vector, each widened by a VPMADDWD to int32;
+//   vpmaddubsw_pair_int8   two VPMADDUBSW summed in int16, then one VPMADDWD: exact only if each
+//                          operand takes 7 bits (2 x 2 x 127 x 64 fits int16);
+//   vpmaddubsw_bare_int8   VPMADDUBSW alone, summed in int16: the instruction's own rate, which no
+//                          dense layer reaches (its int16 sums overflow after a few steps).
 // Written in assembly so the compiler cannot merge or drop the repeated instructions; twelve
 // independent accumulators cover each instruction's latency. Prints one line per form:
 // `form=fma_float32 multiply_adds_per_ns=52.9`.
@@ -27,6 +33,10 @@ constexpr long kIterations = 50000000;
 #define MADDWD(i) "vpmaddwd %%ymm14, %%ymm15, %%ymm12\n vpaddd %%ymm12, %%ymm" #i ", %%ymm" #i "\n"
 #define MADDUBSW(i) "vpmaddubsw %%ymm14, %%ymm15, %%ymm12\n vpmaddwd %%ymm12, %%ymm13, %%ymm12\n" \
                     "vpaddd %%ymm12, %%ymm" #i ", %%ymm" #i "\n"
+#define MADDUBSW_PAIR(i) "vpmaddubsw %%ymm14, %%ymm15, %%ymm12\n vpmaddubsw %%ymm15, %%ymm14, %%ymm13\n" \
+                         "vpaddw %%ymm13, %%ymm12, %%ymm12\n vpmaddwd %%ymm12, %%ymm14, %%ymm12\n"      \
+                         "vpaddd %%ymm12, %%ymm" #i ", %%ymm" #i "\n"
+#define MADDUBSW_BARE(i) "vpmaddubsw %%ymm14, %%ymm15, %%ymm12\n vpaddw %%ymm12, %%ymm" #i ", %%ymm" #i "\n"
 
 template <typename Body>
 double rate(Body body, int multiply_adds_per_instruction) {
@@ -52,8 +62,18 @@ int main() {
     ZERO_ALL;
     for (long i = 0; i < n; ++i) asm volatile(CHAINS(MADDUBSW) ::: CLOBBERS);
   }, 32);
+  const double pair = rate([](long n) {
+    ZERO_ALL;
+    for (long i = 0; i < n; ++i) asm volatile(CHAINS(MADDUBSW_PAIR) ::: CLOBBERS);
+  }, 64);
+  const double bare = rate([](long n) {
+    ZERO_ALL;
+    for (long i = 0; i < n; ++i) asm volatile(CHAINS(MADDUBSW_BARE) ::: CLOBBERS);
+  }, 32);
   std::printf("form=fma_float32 multiply_adds_per_ns=%.1f\n", fma);
   std::printf("form=vpmaddwd_int16 multiply_adds_per_ns=%.1f\n", maddwd);
   std::printf("form=vpmaddubsw_int8 multiply_adds_per_ns=%.1f\n", maddubsw);
+  std::printf("form=vpmaddubsw_pair_int8 multiply_adds_per_ns=%.1f\n", pair);
+  std::printf("form=vpmaddubsw_bare_int8 multiply_adds_per_ns=%.1f\n", bare);
   return 0;
 }

@@ -13,7 +13,11 @@ signature in float32 (what TensorFlow Serving runs), ours with the bfloat16 rewr
 engines (--engine tflite and tflite-int8, and float16 weights as export.py --quantize float16
 writes them). Each is compared with ours in float32: accuracy, labels agreeing, largest
 probability difference; and each one's reviews/s, scoring from the raw texts (a TFLite engine's
-conversion, made before, not counted).
+conversion, made before, not counted). A fused way's run must have run attention as its name says
+(fused-fp32: the kernel; fused-chunks: chunks; fused-whole: as saved), or it counts as failed.
+
+Appends the run to benchmarks/results/parity.json's "runs" (earlier runs are kept); exits 1 if any
+way failed, after printing the others.
 """
 import argparse
 import json
@@ -31,6 +35,9 @@ WAYS = {"ours-fp32": ("fast", "float32"), "tutorial-fp32": ("tutorial", "float32
         "fused-whole-fp32": ("fused-whole", "float32"), "fused-whole-bf16": ("fused-whole", "bfloat16"),
         "tflite-fp32": ("tflite", "float32"), "tflite-int8": ("tflite-int8", "float32"),
         "tflite-fp16": ("tflite-float16", "float32")}  # the last: export.py --quantize float16's weights
+# How a fused way's graph must run attention (engines.attention_in_use); float32's fused way needs the kernel.
+ATTENTION = {"fused-fp32": "kernel", "fused-chunks-fp32": "chunks", "fused-bf16": "chunks",
+             "fused-whole-fp32": "as saved", "fused-whole-bf16": "as saved"}
 
 
 def child(model_dir, reviews, pipeline, precision):
@@ -77,6 +84,7 @@ def child(model_dir, reviews, pipeline, precision):
     seconds = time.perf_counter() - started
     return {"accuracy": float(np.mean((logits >= 0) == test.labels)), "reviews_per_s": len(test) / seconds,
             "seq_length": record["config"]["seq_length"], "reviews": len(test),
+            "attention": engines.attention_in_use(model),
             "probabilities": (1 / (1 + np.exp(-np.asarray(logits, np.float64)))).tolist()}
 
 
@@ -92,7 +100,7 @@ def main(argv=None):
         print("CHILD " + json.dumps(child(args.model_dir, args.reviews, *args.child)), flush=True)
         return None
     print(common.machine_header(common.cpu_flags()), flush=True)
-    results = {}
+    results, failed = {}, []
     for name, (pipeline, precision) in WAYS.items():
         if name not in args.ways and name != "ours-fp32":
             continue
@@ -101,10 +109,17 @@ def main(argv=None):
         lines = [line for line in run.stdout.splitlines() if line.startswith("CHILD ")]
         if run.returncode or not lines:
             print(f"{name} failed:\n{run.stderr[-3000:]}")
+            failed.append(name)
             continue
-        results[name] = json.loads(lines[-1][6:])
-        print(f"{name:<18} accuracy={results[name]['accuracy']:.4f} "
-              f"reviews/s={results[name]['reviews_per_s']:.1f}", flush=True)
+        result = json.loads(lines[-1][6:])
+        if ATTENTION.get(name, result["attention"]) != result["attention"]:
+            print(f"{name} failed: its attention ran as {result['attention']!r}, not as {ATTENTION[name]!r}; its "
+                  f"figures would not be its name's:\n{run.stderr[-3000:]}")
+            failed.append(name)
+            continue
+        results[name] = result
+        print(f"{name:<18} accuracy={result['accuracy']:.4f} reviews/s={result['reviews_per_s']:.1f}"
+              + (f" attention={result['attention']}" if result["attention"] else ""), flush=True)
     if "ours-fp32" in results:
         reference = np.array(results["ours-fp32"]["probabilities"])
         for name in results.keys() - {"ours-fp32"}:
@@ -115,7 +130,12 @@ def main(argv=None):
                   f"{100 * (results[name]['accuracy'] - results['ours-fp32']['accuracy']):+.2f} points; labels agree "
                   f"on {100 * results[name]['labels_agreeing']:.2f}%; largest probability difference "
                   f"{results[name]['max_probability_difference']:.2g}")
-    common.save_result("parity", {"machine": common.machine(), "model_dir": args.model_dir, "results": results})
+    if results:
+        common.append_result("parity", {"machine": common.machine(), "cpu_flags": common.cpu_flags(),
+                                        "date": time.strftime("%Y-%m-%d"), "model_dir": args.model_dir,
+                                        "reviews": args.reviews, "results": results, "failed": failed})
+    if failed:
+        sys.exit(f"{len(failed)} of the ways failed: {', '.join(failed)}")
     return results
 
 

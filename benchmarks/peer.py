@@ -1,6 +1,6 @@
 """Our fast pipeline against the peer a user would pick instead: Hugging Face transformers on PyTorch.
 
-    pip install --no-deps -r requirements-bench.txt   # torch (CPU build) and transformers
+    pip install --no-deps -r requirements-bench.txt   # torch and transformers (docs/benchmarks.md: torch's CPU build)
     python benchmarks/peer.py                         # 128 and 512 tokens
     python benchmarks/peer.py --seq-lengths 128 --precisions float32
     python benchmarks/peer.py --rounds 3              # each side's best of 3 runs, taking turns to go first
@@ -34,6 +34,8 @@ import json
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import zipfile
@@ -292,6 +294,12 @@ def main(argv=None):
     missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
     if missing:
         raise SystemExit(f"the peer needs {' and '.join(missing)}: pip install --no-deps -r requirements-bench.txt")
+    imported = subprocess.run([sys.executable, "-c", "import torch, transformers"], capture_output=True, text=True)
+    if imported.returncode:  # as PyPI's CUDA build of torch, installed --no-deps, does
+        reason = (imported.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SystemExit(f"the peer's torch or transformers does not import ({reason}); take torch's CPU build: "
+                         "pip install --no-deps -r requirements-bench.txt --extra-index-url "
+                         "https://download.pytorch.org/whl/cpu")
 
     common.real_data_flags()  # build MiniLM and check the data before the children start
     model_dir = minilm_hf()

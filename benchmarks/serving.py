@@ -12,8 +12,9 @@ For each setting, serve.py runs in its own process with its defaults (--batch-ti
 tflite-int8 takes no --precision), and --batch-size 32
 (batching on) or 1 (off: one text per model call). For each number of clients, that many threads
 each send one IMDB test review per request on a keep-alive connection, after an untimed warm-up, until
---requests requests are answered: throughput = requests / wall time, and p50/p99 of each
-request's latency. Mean batch = texts scored / model calls, as serve.py's /healthz counts them.
+--requests requests are sent: throughput = requests answered / wall time (a failed request is not
+counted, and the script exits 1 at the end), and p50/p99 of each request's latency. Mean batch =
+texts scored / model calls, as serve.py's /healthz counts them.
 The last lines, `serving-ratio clients=C batching=X`, are batching's throughput over no batching's.
 
 First, the ceiling: in a process of its own, the same model scores CEILING_REVIEWS of the same
@@ -173,7 +174,7 @@ def main(argv=None):
                 after = server.health()
                 calls = after["model_calls"] - before["model_calls"]
                 row = {"batch_size": batch_size, "clients": clients, "requests": len(latencies),
-                       "failures": len(failures), "reviews_per_s": len(latencies) / seconds,
+                       "failures": len(failures), "reviews_per_s": (len(latencies) - len(failures)) / seconds,
                        "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99),
                        "mean_batch": (after["texts_scored"] - before["texts_scored"]) / max(calls, 1)}
                 results[f"{setting}@{clients}"] = row
@@ -192,6 +193,9 @@ def main(argv=None):
             print(f"serving-ratio clients={clients} batching={on['reviews_per_s'] / off['reviews_per_s']:.2f}")
     if alone:
         print(f"serving-ceiling batching={alone['on'] / alone['off']:.2f}")
+    failed = [name for name, row in results.items() if isinstance(row, dict) and row.get("failures")]
+    if failed:
+        sys.exit(f"requests failed in {', '.join(failed)}: their reviews/s count only the answered ones")
     return results
 
 

@@ -321,7 +321,27 @@ def test_tflite_export_and_its_client_work_without_tf_text(tflite_exports, tmp_p
             assert "weights" in lines[0]
             assert_same_results(lines, expected, name)
         sizes[quantize] = os.path.getsize(os.path.join(out, "model.tflite"))
-    assert sizes["int8"] < sizes["float16"] < sizes["none"]  # the weights are stored as asked
+        stored = reduced_precision_elements(os.path.join(out, "model.tflite"))
+        assert stored == {"none": {}, "int8": {"int8": stored.get("int8")},
+                          "float16": {"float16": stored.get("float16")}}[quantize], (name, stored)
+        assert quantize == "none" or stored[quantize] > 10_000, (name, stored)  # the encoder's weights, not a few
+    assert sizes["int8"] < sizes["float16"] < sizes["none"]
+
+
+def reduced_precision_elements(path):
+    """{dtype: elements} of a .tflite's int8 and float16 tensors: where its weights are stored so."""
+    import warnings
+
+    from tfhub_classifier.runtime import tf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=path)
+    counts = {}
+    for detail in interpreter.get_tensor_details():
+        dtype = np.dtype(detail["dtype"]).name
+        if dtype in ("int8", "float16"):
+            counts[dtype] = counts.get(dtype, 0) + int(np.prod(detail["shape"]))
+    return counts
 
 
 def test_quantize_needs_the_tflite_format(binary_dir, tmp_path, capsys):
@@ -430,6 +450,42 @@ def test_client_rest_paths_need_only_the_standard_library(exports, capsys):
         assert request["signature_name"] == "serving_default"
         for key, value in tokens.items():
             assert [instance[key] for instance in request["instances"]] == value.tolist()
+
+
+def test_the_client_refuses_bad_input_in_one_line(exports, tmp_path):
+    """The shipped client, as its users run it (numpy and TensorFlow absent), answers a bad flag, a folder
+    that is no export, a server that is down or refuses the model, and a missing TensorFlow with one line
+    that says what to do, and a non-zero exit: never a traceback."""
+    import http.server
+    import socket
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_error(404, "Servable not found")
+
+        def log_message(self, *args):
+            pass
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        closed = free.getsockname()[1]
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = [sys.executable, "-c", STDLIB_ONLY_CLIENT, os.path.join(exports["multiclass"][1], "client_example.py")]
+    cases = [(["--top-k", "0"], 2, "--top-k must be 1 or more"),
+             (["--export-dir", str(tmp_path)], 1, "is not an export (tokenizer.json, vocab.txt, labels.json missing)"),
+             (["--server", f"http://127.0.0.1:{closed}/v1/models/core"], 1, "can't reach the server"),
+             (["--server", f"http://127.0.0.1:{server.server_address[1]}/v1/models/core"], 1, "answered HTTP 404"),
+             ([], 1, "scoring locally needs tensorflow")]
+    try:
+        for flags, code, expected in cases:
+            done = run_quietly(client + flags + ["The movie was great!"])
+            lines = done.stderr.strip().splitlines()
+            assert done.returncode == code and "Traceback" not in done.stderr, (flags, done.stderr[-2000:])
+            assert expected in lines[-1] and (code == 2 or len(lines) == 1), (flags, done.stderr)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_client_explains_as_predict_does(exports, capsys):

@@ -108,8 +108,9 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def _start_cluster(argv, tmp_path, tag, stuck=False):
-    """One train.py per worker, started (stuck: worker 1 stops at step 5); (processes, log paths)."""
+def _start_cluster(argv, tmp_path, tag, stuck=False, own_model_dir=None):
+    """One train.py per worker, started (stuck: worker 1 stops at step 5; own_model_dir: worker 1's
+    --model-dir, as if its disk were its own); (processes, log paths)."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(WORKERS)]}
     processes, paths = [], []
     for index in range(WORKERS):
@@ -119,7 +120,8 @@ def _start_cluster(argv, tmp_path, tag, stuck=False):
         paths.append(tmp_path / f"{tag}-worker{index}.log")
         with open(paths[-1], "w") as log:
             wrapper = ["-c", STUCK_AT_STEP_5] if stuck and index == 1 else []
-            processes.append(subprocess.Popen([sys.executable, *wrapper, os.path.join(ROOT, "train.py"), *argv],
+            own = ["--model-dir", own_model_dir] if own_model_dir and index == 1 else []
+            processes.append(subprocess.Popen([sys.executable, *wrapper, os.path.join(ROOT, "train.py"), *argv, *own],
                                               cwd=str(tmp_path), env=env, stdout=log, stderr=subprocess.STDOUT))
     return processes, paths
 
@@ -170,6 +172,24 @@ def test_a_lost_worker_stops_the_others_in_bounded_time_and_a_relaunch_resumes(h
     assert not os.path.exists(os.path.join(model_dir, "saved_model.pb"))
     if loss != "SIGKILL":
         return  # resuming is the same after any loss: relaunched once, after the kill
+
+    # Relaunched where worker 1 can't see the chief's checkpoints (its --model-dir on a disk of its own): it
+    # would start over beside a resuming chief, so both stop with one line, and the checkpoints stay.
+    processes, paths = _start_cluster(argv, tmp_path, "unshared", own_model_dir=str(tmp_path / "own" / "model"))
+    try:
+        for process in processes:
+            process.wait(timeout=TIMEOUT)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process, path in zip(processes, paths):
+        last = path.read_text().strip().splitlines()[-1]
+        assert process.returncode not in (0, None) and last.startswith("error: the workers would start from "
+                                                                       "different points"), last
+        assert "worker 0 at step" in last and "worker 1 at step 0" in last and "storage every worker shares" in last
+    assert any(name.startswith("ckpt") for name in os.listdir(backup))
 
     processes, paths = _start_cluster(argv, tmp_path, "again")
     try:

@@ -68,3 +68,19 @@ def test_a_collective_timeout_without_multiworker_is_refused():
     with pytest.raises(ValueError, match="add --strategy multiworker"):
         config.resolve(collective_timeout_s=30).validate(config.TRAIN)
     assert config.resolve(collective_timeout_s=30, strategy="multiworker").validate(config.TRAIN)
+
+
+def test_a_peer_lost_while_the_encoder_loads_is_not_blamed_on_the_model(monkeypatch, tmp_path):
+    """Under the strategy's scope each of the encoder's variables takes its value from the chief: a lost peer
+    fails that load with the cluster's error, which must reach trainer.run (which names the worker), not
+    become "could not load --encoder ... this machine may be offline"."""
+    from tfhub_classifier.model import hub_models
+    from tfhub_classifier.runtime import hub, tf
+    (tmp_path / "saved_model.pb").write_bytes(b"")
+    lost = tf.errors.UnavailableError(None, None, "Collective ops is aborted by: /job:worker/replica:0/task:1")
+    monkeypatch.setattr(hub, "load", lambda handle: (_ for _ in ()).throw(lost))
+    with pytest.raises(tf.errors.UnavailableError):
+        hub_models.load_hub_model(str(tmp_path), "--encoder")
+    monkeypatch.setattr(hub, "load", lambda handle: (_ for _ in ()).throw(OSError("unreadable")))
+    with pytest.raises(ValueError, match="could not load --encoder .* \\(unreadable\\)"):
+        hub_models.load_hub_model(str(tmp_path), "--encoder")

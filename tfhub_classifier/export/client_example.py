@@ -20,11 +20,14 @@ import os
 import platform
 import sys
 import unicodedata
+import urllib.error
 import urllib.request
+import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TFLITE_FILE = "model.tflite"  # in a TFLite export, scored in place of the SavedModel
 TOKEN_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
+SERVER_TIMEOUT_S = 300  # for one request: a batch of 32 texts, on a loaded server
 
 # What ICU's NFKC_Casefold (TF Text's case_fold_utf8) deletes: Unicode's Default_Ignorable_Code_Point.
 DEFAULT_IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
@@ -285,7 +288,9 @@ def tflite_scorer(path):
         import tensorflow as tf
         Interpreter = tf.lite.Interpreter  # noqa: N806 (a class)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    interpreter = Interpreter(model_path=path, num_threads=cores)
+    with warnings.catch_warnings():  # tf.lite's notice that LiteRT's package will replace it: either scores
+        warnings.simplefilter("ignore")
+        interpreter = Interpreter(model_path=path, num_threads=cores)
     runners = signature_runners(interpreter)
 
     def score(tokens):
@@ -321,7 +326,7 @@ def score_on_server(tokens, url):
     """Probabilities from TF Serving at url (http://host:8501/v1/models/NAME)."""
     request = urllib.request.Request(url.rstrip("/") + ":predict", json.dumps(rest_request(tokens)).encode(),
                                      {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request) as response:
+    with urllib.request.urlopen(request, timeout=SERVER_TIMEOUT_S) as response:
         predictions = json.load(response)["predictions"]
     return [p["probabilities"] if isinstance(p, dict) else p for p in predictions]
 
@@ -360,6 +365,32 @@ def main(argv=None):
                         help="also give each word's weight toward the label (one model call per word)")
     parser.add_argument("--explain-label", metavar="NAME", help="with --explain: explain this label instead")
     args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error("--top-k must be 1 or more")
+    missing = [name for name in ("tokenizer.json", "vocab.txt", "labels.json")
+               if not os.path.isfile(os.path.join(args.export_dir, name))]
+    if missing:
+        sys.exit(f"error: {args.export_dir} is not an export ({', '.join(missing)} missing): give --export-dir "
+                 "the folder export.py wrote")
+    try:
+        return scored(args, parser)
+    except urllib.error.HTTPError as error:
+        sys.exit(f"error: the server at {args.server} answered HTTP {error.code} ({error.reason}): check that "
+                 "--server names the model's URL (http://HOST:8501/v1/models/NAME) and that it serves this export")
+    except urllib.error.URLError as error:
+        sys.exit(f"error: can't reach the server at {args.server} ({error.reason}): start it, or fix --server")
+    except TimeoutError:
+        sys.exit(f"error: the server at {args.server} did not answer within {SERVER_TIMEOUT_S} s: check that it "
+                 "is up and not overloaded")
+    except ModuleNotFoundError as error:
+        if error.name not in ("tensorflow", "numpy"):
+            raise
+        sys.exit(f"error: scoring locally needs {error.name} (pip install tensorflow; a TFLite export needs only "
+                 "pip install ai-edge-litert), or score on TF Serving with --server URL")
+
+
+def scored(args, parser):
+    """main's work once its arguments are checked: the results it prints."""
     tokenizer = Tokenizer.of_export(args.export_dir)
     tokens = tokenizer(args.texts)
     if args.request:

@@ -3,7 +3,7 @@ import hashlib
 import os
 import shutil
 
-from tfhub_classifier.runtime import hub
+from tfhub_classifier.runtime import hub, tf
 
 
 def _hub_cache_entry(handle):
@@ -31,6 +31,9 @@ def load_hub_model(handle, flag, log=print):
                     os.remove(stale)
     try:
         return hub.load(handle)
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError):
+        raise  # a peer lost under --strategy multiworker, whose chief sends each variable's value: trainer names it
     except Exception as error:  # hub raises many types for a network failure
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"could not load {flag} {handle} ({reason[:200]}); this machine may be offline: "

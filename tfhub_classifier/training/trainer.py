@@ -248,6 +248,8 @@ def _train(session, work_dir, train, validation, log):
     if positive_weights is not None:
         log(f"Positive weights per label (balanced): {positive_weights.round(3).tolist()}")
     model = session.compile(steps_per_epoch, positive_weights)
+    if cfg.strategy == "multiworker":
+        _check_same_start(session.strategy, work_dir, steps_per_epoch, cfg.model_dir)
     summary = work_dir.trained_summary()
     if summary is None:
         return fit(session, model, work_dir, train, validation, steps_per_epoch, log, fit_class_weight)
@@ -413,6 +415,27 @@ def _barrier(strategy):
 
 
 BARRIER_TIMEOUT_S = 6 * 3600  # a worker that never arrives is still found: its connection drops or heartbeats stop
+
+
+def _check_same_start(strategy, work_dir, steps_per_epoch, model_dir):
+    """Raise ValueError unless every worker starts where the chief does. Each resumes from the chief's
+    checkpoint in MODEL_DIR.training as it sees it, so a worker on a disk of its own would start over
+    beside a chief that resumes, and their gradient exchanges would mix two runs."""
+    epoch, step, stopped = work_dir.resume_position(steps_per_epoch)
+    start = [epoch * steps_per_epoch + step, int(stopped), int(work_dir.trained_summary() is not None)]
+
+    def gather():
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=BARRIER_TIMEOUT_S)
+        return tf.distribute.get_replica_context().all_gather(tf.constant([start], tf.int64), axis=0,
+                                                              options=options)
+    gathered = tf.function(lambda: strategy.run(gather), autograph=False)()
+    starts = strategy.experimental_local_results(gathered)[0].numpy().tolist()
+    if any(other != starts[0] for other in starts):
+        where = ", ".join(f"worker {index} at step {position}" + (" (trained)" if trained else "")
+                          for index, (position, _, trained) in enumerate(starts))
+        raise ValueError(f"the workers would start from different points ({where}): each reads the chief's "
+                         f"checkpoints in {checkpoints.work_dir_of(model_dir)} as its own disk has them; put "
+                         "--model-dir on storage every worker shares, at the same path, and relaunch them all")
 
 
 def _follow(chief_work_dir, work_dir):
