@@ -2,6 +2,7 @@
 ops in every layout and mask a graph gives it, and put in the fused graph in place of each attention in
 float32; where it can't be compiled or differs, attention stays TensorFlow's ops with a note."""
 import os
+import time
 
 import numpy as np
 import pytest
@@ -179,7 +180,8 @@ def test_a_failed_compile_says_so_in_one_line_and_leaves_nothing_behind(fresh_ca
         kernel_library.load("fused_attention", log=lambda line: None)
     assert str(failed.value) == (f"{compiler} -O1 could not compile its kernel (kernel.cc:1:1: error: a made-up "
                                  "failure): set CXX to a C++17 compiler (apt-get install g++)")
-    assert os.listdir(fresh_cache) == []  # its half-written output is gone
+    library = os.path.basename(kernel_library.library_path("fused_attention"))
+    assert os.listdir(fresh_cache) == [f"{library}.failed"]  # its half-written output is gone; the reason is kept
 
 
 def test_a_library_tensorflow_cannot_load_is_removed_and_said_so(fresh_cache, tmp_path, monkeypatch):
@@ -191,7 +193,34 @@ def test_a_library_tensorflow_cannot_load_is_removed_and_said_so(fresh_cache, tm
     with pytest.raises(kernel_library.Unavailable, match=r"^\S+junk-c\+\+ built its kernel, but TensorFlow can't "
                                                         r"load it \(.+\): set CXX to a C\+\+17 compiler"):
         kernel_library.load("fused_attention", log=lambda line: None)
-    assert os.listdir(fresh_cache) == []
+    assert os.listdir(fresh_cache) == [os.path.basename(kernel_library.library_path("fused_attention")) + ".failed"]
+
+
+def test_a_failed_build_is_not_tried_again_by_the_next_process_for_a_day(fresh_cache, tmp_path, monkeypatch):
+    """Each try costs seconds of compiling: a later process (here: the same one, forgetting what it loaded)
+    gives the earlier build's reason without running the compiler, until the note is deleted or a day old."""
+    calls = tmp_path / "calls"
+    compiler = tmp_path / "failing-c++"
+    compiler.write_text(FAKE_COMPILER.replace("while", f"echo compiled >> {calls}\nwhile", 1)
+                        + 'echo "kernel.cc:1:1: error: a made-up failure" >&2\nexit 1\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    from tfhub_classifier.model import kernel_library
+
+    def load_in_a_new_process():
+        monkeypatch.setattr(kernel_library, "_loaded", {})
+        with pytest.raises(kernel_library.Unavailable) as failed:
+            kernel_library.load("fused_attention", log=lambda line: None)
+        return str(failed.value), calls.read_text().count("compiled")
+    first, compiles = load_in_a_new_process()
+    assert compiles == 1 and "could not compile its kernel (kernel.cc:1:1: error: a made-up failure)" in first
+    note = kernel_library.library_path("fused_attention") + ".failed"
+    assert load_in_a_new_process() == (f"{first} (an earlier build's; delete {note} to try again)", 1)
+    day_old = time.time() - kernel_library.RETRY_AFTER_S - 1
+    os.utime(note, (day_old, day_old))
+    assert load_in_a_new_process() == (first, 2)
+    os.remove(note)
+    assert load_in_a_new_process() == (first, 3)
 
 
 def test_a_cache_that_cannot_be_written_compiles_into_a_scratch_folder_it_removes(fresh_cache, tmp_path, monkeypatch):

@@ -6,7 +6,9 @@ compiles one at run time, so this does: the system's C++ compiler (CXX, else g++
 with -march=native, and it is kept in the cache folder under a name hashed from the source, TensorFlow's
 version and flags, the compiler and this CPU (its model and flags as /proc/cpuinfo gives them), so a
 copied cache or another CPU doesn't load a library built for something else. A library being written
-has a name of its own until it is renamed into place, so processes compiling at once don't mix.
+has a name of its own until it is renamed into place, so processes compiling at once don't mix. A
+build that failed leaves its reason beside where the library would be, and later processes give that
+reason without compiling again for RETRY_AFTER_S.
 """
 import functools
 import hashlib
@@ -17,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 
 from tfhub_classifier import cli, files
 from tfhub_classifier.runtime import tf
@@ -26,10 +29,15 @@ CACHE_VARIABLE = "TFHUB_CLASSIFIER_CACHE"  # the cache folder; else $XDG_CACHE_H
 COMPILE_TIMEOUT_S = 600
 CPU_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU part")  # x86's and Arm's /proc/cpuinfo
 FIX = "set CXX to a C++17 compiler (apt-get install g++)"
+RETRY_AFTER_S = 24 * 3600  # a failed build is not tried again sooner (each try costs seconds of compiling)
 
 
 class Unavailable(Exception):
     """The library could not be compiled or loaded here; the message says why and what to do."""
+
+
+class BuildFailed(Unavailable):
+    """A compile ran and failed, or built a library TensorFlow can't load: kept for RETRY_AFTER_S."""
 
 
 def cache_folder():
@@ -104,6 +112,24 @@ def load(name, log=print):
 
 def _load(name, log):
     path = library_path(name)
+    failed = f"{path}.failed"
+    try:
+        if time.time() - os.path.getmtime(failed) < RETRY_AFTER_S:
+            with open(failed, encoding="utf-8") as f:
+                raise Unavailable(f"{f.read().strip()} (an earlier build's; delete {failed} to try again)")
+    except OSError:  # no failed build to remember, or its note can't be read
+        pass
+    try:
+        return _built(name, path, log)
+    except BuildFailed as error:
+        try:
+            files.write_bytes(failed, str(error).encode())
+        except OSError:  # a cache that can't be written: the next process tries again
+            pass
+        raise
+
+
+def _built(name, path, log):
     if os.path.isfile(path):
         try:
             return tf.load_op_library(path)
@@ -114,7 +140,7 @@ def _load(name, log):
         return tf.load_op_library(path)
     except Exception as error:  # noqa: BLE001  e.g. a compiler whose C++ library TensorFlow's doesn't match
         os.remove(path)
-        raise Unavailable(f"{shlex.join(compiler())} built its kernel, but TensorFlow can't load it "
+        raise BuildFailed(f"{shlex.join(compiler())} built its kernel, but TensorFlow can't load it "
                           f"({cli.error_summary(error)}): {FIX}") from None
     finally:
         if scratch:  # the library stays mapped once loaded
@@ -146,11 +172,11 @@ def _compiled(name, path, log):
                               text=True, timeout=COMPILE_TIMEOUT_S)
         if done.returncode != 0:
             errors = [line for line in done.stderr.splitlines() if "error:" in line] or done.stderr.splitlines()
-            raise Unavailable(f"{shlex.join(command)} could not compile its kernel "
+            raise BuildFailed(f"{shlex.join(command)} could not compile its kernel "
                               f"({(errors or ['no message'])[0][:200]}): {FIX}")
         os.replace(partial, path)
     except subprocess.TimeoutExpired:
-        raise Unavailable(f"{shlex.join(command)} took over {COMPILE_TIMEOUT_S} s to compile its kernel: {FIX}") \
+        raise BuildFailed(f"{shlex.join(command)} took over {COMPILE_TIMEOUT_S} s to compile its kernel: {FIX}") \
             from None
     except BaseException:
         if scratch:
