@@ -49,31 +49,19 @@ double rate(Body body, int multiply_adds_per_instruction) {
 
 }  // namespace
 
+// A loop of twelve independent chains of one form's instructions, n times.
+#define LOOP(FORM)                                                                 \
+  [](long n) {                                                                     \
+    ZERO_ALL;                                                                      \
+    for (long i = 0; i < n; ++i) asm volatile(CHAINS(FORM) ::: CLOBBERS);        \
+  }
+
 int main() {
-  const double fma = rate([](long n) {
-    ZERO_ALL;
-    for (long i = 0; i < n; ++i) asm volatile(CHAINS(FMA) ::: CLOBBERS);
-  }, 8);
-  const double maddwd = rate([](long n) {
-    ZERO_ALL;
-    for (long i = 0; i < n; ++i) asm volatile(CHAINS(MADDWD) ::: CLOBBERS);
-  }, 16);
-  const double maddubsw = rate([](long n) {
-    ZERO_ALL;
-    for (long i = 0; i < n; ++i) asm volatile(CHAINS(MADDUBSW) ::: CLOBBERS);
-  }, 32);
-  const double pair = rate([](long n) {
-    ZERO_ALL;
-    for (long i = 0; i < n; ++i) asm volatile(CHAINS(MADDUBSW_PAIR) ::: CLOBBERS);
-  }, 64);
-  const double bare = rate([](long n) {
-    ZERO_ALL;
-    for (long i = 0; i < n; ++i) asm volatile(CHAINS(MADDUBSW_BARE) ::: CLOBBERS);
-  }, 32);
-  std::printf("form=fma_float32 multiply_adds_per_ns=%.1f\n", fma);
-  std::printf("form=vpmaddwd_int16 multiply_adds_per_ns=%.1f\n", maddwd);
-  std::printf("form=vpmaddubsw_int8 multiply_adds_per_ns=%.1f\n", maddubsw);
-  std::printf("form=vpmaddubsw_pair_int8 multiply_adds_per_ns=%.1f\n", pair);
-  std::printf("form=vpmaddubsw_bare_int8 multiply_adds_per_ns=%.1f\n", bare);
+  // Each form is timed after the one before, so none competes with another for the core.
+  std::printf("form=fma_float32 multiply_adds_per_ns=%.1f\n", rate(LOOP(FMA), 8));
+  std::printf("form=vpmaddwd_int16 multiply_adds_per_ns=%.1f\n", rate(LOOP(MADDWD), 16));
+  std::printf("form=vpmaddubsw_int8 multiply_adds_per_ns=%.1f\n", rate(LOOP(MADDUBSW), 32));
+  std::printf("form=vpmaddubsw_pair_int8 multiply_adds_per_ns=%.1f\n", rate(LOOP(MADDUBSW_PAIR), 64));
+  std::printf("form=vpmaddubsw_bare_int8 multiply_adds_per_ns=%.1f\n", rate(LOOP(MADDUBSW_BARE), 32));
   return 0;
 }

@@ -126,6 +126,18 @@ def _start_cluster(argv, tmp_path, tag, stuck=False, own_model_dir=None):
     return processes, paths
 
 
+def _wait_for_all(processes):
+    """Wait for every process to end, up to TIMEOUT each; kill those still running."""
+    try:
+        for process in processes:
+            process.wait(timeout=TIMEOUT)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 @pytest.mark.parametrize("loss", ["SIGKILL", "SIGSTOP", "stuck"])
 def test_a_lost_worker_stops_the_others_in_bounded_time_and_a_relaunch_resumes(hub_models, big_archive_url,
                                                                                 tmp_path, loss):
@@ -176,14 +188,7 @@ def test_a_lost_worker_stops_the_others_in_bounded_time_and_a_relaunch_resumes(h
     # Relaunched where worker 1 can't see the chief's checkpoints (its --model-dir on a disk of its own): it
     # would start over beside a resuming chief, so both stop with one line, and the checkpoints stay.
     processes, paths = _start_cluster(argv, tmp_path, "unshared", own_model_dir=str(tmp_path / "own" / "model"))
-    try:
-        for process in processes:
-            process.wait(timeout=TIMEOUT)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    _wait_for_all(processes)
     for process, path in zip(processes, paths):
         last = path.read_text().strip().splitlines()[-1]
         assert process.returncode not in (0, None) and last.startswith("error: the workers would start from "
@@ -192,14 +197,7 @@ def test_a_lost_worker_stops_the_others_in_bounded_time_and_a_relaunch_resumes(h
     assert any(name.startswith("ckpt") for name in os.listdir(backup))
 
     processes, paths = _start_cluster(argv, tmp_path, "again")
-    try:
-        for process in processes:
-            process.wait(timeout=TIMEOUT)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    _wait_for_all(processes)
     outputs = [path.read_text() for path in paths]
     assert [p.returncode for p in processes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     assert "Resuming the interrupted run" in outputs[0]
