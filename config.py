@@ -355,7 +355,7 @@ class Config:
         offered = set(field_names(script))
         for spec in dataclasses.fields(self):
             least, value = spec.metadata["at_least"], getattr(self, spec.name)
-            if spec.name in offered and least is not None and isinstance(value, float) and not math.isfinite(value):
+            if spec.name in offered and isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"--{flag_name(spec.name, script)} must be a finite number, got {value}")
             if spec.name in offered and least is not None and value < least:
                 bound = "at least 1" if least == 1 else f"{least} or more"

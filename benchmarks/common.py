@@ -62,22 +62,28 @@ def machine_header(flags):
 
 
 def save_result(name, result):
+    from tfhub_classifier import files
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+    files.write_bytes(path, json.dumps(result, indent=2).encode())  # whole or not at all: never a cut file
     return path
 
 
 def append_result(name, run):
     """Add run to results/NAME.json's "runs", keeping the runs before it (a file of one earlier run,
-    without "runs", becomes the first); returns the path."""
+    without "runs", becomes the first; one that can't be read is set aside as NAME.json.unreadable);
+    returns the path."""
     path = os.path.join(RESULTS, f"{name}.json")
     runs = []
-    if os.path.isfile(path):
+    try:
         with open(path) as f:
             earlier = json.load(f)
         runs = earlier["runs"] if isinstance(earlier, dict) and "runs" in earlier else [earlier]
+    except FileNotFoundError:
+        pass
+    except ValueError as error:
+        os.replace(path, path + ".unreadable")
+        print(f"note: {path} could not be read ({error}); set aside as {path}.unreadable", flush=True)
     return save_result(name, {"runs": runs + [run]})
 
 

@@ -298,8 +298,8 @@ def main(argv=None):
     if imported.returncode:  # as PyPI's CUDA build of torch, installed --no-deps, does
         reason = (imported.stderr.strip().splitlines() or ["no message"])[-1]
         raise SystemExit(f"the peer's torch or transformers does not import ({reason}); take torch's CPU build: "
-                         "pip install --no-deps -r requirements-bench.txt --extra-index-url "
-                         "https://download.pytorch.org/whl/cpu")
+                         "pip uninstall -y torch && pip install --no-deps -r requirements-bench.txt "
+                         "--extra-index-url https://download.pytorch.org/whl/cpu")
 
     common.real_data_flags()  # build MiniLM and check the data before the children start
     model_dir = minilm_hf()

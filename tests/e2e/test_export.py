@@ -462,6 +462,14 @@ def test_the_client_refuses_bad_input_in_one_line(exports, tmp_path):
 
     class NotFound(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
+            if self.path.startswith("/hang-up"):  # a server that closes the connection without an answer
+                self.close_connection = True
+                return
+            if self.path.startswith("/not-serving"):  # an answer, but no TF Serving's
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"<html>hello</html>")
+                return
             self.send_error(404, "Servable not found")
 
         def log_message(self, *args):
@@ -474,8 +482,11 @@ def test_the_client_refuses_bad_input_in_one_line(exports, tmp_path):
     client = [sys.executable, "-c", STDLIB_ONLY_CLIENT, os.path.join(exports["multiclass"][1], "client_example.py")]
     cases = [(["--top-k", "0"], 2, "--top-k must be 1 or more"),
              (["--export-dir", str(tmp_path)], 1, "is not an export (tokenizer.json, vocab.txt, labels.json missing)"),
-             (["--server", f"http://127.0.0.1:{closed}/v1/models/core"], 1, "can't reach the server"),
+             (["--server", f"http://127.0.0.1:{closed}/v1/models/core"], 1, "can't get an answer from the server"),
              (["--server", f"http://127.0.0.1:{server.server_address[1]}/v1/models/core"], 1, "answered HTTP 404"),
+             (["--server", f"http://127.0.0.1:{server.server_address[1]}/hang-up"], 1,
+              "can't get an answer from the server"),
+             (["--server", f"http://127.0.0.1:{server.server_address[1]}/not-serving"], 1, "did not answer in JSON"),
              ([], 1, "scoring locally needs tensorflow")]
     try:
         for flags, code, expected in cases:

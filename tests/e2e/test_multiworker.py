@@ -7,6 +7,7 @@ the other workers write to temporary folders they delete.
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -189,11 +190,14 @@ def test_a_lost_worker_stops_the_others_in_bounded_time_and_a_relaunch_resumes(h
     # would start over beside a resuming chief, so both stop with one line, and the checkpoints stay.
     processes, paths = _start_cluster(argv, tmp_path, "unshared", own_model_dir=str(tmp_path / "own" / "model"))
     _wait_for_all(processes)
-    for process, path in zip(processes, paths):
+    own_model_dir = str(tmp_path / "own" / "model")
+    for process, path, seen in zip(processes, paths, (model_dir, own_model_dir)):
         last = path.read_text().strip().splitlines()[-1]
         assert process.returncode not in (0, None) and last.startswith("error: the workers would start from "
                                                                        "different points"), last
-        assert "worker 0 at step" in last and "worker 1 at step 0" in last and "storage every worker shares" in last
+        assert re.search(r"\(worker 0 at step [1-9]\d*, worker 1 at step 0\)", last), last  # resumed, started over
+        assert f"checkpoints in {seen}.training as its own disk has them" in last  # where each worker looked
+        assert "storage every worker shares" in last
     assert any(name.startswith("ckpt") for name in os.listdir(backup))
 
     processes, paths = _start_cluster(argv, tmp_path, "again")

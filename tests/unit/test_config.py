@@ -101,11 +101,12 @@ def test_validation_checks_only_the_flags_a_script_offers():
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
-def test_a_bounded_number_must_be_finite(value, capsys):
+@pytest.mark.parametrize("flags", [["--strategy", "multiworker", "--collective-timeout-s"], ["--weight-decay"],
+                                   ["--learning-rate"]])
+def test_a_number_must_be_finite(flags, value, capsys):
     """float("nan") passes every comparison with a bound, and an infinite timeout waits forever: both are
     refused in one line, before anything loads."""
-    fails_with(train.main, ["--strategy", "multiworker", "--collective-timeout-s", value], capsys,
-               f"--collective-timeout-s must be a finite number, got {float(value)}")
+    fails_with(train.main, flags + [value], capsys, f"{flags[-1]} must be a finite number, got {float(value)}")
 
 
 def test_a_resume_compares_every_setting_but_those_marked_otherwise():

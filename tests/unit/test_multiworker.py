@@ -73,14 +73,23 @@ def test_a_collective_timeout_without_multiworker_is_refused():
 def test_a_peer_lost_while_the_encoder_loads_is_not_blamed_on_the_model(monkeypatch, tmp_path):
     """Under the strategy's scope each of the encoder's variables takes its value from the chief: a lost peer
     fails that load with the cluster's error, which must reach trainer.run (which names the worker), not
-    become "could not load --encoder ... this machine may be offline"."""
+    become "could not load --encoder ... this machine may be offline"; a storage error stays that line."""
     from tfhub_classifier.model import hub_models
     from tfhub_classifier.runtime import hub, tf
+    from tfhub_classifier.training import cluster
     (tmp_path / "saved_model.pb").write_bytes(b"")
-    lost = tf.errors.UnavailableError(None, None, "Collective ops is aborted by: /job:worker/replica:0/task:1")
-    monkeypatch.setattr(hub, "load", lambda handle: (_ for _ in ()).throw(lost))
+    failures = {"lost": tf.errors.UnavailableError(None, None, "Collective ops is aborted by: "
+                                                                "/job:worker/replica:0/task:1"),
+                "storage": tf.errors.UnavailableError(None, None, "Error executing an HTTP request: gs://bucket"),
+                "unreadable": OSError("unreadable")}
+    monkeypatch.setattr(hub, "load", lambda handle: (_ for _ in ()).throw(failures[handle.split("/")[-1]]))
+    for name in failures:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "saved_model.pb").write_bytes(b"")
     with pytest.raises(tf.errors.UnavailableError):
-        hub_models.load_hub_model(str(tmp_path), "--encoder")
-    monkeypatch.setattr(hub, "load", lambda handle: (_ for _ in ()).throw(OSError("unreadable")))
-    with pytest.raises(ValueError, match="could not load --encoder .* \\(unreadable\\)"):
-        hub_models.load_hub_model(str(tmp_path), "--encoder")
+        hub_models.load_hub_model(str(tmp_path / "lost"), "--encoder", passes=cluster.is_lost_peer)
+    for name in ("storage", "unreadable"):
+        with pytest.raises(ValueError, match=f"could not load --encoder .*{name}"):
+            hub_models.load_hub_model(str(tmp_path / name), "--encoder", passes=cluster.is_lost_peer)
+    with pytest.raises(ValueError, match="could not load --encoder"):  # by default, every failure is that line
+        hub_models.load_hub_model(str(tmp_path / "lost"), "--encoder")

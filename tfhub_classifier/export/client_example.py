@@ -15,6 +15,7 @@ weight toward the label, by deleting one word at a time and rescoring (predict.p
     python client_example.py --explain "A slow start, but a wonderful film."
 """
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -322,12 +323,35 @@ def signature_runners(interpreter):
     return runners
 
 
+class ServerError(Exception):
+    """TF Serving could not score: the message says why, in one line, and what to check."""
+
+
 def score_on_server(tokens, url):
-    """Probabilities from TF Serving at url (http://host:8501/v1/models/NAME)."""
-    request = urllib.request.Request(url.rstrip("/") + ":predict", json.dumps(rest_request(tokens)).encode(),
-                                     {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=SERVER_TIMEOUT_S) as response:
-        predictions = json.load(response)["predictions"]
+    """Probabilities from TF Serving at url (http://host:8501/v1/models/NAME); ServerError if it can't give them."""
+    try:
+        request = urllib.request.Request(url.rstrip("/") + ":predict", json.dumps(rest_request(tokens)).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=SERVER_TIMEOUT_S) as response:
+            answer = json.load(response)
+    except urllib.error.HTTPError as error:
+        raise ServerError(f"the server at {url} answered HTTP {error.code} ({error.reason}): check that --server "
+                          "names the model's URL (http://HOST:8501/v1/models/NAME) and that it serves this "
+                          "export") from None
+    except TimeoutError:
+        raise ServerError(f"the server at {url} did not answer within {SERVER_TIMEOUT_S} s: check that it is up "
+                          "and not overloaded") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        reason = getattr(error, "reason", None) or str(error) or type(error).__name__
+        raise ServerError(f"can't get an answer from the server at {url} ({reason}): start it, or fix --server") \
+            from None
+    except ValueError:
+        raise ServerError(f"the server at {url} did not answer in JSON: check that --server is TF Serving's REST "
+                          "URL (http://HOST:8501/v1/models/NAME)") from None
+    predictions = answer.get("predictions") if isinstance(answer, dict) else None
+    if not isinstance(predictions, list) or len(predictions) != len(tokens[TOKEN_KEYS[0]]):
+        raise ServerError(f"the server at {url} answered without a prediction per text: check that --server is TF "
+                          "Serving's REST URL for this export (http://HOST:8501/v1/models/NAME)")
     return [p["probabilities"] if isinstance(p, dict) else p for p in predictions]
 
 
@@ -374,14 +398,8 @@ def main(argv=None):
                  "the folder export.py wrote")
     try:
         return scored(args, parser)
-    except urllib.error.HTTPError as error:
-        sys.exit(f"error: the server at {args.server} answered HTTP {error.code} ({error.reason}): check that "
-                 "--server names the model's URL (http://HOST:8501/v1/models/NAME) and that it serves this export")
-    except urllib.error.URLError as error:
-        sys.exit(f"error: can't reach the server at {args.server} ({error.reason}): start it, or fix --server")
-    except TimeoutError:
-        sys.exit(f"error: the server at {args.server} did not answer within {SERVER_TIMEOUT_S} s: check that it "
-                 "is up and not overloaded")
+    except ServerError as error:
+        sys.exit(f"error: {error}")
     except ModuleNotFoundError as error:
         if error.name not in ("tensorflow", "numpy"):
             raise

@@ -3,7 +3,7 @@ import hashlib
 import os
 import shutil
 
-from tfhub_classifier.runtime import hub, tf
+from tfhub_classifier.runtime import hub
 
 
 def _hub_cache_entry(handle):
@@ -11,8 +11,9 @@ def _hub_cache_entry(handle):
     return os.path.join(os.environ["TFHUB_CACHE_DIR"], hashlib.sha1(handle.encode("utf8")).hexdigest())
 
 
-def load_hub_model(handle, flag, log=print):
-    """hub.load(handle), with one-line errors that say what to do."""
+def load_hub_model(handle, flag, log=print, passes=lambda error: False):
+    """hub.load(handle), with one-line errors that say what to do; an error for which passes(error) is
+    true is raised as it is (under a multi-worker strategy, a lost peer: the caller names it)."""
     is_url = "://" in handle and not handle.startswith("file://")
     if not is_url:
         path = handle[len("file://"):] if handle.startswith("file://") else handle
@@ -31,10 +32,9 @@ def load_hub_model(handle, flag, log=print):
                     os.remove(stale)
     try:
         return hub.load(handle)
-    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
-            tf.errors.CancelledError):
-        raise  # a peer lost under --strategy multiworker, whose chief sends each variable's value: trainer names it
     except Exception as error:  # hub raises many types for a network failure
+        if passes(error):
+            raise
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"could not load {flag} {handle} ({reason[:200]}); this machine may be offline: "
                          f"download the model elsewhere and pass {flag} /path/to/saved_model_dir, or set "

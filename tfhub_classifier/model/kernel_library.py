@@ -7,8 +7,8 @@ with -march=native, and it is kept in the cache folder under a name hashed from 
 version and flags, the compiler and this CPU (its model and flags as /proc/cpuinfo gives them), so a
 copied cache or another CPU doesn't load a library built for something else. A library being written
 has a name of its own until it is renamed into place, so processes compiling at once don't mix. A
-build that failed leaves its reason beside where the library would be, and later processes give that
-reason without compiling again for RETRY_AFTER_S.
+compile the compiler failed leaves its reason beside where the library would be, and later processes
+that find no library give that reason without compiling again for RETRY_AFTER_S.
 """
 import functools
 import hashlib
@@ -37,7 +37,7 @@ class Unavailable(Exception):
 
 
 class BuildFailed(Unavailable):
-    """A compile ran and failed, or built a library TensorFlow can't load: kept for RETRY_AFTER_S."""
+    """The compiler ran and reported errors: what a retry would repeat, so it is kept for RETRY_AFTER_S."""
 
 
 def cache_folder():
@@ -112,6 +112,11 @@ def load(name, log=print):
 
 def _load(name, log):
     path = library_path(name)
+    if os.path.isfile(path):
+        try:
+            return tf.load_op_library(path)
+        except Exception as error:  # noqa: BLE001  a damaged or foreign file: build it again
+            log(f"note: {path} could not be loaded ({cli.error_summary(error)}); compiling it again")
     failed = f"{path}.failed"
     try:
         if time.time() - os.path.getmtime(failed) < RETRY_AFTER_S:
@@ -120,27 +125,18 @@ def _load(name, log):
     except OSError:  # no failed build to remember, or its note can't be read
         pass
     try:
-        return _built(name, path, log)
+        path, scratch = _compiled(name, path, log)
     except BuildFailed as error:
         try:
             files.write_bytes(failed, str(error).encode())
         except OSError:  # a cache that can't be written: the next process tries again
             pass
         raise
-
-
-def _built(name, path, log):
-    if os.path.isfile(path):
-        try:
-            return tf.load_op_library(path)
-        except Exception as error:  # noqa: BLE001  a damaged or foreign file: build it again
-            log(f"note: {path} could not be loaded ({cli.error_summary(error)}); compiling it again")
-    path, scratch = _compiled(name, path, log)
     try:
         return tf.load_op_library(path)
     except Exception as error:  # noqa: BLE001  e.g. a compiler whose C++ library TensorFlow's doesn't match
         os.remove(path)
-        raise BuildFailed(f"{shlex.join(compiler())} built its kernel, but TensorFlow can't load it "
+        raise Unavailable(f"{shlex.join(compiler())} built its kernel, but TensorFlow can't load it "
                           f"({cli.error_summary(error)}): {FIX}") from None
     finally:
         if scratch:  # the library stays mapped once loaded
@@ -176,7 +172,7 @@ def _compiled(name, path, log):
                               f"({(errors or ['no message'])[0][:200]}): {FIX}")
         os.replace(partial, path)
     except subprocess.TimeoutExpired:
-        raise BuildFailed(f"{shlex.join(command)} took over {COMPILE_TIMEOUT_S} s to compile its kernel: {FIX}") \
+        raise Unavailable(f"{shlex.join(command)} took over {COMPILE_TIMEOUT_S} s to compile its kernel: {FIX}") \
             from None
     except BaseException:
         if scratch:

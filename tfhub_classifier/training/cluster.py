@@ -26,10 +26,15 @@ class WorkerLost(ValueError):
     """A worker of the cluster was lost mid-run; the message names it and how to resume."""
 
 
+def is_lost_peer(error):
+    """Whether error says a peer of the cluster is gone (not, e.g., that a remote file system failed)."""
+    return isinstance(error, LOST_PEER_ERRORS) and bool(CLUSTER_FAILURE.search(str(error)))
+
+
 def lost_worker(error, collective_timeout_s, work_dir):
     """WorkerLost for an error that says a peer is gone, else None (the error is something else)."""
     text = str(error)
-    if not isinstance(error, LOST_PEER_ERRORS) or not CLUSTER_FAILURE.search(text):
+    if not is_lost_peer(error):
         return None
     settings = json.loads(os.environ.get("TF_CONFIG") or "{}")
     cluster, task = settings.get("cluster", {}), settings.get("task", {})

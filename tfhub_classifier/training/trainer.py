@@ -91,7 +91,8 @@ class Session:
         self.global_batch_size = cfg.batch_size * self.strategy.num_replicas_in_sync
         preprocessor = hub_models.load_hub_model(cfg.preprocessor_handle(), "--preprocessor", log)
         with self.strategy.scope():
-            encoder = hub_models.load_hub_model(cfg.encoder_handle(), "--encoder", log)
+            # Each variable takes its value from the chief here: a lost peer fails the load, and run() names it.
+            encoder = hub_models.load_hub_model(cfg.encoder_handle(), "--encoder", log, passes=cluster.is_lost_peer)
         longest = hub_models.max_seq_length(encoder)
         if cfg.seq_length > longest:
             raise ValueError(f"Cannot use --seq-length {cfg.seq_length} because the BERT model was only "
@@ -249,7 +250,7 @@ def _train(session, work_dir, train, validation, log):
         log(f"Positive weights per label (balanced): {positive_weights.round(3).tolist()}")
     model = session.compile(steps_per_epoch, positive_weights)
     if cfg.strategy == "multiworker":
-        _check_same_start(session.strategy, work_dir, steps_per_epoch, cfg.model_dir)
+        _check_same_start(session.strategy, work_dir, steps_per_epoch, cfg.collective_timeout_s)
     summary = work_dir.trained_summary()
     if summary is None:
         return fit(session, model, work_dir, train, validation, steps_per_epoch, log, fit_class_weight)
@@ -417,24 +418,27 @@ def _barrier(strategy):
 BARRIER_TIMEOUT_S = 6 * 3600  # a worker that never arrives is still found: its connection drops or heartbeats stop
 
 
-def _check_same_start(strategy, work_dir, steps_per_epoch, model_dir):
+def _check_same_start(strategy, work_dir, steps_per_epoch, timeout_s):
     """Raise ValueError unless every worker starts where the chief does. Each resumes from the chief's
     checkpoint in MODEL_DIR.training as it sees it, so a worker on a disk of its own would start over
     beside a chief that resumes, and their gradient exchanges would mix two runs."""
     epoch, step, stopped = work_dir.resume_position(steps_per_epoch)
-    start = [epoch * steps_per_epoch + step, int(stopped), int(work_dir.trained_summary() is not None)]
+    resolver = strategy.cluster_resolver
+    start = [int(resolver.task_type == "chief"), resolver.task_id, epoch * steps_per_epoch + step, int(stopped),
+             int(work_dir.trained_summary() is not None)]
 
     def gather():
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=BARRIER_TIMEOUT_S)
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s or None)
         return tf.distribute.get_replica_context().all_gather(tf.constant([start], tf.int64), axis=0,
                                                               options=options)
     gathered = tf.function(lambda: strategy.run(gather), autograph=False)()
-    starts = strategy.experimental_local_results(gathered)[0].numpy().tolist()
-    if any(other != starts[0] for other in starts):
-        where = ", ".join(f"worker {index} at step {position}" + (" (trained)" if trained else "")
-                          for index, (position, _, trained) in enumerate(starts))
+    starts = {tuple(row[:2]): row[2:] for row in strategy.experimental_local_results(gathered)[0].numpy().tolist()}
+    if len({tuple(point) for point in starts.values()}) > 1:
+        where = ", ".join(f"{'chief' if chief else 'worker'} {index} at step {position}"
+                          + (" (trained)" if trained else "") for (chief, index), (position, _, trained) in
+                          sorted(starts.items(), key=lambda item: (-item[0][0], item[0][1])))
         raise ValueError(f"the workers would start from different points ({where}): each reads the chief's "
-                         f"checkpoints in {checkpoints.work_dir_of(model_dir)} as its own disk has them; put "
+                         f"checkpoints in {os.path.dirname(work_dir.backup)} as its own disk has them; put "
                          "--model-dir on storage every worker shares, at the same path, and relaunch them all")
 
 
