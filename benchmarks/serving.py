@@ -13,7 +13,7 @@ tflite-int8 takes no --precision), and --batch-size 32
 (batching on) or 1 (off: one text per model call). For each number of clients, that many threads
 each send one IMDB test review per request on a keep-alive connection, after an untimed warm-up, until
 --requests requests are sent: throughput = requests answered / wall time (a failed request is not
-counted, and the script exits 1 at the end), and p50/p99 of each request's latency. Mean batch =
+counted, and the script exits 1 at the end), and p50/p99 of each answered request's latency. Mean batch =
 texts scored / model calls, as serve.py's /healthz counts them.
 The last lines, `serving-ratio clients=C batching=X`, are batching's throughput over no batching's.
 
@@ -84,7 +84,8 @@ class Server(serving_client.ServerProcess):
 
 
 def load(server, reviews, clients, requests):
-    """requests one-review requests from clients threads: (seconds, latencies, failures)."""
+    """requests one-review requests from clients threads: (seconds, the answered requests' latencies,
+    failures)."""
     latencies, failures = [], []
     share = [requests // clients + (i < requests % clients) for i in range(clients)]
 
@@ -99,11 +100,12 @@ def load(server, reviews, clients, requests):
                 answer = response.read()
                 if response.status != 200 or len(json.loads(answer)["predictions"]) != 1:
                     failures.append(f"{response.status}: {answer[:200]!r}")
-            except (OSError, http.client.HTTPException, ValueError) as error:
+                else:
+                    latencies.append(time.perf_counter() - started)
+            except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as error:
                 failures.append(repr(error))
                 connection.close()
                 connection = http.client.HTTPConnection(serving_client.HOST, server.port, timeout=600)
-            latencies.append(time.perf_counter() - started)
         connection.close()
 
     threads = [threading.Thread(target=client, args=(number,)) for number in range(clients)]
@@ -139,6 +141,8 @@ def ceiling(spec):
 
 
 def percentile(values, share):
+    if not values:  # every request failed: no latency to give
+        return float("nan")
     return statistics.quantiles(values, n=100, method="inclusive")[share - 1] if len(values) > 1 else values[0]
 
 
@@ -173,8 +177,8 @@ def main(argv=None):
                 seconds, latencies, failures = load(server, reviews, clients, args.requests)
                 after = server.health()
                 calls = after["model_calls"] - before["model_calls"]
-                row = {"batch_size": batch_size, "clients": clients, "requests": len(latencies),
-                       "failures": len(failures), "reviews_per_s": (len(latencies) - len(failures)) / seconds,
+                row = {"batch_size": batch_size, "clients": clients, "requests": len(latencies) + len(failures),
+                       "failures": len(failures), "reviews_per_s": len(latencies) / seconds,
                        "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99),
                        "mean_batch": (after["texts_scored"] - before["texts_scored"]) / max(calls, 1)}
                 results[f"{setting}@{clients}"] = row
