@@ -248,8 +248,40 @@ def test_a_cache_that_cannot_be_written_compiles_into_a_scratch_folder_it_remove
     with pytest.raises(kernel_library.Unavailable):  # the junk then fails to load: the scratch folder still goes
         kernel_library.load("fused_attention", log=notes.append)
     assert notes[0].startswith(f"Compiling the fused_attention kernel for this CPU: {tmp_path / 'file'}")
-    assert notes[0].endswith("(set TFHUB_CLASSIFIER_CACHE to a folder that can be) ...")
+    assert notes[0].endswith("(set TFHUB_CLASSIFIER_CACHE to a folder only you can write) ...")
     assert not scratch.exists()
+
+
+def test_a_kept_library_others_can_write_is_not_loaded(fresh_cache, tmp_path, monkeypatch):
+    """A library another user could have replaced would run their code in this process: one whose file or
+    folder others can write is left alone and the kernel compiled into a scratch folder; what the suite
+    compiles itself is kept writable by its owner alone, whatever the umask."""
+    from tfhub_classifier.model import kernel_library
+    compiler = tmp_path / "junk-c++"
+    compiler.write_text(FAKE_COMPILER + "exit 0\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    loaded = []
+    monkeypatch.setattr(kernel_library.tf, "load_op_library", lambda path: loaded.append(path) or path)
+    kept = kernel_library.library_path("fused_attention")
+    previous = os.umask(0o002)  # a umask that leaves files group-writable
+    try:
+        assert kernel_library.load("fused_attention", log=lambda line: None) == kept
+    finally:
+        os.umask(previous)
+    assert os.stat(kept).st_mode & 0o777 == 0o755 and os.stat(fresh_cache).st_mode & 0o022 == 0
+    for planted in (kept, str(fresh_cache)):  # the file, then its folder, writable by others
+        os.chmod(kept, 0o755)
+        os.chmod(fresh_cache, 0o755)
+        os.chmod(planted, 0o777)
+        monkeypatch.setattr(kernel_library, "_loaded", {})
+        notes = []
+        library = kernel_library.load("fused_attention", log=notes.append)
+        assert library != kept and os.path.dirname(kept) not in library, library
+        assert notes[0] == (f"note: {kept} is not loaded: another user owns it or its folder, or can write them; "
+                            "compiling the fused_attention kernel for this run alone (set TFHUB_CLASSIFIER_CACHE "
+                            "to a folder only you can write)")
+    assert kept not in loaded[1:]
 
 
 def test_the_cache_key_names_the_compiler_and_the_cpu(fresh_cache, monkeypatch):

@@ -17,6 +17,7 @@ import platform
 import secrets
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -110,9 +111,26 @@ def load(name, log=print):
     return _loaded[name]
 
 
+def _owned(path):
+    """Whether path and its folder belong to this user and no one else can write them: a kept library
+    that someone else could replace would run their code in every process that loads it."""
+    if not hasattr(os, "getuid"):  # no owners to compare (Windows)
+        return True
+    try:
+        infos = [os.stat(target) for target in (path, os.path.dirname(path))]
+    except OSError:
+        return False
+    return all(info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) for info in infos)
+
+
 def _load(name, log):
     path = library_path(name)
-    if os.path.isfile(path):
+    own_folder = True
+    if os.path.isfile(path) and not _owned(path):
+        own_folder = False
+        log(f"note: {path} is not loaded: another user owns it or its folder, or can write them; compiling the "
+            f"{name} kernel for this run alone (set {CACHE_VARIABLE} to a folder only you can write)")
+    elif os.path.isfile(path):
         try:
             return tf.load_op_library(path)
         except Exception as error:  # noqa: BLE001  a damaged or foreign file: build it again
@@ -125,7 +143,7 @@ def _load(name, log):
     except OSError:  # no failed build to remember, or its note can't be read
         pass
     try:
-        path, scratch = _compiled(name, path, log)
+        path, scratch = _compiled(name, path, log, own_folder)
     except BuildFailed as error:
         try:
             files.write_bytes(failed, str(error).encode())
@@ -143,16 +161,18 @@ def _load(name, log):
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _compiled(name, path, log):
+def _compiled(name, path, log, own_folder=True):
     """(path, None) once kernels/NAME.cc is compiled there; (a path in a scratch folder, that folder) if
-    path's folder can't be written."""
+    path's folder can't be written or (own_folder false) isn't this user's alone."""
     command = compiler()
     if shutil.which(command[0]) is None:
         raise Unavailable(f"no C++ compiler '{command[0]}' to build its kernel: install g++ (apt-get install g++) "
                           "or set CXX to one")
     folder, scratch = os.path.dirname(path), None
     try:
-        os.makedirs(folder, exist_ok=True)
+        if not own_folder:
+            raise PermissionError(0, "not this user's alone")
+        os.makedirs(folder, mode=0o755, exist_ok=True)
         files.remove_stale_partials(folder)
         partial = f"{path}.{secrets.token_hex(6)}.partial"
         open(partial, "xb").close()  # the folder can be written: the compiler's output will be kept
@@ -161,8 +181,8 @@ def _compiled(name, path, log):
         scratch = tempfile.mkdtemp(prefix="tfhub_classifier_kernels_")
         path = os.path.join(scratch, os.path.basename(path))
         partial = f"{path}.partial"
-        log(f"Compiling the {name} kernel for this CPU: {folder} can't be written ({error.strerror}), so it is "
-            f"compiled again each run (set {CACHE_VARIABLE} to a folder that can be) ...")
+        log(f"Compiling the {name} kernel for this CPU: {folder} can't be used ({error.strerror}), so it is "
+            f"compiled again each run (set {CACHE_VARIABLE} to a folder only you can write) ...")
     try:
         done = subprocess.run(compile_command(os.path.join(SOURCES, f"{name}.cc"), partial), capture_output=True,
                               text=True, timeout=COMPILE_TIMEOUT_S)
@@ -170,6 +190,7 @@ def _compiled(name, path, log):
             errors = [line for line in done.stderr.splitlines() if "error:" in line] or done.stderr.splitlines()
             raise BuildFailed(f"{shlex.join(command)} could not compile its kernel "
                               f"({(errors or ['no message'])[0][:200]}): {FIX}")
+        os.chmod(partial, 0o755)  # whatever the umask: a library others could write would not be loaded again
         os.replace(partial, path)
     except subprocess.TimeoutExpired:
         raise Unavailable(f"{shlex.join(command)} took over {COMPILE_TIMEOUT_S} s to compile its kernel: {FIX}") \
