@@ -13,9 +13,9 @@ any time: no engine padding so and multiplying with these kernels evaluates fast
 peer.py figure by it says how much of that ceiling each side reaches.
 
 Whether int8 could raise the ceiling: it also times oneDNN's int8 multiply (TensorFlow's
-QuantizedMatMulWithBiasAndDequantize, activations and weights in 8 bits, checked against the float32
-product first) on the same shapes, the `int8` precision; and, on an x86 CPU with AVX2 and FMA and a
-C++ compiler, it runs multiply_add_rates.cc, which counts the multiply-adds a second one core issues
+QuantizedMatMulWithBiasAndDequantize: 8-bit activations, weights within 7 bits, its product checked
+first against float32's product of the same numbers) on the same shapes, the `int8` precision; and,
+on an x86 CPU with AVX2 and FMA and a C++ compiler, it runs multiply_add_rates.cc, which counts the multiply-adds a second one core issues
 with each AVX2 instruction form a dense layer can use (float32 FMA, int16 VPMADDWD, int8 VPMADDUBSW
 widened at once or after summing a pair in int16; the file says which are exact when).
 
@@ -146,7 +146,6 @@ def int8_rate(shape, rows):
 def instruction_rates():
     """{form: multiply-adds a nanosecond on one core} from multiply_add_rates.cc, or {} with the reason
     printed where it can't run (not x86 with AVX2 and FMA, or no C++ compiler)."""
-    from tfhub_classifier import hardware
     from tfhub_classifier.model import kernel_library
     if not {"avx2", "fma"} <= hardware.cpu_flags():
         print("instruction rates: skipped: the CPU has no AVX2 and FMA")

@@ -126,15 +126,16 @@ def _owned(path):
 def _load(name, log):
     path = library_path(name)
     own_folder = True
-    if os.path.isfile(path) and not _owned(path):
-        own_folder = False
-        log(f"note: {path} is not loaded: another user owns it or its folder, or can write them; compiling the "
-            f"{name} kernel for this run alone (set {CACHE_VARIABLE} to a folder only you can write)")
-    elif os.path.isfile(path):
-        try:
-            return tf.load_op_library(path)
-        except Exception as error:  # noqa: BLE001  a damaged or foreign file: build it again
-            log(f"note: {path} could not be loaded ({cli.error_summary(error)}); compiling it again")
+    if os.path.isfile(path):
+        own_folder = _owned(path)
+        if not own_folder:
+            log(f"note: {path} is not loaded: another user owns it or its folder, or can write them; compiling "
+                f"the {name} kernel for this run alone (set {CACHE_VARIABLE} to a folder only you can write)")
+        else:
+            try:
+                return tf.load_op_library(path)
+            except Exception as error:  # noqa: BLE001  a damaged or foreign file: build it again
+                log(f"note: {path} could not be loaded ({cli.error_summary(error)}); compiling it again")
     failed = f"{path}.failed"
     try:
         if time.time() - os.path.getmtime(failed) < RETRY_AFTER_S:
@@ -169,19 +170,21 @@ def _compiled(name, path, log, own_folder=True):
         raise Unavailable(f"no C++ compiler '{command[0]}' to build its kernel: install g++ (apt-get install g++) "
                           "or set CXX to one")
     folder, scratch = os.path.dirname(path), None
-    try:
-        if not own_folder:
-            raise PermissionError(0, "not this user's alone")
-        os.makedirs(folder, mode=0o755, exist_ok=True)
-        files.remove_stale_partials(folder)
-        partial = f"{path}.{secrets.token_hex(6)}.partial"
-        open(partial, "xb").close()  # the folder can be written: the compiler's output will be kept
-        log(f"Compiling the {name} kernel for this CPU (once; kept in {folder}) ...")
-    except OSError as error:
+    unusable = None if own_folder else "not this user's alone"  # why the cache folder can't keep the library
+    if unusable is None:
+        try:
+            os.makedirs(folder, mode=0o755, exist_ok=True)
+            files.remove_stale_partials(folder)
+            partial = f"{path}.{secrets.token_hex(6)}.partial"
+            open(partial, "xb").close()  # the folder can be written: the compiler's output will be kept
+            log(f"Compiling the {name} kernel for this CPU (once; kept in {folder}) ...")
+        except OSError as error:
+            unusable = error.strerror
+    if unusable is not None:
         scratch = tempfile.mkdtemp(prefix="tfhub_classifier_kernels_")
         path = os.path.join(scratch, os.path.basename(path))
         partial = f"{path}.partial"
-        log(f"Compiling the {name} kernel for this CPU: {folder} can't be used ({error.strerror}), so it is "
+        log(f"Compiling the {name} kernel for this CPU: {folder} can't be used ({unusable}), so it is "
             f"compiled again each run (set {CACHE_VARIABLE} to a folder only you can write) ...")
     try:
         done = subprocess.run(compile_command(os.path.join(SOURCES, f"{name}.cc"), partial), capture_output=True,
