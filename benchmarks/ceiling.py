@@ -15,9 +15,10 @@ peer.py figure by it says how much of that ceiling each side reaches.
 Whether int8 could raise the ceiling: it also times oneDNN's int8 multiply (TensorFlow's
 QuantizedMatMulWithBiasAndDequantize: 8-bit activations, weights within 7 bits, its product checked
 first against float32's product of the same numbers) on the same shapes, the `int8` precision; and,
-on an x86 CPU with AVX2 and FMA and a C++ compiler, it runs multiply_add_rates.cc, which counts the multiply-adds a second one core issues
-with each AVX2 instruction form a dense layer can use (float32 FMA, int16 VPMADDWD, int8 VPMADDUBSW
-widened at once or after summing a pair in int16; the file says which are exact when).
+on an x86 CPU with AVX2 and FMA and a C++ compiler, it runs multiply_add_rates.cc, which counts the
+multiply-adds a second one core issues with each AVX2 instruction form a dense layer can use (float32
+FMA, int16 VPMADDWD, int8 VPMADDUBSW widened at once or after summing a pair in int16; the file says
+which are exact when).
 
 Prints, per sequence length, the arithmetic a review takes, and per precision a line
 `ceiling seq=128 precision=float32 dense_gflops=373 reviews_per_s=137.2`; then a line per instruction
