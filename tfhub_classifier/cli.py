@@ -18,6 +18,11 @@ DEBUG_VARIABLE = "BERT_SUITE_DEBUG"
 TRAINING_MEMORY_FLAGS = "--batch-size (training and validation), --eval-batch-size (test scoring) or --seq-length"
 
 
+class EndsProcess(ValueError):
+    """An error after which the interpreter's own exit could hang (TensorFlow's teardown waits on threads
+    still blocked on a lost cluster peer): run() prints it and ends the process at once."""
+
+
 def run(main, argv=None):
     """Call main(argv); end every error in one line on stderr and return the exit code.
 
@@ -29,6 +34,8 @@ def run(main, argv=None):
         main(argv)
     except ValueError as error:  # bad values: the message says what to do
         print(f"error: {error}", file=sys.stderr)
+        if isinstance(error, EndsProcess):
+            end_process_now(EXIT_ERROR)
         return EXIT_ERROR
     except OSError as error:  # disk full, read-only folder, missing file
         print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": ")
@@ -47,6 +54,13 @@ def run(main, argv=None):
         print(unexpected_error_line(error), file=sys.stderr)
         return EXIT_UNEXPECTED
     return 0
+
+
+def end_process_now(code):
+    """Flush what was printed and end the process with code, skipping the interpreter's teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def is_out_of_memory(error):

@@ -167,7 +167,10 @@ def test_a_lost_worker_stops_the_others_in_bounded_time_and_a_relaunch_resumes(h
         if loss != "stuck":
             processes[1].send_signal(getattr(signal, loss))
         killed = time.monotonic()
-        processes[0].wait(timeout=timeout + 60)
+        try:
+            processes[0].wait(timeout=timeout + 60)
+        except subprocess.TimeoutExpired:
+            pass  # the time it took is asserted below, with worker 0's output
         waited = time.monotonic() - killed
     finally:
         for process in processes:

@@ -92,6 +92,34 @@ def test_out_of_memory_is_known_by_name_without_tensorflow(capsys):
     assert "out of memory" in one_error_line(capsys)
 
 
+# A worker whose peer was lost: a thread that never ends (as TensorFlow's input pipeline threads can stay
+# blocked on the lost peer) would hold up the interpreter's exit, after the error line was printed.
+LOST_PEER_WITH_A_BLOCKED_THREAD = r"""
+import json, os, sys, threading
+sys.path.insert(0, sys.argv[1])
+os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                      "task": {"type": "worker", "index": 0}})
+from tfhub_classifier import cli
+from tfhub_classifier.runtime import tf
+from tfhub_classifier.training import cluster
+
+def main(argv):
+    threading.Thread(target=threading.Event().wait).start()
+    print(" 5/20 [======>......] - loss: 0.6931", end="")
+    raise cluster.lost_worker(tf.errors.DeadlineExceededError(None, None, "Collective has timed out"), 20,
+                              "/models/m.training")
+sys.exit(cli.run(main, []))
+"""
+
+
+def test_a_lost_worker_ends_the_process_at_once_with_its_output_flushed():
+    result = subprocess.run([sys.executable, "-c", LOST_PEER_WITH_A_BLOCKED_THREAD, ROOT], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == cli.EXIT_ERROR, result.stderr[-2000:]
+    assert result.stdout == " 5/20 [======>......] - loss: 0.6931"
+    assert result.stderr.strip().splitlines()[-1].startswith("error: worker 1 (127.0.0.1:2) was lost mid-training")
+
+
 @pytest.mark.parametrize("script", [evaluate, predict])
 def test_unexpected_error_is_one_line_pointing_at_debug(script, model_dir, monkeypatch, capsys):
     from tfhub_classifier.model import saving
