@@ -29,4 +29,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.exit_with(main)

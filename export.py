@@ -12,7 +12,6 @@ weights with --quantize), with the same files; the client scores it with TFLite'
 --out must be a new or empty folder; nothing else is touched.
 """
 import argparse
-import sys
 
 import config
 from tfhub_classifier import cli
@@ -46,4 +45,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.exit_with(main)

@@ -82,4 +82,4 @@ def main(argv=None):
     return prediction.run(cfg, args.sentences, args.file, args.format)
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.exit_with(main)

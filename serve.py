@@ -52,4 +52,4 @@ def _log(line):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.exit_with(main)

@@ -5,7 +5,6 @@
     python train.py --max-examples 500 --epochs 1   # a quick run
 """
 import argparse
-import sys
 
 import config
 from tfhub_classifier import cli
@@ -40,4 +39,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.exit_with(main)

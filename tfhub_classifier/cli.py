@@ -20,7 +20,17 @@ TRAINING_MEMORY_FLAGS = "--batch-size (training and validation), --eval-batch-si
 
 class EndsProcess(ValueError):
     """An error after which the interpreter's own exit could hang (TensorFlow's teardown waits on threads
-    still blocked on a lost cluster peer): run() prints it and ends the process at once."""
+    still blocked on a lost cluster peer): run() reports it like any bad value, exit_with() then ends the
+    process at once."""
+
+
+def exit_with(main):
+    """A script's end: run(main) on the command line's arguments, then exit with its code (at once, skipping
+    the interpreter's teardown, after an EndsProcess error)."""
+    code, error = _run(main, None)
+    if isinstance(error, EndsProcess):
+        end_process_now(code)
+    sys.exit(code)
 
 
 def run(main, argv=None):
@@ -30,36 +40,42 @@ def run(main, argv=None):
     130: interrupted. 1 (EXIT_UNEXPECTED): anything else, as `error: <Type>: <first line>`; with
     --debug in argv (None = sys.argv[1:]) or BERT_SUITE_DEBUG=1 it is re-raised to show the traceback.
     """
+    return _run(main, argv)[0]
+
+
+def _run(main, argv):
+    """run(), returning (exit code, the error caught or None)."""
     try:
         main(argv)
     except ValueError as error:  # bad values: the message says what to do
         print(f"error: {error}", file=sys.stderr)
-        if isinstance(error, EndsProcess):
-            end_process_now(EXIT_ERROR)
-        return EXIT_ERROR
+        return EXIT_ERROR, error
     except OSError as error:  # disk full, read-only folder, missing file
         print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": ")
               + " (check the path, its permissions and free space)", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_ERROR, error
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM/SIGINT that training checkpointed for
         what = f"stopped by {interrupt}" if str(interrupt) else "interrupted: nothing was overwritten"
         print(f"{what}; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED, interrupt
     except Exception as error:
         if is_out_of_memory(error):
             print(out_of_memory_line(error, memory_flags(main)), file=sys.stderr)
-            return EXIT_ERROR
+            return EXIT_ERROR, error
         if debug_requested(argv):
             raise
         print(unexpected_error_line(error), file=sys.stderr)
-        return EXIT_UNEXPECTED
-    return 0
+        return EXIT_UNEXPECTED, error
+    return 0, None
 
 
 def end_process_now(code):
     """Flush what was printed and end the process with code, skipping the interpreter's teardown."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
     os._exit(code)
 
 

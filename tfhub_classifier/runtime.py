@@ -143,9 +143,7 @@ def make_strategy(name, collective_timeout_s=0):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        # Every GPU; on a machine without, every logical CPU (one unless configured otherwise).
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([device.name for device in devices])
+        return tf.distribute.MirroredStrategy(_mirrored_devices())
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multiworker reads the cluster from TF_CONFIG; set it on "
@@ -156,6 +154,21 @@ def make_strategy(name, collective_timeout_s=0):
                 communication_options=communication_options(collective_timeout_s))
         return _multiworker_strategy
     raise ValueError(f"unknown --strategy {name!r}; use one of {', '.join(config.STRATEGIES)}")
+
+
+def _mirrored_devices():
+    """Every GPU; on a machine without, every logical CPU (one unless configured otherwise)."""
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return [device.name for device in devices]
+
+
+def replica_layout(name):
+    """(workers, devices on each) that --strategy name trains on; multiworker's strategy made first."""
+    if name == "multiworker":
+        strategy = make_strategy(name)  # the process's one, made with its timeout
+        devices = len(strategy.extended.worker_devices)
+        return strategy.num_replicas_in_sync // devices, devices
+    return 1, len(_mirrored_devices()) if name == "mirrored" else 1
 
 
 def communication_options(collective_timeout_s):

@@ -109,12 +109,12 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def _start_cluster(argv, tmp_path, tag, stuck=False, own_model_dir=None):
+def _start_cluster(argv, tmp_path, tag, stuck=False, own_model_dir=None, workers=WORKERS):
     """One train.py per worker, started (stuck: worker 1 stops at step 5; own_model_dir: worker 1's
     --model-dir, as if its disk were its own); (processes, log paths)."""
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(WORKERS)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(workers)]}
     processes, paths = [], []
-    for index in range(WORKERS):
+    for index in range(workers):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="",
                    TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         env.pop("BERT_SUITE_DEBUG", None)
@@ -201,6 +201,15 @@ def test_a_lost_worker_stops_the_others_in_bounded_time_and_a_relaunch_resumes(h
         assert re.search(r"\(worker 0 at step [1-9]\d*, worker 1 at step 0\)", last), last  # resumed, started over
         assert f"checkpoints in {seen}.training as its own disk has them" in last  # where each worker looked
         assert "storage every worker shares" in last
+    assert any(name.startswith("ckpt") for name in os.listdir(backup))
+
+    # Relaunched on one worker: each step would take half the batch, so the checkpoint's steps would not match.
+    processes, paths = _start_cluster(argv, tmp_path, "alone", workers=1)
+    _wait_for_all(processes)
+    last = paths[0].read_text().strip().splitlines()[-1]
+    assert processes[0].returncode == 2 and re.search(
+        rf"^error: {re.escape(model_dir)}.training holds a training interrupted on 2 workers of 1 device each "
+        r"\(16 texts a step\); this launch has 1 worker of 1 device \(8 a step\).*relaunch on 2 workers", last), last
     assert any(name.startswith("ckpt") for name in os.listdir(backup))
 
     processes, paths = _start_cluster(argv, tmp_path, "again")

@@ -1,9 +1,11 @@
 """MODEL_DIR.training/: a resume compares every setting but those that change neither weights nor data."""
 import dataclasses
+import os
 
 import pytest
 
 import config
+from tfhub_classifier.runtime import tf
 from tfhub_classifier.training import checkpoints
 
 
@@ -56,3 +58,24 @@ def test_a_setting_the_interrupted_run_did_not_record_counts_as_its_default(tmp_
                                                    log=lambda *_: None)
     checkpoints.WorkDir(cfg.model_dir).prepare(cfg, log=lambda *_: None)  # its default: resumes
     assert work_dir.trained_summary() == {}
+
+
+def test_an_unfinished_training_resumes_only_on_as_many_replicas(tmp_path):
+    """Two workers' checkpoint, relaunched on one worker of three devices: each step would take another batch
+    and the schedule another length, so it is refused; on two replicas laid out either way it resumes, and a
+    finished training may go on anywhere."""
+    cfg = config.resolve(model_dir=str(tmp_path / "model"), batch_size=8)
+    work_dir = checkpoints.WorkDir(cfg.model_dir).prepare(cfg, log=lambda *_: None)
+    work_dir.check_replicas(2, 1, cfg.batch_size)
+    os.makedirs(os.path.join(work_dir.backup, "chief"))
+    tf.train.Checkpoint(step=tf.Variable(3)).save(os.path.join(work_dir.backup, "chief", "ckpt"))
+    with pytest.raises(ValueError, match=r"model.training holds a training interrupted on 2 workers of 1 device "
+                                         r"each \(16 texts a step\); this launch has 1 worker of 3 devices \(24 a "
+                                         r"step\).*relaunch on 2 workers of 1 device each .*--restart"):
+        work_dir.check_replicas(1, 3, cfg.batch_size)
+    work_dir.check_replicas(1, 2, cfg.batch_size)
+    work_dir.check_replicas(2, 1, cfg.batch_size)
+    with open(work_dir.trained_record, "w") as f:
+        f.write("{}")
+    work_dir.check_replicas(1, 3, cfg.batch_size)
+

@@ -108,7 +108,7 @@ def main(argv):
     print(" 5/20 [======>......] - loss: 0.6931", end="")
     raise cluster.lost_worker(tf.errors.DeadlineExceededError(None, None, "Collective has timed out"), 20,
                               "/models/m.training")
-sys.exit(cli.run(main, []))
+cli.exit_with(main)
 """
 
 
@@ -118,6 +118,14 @@ def test_a_lost_worker_ends_the_process_at_once_with_its_output_flushed():
     assert result.returncode == cli.EXIT_ERROR, result.stderr[-2000:]
     assert result.stdout == " 5/20 [======>......] - loss: 0.6931"
     assert result.stderr.strip().splitlines()[-1].startswith("error: worker 1 (127.0.0.1:2) was lost mid-training")
+
+
+def test_run_reports_an_error_that_ends_the_process_and_returns(capsys):
+    """Only a script's own end (exit_with) ends the process: run() returns, as its in-process callers expect."""
+    def main(argv):
+        raise cli.EndsProcess("worker 1 was lost")
+    assert cli.run(main, []) == cli.EXIT_ERROR
+    assert one_error_line(capsys) == "error: worker 1 was lost"
 
 
 @pytest.mark.parametrize("script", [evaluate, predict])

@@ -30,6 +30,12 @@ def work_dir_of(model_dir):
     return os.path.abspath(model_dir).rstrip("/") + ".training"
 
 
+def _layout(workers, devices):
+    """'2 workers of 1 device each', as messages name a replica layout."""
+    return (f"{workers} worker{'s' if workers != 1 else ''} of {devices} device{'s' if devices != 1 else ''}"
+            + (" each" if workers != 1 else ""))
+
+
 def _read_json(path):
     try:
         with open(path) as f:
@@ -88,9 +94,31 @@ class WorkDir:
         if recorded and recorded != fingerprint and self._holds_progress():
             differing = ", ".join(f"{key} {recorded.get(key)} -> {fingerprint[key]}" for key in fingerprint
                                   if recorded.get(key) != fingerprint[key])
-            raise ValueError(f"{self.path} holds an interrupted run on other data ({differing}); rerun with "
+            raise ValueError(f"{self.shown_path} holds an interrupted run on other data ({differing}); rerun with "
                              "its data to resume it, or add --restart to discard it and start over")
         files.write_json(path, fingerprint)
+
+    def check_replicas(self, workers, devices, batch_size):
+        """Refuse to resume an unfinished training on another number of replicas (workers times devices on
+        each): each step's batch, the steps per epoch and the learning-rate schedule would not match its
+        checkpoint. A work dir without replicas.json is not checked."""
+        path = os.path.join(self.path, "replicas.json")
+        recorded = _read_json(path) or {}
+        before = recorded.get("workers", 1), recorded.get("devices", 1)
+        if (recorded and before[0] * before[1] != workers * devices and self._holds_progress()
+                and self.trained_summary() is None):
+            raise ValueError(f"{self.shown_path} holds a training interrupted on {_layout(*before)} "
+                             f"({before[0] * before[1] * batch_size} texts a step); this launch has "
+                             f"{_layout(workers, devices)} ({workers * devices * batch_size} a step), so its steps "
+                             f"and learning-rate schedule would not match the checkpoint's: relaunch on "
+                             f"{_layout(*before)} (the workers in TF_CONFIG, the devices the GPUs each sees) to "
+                             "resume it, or add --restart to discard it and start over")
+        files.write_json(path, {"workers": workers, "devices": devices})
+
+    @property
+    def shown_path(self):
+        """The folder to name in messages: the chief's, on a worker that follows it from a temporary one."""
+        return os.path.dirname(self.backup)
 
     def discard_if_empty(self):
         """Remove the folder if no attempt trained anything in it (e.g. the data was refused)."""

@@ -218,6 +218,7 @@ def _prepare_work_dir(cfg, log, splits, strategy, chief_work_dir):
         _barrier(strategy)  # an unshared disk: each worker has its own copy of the data
         if chief_work_dir is not None:
             _follow(chief_work_dir, work_dir)
+    work_dir.check_replicas(*runtime.replica_layout(cfg.strategy), cfg.batch_size)
     return work_dir
 
 
