@@ -282,7 +282,7 @@ class Config:
     serve_precision: str = _option("float32", "float32 = the scores of the saved serving_default (what TF "
                                    "Serving and the core-ops export give; within 1e-4 through the fused graph, "
                                    "exactly with --engine savedmodel); bfloat16 = faster on CPUs with "
-                                   "AVX512-BF16/AMX, scores off by up to about 0.015 (docs/benchmarks.md)",
+                                   "AVX512-BF16/AMX, scores off by up to about 0.02 (docs/benchmarks.md)",
                                    PRECISIONS[1:], scripts=(SERVE,), flag={SERVE: "precision"})
     batch_timeout_ms: float = _option(5.0, "longest a text waits for others to share its model call: small "
                                       "against a call's tens of milliseconds", scripts=(SERVE,))

@@ -10,7 +10,7 @@ signature in float32 (what TensorFlow Serving runs), ours with the bfloat16 rewr
 (--engine fused, the default) in float32 and bfloat16 (its float32 attention the suite's kernel;
 "fused-chunks": TensorFlow's ops a chunk of the batch at a time, as without a compiler and in bfloat16;
 "fused-whole": TensorFlow's ops on the whole batch at once), and the TFLite
-engines (--engine tflite and tflite-int8, and float16 weights as export.py --quantize float16
+engines (TFLite in float32, --engine tflite-int8, and float16 weights as export.py --quantize float16
 writes them). Each is compared with ours in float32: accuracy, labels agreeing, largest
 probability difference; and each one's reviews/s, scoring from the raw texts (a TFLite engine's
 conversion, made before, not counted). A fused way's run must have run attention as its name says

@@ -184,7 +184,7 @@ def test_a_lost_worker_stops_the_others_in_bounded_time_and_a_relaunch_resumes(h
     assert last.startswith("error: ") and "worker 1" in last and "relaunch" in last, output[-3000:]
     if loss == "stuck":
         assert f"no answer within --collective-timeout-s {timeout}" in last
-    assert waited < timeout + 30, output[-3000:]
+    assert waited < timeout + 10, output[-3000:]  # the timeout, then one line and an immediate exit
     assert not os.path.exists(os.path.join(model_dir, "saved_model.pb"))
     if loss != "SIGKILL":
         return  # resuming is the same after any loss: relaunched once, after the kill

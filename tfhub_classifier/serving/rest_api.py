@@ -29,8 +29,8 @@ either); the prediction fields beyond serving_default's two are the suite's addi
 here and in docs/serving.md, not invented outputs. The run record, which TensorFlow Serving has no
 place for, is under /record.
 
-Scores are float32 by default, exactly serving_default's; --precision bfloat16 trades up to about
-0.015 of a probability for speed on CPUs with AVX512-BF16/AMX; /healthz says which is in force.
+Scores are float32 by default, exactly serving_default's; --precision bfloat16 trades up to
+about 0.02 of a probability for speed on CPUs with AVX512-BF16/AMX; /healthz says which is in force.
 
 Only requests whose Host header is an IP address or names localhost, --host or one of
 --allowed-hosts are answered (400 otherwise: DNS rebinding); :predict takes only Content-Type:
