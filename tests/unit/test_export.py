@@ -1,6 +1,7 @@
 """The core-ops export's parts without a trained model: the probabilities in the graph, the search for
 the client's tokenizer settings, bfloat16 found in a graph, and folders it never overwrites."""
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -108,3 +109,29 @@ def test_the_final_rename_never_replaces_a_filled_folder(tmp_path, monkeypatch):
     monkeypatch.undo()
     fresh = core_ops.write_new_folder(str(tmp_path / "new" / "export"), lambda staging: None)
     assert os.path.isdir(fresh) and sorted(os.listdir(tmp_path / "new")) == ["export"]
+
+
+def test_an_empty_out_folder_keeps_its_permissions(tmp_path):
+    """A folder made for the export (say, group-writable for a team) is filled, not replaced by one of the
+    umask's mode."""
+    from tfhub_classifier.export import core_ops
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chmod(out, 0o2770)
+
+    def write(staging):
+        with open(os.path.join(staging, "saved_model.pb"), "w") as f:
+            f.write("export")
+    core_ops.write_new_folder(str(out), write)
+    assert os.listdir(out) == ["saved_model.pb"] and stat.S_IMODE(os.stat(out).st_mode) == 0o2770
+
+
+def test_a_mount_point_is_refused_before_the_export_naming_a_folder_inside(tmp_path, monkeypatch):
+    from tfhub_classifier.export import core_ops
+    out = tmp_path / "mounted"
+    out.mkdir()
+    monkeypatch.setattr(core_ops.os.path, "ismount", lambda path: os.path.abspath(path) == str(out))
+    with pytest.raises(ValueError, match=rf"--out {out} is a mount point; give a new folder inside it, e.g. --out "
+                                         rf"{out}/export \(nothing was overwritten\)"):
+        core_ops.require_new_folder(str(out))
+    assert core_ops.require_new_folder(str(out / "export")) == str(out / "export")

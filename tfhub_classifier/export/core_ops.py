@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import stat
 
 import config
 from tfhub_classifier import files
@@ -49,14 +50,19 @@ def require_new_folder(out):
     if os.path.islink(out) or (os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out))):
         raise ValueError(f"--out {out} already exists and is not an empty folder; give a new folder "
                          "(nothing was overwritten)")
+    if os.path.ismount(out):  # the export is renamed into place, which a mount point can't take
+        raise ValueError(f"--out {out} is a mount point; give a new folder inside it, e.g. --out "
+                         f"{os.path.join(out, 'export')} (nothing was overwritten)")
     return out
 
 
 def write_new_folder(out, write):
     """Call write(folder) on a staging folder beside out, then rename it to out: out must not exist, or
-    be an empty folder, then as now. Nothing else is touched (no out.previous): if out was filled
-    meanwhile, the export is discarded and ValueError says so. Returns out's absolute path."""
+    be an empty folder, then as now, whose permissions the export keeps. Nothing else is touched (no
+    out.previous): if out was filled meanwhile, the export is discarded and ValueError says so. Returns
+    out's absolute path."""
     out = os.path.abspath(out)
+    kept_mode = stat.S_IMODE(os.stat(out).st_mode) if os.path.isdir(out) else None
     # Readable by the umask's rule, so a server can load it; another export's staging folder is left be.
     with files.staging_folder(out, "export", clear_leftovers=False) as staging:
         write(staging)
@@ -68,6 +74,8 @@ def write_new_folder(out, write):
         except OSError as error:
             raise ValueError(f"--out {out} was filled while exporting ({error.strerror}); give a new folder "
                              "(nothing was overwritten, the export was discarded)") from None
+    if kept_mode is not None:
+        os.chmod(out, kept_mode)
     return out
 
 
