@@ -139,11 +139,12 @@ def _wait_for_all(processes):
                 process.wait()
 
 
-@pytest.mark.parametrize("loss", ["SIGKILL", "SIGSTOP", "stuck"])
+@pytest.mark.parametrize("loss", ["SIGKILL", "SIGSTOP", "stuck", "SIGTERM"])
 def test_a_lost_worker_stops_the_others_in_bounded_time_and_a_relaunch_resumes(hub_models, big_archive_url,
                                                                                 tmp_path, loss):
-    """Worker 1 killed (SIGKILL: its connections drop), hung (SIGSTOP: they stay open, its heartbeats stop)
-    or stuck (its Python stops; heartbeats go on, so only the collective timeout ends the wait) mid-epoch:
+    """Worker 1 killed (SIGKILL: its connections drop), hung (SIGSTOP: they stay open, its heartbeats stop),
+    stuck (its Python stops; heartbeats go on, so only the collective timeout ends the wait) or stopped
+    (SIGTERM: it says the chief's checkpoint is the one to resume from, not its own) mid-epoch:
     worker 0 exits within --collective-timeout-s (plus slack) with one line naming the lost task and how to
     resume; relaunching both with the same command finishes with the optimizer steps of an uninterrupted
     run and one model, saved by the chief (checked after the kill)."""
@@ -172,6 +173,11 @@ def test_a_lost_worker_stops_the_others_in_bounded_time_and_a_relaunch_resumes(h
         except subprocess.TimeoutExpired:
             pass  # the time it took is asserted below, with worker 0's output
         waited = time.monotonic() - killed
+        if loss == "SIGTERM":
+            try:
+                processes[1].wait(timeout=timeout + 60)
+            except subprocess.TimeoutExpired:
+                pass  # killed below: its exit code then says it hung
     finally:
         for process in processes:
             if process.poll() is None:
@@ -186,6 +192,11 @@ def test_a_lost_worker_stops_the_others_in_bounded_time_and_a_relaunch_resumes(h
         assert f"no answer within --collective-timeout-s {timeout}" in last
     assert waited < timeout + 10, output[-3000:]  # the timeout, then one line and an immediate exit
     assert not os.path.exists(os.path.join(model_dir, "saved_model.pb"))
+    if loss == "SIGTERM":
+        stopped = paths[1].read_text().strip().splitlines()[-1]
+        assert processes[1].returncode == 130 and stopped.startswith("stopped by SIGTERM at step ") and (
+            f"only the chief could checkpoint: the workers resume from the chief's last checkpoint in "
+            f"{os.path.dirname(backup)}" in stopped), stopped
     if loss != "SIGKILL":
         return  # resuming is the same after any loss: relaunched once, after the kill
 

@@ -79,3 +79,25 @@ def test_an_unfinished_training_resumes_only_on_as_many_replicas(tmp_path):
         f.write("{}")
     work_dir.check_replicas(1, 3, cfg.batch_size)
 
+
+
+@pytest.mark.parametrize("follows_chief", [False, True])
+def test_a_stop_says_which_checkpoint_the_run_resumes_from(tmp_path, follows_chief):
+    """SIGTERM on a worker that isn't the chief: its own checkpoint goes to a folder it deletes, so the line
+    names the chief's last one, not a step that no checkpoint holds."""
+    cfg = config.resolve(model_dir=str(tmp_path / "model"))
+    work_dir = checkpoints.WorkDir(cfg.model_dir).prepare(cfg, log=lambda *_: None)
+    model = tf.keras.Sequential([tf.keras.Input((1,)), tf.keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.iterations.assign(57)
+    backup = checkpoints.Backup(work_dir, 0)
+    backup.set_model(model)
+    backup.stop_requested, backup.follows_chief = "SIGTERM", follows_chief
+    with pytest.raises(checkpoints.Stopped) as stopped:
+        backup._stop()
+    if follows_chief:
+        assert str(stopped.value) == (f"SIGTERM at step 57, which only the chief could checkpoint: the workers resume "
+                                      f"from the chief's last checkpoint in {work_dir.backup} once every one is "
+                                      "relaunched")
+    else:
+        assert str(stopped.value) == f"SIGTERM, checkpointed at step 57 in {work_dir.backup}"

@@ -208,6 +208,7 @@ class Backup(keras.callbacks.BackupAndRestore):
         self.every_steps = every_steps
         self.early_stopping = early_stopping
         self.stop_requested = None
+        self.follows_chief = False  # a non-chief worker: its checkpoints go to a folder it deletes
         self._previous_handlers = {}
 
     def on_train_begin(self, logs=None):
@@ -230,6 +231,7 @@ class Backup(keras.callbacks.BackupAndRestore):
         if state.write_checkpoint_manager is state.read_checkpoint_manager:
             state.write_checkpoint_manager = manager
         else:  # a non-chief worker writes to its own temporary folder
+            self.follows_chief = True
             state.write_checkpoint_manager = tf.train.CheckpointManager(
                 checkpoint, state.write_checkpoint_manager.directory, max_to_keep=1)
         state.read_checkpoint_manager = manager
@@ -265,8 +267,11 @@ class Backup(keras.callbacks.BackupAndRestore):
             self._stop()
 
     def _stop(self):
-        raise Stopped(f"{self.stop_requested}, checkpointed at step "
-                      f"{int(self.model.optimizer.iterations.numpy())} in {self.backup_dir}")
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.follows_chief:
+            raise Stopped(f"{self.stop_requested} at step {step}, which only the chief could checkpoint: the workers "
+                          f"resume from the chief's last checkpoint in {self.backup_dir} once every one is relaunched")
+        raise Stopped(f"{self.stop_requested}, checkpointed at step {step} in {self.backup_dir}")
 
     def on_train_end(self, logs=None):
         self.restore_signal_handlers()
