@@ -9,7 +9,7 @@ model tokenizes, checked on probe texts), labels.json/labels.txt (the names pred
 client_example.py, which tokenizes the same way in plain Python (no TF Text) and scores locally or
 through TF Serving's REST API. tflite: the same graph as model.tflite (float32, or int8 or float16
 weights with --quantize), with the same files; the client scores it with TFLite's interpreter.
---out must be a new or empty folder (an empty one keeps its permissions; not a mount point); nothing
+--out must be a new or empty folder (an empty one keeps its mode and group; not a mount point); nothing
 else is touched.
 """
 import argparse

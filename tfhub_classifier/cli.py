@@ -24,11 +24,19 @@ class EndsProcess(ValueError):
     process at once."""
 
 
+_in_cluster = []  # non-empty once the process joined a multi-worker cluster (runtime.make_strategy)
+
+
+def joined_cluster():
+    """Mark this process as a cluster's worker: any error then ends it at once, as a peer may be gone."""
+    _in_cluster.append(True)
+
+
 def exit_with(main):
     """A script's end: run(main) on the command line's arguments, then exit with its code (at once, skipping
-    the interpreter's teardown, after an EndsProcess error)."""
+    the interpreter's teardown, after an EndsProcess error or any error in a cluster's worker)."""
     code, error = _run(main, None)
-    if isinstance(error, EndsProcess):
+    if isinstance(error, EndsProcess) or (code and _in_cluster):
         end_process_now(code)
     sys.exit(code)
 
@@ -73,7 +81,8 @@ def end_process_now(code):
     """Flush what was printed and end the process with code, skipping the interpreter's teardown."""
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None when Python started without it
+                stream.flush()
         except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
             pass
     os._exit(code)

@@ -11,7 +11,7 @@ import sys
 
 import config
 import tfhub_classifier  # sets TF_USE_LEGACY_KERAS and TensorFlow's other variables
-from tfhub_classifier import hardware
+from tfhub_classifier import cli, hardware
 
 os.environ.setdefault("TFHUB_CACHE_DIR", config.hub_cache_dir())  # persistent, unlike the default temp dir
 
@@ -152,6 +152,7 @@ def make_strategy(name, collective_timeout_s=0):
         if _multiworker_strategy is None:  # one per process: its collective runtime starts only once
             _multiworker_strategy = tf.distribute.MultiWorkerMirroredStrategy(
                 communication_options=communication_options(collective_timeout_s))
+            cli.joined_cluster()
         return _multiworker_strategy
     raise ValueError(f"unknown --strategy {name!r}; use one of {', '.join(config.STRATEGIES)}")
 
@@ -162,13 +163,12 @@ def _mirrored_devices():
     return [device.name for device in devices]
 
 
-def replica_layout(name):
-    """(workers, devices on each) that --strategy name trains on; multiworker's strategy made first."""
-    if name == "multiworker":
-        strategy = make_strategy(name)  # the process's one, made with its timeout
-        devices = len(strategy.extended.worker_devices)
-        return strategy.num_replicas_in_sync // devices, devices
-    return 1, len(_mirrored_devices()) if name == "mirrored" else 1
+def replica_layout(strategy):
+    """(workers, devices on each) that a tf.distribute strategy trains on."""
+    if strategy.num_replicas_in_sync == 1:
+        return 1, 1  # the default strategy has no worker_devices to ask
+    devices = len(strategy.extended.worker_devices)
+    return strategy.num_replicas_in_sync // devices, devices
 
 
 def communication_options(collective_timeout_s):

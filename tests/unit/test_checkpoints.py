@@ -71,7 +71,8 @@ def test_an_unfinished_training_resumes_only_on_as_many_replicas(tmp_path):
     tf.train.Checkpoint(step=tf.Variable(3)).save(os.path.join(work_dir.backup, "chief", "ckpt"))
     with pytest.raises(ValueError, match=r"model.training holds a training interrupted on 2 workers of 1 device "
                                          r"each \(16 texts a step\); this launch has 1 worker of 3 devices \(24 a "
-                                         r"step\).*relaunch on 2 workers of 1 device each .*--restart"):
+                                         r"step\).*relaunch on 2 replicas \(workers in TF_CONFIG times the GPUs each "
+                                         r"sees\) to resume it, or add --restart"):
         work_dir.check_replicas(1, 3, cfg.batch_size)
     work_dir.check_replicas(1, 2, cfg.batch_size)
     work_dir.check_replicas(2, 1, cfg.batch_size)
@@ -97,7 +98,6 @@ def test_a_stop_says_which_checkpoint_the_run_resumes_from(tmp_path, follows_chi
         backup._stop()
     if follows_chief:
         assert str(stopped.value) == (f"SIGTERM at step 57, which only the chief could checkpoint: the workers resume "
-                                      f"from the chief's last checkpoint in {work_dir.backup} once every one is "
-                                      "relaunched")
+                                      f"from the chief's last checkpoint in {work_dir.backup}")
     else:
         assert str(stopped.value) == f"SIGTERM, checkpointed at step 57 in {work_dir.backup}"

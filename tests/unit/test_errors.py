@@ -120,6 +120,27 @@ def test_a_lost_worker_ends_the_process_at_once_with_its_output_flushed():
     assert result.stderr.strip().splitlines()[-1].startswith("error: worker 1 (127.0.0.1:2) was lost mid-training")
 
 
+# Any error in a cluster's worker (here a refused relaunch) with the same blocked thread, no TensorFlow needed.
+CLUSTER_WORKER_WITH_A_BLOCKED_THREAD = r"""
+import sys, threading
+sys.path.insert(0, sys.argv[1])
+from tfhub_classifier import cli
+
+def main(argv):
+    cli.joined_cluster()
+    threading.Thread(target=threading.Event().wait).start()
+    raise ValueError("the workers would start from different points")
+cli.exit_with(main)
+"""
+
+
+def test_any_error_in_a_cluster_worker_ends_the_process_at_once():
+    result = subprocess.run([sys.executable, "-c", CLUSTER_WORKER_WITH_A_BLOCKED_THREAD, ROOT], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == cli.EXIT_ERROR
+    assert result.stderr.strip() == "error: the workers would start from different points"
+
+
 def test_run_reports_an_error_that_ends_the_process_and_returns(capsys):
     """Only a script's own end (exit_with) ends the process: run() returns, as its in-process callers expect."""
     def main(argv):

@@ -126,6 +126,19 @@ def test_an_empty_out_folder_keeps_its_permissions(tmp_path):
     assert os.listdir(out) == ["saved_model.pb"] and stat.S_IMODE(os.stat(out).st_mode) == 0o2770
 
 
+def test_an_empty_out_folder_keeps_its_group(tmp_path):
+    """A team's folder (its group not the user's own) stays the team's."""
+    from tfhub_classifier.export import core_ops
+    if os.geteuid() != 0:
+        pytest.skip("giving a folder another group than the user's needs root")
+    out = tmp_path / "out"
+    out.mkdir()
+    team = os.getegid() + 1000
+    os.chown(out, -1, team)
+    core_ops.write_new_folder(str(out), lambda staging: None)
+    assert os.stat(out).st_gid == team
+
+
 def test_a_mount_point_is_refused_before_the_export_naming_a_folder_inside(tmp_path, monkeypatch):
     from tfhub_classifier.export import core_ops
     out = tmp_path / "mounted"

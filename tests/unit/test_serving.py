@@ -302,7 +302,7 @@ def test_a_dead_batcher_makes_healthz_and_predict_answer_503():
     finally:
         broken.stop()
 FAKE_SERVE = """
-import sys, time
+import time
 import serve
 from tfhub_classifier import cli, tasks
 from tfhub_classifier.serving.servable import Servable
@@ -314,7 +314,7 @@ class SlowServable(Servable):
 
 Servable.load = classmethod(lambda cls, cfg, log=print: SlowServable(
     None, {}, tasks.Task("binary", ("neg", "pos")), cfg.threshold, cfg.top_k, cfg.serve_batch_size))
-sys.exit(cli.run(serve.main))
+cli.exit_with(serve.main)
 """
 
 

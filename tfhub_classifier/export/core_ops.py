@@ -8,6 +8,7 @@ client_example.py, copied into the export under that name). The settings are not
 the exporter finds those with which the client reproduces the model's own token ids on probe texts,
 and refuses to export if none does.
 """
+import errno
 import itertools
 import json
 import os
@@ -58,11 +59,11 @@ def require_new_folder(out):
 
 def write_new_folder(out, write):
     """Call write(folder) on a staging folder beside out, then rename it to out: out must not exist, or
-    be an empty folder, then as now, whose permissions the export keeps. Nothing else is touched (no
+    be an empty folder, then as now, whose mode and group the export keeps. Nothing else is touched (no
     out.previous): if out was filled meanwhile, the export is discarded and ValueError says so. Returns
     out's absolute path."""
     out = os.path.abspath(out)
-    kept_mode = stat.S_IMODE(os.stat(out).st_mode) if os.path.isdir(out) else None
+    kept = os.stat(out) if os.path.isdir(out) else None  # an empty folder made for the export: its mode and group
     # Readable by the umask's rule, so a server can load it; another export's staging folder is left be.
     with files.staging_folder(out, "export", clear_leftovers=False) as staging:
         write(staging)
@@ -72,10 +73,17 @@ def write_new_folder(out, write):
                 os.rmdir(out)  # only ever an empty folder: fails if anything is in it
             os.rename(staging, out)  # fails if out appeared meanwhile and holds anything
         except OSError as error:
+            if error.errno in (errno.EBUSY, errno.EXDEV):  # a bind mount, which os.path.ismount can't see
+                raise ValueError(f"--out {out} is a mount point; give a new folder inside it (nothing was "
+                                 "overwritten, the export was discarded)") from None
             raise ValueError(f"--out {out} was filled while exporting ({error.strerror}); give a new folder "
                              "(nothing was overwritten, the export was discarded)") from None
-    if kept_mode is not None:
-        os.chmod(out, kept_mode)
+    if kept is not None:  # the group first: changing it may clear the set-group-ID bit
+        try:
+            os.chown(out, -1, kept.st_gid)
+        except PermissionError:  # a group this user isn't in: the folder keeps the user's
+            pass
+        os.chmod(out, stat.S_IMODE(kept.st_mode))
     return out
 
 

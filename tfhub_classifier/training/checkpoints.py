@@ -111,7 +111,7 @@ class WorkDir:
                              f"({before[0] * before[1] * batch_size} texts a step); this launch has "
                              f"{_layout(workers, devices)} ({workers * devices * batch_size} a step), so its steps "
                              f"and learning-rate schedule would not match the checkpoint's: relaunch on "
-                             f"{_layout(*before)} (the workers in TF_CONFIG, the devices the GPUs each sees) to "
+                             f"{before[0] * before[1]} replicas (workers in TF_CONFIG times the GPUs each sees) to "
                              "resume it, or add --restart to discard it and start over")
         files.write_json(path, {"workers": workers, "devices": devices})
 
@@ -250,7 +250,8 @@ class Backup(keras.callbacks.BackupAndRestore):
     def on_train_batch_end(self, batch, logs=None):
         last = batch == self.params["steps"] - 1  # the epoch's end saves after validation instead
         if self.stop_requested and not last:  # on the last batch, stop once validation has run
-            self._backup(epoch=self._current_epoch, batch=batch)
+            if not self.follows_chief:  # a non-chief's checkpoint would go to a folder it deletes
+                self._backup(epoch=self._current_epoch, batch=batch)
             self._stop()
         if self.every_steps and not last:
             self._batches_count += 1
@@ -270,7 +271,7 @@ class Backup(keras.callbacks.BackupAndRestore):
         step = int(self.model.optimizer.iterations.numpy())
         if self.follows_chief:
             raise Stopped(f"{self.stop_requested} at step {step}, which only the chief could checkpoint: the workers "
-                          f"resume from the chief's last checkpoint in {self.backup_dir} once every one is relaunched")
+                          f"resume from the chief's last checkpoint in {self.backup_dir}")
         raise Stopped(f"{self.stop_requested}, checkpointed at step {step} in {self.backup_dir}")
 
     def on_train_end(self, logs=None):

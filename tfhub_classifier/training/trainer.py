@@ -218,7 +218,6 @@ def _prepare_work_dir(cfg, log, splits, strategy, chief_work_dir):
         _barrier(strategy)  # an unshared disk: each worker has its own copy of the data
         if chief_work_dir is not None:
             _follow(chief_work_dir, work_dir)
-    work_dir.check_replicas(*runtime.replica_layout(cfg.strategy), cfg.batch_size)
     return work_dir
 
 
@@ -250,8 +249,9 @@ def _train(session, work_dir, train, validation, log):
     if positive_weights is not None:
         log(f"Positive weights per label (balanced): {positive_weights.round(3).tolist()}")
     model = session.compile(steps_per_epoch, positive_weights)
-    if cfg.strategy == "multiworker":
+    if cfg.strategy == "multiworker":  # first: a worker that would start elsewhere has no layout to compare
         _check_same_start(session.strategy, work_dir, steps_per_epoch, cfg.collective_timeout_s)
+    work_dir.check_replicas(*runtime.replica_layout(session.strategy), cfg.batch_size)
     summary = work_dir.trained_summary()
     if summary is None:
         return fit(session, model, work_dir, train, validation, steps_per_epoch, log, fit_class_weight)
