@@ -18,25 +18,21 @@ DEBUG_VARIABLE = "BERT_SUITE_DEBUG"
 TRAINING_MEMORY_FLAGS = "--batch-size (training and validation), --eval-batch-size (test scoring) or --seq-length"
 
 
-class EndsProcess(ValueError):
-    """An error after which the interpreter's own exit could hang (TensorFlow's teardown waits on threads
-    still blocked on a lost cluster peer): run() reports it like any bad value, exit_with() then ends the
-    process at once."""
-
-
-_in_cluster = []  # non-empty once the process joined a multi-worker cluster (runtime.make_strategy)
+_in_cluster = False  # set once the process joined a multi-worker cluster (runtime.make_strategy)
 
 
 def joined_cluster():
-    """Mark this process as a cluster's worker: any error then ends it at once, as a peer may be gone."""
-    _in_cluster.append(True)
+    """Mark this process as a cluster's worker: an error then ends it at once, since TensorFlow's teardown
+    can wait on threads still blocked on a lost peer."""
+    global _in_cluster
+    _in_cluster = True
 
 
 def exit_with(main):
     """A script's end: run(main) on the command line's arguments, then exit with its code (at once, skipping
-    the interpreter's teardown, after an EndsProcess error or any error in a cluster's worker)."""
-    code, error = _run(main, None)
-    if isinstance(error, EndsProcess) or (code and _in_cluster):
+    the interpreter's teardown, after an error in a cluster's worker)."""
+    code = run(main)
+    if code and _in_cluster:
         end_process_now(code)
     sys.exit(code)
 
@@ -48,33 +44,28 @@ def run(main, argv=None):
     130: interrupted. 1 (EXIT_UNEXPECTED): anything else, as `error: <Type>: <first line>`; with
     --debug in argv (None = sys.argv[1:]) or BERT_SUITE_DEBUG=1 it is re-raised to show the traceback.
     """
-    return _run(main, argv)[0]
-
-
-def _run(main, argv):
-    """run(), returning (exit code, the error caught or None)."""
     try:
         main(argv)
     except ValueError as error:  # bad values: the message says what to do
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_ERROR, error
+        return EXIT_ERROR
     except OSError as error:  # disk full, read-only folder, missing file
         print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": ")
               + " (check the path, its permissions and free space)", file=sys.stderr)
-        return EXIT_ERROR, error
+        return EXIT_ERROR
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM/SIGINT that training checkpointed for
         what = f"stopped by {interrupt}" if str(interrupt) else "interrupted: nothing was overwritten"
         print(f"{what}; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED, interrupt
+        return EXIT_INTERRUPTED
     except Exception as error:
         if is_out_of_memory(error):
             print(out_of_memory_line(error, memory_flags(main)), file=sys.stderr)
-            return EXIT_ERROR, error
+            return EXIT_ERROR
         if debug_requested(argv):
             raise
         print(unexpected_error_line(error), file=sys.stderr)
-        return EXIT_UNEXPECTED, error
-    return 0, None
+        return EXIT_UNEXPECTED
+    return 0
 
 
 def end_process_now(code):

@@ -143,7 +143,9 @@ def make_strategy(name, collective_timeout_s=0):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(_mirrored_devices())
+        # Every GPU; on a machine without, every logical CPU (one unless configured otherwise).
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multiworker reads the cluster from TF_CONFIG; set it on "
@@ -155,12 +157,6 @@ def make_strategy(name, collective_timeout_s=0):
             cli.joined_cluster()
         return _multiworker_strategy
     raise ValueError(f"unknown --strategy {name!r}; use one of {', '.join(config.STRATEGIES)}")
-
-
-def _mirrored_devices():
-    """Every GPU; on a machine without, every logical CPU (one unless configured otherwise)."""
-    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-    return [device.name for device in devices]
 
 
 def replica_layout(strategy):

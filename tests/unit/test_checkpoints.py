@@ -81,7 +81,6 @@ def test_an_unfinished_training_resumes_only_on_as_many_replicas(tmp_path):
     work_dir.check_replicas(1, 3, cfg.batch_size)
 
 
-
 @pytest.mark.parametrize("follows_chief", [False, True])
 def test_a_stop_says_which_checkpoint_the_run_resumes_from(tmp_path, follows_chief):
     """SIGTERM on a worker that isn't the chief: its own checkpoint goes to a folder it deletes, so the line

@@ -104,6 +104,7 @@ from tfhub_classifier.runtime import tf
 from tfhub_classifier.training import cluster
 
 def main(argv):
+    cli.joined_cluster()  # as runtime.make_strategy does for --strategy multiworker, before any peer can be lost
     threading.Thread(target=threading.Event().wait).start()
     print(" 5/20 [======>......] - loss: 0.6931", end="")
     raise cluster.lost_worker(tf.errors.DeadlineExceededError(None, None, "Collective has timed out"), 20,
@@ -141,10 +142,12 @@ def test_any_error_in_a_cluster_worker_ends_the_process_at_once():
     assert result.stderr.strip() == "error: the workers would start from different points"
 
 
-def test_run_reports_an_error_that_ends_the_process_and_returns(capsys):
+def test_run_reports_an_error_in_a_cluster_worker_and_returns(monkeypatch, capsys):
     """Only a script's own end (exit_with) ends the process: run() returns, as its in-process callers expect."""
+    monkeypatch.setattr(cli, "_in_cluster", True)
+
     def main(argv):
-        raise cli.EndsProcess("worker 1 was lost")
+        raise ValueError("worker 1 was lost")
     assert cli.run(main, []) == cli.EXIT_ERROR
     assert one_error_line(capsys) == "error: worker 1 was lost"
 

@@ -11,7 +11,6 @@ import json
 import os
 import re
 
-from tfhub_classifier import cli
 from tfhub_classifier.runtime import tf
 
 # The errors a collective op ends with when a peer is gone (not, e.g., out of memory).
@@ -23,9 +22,8 @@ TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
 CLUSTER_FAILURE = re.compile(r"collective|RingReduce|RecvBuf|heartbeat|coordination|/job:", re.IGNORECASE)
 
 
-class WorkerLost(cli.EndsProcess):
-    """A worker of the cluster was lost mid-run; the message names it and how to resume. The process ends
-    at once: its input pipeline's threads can stay blocked on the lost worker, holding up a normal exit."""
+class WorkerLost(ValueError):
+    """A worker of the cluster was lost mid-run; the message names it and how to resume."""
 
 
 def is_lost_peer(error):
