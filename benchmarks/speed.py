@@ -30,7 +30,8 @@ def child(spec):
     engine: the --engine that scores (default fused, as evaluate.py's; savedmodel: the graph as trained);
     tflite-int8 measures evaluation alone, through a saved and converted model. attention_kernel=False:
     the fused graph's attention as TensorFlow's ops in chunks, not the suite's kernel. optimizer_kernels=False:
-    tf-keras' own AdamW, not the suite's (training/optimization.AdamW)."""
+    tf-keras' own AdamW, not the suite's (training/optimization.AdamW). gelu_weights_held: True or False
+    overrides whether the fused graph holds the weights of dense layers before GELU (model/fusion.py)."""
     engine = spec.get("engine", "fused")
     if engine == "tflite-int8":
         return engine_child(spec)
@@ -87,12 +88,14 @@ def child(spec):
             return np.concatenate([call(tf.constant(texts[i:i + 32])).numpy().reshape(-1)
                                    for i in range(0, len(texts), 32)])
     else:
-        scorer = engines.FusedClassifier(session.exported, kernel=spec.get("attention_kernel", True)) \
+        scorer = engines.FusedClassifier(session.exported, kernel=spec.get("attention_kernel", True),
+                                         gelu_weights_held=spec.get("gelu_weights_held")) \
             if engine == "fused" else session.exported
         if engine == "fused":  # what the rewrite took: a figure is only the fused graph's if it fused
             results["fused"] = {"dense_layers": scorer.fused.dense_layers, "layer_norms": scorer.fused.layer_norms,
                                 "attentions_in_chunks": scorer.fused.attentions_in_chunks,
-                                "attention_kernels": scorer.fused.attention_kernels}
+                                "attention_kernels": scorer.fused.attention_kernels,
+                                "gelu_weights_held": scorer.fused.gelu_weights_held}
 
         def evaluate(split):
             logits = scoring.logits_of(scorer, split.texts, cfg.eval_batch_size)

@@ -102,6 +102,42 @@ def test_the_fused_graph_holds_the_fusable_ops_and_no_reshape_between_matmul_and
     assert [node.attr["epsilon"].f for node in layer_norm.added] == pytest.approx([BERT_EPSILON] * 2)
 
 
+def matmuls_reading_held_weights(fused):
+    """The names of the fused graph's MatMuls whose weights come through PlaceholderWithDefault, each with
+    whether GELU follows its bias (the BiasAdd it feeds, then Mul, then Erf)."""
+    found = {}
+    for op in fused.function.graph.get_operations():
+        if op.type == "MatMul" and op.inputs[1].op.type == "PlaceholderWithDefault":
+            bias = op.outputs[0].consumers()
+            scaled = bias[0].outputs[0].consumers() if len(bias) == 1 and bias[0].type == "BiasAdd" else []
+            found[op.name] = any(erf.type == "Erf" for mul in scaled for erf in mul.outputs[0].consumers())
+    return found
+
+
+@pytest.mark.parametrize("flags, held", [({"avx", "avx2", "fma"}, 2), ({"avx2", "fma", "avx512f"}, 0)])
+def test_on_x86_cpus_without_avx512_the_dense_layers_before_gelu_read_their_weights_held(monkeypatch, flags, held):
+    """oneDNN multiplies constant weights with its brgemm kernel, whose GELU costs more than its gemm
+    kernel's on AVX2 CPUs; held weights (which grappler never folds) get the gemm kernel. CPUs with
+    AVX-512, where it wasn't measured, keep constants; either way the scores are the graph's."""
+    from tfhub_classifier import hardware
+    from tfhub_classifier.model import fusion
+    monkeypatch.setattr(tfhub_classifier, "ONEDNN_CPU", True)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
+    function = token_classifier()
+    fused = fusion.fuse(function)
+    assert (fused.gelu_weights_held, fused.gelus, fused.dense_layers) == (held, 2, 5)
+    assert sorted(matmuls_reading_held_weights(fused).values()) == [True] * held
+    assert_scores_as_before(function, fused)
+
+
+def test_held_gelu_weights_can_be_asked_for_or_refused_on_any_cpu(monkeypatch):
+    from tfhub_classifier.model import fusion
+    assert len(matmuls_reading_held_weights(fusion.fuse(token_classifier(), gelu_weights_held=True))) == 2
+    assert not matmuls_reading_held_weights(fusion.fuse(token_classifier(), gelu_weights_held=False))
+    monkeypatch.setattr(tfhub_classifier, "ONEDNN_CPU", False)  # oneDNN's kernels elsewhere were not measured
+    assert fusion.fuse(token_classifier()).gelu_weights_held == 0
+
+
 def test_approximate_gelu_is_not_taken_for_exact_gelu():
     from tfhub_classifier.model import fusion
     function = token_classifier(activation=lambda x: tf.nn.gelu(x, approximate=True))
@@ -220,15 +256,17 @@ def executed_ops(function, tokens):
                                for plane in space.planes for line in plane.lines for event in line.events)
 
 
-def test_grappler_runs_each_rewritten_layer_as_one_onednn_kernel():
+@pytest.mark.parametrize("gelu_weights_held", [True, False], ids=["held weights", "constant weights"])
+def test_grappler_runs_each_rewritten_layer_as_one_onednn_kernel(gelu_weights_held):
     """What the speed comes from: grappler's remapper turns each MatMul + BiasAdd (+ GELU) into one fused
-    MatMul, and the layer normalizations run as oneDNN's; no GELU or normalization op runs alone."""
+    MatMul, whether its weights are constants or held, and the layer normalizations run as oneDNN's; no
+    GELU or normalization op runs alone."""
     from tensorflow.python.util import _pywrap_util_port
 
     from tfhub_classifier.model import fusion
     if not _pywrap_util_port.IsMklEnabled():
         pytest.skip("this TensorFlow build runs without oneDNN (TF_ENABLE_ONEDNN_OPTS=0 or not x86): no fused kernels")
-    fused = fusion.fuse(token_classifier())
+    fused = fusion.fuse(token_classifier(), gelu_weights_held=gelu_weights_held)
     tokens = next(batches())
     fused(tokens)  # the first call optimizes the graph
     ops = executed_ops(fused, tokens)

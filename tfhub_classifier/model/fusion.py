@@ -17,6 +17,9 @@ constants:
   its constants through PlaceholderWithDefault, so grappler's own fusion can't take it;
 - attention, in float32, runs as one kernel of the suite's own (model/attention_kernel.py); any it
   doesn't take, or in bfloat16, runs a few texts of the batch at a time (model/attention_chunks.py).
+- on x86 CPUs without AVX-512, a dense layer followed by GELU reads its weights through
+  PlaceholderWithDefault: oneDNN then multiplies with its gemm kernel, whose GELU is cheaper than that of
+  the brgemm kernel it picks for constant weights (docs/benchmarks.md#gelu-after-a-dense-layer).
 
 Each rewrite is checked before it is made: a GELU or layer normalization chain is run on probe
 values beside its reference formula, an attention's kernel or chunks on probe values beside its nodes,
@@ -28,7 +31,8 @@ import dataclasses
 import numpy as np
 from tensorflow.core.framework import node_def_pb2
 
-from tfhub_classifier import runtime
+import tfhub_classifier
+from tfhub_classifier import hardware, runtime
 from tfhub_classifier.model import attention_chunks, attention_kernel, kernel_library
 from tfhub_classifier.model.graph_edits import (
     ELEMENTWISE,
@@ -256,6 +260,40 @@ def _layer_norm_weights(graph, x, chain, end, vectors, epsilon, rank):
     return None
 
 
+def holds_gelu_weights():
+    """Whether fuse() holds the weights of dense layers followed by GELU by default: on x86 CPUs without
+    AVX-512, where it was measured faster; CPUs with AVX-512 run other oneDNN kernels, not measured."""
+    return tfhub_classifier.ONEDNN_CPU and "avx512f" not in hardware.cpu_flags()
+
+
+def hold_gelu_weights(graph):
+    """An Edit feeding the weights of each MatMul whose BiasAdd is followed by GELU in the remapper's form
+    (_add_gelu's) through PlaceholderWithDefault, which grappler never folds; and how many it holds."""
+    edit, held = Edit(), 0
+    for erf in graph.graph_def.node:
+        scaled = graph.nodes.get(node_of(erf.input[0])) if erf.op == "Erf" else None
+        bias_add = graph.nodes.get(node_of(scaled.input[0])) if scaled is not None and scaled.op == "Mul" else None
+        matmul = graph.nodes.get(node_of(bias_add.input[0])) if bias_add is not None and bias_add.op == "BiasAdd" \
+            else None
+        if matmul is None or matmul.op != "MatMul":
+            continue
+        value = graph.constant(matmul.input[1])
+        if value is None or node_of(matmul.input[1]) in edit.rewired:
+            continue
+        edit.added.append(_held(node_of(matmul.input[1]), matmul.input[1], value))
+        edit.rewired[node_of(matmul.input[1])] = edit.added[-1].name
+        held += 1
+    return edit, held
+
+
+def _held(source, name, value):
+    """A PlaceholderWithDefault named after source, reading name, whose value is value."""
+    held = node_def_pb2.NodeDef(name=f"{source}/held", op="PlaceholderWithDefault", input=[name])
+    held.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+    held.attr["shape"].shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
+    return held
+
+
 def shield_normalizations(graph):
     """An Edit feeding the constants of every normalization left unfused (gamma, beta, epsilon) through
     PlaceholderWithDefault, which grappler never folds: its own layer-normalization fusion needs them
@@ -272,11 +310,8 @@ def shield_normalizations(graph):
                 value, source = graph.constant(name), node_of(name)
                 if value is None or source in edit.rewired:
                     continue
-                held = node_def_pb2.NodeDef(name=f"{source}/held", op="PlaceholderWithDefault", input=[name])
-                held.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
-                held.attr["shape"].shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
-                edit.added.append(held)
-                edit.rewired[source] = held.name
+                edit.added.append(_held(source, name, value))
+                edit.rewired[source] = edit.added[-1].name
     return edit
 
 
@@ -284,7 +319,8 @@ def shield_normalizations(graph):
 class FusedFunction:
     """A token classifier's frozen, rewritten graph as a function of the token dict; the counts say what was
     rewritten (dense layers, GELUs and layer normalizations fused; attentions run as the suite's kernel,
-    in chunks, and as saved: recognized, but neither rewrite reproduced them)."""
+    in chunks, and as saved: recognized, but neither rewrite reproduced them; dense layers before GELU
+    whose weights are held)."""
     function: object
     dense_layers: int
     gelus: int
@@ -292,20 +328,26 @@ class FusedFunction:
     attentions_in_chunks: int
     attention_kernels: int = 0
     attentions_as_saved: int = 0
+    gelu_weights_held: int = 0
 
     def __call__(self, tokens):
         return self.function({key: tf.convert_to_tensor(value) for key, value in tokens.items()})
 
 
-def fuse(concrete_function, log=print, kernel=True):
+def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None):
     """The FusedFunction of a concrete function taking one dict of tensors and returning one tensor. Its
     attentions run as one kernel each (unless kernel is False) if the graph runs in float32
-    (runtime.set_precision) and the kernel can be compiled here; if it can't, a note says why."""
+    (runtime.set_precision) and the kernel can be compiled here; if it can't, a note says why.
+    gelu_weights_held: whether to hold the weights of dense layers before GELU (None: holds_gelu_weights())."""
     graph_def = frozen_graph(concrete_function)
     dense = fuse_dense(Graph(graph_def))
     graph_def = apply(graph_def, dense)
     einsum = fuse_einsum(Graph(graph_def))
     graph_def = apply(graph_def, einsum)
+    held = 0
+    if holds_gelu_weights() if gelu_weights_held is None else gelu_weights_held:
+        hold, held = hold_gelu_weights(Graph(graph_def))
+        graph_def = apply(graph_def, hold)
     layer_norm = fuse_layer_norm(Graph(graph_def))
     graph_def = apply(graph_def, layer_norm)
     graph_def = apply(graph_def, shield_normalizations(Graph(graph_def)))
@@ -326,19 +368,19 @@ def fuse(concrete_function, log=print, kernel=True):
     arguments = concrete_function.inputs[:len(tf.nest.flatten(signature))]
     placeholders = {key: tensor.name for key, tensor in tf.nest.pack_sequence_as(signature, arguments).items()}
     output = concrete_function.outputs[0].name
-    held = [without_unread(graph_def, keep={node_of(output)})]  # let go once traced: the function holds the weights
+    kept = [without_unread(graph_def, keep={node_of(output)})]  # let go once traced: the function holds the weights
 
     @tf.function(input_signature=[signature])
     def function(tokens):
         for attention in chunked:
             attention.add_to_graph()
         return tf.graph_util.import_graph_def(
-            held[0], input_map={placeholders[key]: tokens[key] for key in placeholders},
+            kept[0], input_map={placeholders[key]: tokens[key] for key in placeholders},
             return_elements=[output], name="fused")[0]
 
     traced = function.get_concrete_function()
-    held.clear()
+    kept.clear()
     added = dense.added + einsum.added
     return FusedFunction(traced, sum(node.op == "BiasAdd" for node in added),
                          sum(node.op == "Erf" for node in added), len(layer_norm.added), len(chunked), kernels,
-                         max(0, attentions - kernels - len(chunked)))
+                         max(0, attentions - kernels - len(chunked)), held)
