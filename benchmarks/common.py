@@ -127,6 +127,25 @@ def report_child(figures):
 TURN_FIGURES = ("train_reviews_per_s", "eval_reviews_per_s")
 
 
+def better(figure):
+    """min for a time (a figure in ms), max for a rate: each setting keeps its best run's figure."""
+    return min if figure.endswith("_ms") else max
+
+
+def short_name(figure):
+    """A figure's name in a ratio line: "eval" for eval_reviews_per_s, "latency" for predict_latency_ms."""
+    return "latency" if figure.endswith("_latency_ms") else figure.split("_")[0]
+
+
+def same_fusion(figures, first, keys):
+    """Why a run's fused graph differs from the first run's in any of keys (counts of what it rewrote), or
+    None: two settings compared must score the same layers."""
+    fused, kept = figures["fused"], first["fused"]
+    if any(fused[key] != kept[key] for key in keys):
+        return f"fused {fused}, {first['name']} {kept}: the two would not score the same layers"
+    return None
+
+
 def take_turns(result_name, settings, seq_lengths, rounds, record, check, figures=TURN_FIGURES):
     """speed.py's float32 protocol (8 training steps, 512 test reviews through the fused graph) for each of
     settings ({name: (spec additions, environment additions)}) at each length, in processes of their own,
@@ -153,7 +172,7 @@ def take_turns(result_name, settings, seq_lengths, rounds, record, check, figure
                     raise SystemExit(f"{spec['name']} {problem}")
                 kept = best.setdefault((seq, setting), {})
                 for figure in figures:
-                    kept[figure] = max(kept.get(figure, 0.0), got[figure])
+                    kept[figure] = better(figure)(kept.get(figure, got[figure]), got[figure])
                 print(f"round {round_number} {spec['name']:<20} " + " ".join(
                     f"{figure}={got[figure]:.2f}" for figure in figures), flush=True)
     return best
@@ -163,7 +182,8 @@ def compare_settings(result_name, settings, check, argv, description, seq_length
                      add_arguments=None):
     """The main() of a benchmark of two settings (take_turns'): parses --seq-lengths and --rounds (and what
     add_arguments(parser) adds; settings may then be a function settings(parser, args)), runs them,
-    prints `RESULT_NAME seq=128 eval=1.12` (the first setting's best / the second's, per figure) and saves
+    prints `RESULT_NAME seq=128 eval=1.12` (the first setting's best / the second's, per figure: below 1 for a
+    latency means the first is faster) and saves
     results/RESULT_NAME.json; returns {seq: {figure's first word: ratio}}."""
     import argparse
     import importlib.metadata
@@ -189,7 +209,7 @@ def compare_settings(result_name, settings, check, argv, description, seq_length
     first, second = settings
     ratios = {}
     for seq in args.seq_lengths:
-        ratios[seq] = {figure.split("_")[0]: best[(seq, first)][figure] / best[(seq, second)][figure]
+        ratios[seq] = {short_name(figure): best[(seq, first)][figure] / best[(seq, second)][figure]
                        for figure in figures}
         print(f"{result_name} seq={seq} " + " ".join(f"{name}={ratio:.2f}" for name, ratio in ratios[seq].items()),
               flush=True)

@@ -92,7 +92,8 @@ def child(spec):
                                          gelu_weights_held=spec.get("gelu_weights_held")) \
             if engine == "fused" else session.exported
         if engine == "fused":  # what the rewrite took: a figure is only the fused graph's if it fused
-            results["fused"] = {"dense_layers": scorer.fused.dense_layers, "layer_norms": scorer.fused.layer_norms,
+            results["fused"] = {"dense_layers": scorer.fused.dense_layers, "gelus": scorer.fused.gelus,
+                                "layer_norms": scorer.fused.layer_norms,
                                 "attentions_in_chunks": scorer.fused.attentions_in_chunks,
                                 "attention_kernels": scorer.fused.attention_kernels,
                                 "gelu_weights_held": scorer.fused.gelu_weights_held}

@@ -114,14 +114,18 @@ def matmuls_reading_held_weights(fused):
     return found
 
 
-@pytest.mark.parametrize("flags, held", [({"avx", "avx2", "fma"}, 2), ({"avx2", "fma", "avx512f"}, 0)])
-def test_on_x86_cpus_without_avx512_the_dense_layers_before_gelu_read_their_weights_held(monkeypatch, flags, held):
-    """oneDNN multiplies constant weights with its brgemm kernel, whose GELU costs more than its gemm
-    kernel's on AVX2 CPUs; held weights (which grappler never folds) get the gemm kernel. CPUs with
-    AVX-512, where it wasn't measured, keep constants; either way the scores are the graph's."""
-    from tfhub_classifier import hardware
+AVX2_CPU = {"avx", "avx2", "fma"}
+
+
+@pytest.mark.parametrize("flags, held", [(AVX2_CPU, 2), (AVX2_CPU | {"avx512f"}, 0), (set(), 0)],
+                         ids=["AVX2", "AVX-512", "flags unknown"])
+def test_on_avx2_cpus_the_dense_layers_before_gelu_read_their_weights_held(monkeypatch, flags, held):
+    """Held weights get oneDNN's gemm kernel, whose GELU ran faster than brgemm's on an AVX2 CPU; CPUs
+    with AVX-512, where it wasn't measured, keep constants; either way the scores are the graph's."""
+    from tfhub_classifier import hardware, runtime
     from tfhub_classifier.model import fusion
     monkeypatch.setattr(tfhub_classifier, "ONEDNN_CPU", True)
+    monkeypatch.setattr(runtime, "onednn_enabled", lambda: True)
     monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
     function = token_classifier()
     fused = fusion.fuse(function)
@@ -130,12 +134,71 @@ def test_on_x86_cpus_without_avx512_the_dense_layers_before_gelu_read_their_weig
     assert_scores_as_before(function, fused)
 
 
-def test_held_gelu_weights_can_be_asked_for_or_refused_on_any_cpu(monkeypatch):
+def test_held_gelu_weights_can_be_asked_for_or_refused_on_any_cpu():
     from tfhub_classifier.model import fusion
-    assert len(matmuls_reading_held_weights(fusion.fuse(token_classifier(), gelu_weights_held=True))) == 2
+    held = matmuls_reading_held_weights(fusion.fuse(token_classifier(), gelu_weights_held=True))
+    assert sorted(held.values()) == [True, True]
     assert not matmuls_reading_held_weights(fusion.fuse(token_classifier(), gelu_weights_held=False))
-    monkeypatch.setattr(tfhub_classifier, "ONEDNN_CPU", False)  # oneDNN's kernels elsewhere were not measured
-    assert fusion.fuse(token_classifier()).gelu_weights_held == 0
+
+
+@pytest.mark.parametrize("setting", ["no oneDNN", "not x86", "bfloat16"])
+def test_gelu_weights_stay_constant_where_holding_them_was_not_measured(monkeypatch, setting):
+    from tfhub_classifier import hardware, runtime
+    from tfhub_classifier.model import fusion
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: AVX2_CPU)
+    monkeypatch.setattr(tfhub_classifier, "ONEDNN_CPU", setting != "not x86")
+    monkeypatch.setattr(runtime, "onednn_enabled", lambda: setting != "no oneDNN")
+    monkeypatch.setattr(runtime, "reduced_precision_rewrites", lambda: setting == "bfloat16")
+    assert not fusion.holds_gelu_weights()
+
+
+def test_a_weight_shared_with_another_matmul_is_held_for_the_gelu_layer_alone():
+    from tfhub_classifier.model import fusion
+    weights = np.random.default_rng(0).normal(size=(WIDTH, WIDTH)).astype(np.float32)
+    bias = np.random.default_rng(1).normal(size=WIDTH).astype(np.float32)
+
+    @tf.function(input_signature=[{key: tf.TensorSpec([None, None], tf.int32) for key in tokenization.TOKEN_KEYS}])
+    def classify_tokens(tokens):
+        x = tf.cast(tokens["input_word_ids"][:, :, None], tf.float32) * tf.ones([WIDTH]) / VOCAB
+        shape = tf.shape(x)
+        flat = tf.nn.bias_add(tf.reshape(tf.matmul(tf.reshape(x, [-1, WIDTH]), weights), shape), bias)
+        gelu = flat * ((tf.math.erf(flat * np.float32(np.sqrt(0.5))) + 1) * 0.5)
+        plain = tf.matmul(tf.reshape(gelu, [-1, WIDTH]), weights)  # the same weights, no GELU after
+        return tf.reshape(plain, shape)[:, 0, :2]
+
+    function = classify_tokens.get_concrete_function()
+    fused = fusion.fuse(function, gelu_weights_held=True)
+    assert (fused.gelus, fused.gelu_weights_held) == (1, 1)
+    assert list(matmuls_reading_held_weights(fused).values()) == [True]
+    assert_scores_as_before(function, fused)
+
+
+GELU_KERNELS = """
+import sys
+sys.path[:0] = ["tests", "tests/unit"]
+import numpy as np
+from test_fusion import token_classifier
+from tfhub_classifier.model import fusion
+fused = fusion.fuse(token_classifier(), gelu_weights_held={held})
+ids = np.ones((8, 48), np.int32)
+fused({{"input_word_ids": ids, "input_mask": ids, "input_type_ids": 0 * ids}})
+"""
+
+
+def test_onednn_runs_the_dense_layers_with_held_weights_and_gelu_on_its_gemm_kernel():
+    """The reason weights are held: oneDNN picks brgemm for constant weights, and gemm for held ones, with
+    GELU fused into either (ONEDNN_VERBOSE names the kernel that ran each dense layer)."""
+    from tensorflow.python.util import _pywrap_util_port
+    if not _pywrap_util_port.IsMklEnabled():
+        pytest.skip("this TensorFlow build runs without oneDNN (TF_ENABLE_ONEDNN_OPTS=0 or not x86): no oneDNN kernels")
+    kernels = {}
+    for held in (True, False):
+        out, _ = python(GELU_KERNELS.format(held=held), ONEDNN_VERBOSE="1")
+        kernels[held] = [line.split(",")[6] for line in out.splitlines()
+                         if ",exec," in line and ",inner_product," in line and "eltwise_gelu_erf" in line]
+    assert len(kernels[True]) == len(kernels[False]) == 2, kernels
+    assert not any("brgemm" in kernel for kernel in kernels[True]), kernels
+    assert all("brgemm" in kernel for kernel in kernels[False]), kernels
 
 
 def test_approximate_gelu_is_not_taken_for_exact_gelu():

@@ -16,9 +16,9 @@ constants:
   _MklLayerNorm with the model's own epsilon, gamma and beta; any normalization left as it was gets
   its constants through PlaceholderWithDefault, so grappler's own fusion can't take it;
 - attention, in float32, runs as one kernel of the suite's own (model/attention_kernel.py); any it
-  doesn't take, or in bfloat16, runs a few texts of the batch at a time (model/attention_chunks.py).
-- on x86 CPUs without AVX-512, a dense layer followed by GELU reads its weights through
-  PlaceholderWithDefault: oneDNN then multiplies with its gemm kernel, whose GELU is cheaper than that of
+  doesn't take, or in bfloat16, runs a few texts of the batch at a time (model/attention_chunks.py);
+- on AVX2 CPUs without AVX-512, in float32, a dense layer followed by GELU reads its weights through
+  PlaceholderWithDefault: oneDNN then multiplies with its gemm kernel, whose GELU ran faster than that of
   the brgemm kernel it picks for constant weights (docs/benchmarks.md#gelu-after-a-dense-layer).
 
 Each rewrite is checked before it is made: a GELU or layer normalization chain is run on probe
@@ -261,34 +261,37 @@ def _layer_norm_weights(graph, x, chain, end, vectors, epsilon, rank):
 
 
 def holds_gelu_weights():
-    """Whether fuse() holds the weights of dense layers followed by GELU by default: on x86 CPUs without
-    AVX-512, where it was measured faster; CPUs with AVX-512 run other oneDNN kernels, not measured."""
-    return tfhub_classifier.ONEDNN_CPU and "avx512f" not in hardware.cpu_flags()
+    """Whether fuse() holds the weights of dense layers followed by GELU by default: where oneDNN runs in
+    float32 on an x86 CPU with AVX2 and without AVX-512, as on the AMD EPYC it was measured on; CPUs with
+    AVX-512 get other oneDNN kernels, not measured."""
+    flags = hardware.cpu_flags()
+    return bool(tfhub_classifier.ONEDNN_CPU and "avx2" in flags and "avx512f" not in flags
+                and runtime.onednn_enabled() and not runtime.reduced_precision_rewrites())
 
 
-def hold_gelu_weights(graph):
-    """An Edit feeding the weights of each MatMul whose BiasAdd is followed by GELU in the remapper's form
-    (_add_gelu's) through PlaceholderWithDefault, which grappler never folds; and how many it holds."""
-    edit, held = Edit(), 0
-    for erf in graph.graph_def.node:
-        scaled = graph.nodes.get(node_of(erf.input[0])) if erf.op == "Erf" else None
-        bias_add = graph.nodes.get(node_of(scaled.input[0])) if scaled is not None and scaled.op == "Mul" else None
-        matmul = graph.nodes.get(node_of(bias_add.input[0])) if bias_add is not None and bias_add.op == "BiasAdd" \
-            else None
-        if matmul is None or matmul.op != "MatMul":
+def hold_gelu_weights(graph, erfs):
+    """(An Edit, how many MatMuls it changes): each MatMul whose BiasAdd feeds GELU in _add_gelu's form
+    (erfs: the names of those GELUs' Erf nodes) reads its weights through a PlaceholderWithDefault of its
+    own, which grappler never folds; other readers of the same weights keep reading them as they were."""
+    edit = Edit()
+    for erf in erfs:
+        bias_add = graph.nodes[node_of(graph.nodes[node_of(graph.nodes[erf].input[0])].input[0])]
+        matmul = graph.nodes.get(node_of(bias_add.input[0]))
+        value = graph.constant(matmul.input[1]) if matmul is not None and matmul.op == "MatMul" else None
+        if value is None:
             continue
-        value = graph.constant(matmul.input[1])
-        if value is None or node_of(matmul.input[1]) in edit.rewired:
-            continue
-        edit.added.append(_held(node_of(matmul.input[1]), matmul.input[1], value))
-        edit.rewired[node_of(matmul.input[1])] = edit.added[-1].name
-        held += 1
-    return edit, held
+        held = _held(matmul.name, matmul.input[1], value)
+        swapped = node_def_pb2.NodeDef()
+        swapped.CopyFrom(matmul)
+        swapped.input[1] = held.name
+        edit.added += [held, swapped]
+        edit.removed.add(matmul.name)
+    return edit, len(edit.removed)
 
 
-def _held(source, name, value):
-    """A PlaceholderWithDefault named after source, reading name, whose value is value."""
-    held = node_def_pb2.NodeDef(name=f"{source}/held", op="PlaceholderWithDefault", input=[name])
+def _held(owner, name, value):
+    """A PlaceholderWithDefault named after owner, reading name, whose value is value."""
+    held = node_def_pb2.NodeDef(name=f"{owner}/held", op="PlaceholderWithDefault", input=[name])
     held.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
     held.attr["shape"].shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
     return held
@@ -344,9 +347,9 @@ def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None):
     graph_def = apply(graph_def, dense)
     einsum = fuse_einsum(Graph(graph_def))
     graph_def = apply(graph_def, einsum)
-    held = 0
-    if holds_gelu_weights() if gelu_weights_held is None else gelu_weights_held:
-        hold, held = hold_gelu_weights(Graph(graph_def))
+    held, erfs = 0, [node.name for node in dense.added + einsum.added if node.op == "Erf"]
+    if erfs and (holds_gelu_weights() if gelu_weights_held is None else gelu_weights_held):
+        hold, held = hold_gelu_weights(Graph(graph_def), erfs)
         graph_def = apply(graph_def, hold)
     layer_norm = fuse_layer_norm(Graph(graph_def))
     graph_def = apply(graph_def, layer_norm)
