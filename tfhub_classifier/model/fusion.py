@@ -18,8 +18,9 @@ constants:
 - attention, in float32, runs as one kernel of the suite's own (model/attention_kernel.py); any it
   doesn't take, or in bfloat16, runs a few texts of the batch at a time (model/attention_chunks.py);
 - on AVX2 CPUs without AVX-512, in float32, a dense layer followed by GELU reads its weights through
-  PlaceholderWithDefault: oneDNN then multiplies with its gemm kernel, whose GELU ran faster than that of
-  the brgemm kernel it picks for constant weights (docs/benchmarks.md#gelu-after-a-dense-layer).
+  PlaceholderWithDefault: oneDNN then runs the layer, bias and GELU included, on its gemm kernel rather
+  than the brgemm kernel it picks for constant weights, which scored slower there
+  (docs/benchmarks.md#gelu-after-a-dense-layer).
 
 Each rewrite is checked before it is made: a GELU or layer normalization chain is run on probe
 values beside its reference formula, an attention's kernel or chunks on probe values beside its nodes,
