@@ -120,8 +120,8 @@ AVX2_CPU = {"avx", "avx2", "fma"}
 @pytest.mark.parametrize("flags, held", [(AVX2_CPU, 2), (AVX2_CPU | {"avx512f"}, 0), (set(), 0)],
                          ids=["AVX2", "AVX-512", "flags unknown"])
 def test_on_avx2_cpus_the_dense_layers_before_gelu_read_their_weights_held(monkeypatch, flags, held):
-    """Held weights get oneDNN's gemm kernel, whose GELU ran faster than brgemm's on an AVX2 CPU; CPUs
-    with AVX-512, where it wasn't measured, keep constants; either way the scores are the graph's."""
+    """Held weights get oneDNN's gemm kernel, which scored faster than brgemm on an AVX2 CPU; CPUs with
+    AVX-512, where it wasn't measured, keep constants; either way the scores are the graph's."""
     from tfhub_classifier import hardware, runtime
     from tfhub_classifier.model import fusion
     monkeypatch.setattr(tfhub_classifier, "ONEDNN_CPU", True)

@@ -263,8 +263,8 @@ def _layer_norm_weights(graph, x, chain, end, vectors, epsilon, rank):
 
 def holds_gelu_weights():
     """Whether fuse() holds the weights of dense layers followed by GELU by default: where oneDNN runs in
-    float32 on an x86 CPU with AVX2 and without AVX-512, as on the AMD EPYC it was measured on; CPUs with
-    AVX-512 get other oneDNN kernels, not measured."""
+    float32 on an x86 CPU with AVX2 and without AVX-512, as on the AMD EPYC it was measured on (not
+    measured on CPUs with AVX-512)."""
     flags = hardware.cpu_flags()
     return bool(tfhub_classifier.ONEDNN_CPU and "avx2" in flags and "avx512f" not in flags
                 and runtime.onednn_enabled() and not runtime.reduced_precision_rewrites())
@@ -275,13 +275,11 @@ def hold_gelu_weights(graph, erfs):
     (erfs: the names of those GELUs' Erf nodes) reads its weights through a PlaceholderWithDefault of its
     own, which grappler never folds; other readers of the same weights keep reading them as they were."""
     edit = Edit()
-    for erf in erfs:
-        bias_add = graph.nodes[node_of(graph.nodes[node_of(graph.nodes[erf].input[0])].input[0])]
-        matmul = graph.nodes.get(node_of(bias_add.input[0]))
-        value = graph.constant(matmul.input[1]) if matmul is not None and matmul.op == "MatMul" else None
-        if value is None:
-            continue
-        held = _held(matmul.name, matmul.input[1], value)
+    for erf in erfs:  # fuse_dense and fuse_einsum wrote Erf <- Mul <- BiasAdd <- MatMul of constant weights
+        scaled = graph.nodes[node_of(graph.nodes[erf].input[0])]
+        bias_add = graph.nodes[node_of(scaled.input[0])]
+        matmul = graph.nodes[node_of(bias_add.input[0])]
+        held = _held(matmul.name, matmul.input[1], graph.constant(matmul.input[1]))
         swapped = node_def_pb2.NodeDef()
         swapped.CopyFrom(matmul)
         swapped.input[1] = held.name
