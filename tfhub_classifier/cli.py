@@ -44,28 +44,63 @@ def run(main, argv=None):
     130: interrupted. 1 (EXIT_UNEXPECTED): anything else, as `error: <Type>: <first line>`; with
     --debug in argv (None = sys.argv[1:]) or BERT_SUITE_DEBUG=1 it is re-raised to show the traceback.
     """
+    stdout = sys.stdout
+    output = LineEnds(stdout)
+    if stdout is not None:  # None when Python started without it
+        sys.stdout = output
     try:
         main(argv)
+        return 0
     except ValueError as error:  # bad values: the message says what to do
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_ERROR
+        line, code = f"error: {error}", EXIT_ERROR
     except OSError as error:  # disk full, read-only folder, missing file
-        print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": ")
-              + " (check the path, its permissions and free space)", file=sys.stderr)
-        return EXIT_ERROR
+        line, code = (f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": ")
+                      + " (check the path, its permissions and free space)"), EXIT_ERROR
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM/SIGINT that training checkpointed for
         what = f"stopped by {interrupt}" if str(interrupt) else "interrupted: nothing was overwritten"
-        print(f"{what}; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        line, code = f"{what}; run the same command again to resume", EXIT_INTERRUPTED
     except Exception as error:
         if is_out_of_memory(error):
-            print(out_of_memory_line(error, memory_flags(main)), file=sys.stderr)
-            return EXIT_ERROR
-        if debug_requested(argv):
+            line, code = out_of_memory_line(error, memory_flags(main)), EXIT_ERROR
+        elif debug_requested(argv):
+            output.end_line()
             raise
-        print(unexpected_error_line(error), file=sys.stderr)
-        return EXIT_UNEXPECTED
-    return 0
+        else:
+            line, code = unexpected_error_line(error), EXIT_UNEXPECTED
+    finally:
+        sys.stdout = stdout
+    output.end_line()
+    print(line, file=sys.stderr)
+    return code
+
+
+class LineEnds:
+    """stdout, noting whether its last write left a line open (Keras' progress bar does, mid-epoch), so an
+    error line can start on a line of its own and after everything printed before it."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.line_open = False
+
+    def write(self, text):
+        if text:
+            self.line_open = not text.endswith("\n")
+        return self.stream.write(text)
+
+    def end_line(self):
+        """Close an open line and flush, so what follows on stderr is not glued to it or printed before it."""
+        if self.stream is None:  # Python started without stdout
+            return
+        try:
+            if self.line_open:
+                self.stream.write("\n")
+                self.line_open = False
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def end_process_now(code):

@@ -252,8 +252,10 @@ def test_resume_on_other_data_is_refused(hub_models, tmp_path, monkeypatch, caps
     write_csv(tmp_path / "train.csv", multiclass_rows(60, 12) + [("a brand new kind", "sarcastic")] * 3)
     capsys.readouterr()
     assert cli.run(train.main, argv) == cli.EXIT_ERROR
-    error = capsys.readouterr().err.strip().splitlines()
+    printed = capsys.readouterr()
+    error = printed.err.strip().splitlines()
     assert len(error) == 1 and "other data" in error[0] and "sarcastic" in error[0] and "--restart" in error[0]
+    assert "Resuming" not in printed.out  # the refusal is the only word on the interrupted run
     assert os.path.isdir(str(tmp_path / "model") + ".training")  # nothing thrown away
 
 

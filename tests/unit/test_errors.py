@@ -117,8 +117,42 @@ def test_a_lost_worker_ends_the_process_at_once_with_its_output_flushed():
     result = subprocess.run([sys.executable, "-c", LOST_PEER_WITH_A_BLOCKED_THREAD, ROOT], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == cli.EXIT_ERROR, result.stderr[-2000:]
-    assert result.stdout == " 5/20 [======>......] - loss: 0.6931"
+    assert result.stdout == " 5/20 [======>......] - loss: 0.6931\n"  # the progress bar's line closed
     assert result.stderr.strip().splitlines()[-1].startswith("error: worker 1 (127.0.0.1:2) was lost mid-training")
+
+
+# A script that fails mid-epoch, Keras' progress bar's line still open, its output and errors on one pipe
+# as in a terminal; stdout is block-buffered there, as when redirected to a file.
+FAILS_MID_PROGRESS_BAR = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from tfhub_classifier import cli
+
+def main(argv):
+    print("Epoch 1/2")
+    sys.stdout.write("\r 5/20 [======>......] - ETA: 3s - loss: 0.6931")
+    raise {raised}
+cli.exit_with(main)
+"""
+
+
+@pytest.mark.parametrize("raised, said", [("ValueError('lower --batch-size')", "error: lower --batch-size"),
+                                          ("KeyboardInterrupt()", "interrupted: nothing was overwritten")])
+def test_an_error_mid_progress_bar_starts_a_line_of_its_own(raised, said):
+    result = subprocess.run([sys.executable, "-c", FAILS_MID_PROGRESS_BAR.format(raised=raised), ROOT],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    lines = result.stdout.decode().split("\n")  # bytes: text mode would read the bar's \r as a line end
+    assert lines[:2] == ["Epoch 1/2", "\r 5/20 [======>......] - ETA: 3s - loss: 0.6931"], lines
+    assert lines[2].startswith(said) and lines[3:] == [""], lines
+
+
+def test_an_error_after_whole_lines_adds_no_blank_line(capsys):
+    def main(argv):
+        print("Loading the model ...")
+        raise ValueError("no model at --model-dir m")
+    assert cli.run(main, []) == cli.EXIT_ERROR
+    printed = capsys.readouterr()
+    assert printed.out == "Loading the model ...\n" and printed.err == "error: no model at --model-dir m\n"
 
 
 # Any error in a cluster's worker (here a refused relaunch) with the same blocked thread, no TensorFlow needed.

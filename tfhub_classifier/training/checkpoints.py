@@ -59,8 +59,8 @@ class WorkDir:
         self.trained_record = os.path.join(self.path, "trained.json")
 
     def prepare(self, cfg, log=print):
-        """Create the folder, or resume the run in it; a run with other settings is an error
-        naming the differing flags, unless cfg.restart asks to discard it."""
+        """Create the folder, or keep the interrupted run in it for fit to resume; a run with other settings
+        is an error naming the differing flags, unless cfg.restart asks to discard it."""
         settings = dataclasses.asdict(cfg)
         settings_path = os.path.join(self.path, "config.json")
         if os.path.isdir(self.path) and (cfg.restart or not self._holds_progress()):
@@ -82,7 +82,6 @@ class WorkDir:
                 raise ValueError(f"{self.path} holds an interrupted run with other settings ({flags}); "
                                  "rerun with its settings to resume it, or add --restart to discard it "
                                  "and start over")
-            log(f"Resuming the interrupted run from its checkpoint in {self.path}")
         os.makedirs(self.path, exist_ok=True)
         files.write_json(settings_path, settings)
         return self
