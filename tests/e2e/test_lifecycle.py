@@ -2,6 +2,7 @@
 import dataclasses
 import glob
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -266,7 +267,8 @@ def test_resume_ignores_settings_that_do_not_change_the_weights(flags, monkeypat
     record = train.main(argv + ["--eval-batch-size", "7", "--tensorboard", "--checkpoint-every", "3",
                                 "--plots-dir", flag(flags, "--plots-dir") + "2"])
     out = capsys.readouterr().out
-    assert "Resuming the interrupted run" in out
+    assert re.search(r"Resuming the interrupted run from its checkpoint in \S+\.training \(epoch 2, step 1 of \d+\)",
+                     out), out[-2000:]
     assert "Epoch 1/2" not in out and "Epoch 2/2" in out  # only the second epoch was trained
     assert record["optimizer_steps"] == 20 and len(record["history"]["loss"]) == 2
 

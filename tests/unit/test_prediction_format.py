@@ -1,11 +1,14 @@
 """One formatter of a prediction: the table line, and the export's client held to the suite's labelled();
 and the files predict.py reads."""
+import io
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tfhub_classifier import tasks
+from tfhub_classifier import cli, tasks
 from tfhub_classifier.export import client_example
 from tfhub_classifier.inference import prediction
 
@@ -123,3 +126,15 @@ def test_kept_columns_named_like_the_results_fields_are_renamed_apart():
     header, row = stream.getvalue().splitlines()
     assert header == "input_input_label,input_label,id,text,score,positive_label,label"
     assert row == "fraud,x,7,a text,0.750000,fraud,fraud"
+
+
+def test_predictions_show_what_the_terminal_cannot_as_question_marks(monkeypatch):
+    """Run as predict.py runs (cli.run's stdout), on a terminal whose encoding lacks a text's characters."""
+    terminal = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(terminal, encoding="ascii"))
+
+    def main(argv):
+        print("positive  0.93  café", file=prediction.stdout_text())
+    assert cli.run(main, []) == 0
+    sys.stdout.flush()
+    assert terminal.getvalue() == b"positive  0.93  caf?\n"

@@ -1,7 +1,6 @@
 """Scoring any texts with a saved classifier and writing what it says of each: table, JSON Lines or CSV."""
 import codecs
 import csv
-import io
 import itertools
 import json
 import sys
@@ -332,6 +331,6 @@ def check_top_k(task, top_k):
 
 def stdout_text():
     """stdout that never fails on characters the terminal's encoding lacks."""
-    if isinstance(sys.stdout, io.TextIOWrapper):
+    if hasattr(sys.stdout, "reconfigure"):  # a text stream (cli.run's LineEnds passes it through)
         sys.stdout.reconfigure(errors="replace")
     return sys.stdout

@@ -460,9 +460,9 @@ def fit(session, model, work_dir, train, validation, steps_per_epoch, log=print,
     started = time.time()
     epoch, step, stopped_early = work_dir.resume_position(steps_per_epoch)
     if epoch or step:  # said only here, after every check that could refuse the resume
-        log(f"Resuming the interrupted run from its checkpoint in {work_dir.shown_path} "
-            + ("(early stopping had ended it)" if stopped_early
-               else f"(epoch {epoch + 1}, step {step + 1} of {steps_per_epoch})"))
+        where = ("early stopping had ended it" if stopped_early else "all its epochs had run" if epoch >= cfg.epochs
+                 else f"epoch {epoch + 1}, step {step + 1} of {steps_per_epoch}")
+        log(f"Resuming the interrupted run from its checkpoint in {work_dir.shown_path} ({where})")
     train_batches, validation_batches = session.datasets(train, validation, epoch * steps_per_epoch + step)
     non_finite = StopOnNonFiniteLoss()
     callbacks = session.callbacks(work_dir, validation_batches) + [non_finite]
