@@ -34,7 +34,7 @@ from tensorflow.core.framework import node_def_pb2
 
 import tfhub_classifier
 from tfhub_classifier import hardware, runtime
-from tfhub_classifier.model import attention_chunks, attention_kernel, kernel_library
+from tfhub_classifier.model import attention_chunks, attention_kernel, kernel_library, quantization
 from tfhub_classifier.model.graph_edits import (
     ELEMENTWISE,
     Edit,
@@ -331,23 +331,29 @@ class FusedFunction:
     attention_kernels: int = 0
     attentions_as_saved: int = 0
     gelu_weights_held: int = 0
+    int8_layers: int = 0
 
     def __call__(self, tokens):
         return self.function({key: tf.convert_to_tensor(value) for key, value in tokens.items()})
 
 
-def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None):
+def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8=False):
     """The FusedFunction of a concrete function taking one dict of tensors and returning one tensor. Its
     attentions run as one kernel each (unless kernel is False) if the graph runs in float32
     (runtime.set_precision) and the kernel can be compiled here; if it can't, a note says why.
-    gelu_weights_held: whether to hold the weights of dense layers before GELU (None: holds_gelu_weights())."""
+    gelu_weights_held: whether to hold the weights of dense layers before GELU (None: holds_gelu_weights()).
+    int8: the dense layers as oneDNN int8 products (model/quantization.py), which hold no weights."""
     graph_def = frozen_graph(concrete_function)
     dense = fuse_dense(Graph(graph_def))
     graph_def = apply(graph_def, dense)
     einsum = fuse_einsum(Graph(graph_def))
     graph_def = apply(graph_def, einsum)
-    held, erfs = 0, [node.name for node in dense.added + einsum.added if node.op == "Erf"]
-    if erfs and (holds_gelu_weights() if gelu_weights_held is None else gelu_weights_held):
+    held, int8_layers, erfs = 0, 0, [node.name for node in dense.added + einsum.added if node.op == "Erf"]
+    if int8:
+        bias_adds = [node.name for node in dense.added + einsum.added if node.op == "BiasAdd"]
+        quantize, int8_layers = quantization.quantize_dense(Graph(graph_def), bias_adds)
+        graph_def = apply(graph_def, quantize)
+    elif erfs and (holds_gelu_weights() if gelu_weights_held is None else gelu_weights_held):
         hold, held = hold_gelu_weights(Graph(graph_def), erfs)
         graph_def = apply(graph_def, hold)
     layer_norm = fuse_layer_norm(Graph(graph_def))
@@ -385,4 +391,4 @@ def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None):
     added = dense.added + einsum.added
     return FusedFunction(traced, sum(node.op == "BiasAdd" for node in added),
                          sum(node.op == "Erf" for node in added), len(layer_norm.added), len(chunked), kernels,
-                         max(0, attentions - kernels - len(chunked)), held)
+                         max(0, attentions - kernels - len(chunked)), held, int8_layers)

@@ -1,0 +1,105 @@
+"""A fused graph's dense layers as oneDNN int8 products, their activations quantized per batch.
+
+After model/fusion.py's rewrite every dense layer is MatMul (of constant weights) -> BiasAdd. Here
+each becomes TensorFlow's QuantizedMatMulWithBiasAndDequantize, oneDNN's u8 x s8 product with float32
+out, as PyTorch's quantize_dynamic does it:
+
+- weights: int8, one scale for the layer, within 7 bits (|q| <= 64), since on CPUs without VNNI
+  oneDNN sums pairs of u8 x s8 products in int16 (VPMADDUBSW), which 8-bit weights could saturate;
+- activations: uint8 over this batch's own range: x - min(x) quantized with the op's SCALED mode,
+  and min(x) times the dequantized weights' column sums added to the bias, so the output is x @ W + b.
+  (The op's own MIN_FIRST mode adds that compensation unscaled to a float bias in TensorFlow 2.21's
+  oneDNN 3 path, so it is not used.)
+
+A layer's GELU, which oneDNN fused into the float32 product, then runs as TensorFlow's element-wise ops.
+Scores move by the quantization; engines.py checks them against the saved graph at load.
+"""
+import numpy as np
+from tensorflow.core.framework import node_def_pb2
+from tensorflow.python.framework import tensor_util
+
+from tfhub_classifier.model.graph_edits import Edit, const_node, node_of
+from tfhub_classifier.runtime import tf
+
+WEIGHT_LEVELS = 127  # the op's weight scale is max|range| / 127 ...
+WEIGHT_RANGE_FACTOR = 2.0  # ... and the range twice the largest weight keeps |q| <= 64 (7 bits)
+
+
+def quantized_weights(weights):
+    """(int8 weights, their range's bound, the dequantized weights' column sums) for a [in, out] float array."""
+    bound = WEIGHT_RANGE_FACTOR * float(np.max(np.abs(weights))) or 1.0  # all-zero weights: any scale
+    scale = bound / WEIGHT_LEVELS
+    quantized = np.clip(np.round(weights / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8)
+    return quantized, bound, (quantized.astype(np.float64).sum(0) * scale).astype(np.float32)
+
+
+def quantize_dense(graph, bias_adds):
+    """(An Edit, how many layers it changes): each of bias_adds (BiasAdd node names reading a MatMul of
+    constant two-axis weights, as fuse_dense and fuse_einsum write them) becomes an int8 product whose
+    output stands in for the BiasAdd's."""
+    edit = Edit()
+    for name in bias_adds:
+        bias_add = graph.nodes[name]
+        matmul = graph.nodes[node_of(bias_add.input[0])]
+        weights = graph.constant(matmul.input[1])
+        if matmul.op != "MatMul" or matmul.attr["transpose_a"].b or weights is None or weights.ndim != 2 \
+                or matmul.attr["T"].type != tf.float32.as_datatype_enum:
+            continue
+        if matmul.attr["transpose_b"].b:
+            weights = weights.T
+        quantized, bound, column_sums = quantized_weights(weights)
+        edit.added += _int8_layer(f"{name}/int8", matmul.input[0], bias_add.input[1], quantized, bound, column_sums)
+        edit.removed.update({matmul.name, bias_add.name})
+        edit.rewired[bias_add.name] = edit.added[-1].name
+    return edit, len(edit.removed) // 2
+
+
+def _qint8_const(name, value):
+    """A Const of int8 values typed qint8, as the quantized ops take them (const_node would type them int8)."""
+    node = node_def_pb2.NodeDef(name=name, op="Const")
+    node.attr["dtype"].type = tf.qint8.as_datatype_enum
+    node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(value, dtype=tf.qint8))
+    return node
+
+
+def _int8_layer(prefix, x, bias, quantized, bound, column_sums):
+    """The nodes computing x @ W + bias by oneDNN's int8 product (W = quantized * bound / 127), the output last."""
+    float32 = tf.float32.as_datatype_enum
+    nodes = [const_node(f"{prefix}/axes", np.array([0, 1], np.int32)),
+             _qint8_const(f"{prefix}/weights", quantized),
+             const_node(f"{prefix}/weights_min", np.float32(-bound)),
+             const_node(f"{prefix}/weights_max", np.float32(bound)),
+             const_node(f"{prefix}/column_sums", column_sums),
+             const_node(f"{prefix}/output_min", np.float32(-1.0)),  # unused with float32 out, but required
+             const_node(f"{prefix}/output_max", np.float32(1.0))]
+
+    def op(kind, name, inputs, **attrs):
+        node = node_def_pb2.NodeDef(name=f"{prefix}/{name}", op=kind)
+        node.input.extend(inputs)
+        for key, value in attrs.items():
+            if isinstance(value, bytes):
+                node.attr[key].s = value
+            elif isinstance(value, bool):
+                node.attr[key].b = value
+            else:
+                node.attr[key].type = value
+        nodes.append(node)
+        return node.name
+
+    low = op("Min", "low", [x, f"{prefix}/axes"], T=float32, Tidx=tf.int32.as_datatype_enum)
+    high = op("Max", "high", [x, f"{prefix}/axes"], T=float32, Tidx=tf.int32.as_datatype_enum)
+    shifted = op("Sub", "shifted", [x, low], T=float32)
+    span = op("Sub", "span", [high, low], T=float32)
+    zero = f"{prefix}/zero"
+    nodes.append(const_node(zero, np.float32(0.0)))
+    activations = op("QuantizeV2", "activations", [shifted, zero, span], T=tf.quint8.as_datatype_enum,
+                     mode=b"SCALED", round_mode=b"HALF_TO_EVEN")
+    # min(x) times the weights' column sums puts back what the shift took off each output.
+    restored = op("Mul", "restored", [low, f"{prefix}/column_sums"], T=float32)
+    shifted_bias = op("AddV2", "bias", [bias, restored], T=float32)
+    op("QuantizedMatMulWithBiasAndDequantize", "product",
+       [activations, f"{prefix}/weights", shifted_bias, f"{activations}:1", f"{activations}:2",
+        f"{prefix}/weights_min", f"{prefix}/weights_max", f"{prefix}/output_min", f"{prefix}/output_max"],
+       T1=tf.quint8.as_datatype_enum, T2=tf.qint8.as_datatype_enum, Tbias=float32, Toutput=float32,
+       input_quant_mode=b"SCALED", transpose_a=False, transpose_b=False)
+    return nodes
