@@ -84,6 +84,8 @@ def test_the_int8_fused_engine_scores_near_the_saved_graph(saved, kind):
     assert isinstance(engine, engines.FusedClassifier) and precision == "int8 dense layers (oneDNN)", lines
     assert engines.in_use(engine, "fused-int8") == "fused-int8"
     assert (engine.fused.dense_layers, engine.fused.int8_layers) == (12, 12)
+    # Attention's queries, keys and values share one quantization of their input: 4 a layer, not 6.
+    assert sum(node.op == "QuantizeV2" for node in engine.fused.function.graph.as_graph_def().node) == 8
     expected = logits(model, TEXTS)
     assert not np.array_equal(logits(engine, TEXTS), expected)  # int8 products, not float32's
     np.testing.assert_allclose(logits(engine, TEXTS), expected, atol=0.05)

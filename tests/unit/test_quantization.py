@@ -33,8 +33,9 @@ def int8_layer(x, weights, bias):
     placeholder = graph_def.node.add(name="x", op="Placeholder")
     placeholder.attr["dtype"].type = tf.float32.as_datatype_enum
     nodes = [placeholder, const_node("bias", bias)]
-    layer = quantization._int8_layer("layer", "x", "bias", *quantization.quantized_weights(weights))
-    return run_nodes(nodes + layer, layer[-1].name, {"x:0": x})
+    activations, quantized = quantization._quantized_activations("layer", "x")
+    layer = quantization._int8_product("layer", *quantized, "bias", *quantization.quantized_weights(weights))
+    return run_nodes(nodes + activations + layer, layer[-1].name, {"x:0": x})
 
 
 @needs_onednn

@@ -36,8 +36,9 @@ def quantized_weights(weights):
 def quantize_dense(graph, bias_adds):
     """(An Edit, how many layers it changes): each of bias_adds (BiasAdd node names reading a MatMul of
     constant two-axis weights, as fuse_dense and fuse_einsum write them) becomes an int8 product whose
-    output stands in for the BiasAdd's."""
-    edit = Edit()
+    output stands in for the BiasAdd's. Layers reading the same activations (attention's queries, keys
+    and values) share one quantization of them."""
+    edit, quantized_inputs, layers = Edit(), {}, 0
     for name in bias_adds:
         bias_add = graph.nodes[name]
         matmul = graph.nodes[node_of(bias_add.input[0])]
@@ -47,11 +48,30 @@ def quantize_dense(graph, bias_adds):
             continue
         if matmul.attr["transpose_b"].b:
             weights = weights.T
-        quantized, bound, column_sums = quantized_weights(weights)
-        edit.added += _int8_layer(f"{name}/int8", matmul.input[0], bias_add.input[1], quantized, bound, column_sums)
+        key = _same_activations(graph, matmul.input[0])
+        if key not in quantized_inputs:
+            nodes, quantized_inputs[key] = _quantized_activations(f"{name}/int8", matmul.input[0])
+            edit.added += nodes
+        edit.added += _int8_product(f"{name}/int8", *quantized_inputs[key], bias_add.input[1],
+                                    *quantized_weights(weights))
         edit.removed.update({matmul.name, bias_add.name})
         edit.rewired[bias_add.name] = edit.added[-1].name
-    return edit, len(edit.removed) // 2
+        layers += 1
+    return edit, layers
+
+
+def _same_activations(graph, x):
+    """What identifies the tensor x holds: fuse_einsum reshapes the same activations once per layer, so a
+    Reshape to a constant shape is known by what it reshapes (through the Identity nodes an inlined
+    function's inputs pass by: Keras' attention takes its query and its value as two) and to which shape."""
+    node = graph.nodes.get(node_of(x))
+    shape = graph.constant(node.input[1]) if node is not None and node.op == "Reshape" else None
+    if shape is None:
+        return x
+    source = node.input[0]
+    while graph.nodes.get(node_of(source)) is not None and graph.nodes[node_of(source)].op == "Identity":
+        source = graph.nodes[node_of(source)].input[0]
+    return source, tuple(shape.reshape(-1).tolist())
 
 
 def _qint8_const(name, value):
@@ -62,44 +82,51 @@ def _qint8_const(name, value):
     return node
 
 
-def _int8_layer(prefix, x, bias, quantized, bound, column_sums):
-    """The nodes computing x @ W + bias by oneDNN's int8 product (W = quantized * bound / 127), the output last."""
+def _op(nodes, kind, name, inputs, **attrs):
+    """Append a node (attrs: a bytes value is a string, a bool a bool, an int a dtype) and return its name."""
+    node = node_def_pb2.NodeDef(name=name, op=kind)
+    node.input.extend(inputs)
+    for key, value in attrs.items():
+        if isinstance(value, bytes):
+            node.attr[key].s = value
+        elif isinstance(value, bool):
+            node.attr[key].b = value
+        else:
+            node.attr[key].type = value
+    nodes.append(node)
+    return node.name
+
+
+def _quantized_activations(prefix, x):
+    """(nodes, (the QuantizeV2 node's name, min(x)'s)): x - min(x) as uint8 over its range, min(x) kept to
+    put back."""
+    float32, int32 = tf.float32.as_datatype_enum, tf.int32.as_datatype_enum
+    nodes = [const_node(f"{prefix}/axes", np.array([0, 1], np.int32)), const_node(f"{prefix}/zero", np.float32(0))]
+    low = _op(nodes, "Min", f"{prefix}/low", [x, f"{prefix}/axes"], T=float32, Tidx=int32)
+    high = _op(nodes, "Max", f"{prefix}/high", [x, f"{prefix}/axes"], T=float32, Tidx=int32)
+    shifted = _op(nodes, "Sub", f"{prefix}/shifted", [x, low], T=float32)
+    span = _op(nodes, "Sub", f"{prefix}/span", [high, low], T=float32)
+    activations = _op(nodes, "QuantizeV2", f"{prefix}/activations", [shifted, f"{prefix}/zero", span],
+                      T=tf.quint8.as_datatype_enum, mode=b"SCALED", round_mode=b"HALF_TO_EVEN")
+    return nodes, (activations, low)
+
+
+def _int8_product(prefix, activations, low, bias, quantized, bound, column_sums):
+    """The nodes computing x @ W + bias from _quantized_activations' (activations, low) by oneDNN's int8
+    product (W = quantized * bound / 127), the output last."""
     float32 = tf.float32.as_datatype_enum
-    nodes = [const_node(f"{prefix}/axes", np.array([0, 1], np.int32)),
-             _qint8_const(f"{prefix}/weights", quantized),
+    nodes = [_qint8_const(f"{prefix}/weights", quantized),
              const_node(f"{prefix}/weights_min", np.float32(-bound)),
              const_node(f"{prefix}/weights_max", np.float32(bound)),
              const_node(f"{prefix}/column_sums", column_sums),
              const_node(f"{prefix}/output_min", np.float32(-1.0)),  # unused with float32 out, but required
              const_node(f"{prefix}/output_max", np.float32(1.0))]
-
-    def op(kind, name, inputs, **attrs):
-        node = node_def_pb2.NodeDef(name=f"{prefix}/{name}", op=kind)
-        node.input.extend(inputs)
-        for key, value in attrs.items():
-            if isinstance(value, bytes):
-                node.attr[key].s = value
-            elif isinstance(value, bool):
-                node.attr[key].b = value
-            else:
-                node.attr[key].type = value
-        nodes.append(node)
-        return node.name
-
-    low = op("Min", "low", [x, f"{prefix}/axes"], T=float32, Tidx=tf.int32.as_datatype_enum)
-    high = op("Max", "high", [x, f"{prefix}/axes"], T=float32, Tidx=tf.int32.as_datatype_enum)
-    shifted = op("Sub", "shifted", [x, low], T=float32)
-    span = op("Sub", "span", [high, low], T=float32)
-    zero = f"{prefix}/zero"
-    nodes.append(const_node(zero, np.float32(0.0)))
-    activations = op("QuantizeV2", "activations", [shifted, zero, span], T=tf.quint8.as_datatype_enum,
-                     mode=b"SCALED", round_mode=b"HALF_TO_EVEN")
     # min(x) times the weights' column sums puts back what the shift took off each output.
-    restored = op("Mul", "restored", [low, f"{prefix}/column_sums"], T=float32)
-    shifted_bias = op("AddV2", "bias", [bias, restored], T=float32)
-    op("QuantizedMatMulWithBiasAndDequantize", "product",
-       [activations, f"{prefix}/weights", shifted_bias, f"{activations}:1", f"{activations}:2",
-        f"{prefix}/weights_min", f"{prefix}/weights_max", f"{prefix}/output_min", f"{prefix}/output_max"],
-       T1=tf.quint8.as_datatype_enum, T2=tf.qint8.as_datatype_enum, Tbias=float32, Toutput=float32,
-       input_quant_mode=b"SCALED", transpose_a=False, transpose_b=False)
+    restored = _op(nodes, "Mul", f"{prefix}/restored", [low, f"{prefix}/column_sums"], T=float32)
+    shifted_bias = _op(nodes, "AddV2", f"{prefix}/bias", [bias, restored], T=float32)
+    _op(nodes, "QuantizedMatMulWithBiasAndDequantize", f"{prefix}/product",
+        [activations, f"{prefix}/weights", shifted_bias, f"{activations}:1", f"{activations}:2",
+         f"{prefix}/weights_min", f"{prefix}/weights_max", f"{prefix}/output_min", f"{prefix}/output_max"],
+        T1=tf.quint8.as_datatype_enum, T2=tf.qint8.as_datatype_enum, Tbias=float32, Toutput=float32,
+        input_quant_mode=b"SCALED", transpose_a=False, transpose_b=False)
     return nodes
