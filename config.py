@@ -87,8 +87,7 @@ PIPELINES = ("fast", "tutorial")
 POOLINGS = ("pooled", "mean")
 OUTPUT_FORMATS = ("table", "jsonl", "csv")
 EXPLAIN_METHODS = ("occlusion", "integrated-gradients")
-ENGINES = ("auto", "fused", "fused-int8", "savedmodel", "tflite-int8")  # TFLite float32 measured slower: not offered
-INT8_ENGINES = ("fused-int8", "tflite-int8")  # they run the token classifier in int8 from its float32 weights
+ENGINES = ("auto", "fused", "savedmodel", "tflite-int8")  # TFLite in float32 measured slower: not offered
 QUANTIZATIONS = ("none", "int8", "float16")  # export.py --format tflite's weights
 TASKS = ("auto", "binary", "multiclass", "multilabel")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -247,9 +246,7 @@ class Config:
                           "at load; faster, but built in seconds at load); savedmodel = the saved graph as it is; "
                           "both at "
                           "--precision. auto = fused, but savedmodel for predict.py's texts given on the command "
-                          "line, too few to repay the build. fused-int8 = fused, its dense layers oneDNN int8 products "
-                          "with activations quantized per batch (x86 CPUs; scores slightly off). tflite-int8 = "
-                          "the token classifier in TFLite "
+                          "line, too few to repay the build. tflite-int8 = the token classifier in TFLite "
                           "(XNNPACK) with int8 weights, scores slightly off, converted once and kept in "
                           "MODEL_DIR/engines/: what the int8 .tflite export scores, to check it before deploying "
                           "(docs/benchmarks.md#engines)", ENGINES,
@@ -369,12 +366,12 @@ class Config:
         if "bfloat16" in precisions and not hardware.cpu_supports_bfloat16():
             raise ValueError("--precision bfloat16 needs a CPU with AVX512-BF16 or AMX, which this one lacks "
                              "(it would run float32 and be slower); use --precision float32")
-        if "engine" in offered and self.engine in INT8_ENGINES and precisions & {"bfloat16", "float16"}:
+        if "engine" in offered and self.engine == "tflite-int8" and precisions & {"bfloat16", "float16"}:
             raise ValueError(f"--precision rewrites the SavedModel's graph, which --engine {self.engine} does not "
                              "run; drop --precision, or use --engine fused")
-        if "engine" in offered and self.engine in INT8_ENGINES and self.explain_method == "integrated-gradients":
+        if "engine" in offered and self.engine == "tflite-int8" and self.explain_method == "integrated-gradients":
             raise ValueError("--explain-method integrated-gradients follows the SavedModel's float32 gradients, "
-                             f"not --engine {self.engine}'s int8 weights, so its weights would not explain the "
+                             "not --engine tflite-int8's int8 weights, so its weights would not explain the "
                              "scores shown; use --explain-method occlusion, or --engine fused")
         if "encoding" in offered and self.encoding != REPLACING_ENCODING:
             try:

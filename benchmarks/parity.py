@@ -34,7 +34,6 @@ WAYS = {"ours-fp32": ("fast", "float32"), "tutorial-fp32": ("tutorial", "float32
         "fused-fp32": ("fused", "float32"), "fused-bf16": ("fused", "bfloat16"),
         "fused-chunks-fp32": ("fused-chunks", "float32"),
         "fused-whole-fp32": ("fused-whole", "float32"), "fused-whole-bf16": ("fused-whole", "bfloat16"),
-        "fused-int8": ("fused-int8", "float32"),
         "tflite-fp32": ("tflite", "float32"), "tflite-int8": ("tflite-int8", "float32"),
         "tflite-fp16": ("tflite-float16", "float32")}  # the last: export.py --quantize float16's weights
 # How a fused way's graph must run attention (engines.attention_in_use); float32's fused way needs the kernel.
@@ -66,14 +65,14 @@ def child(model_dir, reviews, pipeline, precision):
             from tfhub_classifier.model import attention_kernel
             attention_kernel.find = lambda graph: []
             pipeline = "fused"
-        engine = pipeline if pipeline in engines.QUANTIZATION or pipeline.startswith("fused") else "savedmodel"
+        engine = pipeline if pipeline in engines.QUANTIZATION or pipeline == "fused" else "savedmodel"
         model, record, _ = engines.load(model_dir, precision, engine, log=lambda line: print(line, file=sys.stderr))
         common.require_engine(engine, engines.in_use(model, engine), "the note above")
     cfg = config.resolve(**common.real_data_flags())
     _, _, test = imdb.load_splits(cfg, with_train=False, caps=(0, 0, reviews))
     scoring.logits_of(model, test.texts[:32], 128)  # warm up
     started = time.perf_counter()
-    if pipeline in ("fast", "fused", "fused-int8") or pipeline.startswith("tflite"):
+    if pipeline in ("fast", "fused") or pipeline.startswith("tflite"):
         logits = scoring.logits_of(model, test.texts, 128)
     elif pipeline == "signature":
         signature = model.signatures[saving.SERVING_SIGNATURE]

@@ -69,20 +69,14 @@ def test_the_fused_engine_is_the_default_and_scores_as_the_saved_graph(saved, ki
     np.testing.assert_allclose(logits(engine, TEXTS, batch_size=64), logits(model, TEXTS), atol=1e-5)
 
 
-needs_onednn = pytest.mark.skipif(not runtime.onednn_enabled(),
-                                  reason="--engine fused-int8 runs oneDNN's int8 kernels, off in this process")
-
-
-@needs_onednn
+@pytest.mark.skipif(not runtime.onednn_enabled(), reason="oneDNN's int8 products need its kernels, off here")
 @pytest.mark.parametrize("kind", LABELS)
-def test_the_int8_fused_engine_scores_near_the_saved_graph(saved, kind):
+def test_the_fused_graph_with_int8_dense_layers_scores_near_the_saved_graph(saved, kind):
+    """What benchmarks/int8_layers.py measures (not an --engine: docs/benchmarks.md#int8-dense-layers)."""
     from tfhub_classifier.inference import engines
     from tfhub_classifier.model import saving
     model, _ = saving.load(saved[kind])
-    lines = []
-    engine, _, precision = engines.load(saved[kind], "auto", "fused-int8", log=lines.append)
-    assert isinstance(engine, engines.FusedClassifier) and precision == "int8 dense layers (oneDNN)", lines
-    assert engines.in_use(engine, "fused-int8") == "fused-int8"
+    engine = engines.FusedClassifier(model, log=lambda line: None, int8=True)
     assert (engine.fused.dense_layers, engine.fused.int8_layers) == (12, 12)
     # Attention's queries, keys and values share one quantization of their input: 4 a layer, not 6.
     assert sum(node.op == "QuantizeV2" for node in engine.fused.function.graph.as_graph_def().node) == 8
@@ -90,24 +84,6 @@ def test_the_int8_fused_engine_scores_near_the_saved_graph(saved, kind):
     assert not np.array_equal(logits(engine, TEXTS), expected)  # int8 products, not float32's
     np.testing.assert_allclose(logits(engine, TEXTS), expected, atol=0.05)
     np.testing.assert_allclose(logits(engine, TEXTS, batch_size=64), expected, atol=0.05)
-
-
-@needs_onednn
-def test_an_int8_graph_scoring_too_far_from_the_saved_one_falls_back_with_a_note(saved, monkeypatch):
-    from tfhub_classifier.inference import engines
-    monkeypatch.setattr(engines, "INT8_TOLERANCE", 1e-9)  # any int8 product is that far off
-    lines = []
-    model, _, precision = engines.load(saved["binary"], "float32", "fused-int8", log=lines.append)
-    assert not isinstance(model, engines.FusedClassifier) and precision == "float32"
-    assert engines.in_use(model, "fused-int8") == "savedmodel"
-    assert any("scoring with the graph as saved: its fused form scores differently" in line for line in lines)
-
-
-def test_the_int8_fused_engine_needs_onednn(saved, monkeypatch):
-    from tfhub_classifier.inference import engines
-    monkeypatch.setattr(runtime, "onednn_enabled", lambda: False)
-    with pytest.raises(ValueError, match="oneDNN's int8 kernels, which are off .* use --engine fused$"):
-        engines.load(saved["binary"], "float32", "fused-int8")
 
 
 def test_the_engine_in_use_says_how_attention_runs(saved, attention_kernel, monkeypatch):
@@ -278,17 +254,14 @@ def test_a_model_folder_that_cannot_be_written_still_gets_its_engine(saved, monk
     assert logits(engine, ["great"]).shape == (1,)
 
 
-@pytest.mark.parametrize("engine", config.INT8_ENGINES)
-def test_predict_and_explain_through_an_engine(saved, capsys, engine):
-    """predict.py --engine tflite-int8 or fused-int8 gives scores and occlusion weights near the SavedModel's
-    float32 ones, over the same words."""
+def test_predict_and_explain_through_an_engine(saved, capsys):
+    """predict.py --engine tflite-int8 gives scores and occlusion weights near the SavedModel's float32 ones,
+    over the same words."""
     import json
-    if engine == "fused-int8" and not runtime.onednn_enabled():
-        pytest.skip("--engine fused-int8 runs oneDNN's int8 kernels, off in this process")
     expected = predict.main(["--model-dir", saved["multiclass"], "--precision", "float32", "--explain",
                              "--format", "jsonl", *TEXTS[:3]])
     lines = capsys.readouterr().out
-    got = predict.main(["--model-dir", saved["multiclass"], "--engine", engine, "--explain", "--format",
+    got = predict.main(["--model-dir", saved["multiclass"], "--engine", "tflite-int8", "--explain", "--format",
                         "jsonl", *TEXTS[:3]])
     out = capsys.readouterr()
     assert not np.array_equal(got, expected)
@@ -299,35 +272,28 @@ def test_predict_and_explain_through_an_engine(saved, capsys, engine):
         np.testing.assert_allclose(mine["weights"], theirs["weights"], atol=0.05)
 
 
-@pytest.mark.parametrize("int8_engine", config.INT8_ENGINES)
-def test_flags_an_engine_would_ignore_are_refused(int8_engine):
-    with pytest.raises(ValueError, match=f"--engine {int8_engine} does not run"):
-        config.resolve(engine=int8_engine, precision="float16").validate(config.PREDICT)
-    assert config.resolve(engine=int8_engine, precision="auto").validate(config.PREDICT).engine == int8_engine
-    with pytest.raises(ValueError, match=f"not --engine {int8_engine}'s int8 weights.*use --explain-method occlusion"):
-        config.resolve(engine=int8_engine, explain_method="integrated-gradients").validate(config.PREDICT)
+def test_flags_an_engine_would_ignore_are_refused():
+    with pytest.raises(ValueError, match="--engine tflite-int8 does not run"):
+        config.resolve(engine="tflite-int8", precision="float16").validate(config.PREDICT)
+    assert config.resolve(engine="tflite-int8", precision="auto").validate(config.PREDICT).engine == "tflite-int8"
+    with pytest.raises(ValueError, match="use --explain-method occlusion"):
+        config.resolve(engine="tflite-int8", explain_method="integrated-gradients").validate(config.PREDICT)
     for engine in ("auto", "fused", "savedmodel"):
         assert config.resolve(engine=engine, explain_method="integrated-gradients").validate(config.PREDICT)
         assert config.resolve(engine=engine, precision="auto").validate(config.PREDICT).engine == engine
-    with pytest.raises(SystemExit):  # TFLite in float32, measured slower than the SavedModel: not offered
-        predict.parse(["--engine", "tflite", "great"])
+    for unoffered in ("tflite", "fused-int8"):  # measured, not offered (docs/benchmarks.md#engines)
+        with pytest.raises(SystemExit):
+            predict.parse(["--engine", unoffered, "great"])
 
 
-@pytest.mark.parametrize("engine", config.INT8_ENGINES)
-def test_the_server_scores_through_the_engine(saved, engine):
-    """serve.py --engine tflite-int8 or fused-int8: the Servable answers with the engine's scores and says
-    which it runs."""
+def test_the_server_scores_through_the_engine(saved):
+    """serve.py --engine tflite-int8: the Servable answers with the engine's scores and says which it runs."""
     from tfhub_classifier.inference import engines, scoring
     from tfhub_classifier.serving.servable import Servable
-    if engine == "fused-int8" and not runtime.onednn_enabled():
-        pytest.skip("--engine fused-int8 runs oneDNN's int8 kernels, off in this process")
-    cfg = config.resolve(model_dir=saved["binary"], engine=engine)
+    cfg = config.resolve(model_dir=saved["binary"], engine="tflite-int8")
     servable = Servable.load(cfg, log=lambda line: None)
-    assert servable.precision == engines.PRECISION[engine] and servable.engine == engine
-    if engine == "tflite-int8":
-        assert isinstance(servable.model, engines.TfliteClassifier) and servable.attention is None
-    else:
-        assert isinstance(servable.model, engines.FusedClassifier) and servable.attention is not None
+    assert servable.precision == "int8 weights (TFLite)" and isinstance(servable.model, engines.TfliteClassifier)
+    assert servable.engine == "tflite-int8" and servable.attention is None
     from tfhub_classifier.model import saving
     served = [result["probabilities"] for result in servable.score(TEXTS)]
     float32 = servable.task.probabilities(scoring.logits_of(saving.load(saved["binary"])[0], TEXTS, 8))

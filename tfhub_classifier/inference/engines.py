@@ -1,6 +1,5 @@
 """What scores texts: the SavedModel's graph as saved, that graph with its layers fused for oneDNN
-(model/fusion.py), the fused graph with int8 dense layers (model/quantization.py), or its token half
-converted to TFLite (int8 weights) and run by XNNPACK.
+(model/fusion.py), or its token half converted to TFLite (int8 weights) and run by XNNPACK.
 
 Every way the saved model tokenizes (TF Text, in its graph); the other engines take its token ids.
 The conversion takes seconds to a minute, so it is kept beside the model (MODEL_DIR/engines/, named
@@ -12,7 +11,7 @@ import threading
 
 import numpy as np
 
-from tfhub_classifier import cli, files, hardware, runtime
+from tfhub_classifier import cli, files, hardware
 from tfhub_classifier.data import tokenization
 from tfhub_classifier.export import client_example, tflite
 from tfhub_classifier.model import fusion, saving
@@ -21,15 +20,11 @@ from tfhub_classifier.runtime import tf
 # config.ENGINES' TFLite one, and TFLite in float32 (measured, and for checks: not offered, being slower here
 # than the SavedModel in float32; docs/benchmarks.md#engines).
 QUANTIZATION = {"tflite": "none", "tflite-int8": "int8"}
-PRECISION = {"tflite": "float32 (TFLite)", "tflite-int8": "int8 weights (TFLite)",
-             "fused-int8": "int8 dense layers (oneDNN)"}
+PRECISION = {"tflite": "float32 (TFLite)", "tflite-int8": "int8 weights (TFLite)"}
 CACHE_FOLDER = "engines"
 # The fused graph's logits against the saved graph's on the probe texts: float32 differs only in the
 # order of sums; bfloat16 rounds the two graphs' activations at different points.
 FUSED_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.1, "float16": 0.1}
-# int8 products move logits by the quantization (a few hundredths on the compare-protocol model, measured
-# in docs/benchmarks.md#int8-dense-layers); a rewrite that went wrong moves them by far more.
-INT8_TOLERANCE = 0.25
 PROBE_TEXTS = ["A probe text: the fused graph must score it as the saved one does.", "Short."]
 
 
@@ -57,10 +52,8 @@ class FusedClassifier:
 def in_use(model, engine):
     """The engine that scores with model, loaded for --engine engine: auto is fused, which falls back to
     savedmodel."""
-    if engine in ("auto", "fused", "fused-int8"):
-        if not isinstance(model, FusedClassifier):
-            return "savedmodel"
-        return "fused-int8" if model.fused.int8_layers else "fused"
+    if engine in ("auto", "fused"):
+        return "fused" if isinstance(model, FusedClassifier) else "savedmodel"
     return engine
 
 
@@ -81,26 +74,24 @@ def attention_in_use(model):
     return ways[0] if ways else "as saved"
 
 
-def fused_or_saved(model, precision, log=print, int8=False):
-    """A FusedClassifier over model (its dense layers int8 if int8), checked on probe texts against it;
-    model itself, with a note, if the rewrite fails, fuses nothing, scores differently, or a GPU would
-    run it (its fused ops are oneDNN's, for CPUs). The rewrite only saves time, so no encoder it doesn't
-    foresee may cost a score."""
-    engine = "fused-int8" if int8 else "fused"
+def fused_or_saved(model, precision, log=print):
+    """A FusedClassifier over model, checked on probe texts against it; model itself, with a note, if
+    the rewrite fails, fuses nothing, scores differently, or a GPU would run it (its fused ops are
+    oneDNN's, for CPUs). The rewrite only saves time, so no encoder it doesn't foresee may cost a score."""
     if tf.config.list_physical_devices("GPU"):
-        log(f"note: scoring with the graph as saved: --engine {engine} rewrites it for oneDNN on CPUs, and a "
-            "GPU will run it")
+        log("note: scoring with the graph as saved: --engine fused rewrites it for oneDNN on CPUs, and a GPU "
+            "will run it")
         return model
     try:  # any failure of the rewrite falls back to the graph as saved
-        fused = FusedClassifier(model, log, int8=int8)
+        fused = FusedClassifier(model, log)
         difference = fused.largest_difference()
     except Exception as error:
         log(f"note: scoring with the graph as saved: its fused form could not be built ({cli.error_summary(error)})")
         return model
-    if fused.fused.dense_layers + fused.fused.layer_norms == 0 or (int8 and not fused.fused.int8_layers):
-        log(f"note: scoring with the graph as saved: none of its layers has a form --engine {engine} rewrites")
+    if fused.fused.dense_layers + fused.fused.layer_norms == 0:
+        log("note: scoring with the graph as saved: none of its layers has a form --engine fused rewrites")
         return model
-    if not difference <= (INT8_TOLERANCE if int8 else FUSED_TOLERANCE[precision]):  # NaN included
+    if not difference <= FUSED_TOLERANCE[precision]:  # NaN included
         log(f"note: scoring with the graph as saved: its fused form scores differently (logits {difference:.2g} "
             "apart on a probe text)")
         return model
@@ -145,13 +136,6 @@ def load(model_dir, precision, engine="auto", log=print):
     if engine in ("auto", "fused"):
         model, record, precision = saving.load_model(model_dir, precision)
         return fused_or_saved(model, precision, log), record, precision
-    if engine == "fused-int8":
-        if not runtime.onednn_enabled():
-            raise ValueError("--engine fused-int8 runs oneDNN's int8 kernels, which are off in this process "
-                             "(not an x86 CPU, or TF_ENABLE_ONEDNN_OPTS=0); use --engine fused")
-        model, record, _ = saving.load_model(model_dir, "float32")
-        model = fused_or_saved(model, "float32", log, int8=True)
-        return model, record, PRECISION[engine] if isinstance(model, FusedClassifier) else "float32"
     model, record, _ = saving.load_model(model_dir, "float32")  # only its tokenizer runs
     path = os.path.join(model_dir, CACHE_FOLDER, f"{engine}-{fingerprint(model_dir)}.tflite")
     if os.path.isfile(path):

@@ -12,7 +12,8 @@ out, as PyTorch's quantize_dynamic does it:
   oneDNN 3 path, so it is not used.)
 
 A layer's GELU, which oneDNN fused into the float32 product, then runs as TensorFlow's element-wise ops.
-Scores move by the quantization; engines.py checks them against the saved graph at load.
+Not an --engine: one quantization scale for a whole batch's activations moved the scores too far where
+GELU's outputs feed a layer (benchmarks/int8_layers.py; docs/benchmarks.md#int8-dense-layers).
 """
 import numpy as np
 from tensorflow.core.framework import node_def_pb2

@@ -1,0 +1,93 @@
+"""The fused graph with oneDNN int8 dense layers (model/quantization.py) against the fused graph in float32,
+layer group by layer group: how far each moves the scores, and how much faster it runs.
+
+    python benchmarks/int8_layers.py --model-dir benchmarks/results/models/compare_official --reviews 2500
+
+Scores the first --reviews of the fixed test subset (seed 42, as parity.py) from the raw texts in one
+process: the fused graph in float32 (the reference), then with the dense layers of each group as int8
+products (activations quantized per batch, weights per layer; --weight-bits 7 as the engine, or 8).
+Groups by the MiniLM stand-in's layer names: attention's query/key/value, its output, the feed-forward
+block's first layer (reading layer normalization's output) and its second (reading GELU's); then all
+but the second, and all. Each setting scores the reviews --rounds times, the settings taking turns,
+keeping its best reviews/s. Prints per setting the logits' largest and mean difference from float32's,
+labels agreeing, accuracy against float32's (parity.py's target: within 0.3 points, 99% agreeing) and
+reviews/s against float32's; appends the run to benchmarks/results/int8_layers.json.
+"""
+import argparse
+import sys
+import time
+
+import common
+import numpy as np
+
+GROUPS = {"query-key-value": ("/query/", "/key/", "/value/"), "attention-output": ("/attention_output/",),
+          "feed-forward-in": ("/intermediate/",), "feed-forward-out": ("/output/BiasAdd",)}
+SETTINGS = {**GROUPS, "all-but-feed-forward-out": sum((GROUPS[name] for name in list(GROUPS)[:3]), ()),
+            "all": sum(GROUPS.values(), ())}
+TARGET_POINTS, TARGET_AGREEING = 0.3, 0.99
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--reviews", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--weight-bits", type=int, choices=(7, 8), default=7)
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    args = parser.parse_args(argv)
+
+    import config
+    from tfhub_classifier.data import imdb
+    from tfhub_classifier.inference import engines, scoring
+    from tfhub_classifier.model import quantization, saving
+    quantization.WEIGHT_RANGE_FACTOR = 2.0 if args.weight_bits == 7 else 1.0
+    cfg = config.resolve(**common.real_data_flags())
+    _, _, test = imdb.load_splits(cfg, with_train=False, caps=(0, 0, args.reviews))
+    model, _, _ = saving.load_model(args.model_dir, "float32")
+    every_layer = quantization.quantize_dense
+    scorers = {"float32": engines.FusedClassifier(model, log=lambda line: None)}
+    for name in args.settings:
+        def chosen(graph, bias_adds, names=SETTINGS[name]):
+            return every_layer(graph, [layer for layer in bias_adds if any(part in layer for part in names)])
+        quantization.quantize_dense = chosen
+        scorers[name] = engines.FusedClassifier(model, log=lambda line: None, int8=True)
+        if not scorers[name].fused.int8_layers:
+            sys.exit(f"{name}: no dense layer's name holds {SETTINGS[name]}: not the MiniLM stand-in's graph?")
+    quantization.quantize_dense = every_layer
+    print(f"{common.machine_header(common.cpu_flags())}\n{args.model_dir}: {len(test)} test reviews, batches of "
+          f"{cfg.eval_batch_size}, {args.weight_bits}-bit weights, best of {args.rounds} rounds", flush=True)
+    logits, seconds = {}, {name: [] for name in scorers}
+    for scorer in scorers.values():
+        scoring.logits_of(scorer, test.texts[:64], cfg.eval_batch_size)  # warm up
+    for round_number in range(args.rounds):
+        for name, scorer in (scorers.items() if round_number % 2 == 0 else reversed(scorers.items())):
+            started = time.perf_counter()
+            logits[name] = np.asarray(scoring.logits_of(scorer, test.texts, cfg.eval_batch_size)).reshape(-1)
+            seconds[name].append(time.perf_counter() - started)
+    reference = logits["float32"]
+    accuracy = {name: float(np.mean((values >= 0) == test.labels)) for name, values in logits.items()}
+    rates = {name: len(test) / min(times) for name, times in seconds.items()}
+    run = {"machine": common.machine(), "cpu_flags": common.cpu_flags(), "model_dir": args.model_dir,
+           "reviews": len(test), "weight_bits": args.weight_bits, "rounds": args.rounds, "settings": {}}
+    print(f"float32: accuracy={accuracy['float32']:.4f} reviews/s={rates['float32']:.1f}")
+    for name in args.settings:
+        difference = np.abs(logits[name] - reference)
+        agreeing = float(np.mean((logits[name] >= 0) == (reference >= 0)))
+        points = 100 * (accuracy[name] - accuracy["float32"])
+        met = abs(points) <= TARGET_POINTS + 1e-9 and agreeing >= TARGET_AGREEING - 1e-9
+        run["settings"][name] = {"int8_layers": scorers[name].fused.int8_layers, "accuracy": accuracy[name],
+                                 "largest_logit_difference": float(difference.max()),
+                                 "mean_logit_difference": float(difference.mean()), "labels_agreeing": agreeing,
+                                 "reviews_per_s": rates[name], "speedup": rates[name] / rates["float32"],
+                                 "target_met": met}
+        print(f"int8 {name:<25} layers={scorers[name].fused.int8_layers} logits largest={difference.max():.3f} "
+              f"mean={difference.mean():.4f} agreeing={agreeing:.2%} accuracy={points:+.2f} points "
+              f"reviews/s={rates[name]:.1f} ({rates[name] / rates['float32']:.2f}x) "
+              f"target {'met' if met else 'missed'}")
+    run["float32"] = {"accuracy": accuracy["float32"], "reviews_per_s": rates["float32"]}
+    print(f"Results: {common.append_result('int8_layers', run)}")
+    return run
+
+
+if __name__ == "__main__":
+    main()
