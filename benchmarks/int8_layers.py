@@ -5,11 +5,13 @@ layer group by layer group: how far each moves the scores, and how much faster i
 
 Scores the first --reviews of the fixed test subset (seed 42, as parity.py) from the raw texts in one
 process: the fused graph in float32 (the reference), then with the dense layers of each group as int8
-products (activations quantized per batch, weights per layer; --weight-bits 7 as the engine, or 8).
+products (activations quantized per batch, weights per layer within 7 bits).
 Groups by the MiniLM stand-in's layer names: attention's query/key/value, its output, the feed-forward
 block's first layer (reading layer normalization's output) and its second (reading GELU's); then all
 but the second, and all. Each setting scores the reviews --rounds times, the settings taking turns,
-keeping its best reviews/s. Prints per setting the logits' largest and mean difference from float32's,
+keeping its best reviews/s. Every setting must run attention as the float32 reference does and hold the
+weights of the GELU layers it leaves in float32 as the reference holds them (model/fusion.py), so that
+only the int8 products differ. Prints per setting the logits' largest and mean difference from float32's,
 labels agreeing, accuracy against float32's (parity.py's target: within 0.3 points, 99% agreeing) and
 reviews/s against float32's; appends the run to benchmarks/results/int8_layers.json.
 """
@@ -32,7 +34,6 @@ def main(argv=None):
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--reviews", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--weight-bits", type=int, choices=(7, 8), default=7)
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     args = parser.parse_args(argv)
 
@@ -40,7 +41,6 @@ def main(argv=None):
     from tfhub_classifier.data import imdb
     from tfhub_classifier.inference import engines, scoring
     from tfhub_classifier.model import quantization, saving
-    quantization.WEIGHT_RANGE_FACTOR = 2.0 if args.weight_bits == 7 else 1.0
     cfg = config.resolve(**common.real_data_flags())
     _, _, test = imdb.load_splits(cfg, with_train=False, caps=(0, 0, args.reviews))
     model, _, _ = saving.load_model(args.model_dir, "float32")
@@ -51,11 +51,20 @@ def main(argv=None):
             return every_layer(graph, [layer for layer in bias_adds if any(part in layer for part in names)])
         quantization.quantize_dense = chosen
         scorers[name] = engines.FusedClassifier(model, log=lambda line: None, int8=True)
-        if not scorers[name].fused.int8_layers:
+        fused, reference = scorers[name].fused, scorers["float32"].fused
+        if not fused.int8_layers:
             sys.exit(f"{name}: no dense layer's name holds {SETTINGS[name]}: not the MiniLM stand-in's graph?")
+        # The GELU layers are the feed-forward block's first: in int8 they hold nothing, in float32 as the reference.
+        held = 0 if GROUPS["feed-forward-in"][0] in SETTINGS[name] else reference.gelu_weights_held
+        if engines.attention_in_use(scorers[name]) != engines.attention_in_use(scorers["float32"]) \
+                or fused.gelu_weights_held != held:
+            sys.exit(f"{name}: its attention or held weights differ from float32's: its speed would not be the int8 "
+                     "products' alone")
     quantization.quantize_dense = every_layer
     print(f"{common.machine_header(common.cpu_flags())}\n{args.model_dir}: {len(test)} test reviews, batches of "
-          f"{cfg.eval_batch_size}, {args.weight_bits}-bit weights, best of {args.rounds} rounds", flush=True)
+          f"{cfg.eval_batch_size}, best of {args.rounds} round(s); attention: "
+          f"{engines.attention_in_use(scorers['float32'])}; GELU layers' weights held in float32: "
+          f"{scorers['float32'].fused.gelu_weights_held}", flush=True)
     logits, seconds = {}, {name: [] for name in scorers}
     for scorer in scorers.values():
         scoring.logits_of(scorer, test.texts[:64], cfg.eval_batch_size)  # warm up
@@ -68,7 +77,8 @@ def main(argv=None):
     accuracy = {name: float(np.mean((values >= 0) == test.labels)) for name, values in logits.items()}
     rates = {name: len(test) / min(times) for name, times in seconds.items()}
     run = {"machine": common.machine(), "cpu_flags": common.cpu_flags(), "model_dir": args.model_dir,
-           "reviews": len(test), "weight_bits": args.weight_bits, "rounds": args.rounds, "settings": {}}
+           "reviews": len(test), "rounds": args.rounds, "attention": engines.attention_in_use(scorers["float32"]),
+           "settings": {}}
     print(f"float32: accuracy={accuracy['float32']:.4f} reviews/s={rates['float32']:.1f}")
     for name in args.settings:
         difference = np.abs(logits[name] - reference)
@@ -76,11 +86,13 @@ def main(argv=None):
         points = 100 * (accuracy[name] - accuracy["float32"])
         met = abs(points) <= TARGET_POINTS + 1e-9 and agreeing >= TARGET_AGREEING - 1e-9
         run["settings"][name] = {"int8_layers": scorers[name].fused.int8_layers, "accuracy": accuracy[name],
+                                 "gelu_weights_held": scorers[name].fused.gelu_weights_held,
                                  "largest_logit_difference": float(difference.max()),
                                  "mean_logit_difference": float(difference.mean()), "labels_agreeing": agreeing,
                                  "reviews_per_s": rates[name], "speedup": rates[name] / rates["float32"],
                                  "target_met": met}
-        print(f"int8 {name:<25} layers={scorers[name].fused.int8_layers} logits largest={difference.max():.3f} "
+        print(f"int8 {name:<25} layers={scorers[name].fused.int8_layers} "
+              f"held={scorers[name].fused.gelu_weights_held} logits largest={difference.max():.3f} "
               f"mean={difference.mean():.4f} agreeing={agreeing:.2%} accuracy={points:+.2f} points "
               f"reviews/s={rates[name]:.1f} ({rates[name] / rates['float32']:.2f}x) "
               f"target {'met' if met else 'missed'}")

@@ -8,7 +8,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the scripts, config.py and the package
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # helpers, tiny_hub, serving_client
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # helpers, tiny_hub, token_graphs, serving_client
 
 # The suite's C++ kernels compile once per test session, into a cache of its own (subprocesses inherit it).
 if not os.environ.get("TFHUB_CLASSIFIER_CACHE"):

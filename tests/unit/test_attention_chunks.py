@@ -100,7 +100,7 @@ def chunks_of(monkeypatch):
 
 
 def softmax_runs(function, tokens):
-    from tests.unit.test_fusion import executed_ops
+    from token_graphs import executed_ops
     function(tokens)  # the first call optimizes the graph
     return sum(count for op, count in executed_ops(function, tokens).items() if op.endswith("Softmax"))
 
@@ -153,8 +153,8 @@ def test_in_bfloat16_chunks_add_no_casts(chunks_of, monkeypatch):
     """grappler's bfloat16 rewrite reaches inside the chunked function: its products and softmax run in
     bfloat16 without a cast per chunk (at most one where each attention's call hands its result back)."""
     from tensorflow.python.util import _pywrap_util_port
+    from token_graphs import executed_ops
 
-    from tests.unit.test_fusion import executed_ops
     from tfhub_classifier import hardware, runtime
     from tfhub_classifier.model import attention_chunks, fusion
     if not _pywrap_util_port.IsMklEnabled() or not hardware.cpu_supports_bfloat16():

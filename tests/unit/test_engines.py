@@ -81,9 +81,10 @@ def test_the_fused_graph_with_int8_dense_layers_scores_near_the_saved_graph(save
     # Attention's queries, keys and values share one quantization of their input: 4 a layer, not 6.
     assert sum(node.op == "QuantizeV2" for node in engine.fused.function.graph.as_graph_def().node) == 8
     expected = logits(model, TEXTS)
-    assert not np.array_equal(logits(engine, TEXTS), expected)  # int8 products, not float32's
-    np.testing.assert_allclose(logits(engine, TEXTS), expected, atol=0.05)
-    np.testing.assert_allclose(logits(engine, TEXTS, batch_size=64), expected, atol=0.05)
+    scale = np.abs(expected).max()
+    assert np.abs(logits(engine, TEXTS) - expected).max() > 1e-4 * scale  # int8 products, not float32's rounding
+    np.testing.assert_allclose(logits(engine, TEXTS), expected, atol=0.02 * scale)
+    np.testing.assert_allclose(logits(engine, TEXTS, batch_size=64), expected, atol=0.02 * scale)
 
 
 def test_the_engine_in_use_says_how_attention_runs(saved, attention_kernel, monkeypatch):
@@ -281,9 +282,8 @@ def test_flags_an_engine_would_ignore_are_refused():
     for engine in ("auto", "fused", "savedmodel"):
         assert config.resolve(engine=engine, explain_method="integrated-gradients").validate(config.PREDICT)
         assert config.resolve(engine=engine, precision="auto").validate(config.PREDICT).engine == engine
-    for unoffered in ("tflite", "fused-int8"):  # measured, not offered (docs/benchmarks.md#engines)
-        with pytest.raises(SystemExit):
-            predict.parse(["--engine", unoffered, "great"])
+    with pytest.raises(SystemExit):  # TFLite in float32, measured slower than the SavedModel: not offered
+        predict.parse(["--engine", "tflite", "great"])
 
 
 def test_the_server_scores_through_the_engine(saved):

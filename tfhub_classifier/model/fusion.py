@@ -288,6 +288,12 @@ def hold_gelu_weights(graph, erfs):
     return edit, len(edit.removed)
 
 
+def _after_int8(graph, erf):
+    """Whether the GELU whose Erf is erf follows an int8 product (which holds no weights) rather than a BiasAdd."""
+    scaled = graph.nodes[node_of(graph.nodes[erf].input[0])]
+    return graph.nodes[node_of(scaled.input[0])].op != "BiasAdd"
+
+
 def _held(owner, name, value):
     """A PlaceholderWithDefault named after owner, reading name, whose value is value."""
     held = node_def_pb2.NodeDef(name=f"{owner}/held", op="PlaceholderWithDefault", input=[name])
@@ -342,7 +348,8 @@ def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8
     attentions run as one kernel each (unless kernel is False) if the graph runs in float32
     (runtime.set_precision) and the kernel can be compiled here; if it can't, a note says why.
     gelu_weights_held: whether to hold the weights of dense layers before GELU (None: holds_gelu_weights()).
-    int8: the dense layers as oneDNN int8 products (model/quantization.py), which hold no weights."""
+    int8: the dense layers as oneDNN int8 products (model/quantization.py); a GELU's layer left in float32
+    holds its weights as without int8."""
     graph_def = frozen_graph(concrete_function)
     dense = fuse_dense(Graph(graph_def))
     graph_def = apply(graph_def, dense)
@@ -353,7 +360,8 @@ def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8
         bias_adds = [node.name for node in dense.added + einsum.added if node.op == "BiasAdd"]
         quantize, int8_layers = quantization.quantize_dense(Graph(graph_def), bias_adds)
         graph_def = apply(graph_def, quantize)
-    elif erfs and (holds_gelu_weights() if gelu_weights_held is None else gelu_weights_held):
+        erfs = [erf for erf in erfs if erf not in quantize.removed and not _after_int8(Graph(graph_def), erf)]
+    if erfs and (holds_gelu_weights() if gelu_weights_held is None else gelu_weights_held):
         hold, held = hold_gelu_weights(Graph(graph_def), erfs)
         graph_def = apply(graph_def, hold)
     layer_norm = fuse_layer_norm(Graph(graph_def))

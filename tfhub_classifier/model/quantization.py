@@ -2,7 +2,8 @@
 
 After model/fusion.py's rewrite every dense layer is MatMul (of constant weights) -> BiasAdd. Here
 each becomes TensorFlow's QuantizedMatMulWithBiasAndDequantize, oneDNN's u8 x s8 product with float32
-out, as PyTorch's quantize_dynamic does it:
+out, as PyTorch's quantize_dynamic runs its Linear layers, but with the weights giving up a bit where
+it takes one from the activations:
 
 - weights: int8, one scale for the layer, within 7 bits (|q| <= 64), since on CPUs without VNNI
   oneDNN sums pairs of u8 x s8 products in int16 (VPMADDUBSW), which 8-bit weights could saturate;
@@ -44,10 +45,11 @@ def quantize_dense(graph, bias_adds):
         bias_add = graph.nodes[name]
         matmul = graph.nodes[node_of(bias_add.input[0])]
         weights = graph.constant(matmul.input[1])
-        if matmul.op != "MatMul" or matmul.attr["transpose_a"].b or weights is None or weights.ndim != 2 \
+        # ("in" first: reading a missing attr of a NodeDef's map would add an empty one.)
+        if ("transpose_a" in matmul.attr and matmul.attr["transpose_a"].b) or weights is None \
                 or matmul.attr["T"].type != tf.float32.as_datatype_enum:
             continue
-        if matmul.attr["transpose_b"].b:
+        if "transpose_b" in matmul.attr and matmul.attr["transpose_b"].b:
             weights = weights.T
         key = _same_activations(graph, matmul.input[0])
         if key not in quantized_inputs:
@@ -106,7 +108,9 @@ def _quantized_activations(prefix, x):
     low = _op(nodes, "Min", f"{prefix}/low", [x, f"{prefix}/axes"], T=float32, Tidx=int32)
     high = _op(nodes, "Max", f"{prefix}/high", [x, f"{prefix}/axes"], T=float32, Tidx=int32)
     shifted = _op(nodes, "Sub", f"{prefix}/shifted", [x, low], T=float32)
-    span = _op(nodes, "Sub", f"{prefix}/span", [high, low], T=float32)
+    # An empty batch's min and max are +inf and -inf: its span is clamped to 0, which QuantizeV2 accepts.
+    span = _op(nodes, "Maximum", f"{prefix}/span", [_op(nodes, "Sub", f"{prefix}/difference", [high, low], T=float32),
+                                                   f"{prefix}/zero"], T=float32)
     activations = _op(nodes, "QuantizeV2", f"{prefix}/activations", [shifted, f"{prefix}/zero", span],
                       T=tf.quint8.as_datatype_enum, mode=b"SCALED", round_mode=b"HALF_TO_EVEN")
     return nodes, (activations, low)
