@@ -360,7 +360,8 @@ def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8
         bias_adds = [node.name for node in dense.added + einsum.added if node.op == "BiasAdd"]
         quantize, int8_layers = quantization.quantize_dense(Graph(graph_def), bias_adds)
         graph_def = apply(graph_def, quantize)
-        erfs = [erf for erf in erfs if erf not in quantize.removed and not _after_int8(Graph(graph_def), erf)]
+        graph = Graph(graph_def)
+        erfs = [erf for erf in erfs if not _after_int8(graph, erf)]
     if erfs and (holds_gelu_weights() if gelu_weights_held is None else gelu_weights_held):
         hold, held = hold_gelu_weights(Graph(graph_def), erfs)
         graph_def = apply(graph_def, hold)

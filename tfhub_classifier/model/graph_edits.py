@@ -197,10 +197,12 @@ def copy_node(node, inputs):
     return copy
 
 
-def const_node(name, value):
+def const_node(name, value, dtype=None):
+    """A Const of value, typed as value is, or as dtype (e.g. tf.qint8 for int8 values a quantized op takes)."""
+    dtype = tf.as_dtype(dtype or value.dtype)
     node = node_def_pb2.NodeDef(name=name, op="Const")
-    node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
-    node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(value))
+    node.attr["dtype"].type = dtype.as_datatype_enum
+    node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(value, dtype=dtype))
     return node
 
 

@@ -18,7 +18,6 @@ GELU's outputs feed a layer (benchmarks/int8_layers.py; docs/benchmarks.md#int8-
 """
 import numpy as np
 from tensorflow.core.framework import node_def_pb2
-from tensorflow.python.framework import tensor_util
 
 from tfhub_classifier.model.graph_edits import Edit, const_node, node_of
 from tfhub_classifier.runtime import tf
@@ -77,14 +76,6 @@ def _same_activations(graph, x):
     return source, tuple(shape.reshape(-1).tolist())
 
 
-def _qint8_const(name, value):
-    """A Const of int8 values typed qint8, as the quantized ops take them (const_node would type them int8)."""
-    node = node_def_pb2.NodeDef(name=name, op="Const")
-    node.attr["dtype"].type = tf.qint8.as_datatype_enum
-    node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(value, dtype=tf.qint8))
-    return node
-
-
 def _op(nodes, kind, name, inputs, **attrs):
     """Append a node (attrs: a bytes value is a string, a bool a bool, an int a dtype) and return its name."""
     node = node_def_pb2.NodeDef(name=name, op=kind)
@@ -120,7 +111,7 @@ def _int8_product(prefix, activations, low, bias, quantized, bound, column_sums)
     """The nodes computing x @ W + bias from _quantized_activations' (activations, low) by oneDNN's int8
     product (W = quantized * bound / 127), the output last."""
     float32 = tf.float32.as_datatype_enum
-    nodes = [_qint8_const(f"{prefix}/weights", quantized),
+    nodes = [const_node(f"{prefix}/weights", quantized, tf.qint8),
              const_node(f"{prefix}/weights_min", np.float32(-bound)),
              const_node(f"{prefix}/weights_max", np.float32(bound)),
              const_node(f"{prefix}/column_sums", column_sums),
