@@ -5,7 +5,8 @@ layer group by layer group: how far each moves the scores, and how much faster i
 
 Scores the first --reviews of the fixed test subset (seed 42, as parity.py) from the raw texts in one
 process: the fused graph in float32 (the reference), then with the dense layers of each group as int8
-products (activations quantized per batch, weights per layer within 7 bits).
+products (activations quantized per batch, weights within 7 bits with one scale a layer or, with
+--scales per-column, one a column; each setting is run with each of --scales).
 Groups by the MiniLM stand-in's layer names: attention's query/key/value, its output, the feed-forward
 block's first layer (reading layer normalization's output) and its second (reading GELU's); then all
 but the second, and all. Each setting scores the reviews --rounds times, the settings taking turns,
@@ -35,6 +36,7 @@ def main(argv=None):
     parser.add_argument("--reviews", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    parser.add_argument("--scales", nargs="+", choices=("per-layer", "per-column"), default=["per-layer"])
     args = parser.parse_args(argv)
 
     import config
@@ -46,16 +48,18 @@ def main(argv=None):
     model, _, _ = saving.load_model(args.model_dir, "float32")
     every_layer = quantization.quantize_dense
     scorers = {"float32": engines.FusedClassifier(model, log=lambda line: None)}
-    for name in args.settings:
-        def chosen(graph, bias_adds, names=SETTINGS[name]):
-            return every_layer(graph, [layer for layer in bias_adds if any(part in layer for part in names)])
+    chosen_settings = [(setting, scales) for setting in args.settings for scales in args.scales]
+    for setting, scales in chosen_settings:
+        def chosen(graph, bias_adds, scales, names=SETTINGS[setting]):
+            return every_layer(graph, [layer for layer in bias_adds if any(part in layer for part in names)], scales)
         quantization.quantize_dense = chosen
-        scorers[name] = engines.FusedClassifier(model, log=lambda line: None, int8=True)
+        name = f"{setting} {scales}"
+        scorers[name] = engines.FusedClassifier(model, log=lambda line: None, int8=scales)
         fused, reference = scorers[name].fused, scorers["float32"].fused
         if not fused.int8_layers:
-            sys.exit(f"{name}: no dense layer's name holds {SETTINGS[name]}: not the MiniLM stand-in's graph?")
+            sys.exit(f"{setting}: no dense layer's name holds {SETTINGS[setting]}: not the MiniLM stand-in's graph?")
         # The GELU layers are the feed-forward block's first: in int8 they hold nothing, in float32 as the reference.
-        held = 0 if GROUPS["feed-forward-in"][0] in SETTINGS[name] else reference.gelu_weights_held
+        held = 0 if GROUPS["feed-forward-in"][0] in SETTINGS[setting] else reference.gelu_weights_held
         if engines.attention_in_use(scorers[name]) != engines.attention_in_use(scorers["float32"]) \
                 or fused.gelu_weights_held != held:
             sys.exit(f"{name}: its attention or held weights differ from float32's: its speed would not be the int8 "
@@ -80,18 +84,20 @@ def main(argv=None):
            "reviews": len(test), "rounds": args.rounds, "attention": engines.attention_in_use(scorers["float32"]),
            "settings": {}}
     print(f"float32: accuracy={accuracy['float32']:.4f} reviews/s={rates['float32']:.1f}")
-    for name in args.settings:
+    for setting, scales in chosen_settings:
+        name = f"{setting} {scales}"
         difference = np.abs(logits[name] - reference)
         agreeing = float(np.mean((logits[name] >= 0) == (reference >= 0)))
         points = 100 * (accuracy[name] - accuracy["float32"])
         met = abs(points) <= TARGET_POINTS + 1e-9 and agreeing >= TARGET_AGREEING - 1e-9
-        run["settings"][name] = {"int8_layers": scorers[name].fused.int8_layers, "accuracy": accuracy[name],
+        run["settings"][name] = {"layers": setting, "scales": scales,
+                                 "int8_layers": scorers[name].fused.int8_layers, "accuracy": accuracy[name],
                                  "gelu_weights_held": scorers[name].fused.gelu_weights_held,
                                  "largest_logit_difference": float(difference.max()),
                                  "mean_logit_difference": float(difference.mean()), "labels_agreeing": agreeing,
                                  "reviews_per_s": rates[name], "speedup": rates[name] / rates["float32"],
                                  "target_met": met}
-        print(f"int8 {name:<25} layers={scorers[name].fused.int8_layers} "
+        print(f"int8 {name:<36} layers={scorers[name].fused.int8_layers} "
               f"held={scorers[name].fused.gelu_weights_held} logits largest={difference.max():.3f} "
               f"mean={difference.mean():.4f} agreeing={agreeing:.2%} accuracy={points:+.2f} points "
               f"reviews/s={rates[name]:.1f} ({rates[name] / rates['float32']:.2f}x) "

@@ -76,7 +76,7 @@ def test_the_fused_graph_with_int8_dense_layers_scores_near_the_saved_graph(save
     from tfhub_classifier.inference import engines
     from tfhub_classifier.model import saving
     model, _ = saving.load(saved[kind])
-    engine = engines.FusedClassifier(model, log=lambda line: None, int8=True)
+    engine = engines.FusedClassifier(model, log=lambda line: None, int8="per-layer")
     assert (engine.fused.dense_layers, engine.fused.int8_layers) == (12, 12)
     # Attention's queries, keys and values share one quantization of their input: 4 a layer, not 6.
     assert sum(node.op == "QuantizeV2" for node in engine.fused.function.graph.as_graph_def().node) == 8

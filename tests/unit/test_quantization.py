@@ -14,16 +14,39 @@ needs_onednn = pytest.mark.skipif(not runtime.onednn_enabled(),
 def test_weights_take_seven_bits_and_their_column_sums_are_the_dequantized_ones():
     from tfhub_classifier.model import quantization
     weights = np.random.default_rng(0).normal(size=(48, 16)).astype(np.float32)
-    quantized, bound, column_sums = quantization.quantized_weights(weights)
+    quantized, bound, column_sums, columns = quantization.quantized_weights(weights)
     assert quantized.dtype == np.int8 and np.abs(quantized).max() == 64  # the largest weight at half the range
     scale = bound / 127
+    assert columns is None
     np.testing.assert_allclose(quantized * scale, weights, atol=scale / 2 + 1e-7)
     np.testing.assert_allclose(column_sums, (quantized * scale).sum(0), rtol=1e-6)
-    zeros, bound, _ = quantization.quantized_weights(np.zeros((4, 3), np.float32))
-    assert not zeros.any() and bound > 0
+    for scales in (False, True):
+        zeros, bound, _, _ = quantization.quantized_weights(np.zeros((4, 3), np.float32), scales)
+        assert not zeros.any() and bound > 0
 
 
-def int8_layer(x, weights, bias):
+def test_per_column_scales_keep_one_large_weight_from_coarsening_the_other_columns():
+    """A BERT's feed-forward output layer has a few weights tens of times the rest (MiniLM's: 7.9 where
+    the median column's largest is 0.19): with one scale for the layer they take most of its levels."""
+    from tfhub_classifier.model import quantization
+    weights = (np.random.default_rng(0).normal(size=(48, 16)) * 0.1).astype(np.float32)
+    weights[3, 5] = 8.0
+    others = np.arange(16) != 5
+    per_layer, bound, _, _ = quantization.quantized_weights(weights)
+    per_layer_error = np.abs(per_layer * (bound / 127) - weights)[:, others].max()
+    quantized, bound, column_sums, columns = quantization.quantized_weights(weights, per_column=True)
+    # Every column over its own 7 bits (its largest weight at 63.5 steps, rounding either way).
+    assert set(np.abs(quantized).max(0).tolist()) <= {63, 64}
+    dequantized = quantized * (bound / 127) * columns
+    np.testing.assert_allclose(columns, np.abs(weights).max(0) / 8.0, rtol=1e-6)
+    np.testing.assert_allclose(column_sums, dequantized.sum(0), rtol=1e-5)
+    # Each column within half its own step (its largest weight / 127), far inside the layer-wide step's error.
+    error = np.abs(dequantized - weights)
+    assert (error.max(0) <= np.abs(weights).max(0) / 127 * (1 + 1e-5)).all()
+    assert error[:, others].max() < per_layer_error / 10
+
+
+def int8_layer(x, weights, bias, per_column=False):
     """x @ weights + bias through quantization's int8 layer, run as a graph."""
     from tensorflow.core.framework import graph_pb2
 
@@ -34,26 +57,29 @@ def int8_layer(x, weights, bias):
     placeholder.attr["dtype"].type = tf.float32.as_datatype_enum
     nodes = [placeholder, const_node("bias", bias)]
     activations, quantized = quantization._quantized_activations("layer", "x")
-    layer = quantization._int8_product("layer", *quantized, "bias", *quantization.quantized_weights(weights))
+    layer = quantization._int8_product("layer", *quantized, "bias",
+                                       *quantization.quantized_weights(weights, per_column))
     return run_nodes(nodes + activations + layer, layer[-1].name, {"x:0": x})
 
 
 @needs_onednn
+@pytest.mark.parametrize("per_column", [False, True], ids=["per-layer", "per-column"])
 @pytest.mark.parametrize("offset", [0.0, 5.0, -5.0])
-def test_an_int8_layer_computes_the_dense_layer_wherever_its_activations_lie(offset):
+def test_an_int8_layer_computes_the_dense_layer_wherever_its_activations_lie(offset, per_column):
     """Activations shifted far from zero (as after a residual sum) still give x @ W + b: oneDNN multiplies
     the 8-bit numbers of x - min(x) and the weights, and min(x) times the weights' sums comes back through
     the bias."""
     from tfhub_classifier.model import quantization
     rng = np.random.default_rng(1)
     x = (rng.normal(size=(64, 96)) + offset).astype(np.float32)
-    weights = (rng.normal(size=(96, 32)) * 0.1).astype(np.float32)
+    weights = (rng.normal(size=(96, 32)) * 0.1 * rng.uniform(0.2, 2, size=32)).astype(np.float32)
     bias = rng.normal(size=32).astype(np.float32)
-    got = int8_layer(x, weights, bias)
+    got = int8_layer(x, weights, bias, per_column)
     # The same 8-bit numbers multiplied in float64, then the shift put back.
     step = (x.max() - x.min()) / 255
-    quantized, bound, column_sums = quantization.quantized_weights(weights)
-    exact = (np.round((x - x.min()) / step) * step) @ (quantized * (bound / 127.0)) + bias + x.min() * column_sums
+    quantized, bound, column_sums, columns = quantization.quantized_weights(weights, per_column)
+    dequantized = quantized * (bound / 127.0) * (1 if columns is None else columns)
+    exact = (np.round((x - x.min()) / step) * step) @ dequantized + bias + x.min() * column_sums
     # A value rounded the other way at a tie moves an output by at most a step times the largest weight.
     np.testing.assert_allclose(got, exact, atol=2 * step * np.abs(weights).max() + 1e-5)
     want = x @ weights + bias
@@ -66,10 +92,11 @@ def test_an_int8_layer_takes_an_empty_batch():
 
 
 @needs_onednn
-def test_the_fused_graph_runs_its_dense_layers_as_int8_products_scoring_near_float32():
+@pytest.mark.parametrize("scales", ["per-layer", "per-column"])
+def test_the_fused_graph_runs_its_dense_layers_as_int8_products_scoring_near_float32(scales):
     from tfhub_classifier.model import fusion
     function = token_classifier()
-    fused = fusion.fuse(function, int8=True)
+    fused = fusion.fuse(function, int8=scales)
     # The five dense layers on [batch, length, ...]; the head's, already two-axis, stays float32.
     assert (fused.dense_layers, fused.int8_layers, fused.gelu_weights_held) == (5, 5, 0)
     for tokens in batches():
@@ -79,6 +106,16 @@ def test_the_fused_graph_runs_its_dense_layers_as_int8_products_scoring_near_flo
     assert sum(count for op, count in ops.items() if "QuantizedMatMulWithBiasAndDequantize" in op) == 5, ops
     # The head's layer is the one float32 product left.
     assert sum(count for op, count in ops.items() if op.endswith("MatMul") and "Quantized" not in op) == 1, ops
+    # Column scales multiply each product's output: one Mul a layer.
+    nodes = fused.function.graph.as_graph_def().node
+    column_scaled = [node for node in nodes if node.op == "Mul" and node.name.endswith("/int8/product_columns")]
+    assert len(column_scaled) == (5 if scales == "per-column" else 0)
+
+
+def test_int8_weight_scales_are_per_layer_or_per_column():
+    from tfhub_classifier.model import fusion
+    with pytest.raises(ValueError, match="per-layer, per-column"):
+        fusion.fuse(token_classifier(), int8="per-row")
 
 
 def test_without_int8_the_fused_graph_has_no_quantized_op():
@@ -96,11 +133,11 @@ def test_a_gelu_layer_left_in_float32_holds_its_weights_as_without_int8(monkeypa
     # A new function for each use (the same seeded weights): one's variables go with its Keras model.
     function = token_classifier()
     expected = [function({key: tf.constant(value) for key, value in tokens.items()}).numpy() for tokens in batches()]
-    assert fusion.fuse(token_classifier(), int8=True, gelu_weights_held=True).gelu_weights_held == 0  # none left
+    assert fusion.fuse(token_classifier(), int8="per-layer", gelu_weights_held=True).gelu_weights_held == 0  # none left
     every_layer = quantization.quantize_dense
-    monkeypatch.setattr(quantization, "quantize_dense", lambda graph, bias_adds: every_layer(
-        graph, [name for name in bias_adds if not any(reader.op == "Mul" for reader in graph.readers[name])]))
-    fused = fusion.fuse(token_classifier(), int8=True, gelu_weights_held=True)  # the three without GELU in int8
+    monkeypatch.setattr(quantization, "quantize_dense", lambda graph, bias_adds, scales: every_layer(
+        graph, [name for name in bias_adds if not any(reader.op == "Mul" for reader in graph.readers[name])], scales))
+    fused = fusion.fuse(token_classifier(), int8="per-layer", gelu_weights_held=True)  # the three without GELU in int8
     assert (fused.int8_layers, fused.gelus, fused.gelu_weights_held) == (3, 2, 2)
     for tokens, want in zip(batches(), expected):
         np.testing.assert_allclose(fused(tokens).numpy(), want, atol=0.02 * np.abs(want).max() + 1e-3)

@@ -32,7 +32,7 @@ class FusedClassifier:
     """A saved classifier whose classify_tokens runs model/fusion.py's rewrite of its graph (weights
     frozen in at load time); everything else is the saved model's, in `saved`."""
 
-    def __init__(self, saved, log=print, kernel=True, gelu_weights_held=None, int8=False):
+    def __init__(self, saved, log=print, kernel=True, gelu_weights_held=None, int8=None):
         self.saved = saved
         self.fused = fusion.fuse(saved.classify_tokens.get_concrete_function(), log=log, kernel=kernel,
                                  gelu_weights_held=gelu_weights_held, int8=int8)

@@ -343,13 +343,13 @@ class FusedFunction:
         return self.function({key: tf.convert_to_tensor(value) for key, value in tokens.items()})
 
 
-def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8=False):
+def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8=None):
     """The FusedFunction of a concrete function taking one dict of tensors and returning one tensor. Its
     attentions run as one kernel each (unless kernel is False) if the graph runs in float32
     (runtime.set_precision) and the kernel can be compiled here; if it can't, a note says why.
     gelu_weights_held: whether to hold the weights of dense layers before GELU (None: holds_gelu_weights()).
-    int8: the dense layers as oneDNN int8 products (model/quantization.py); a GELU's layer left in float32
-    holds its weights as without int8."""
+    int8: None, or the dense layers as oneDNN int8 products with their weights' scales "per-layer" or
+    "per-column" (model/quantization.py); a GELU's layer left in float32 holds its weights as without int8."""
     graph_def = frozen_graph(concrete_function)
     dense = fuse_dense(Graph(graph_def))
     graph_def = apply(graph_def, dense)
@@ -358,7 +358,7 @@ def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8
     held, int8_layers, erfs = 0, 0, [node.name for node in dense.added + einsum.added if node.op == "Erf"]
     if int8:
         bias_adds = [node.name for node in dense.added + einsum.added if node.op == "BiasAdd"]
-        quantize, int8_layers = quantization.quantize_dense(Graph(graph_def), bias_adds)
+        quantize, int8_layers = quantization.quantize_dense(Graph(graph_def), bias_adds, int8)
         graph_def = apply(graph_def, quantize)
         graph = Graph(graph_def)
         erfs = [erf for erf in erfs if not _after_int8(graph, erf)]

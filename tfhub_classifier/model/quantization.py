@@ -5,16 +5,18 @@ each becomes TensorFlow's QuantizedMatMulWithBiasAndDequantize, oneDNN's u8 x s8
 out, as PyTorch's quantize_dynamic runs its Linear layers, but with the weights giving up a bit where
 it takes one from the activations:
 
-- weights: int8, one scale for the layer, within 7 bits (|q| <= 64), since on CPUs without VNNI
-  oneDNN sums pairs of u8 x s8 products in int16 (VPMADDUBSW), which 8-bit weights could saturate;
+- weights: int8, one scale for the layer or one for each output column, within 7 bits (|q| <= 64), since
+  on CPUs without VNNI oneDNN sums pairs of u8 x s8 products in int16 (VPMADDUBSW), which 8-bit weights
+  could saturate. The op takes one weight scale, so column scales multiply its output (and divide the
+  bias it adds);
 - activations: uint8 over this batch's own range: x - min(x) quantized with the op's SCALED mode,
   and min(x) times the dequantized weights' column sums added to the bias, so the output is x @ W + b.
   (The op's own MIN_FIRST mode adds that compensation unscaled to a float bias in TensorFlow 2.21's
   oneDNN 3 path, so it is not used.)
 
 A layer's GELU, which oneDNN fused into the float32 product, then runs as TensorFlow's element-wise ops.
-Not an --engine: one quantization scale for a whole batch's activations moved the scores too far where
-GELU's outputs feed a layer (benchmarks/int8_layers.py; docs/benchmarks.md#int8-dense-layers).
+Not an --engine: neither form keeps the scores close enough to float32's (benchmarks/int8_layers.py;
+docs/benchmarks.md#int8-dense-layers).
 """
 import numpy as np
 from tensorflow.core.framework import node_def_pb2
@@ -22,23 +24,32 @@ from tensorflow.core.framework import node_def_pb2
 from tfhub_classifier.model.graph_edits import Edit, const_node, node_of
 from tfhub_classifier.runtime import tf
 
+SCALES = ("per-layer", "per-column")  # the weights' quantization scales: one a layer, or one a column
 WEIGHT_LEVELS = 127  # the op's weight scale is max|range| / 127 ...
 WEIGHT_RANGE_FACTOR = 2.0  # ... and the range twice the largest weight keeps |q| <= 64 (7 bits)
 
 
-def quantized_weights(weights):
-    """(int8 weights, their range's bound, the dequantized weights' column sums) for a [in, out] float array."""
-    bound = WEIGHT_RANGE_FACTOR * float(np.max(np.abs(weights))) or 1.0  # all-zero weights: any scale
-    scale = bound / WEIGHT_LEVELS
+def quantized_weights(weights, per_column=False):
+    """(int8 weights, their range's bound, the dequantized weights' column sums, each column's scale or None)
+    for a [in, out] float array. per_column: column j is quantized over its own range, bound * scale[j], so
+    one large weight (a BERT's feed-forward output has a few) costs only its column's precision."""
+    largest = np.max(np.abs(weights), axis=0) if weights.size else np.zeros(weights.shape[1:], weights.dtype)
+    bound = WEIGHT_RANGE_FACTOR * float(np.max(largest, initial=0)) or 1.0  # all-zero weights: any scale
+    columns = np.maximum(largest * WEIGHT_RANGE_FACTOR / bound, 1e-6).astype(np.float32) if per_column else None
+    scale = bound / WEIGHT_LEVELS * (1 if columns is None else columns)
     quantized = np.clip(np.round(weights / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8)
-    return quantized, bound, (quantized.astype(np.float64).sum(0) * scale).astype(np.float32)
+    return quantized, bound, (quantized.astype(np.float64).sum(0) * scale).astype(np.float32), columns
 
 
-def quantize_dense(graph, bias_adds):
+def quantize_dense(graph, bias_adds, scales="per-layer"):
     """(An Edit, how many layers it changes): each of bias_adds (BiasAdd node names reading a MatMul of
     constant two-axis weights, as fuse_dense and fuse_einsum write them) becomes an int8 product whose
     output stands in for the BiasAdd's. Layers reading the same activations (attention's queries, keys
-    and values) share one quantization of them."""
+    and values) share one quantization of them. scales: "per-layer" (one scale for a layer's weights, as
+    quantize_dynamic does) or "per-column" (each column's own, the product then multiplied by each
+    column's scale: one more element-wise op a layer)."""
+    if scales not in SCALES:
+        raise ValueError(f"int8 weight scales must be one of {', '.join(SCALES)}, not {scales!r}")
     edit, quantized_inputs, layers = Edit(), {}, 0
     for name in bias_adds:
         bias_add = graph.nodes[name]
@@ -55,7 +66,7 @@ def quantize_dense(graph, bias_adds):
             nodes, quantized_inputs[key] = _quantized_activations(f"{name}/int8", matmul.input[0])
             edit.added += nodes
         edit.added += _int8_product(f"{name}/int8", *quantized_inputs[key], bias_add.input[1],
-                                    *quantized_weights(weights))
+                                    *quantized_weights(weights, scales == "per-column"))
         edit.removed.update({matmul.name, bias_add.name})
         edit.rewired[bias_add.name] = edit.added[-1].name
         layers += 1
@@ -107,11 +118,15 @@ def _quantized_activations(prefix, x):
     return nodes, (activations, low)
 
 
-def _int8_product(prefix, activations, low, bias, quantized, bound, column_sums):
+def _int8_product(prefix, activations, low, bias, quantized, bound, column_sums, columns=None):
     """The nodes computing x @ W + bias from _quantized_activations' (activations, low) by oneDNN's int8
-    product (W = quantized * bound / 127), the output last."""
-    float32 = tf.float32.as_datatype_enum
-    nodes = [const_node(f"{prefix}/weights", quantized, tf.qint8),
+    product (W = quantized * bound / 127, each column times columns[j] if given), the output last."""
+    float32, nodes = tf.float32.as_datatype_enum, []
+    if columns is not None:  # the product's columns come out divided by columns[j]: so must what it adds
+        nodes.append(const_node(f"{prefix}/columns_inverse", 1 / columns))
+        bias = _op(nodes, "Mul", f"{prefix}/column_bias", [bias, f"{prefix}/columns_inverse"], T=float32)
+        column_sums = column_sums / columns
+    nodes += [const_node(f"{prefix}/weights", quantized, tf.qint8),
              const_node(f"{prefix}/weights_min", np.float32(-bound)),
              const_node(f"{prefix}/weights_max", np.float32(bound)),
              const_node(f"{prefix}/column_sums", column_sums),
@@ -125,4 +140,8 @@ def _int8_product(prefix, activations, low, bias, quantized, bound, column_sums)
          f"{prefix}/weights_min", f"{prefix}/weights_max", f"{prefix}/output_min", f"{prefix}/output_max"],
         T1=tf.quint8.as_datatype_enum, T2=tf.qint8.as_datatype_enum, Tbias=float32, Toutput=float32,
         input_quant_mode=b"SCALED", transpose_a=False, transpose_b=False)
+    if columns is not None:
+        nodes.append(const_node(f"{prefix}/columns", columns))
+        _op(nodes, "Mul", f"{prefix}/product_columns", [f"{prefix}/product", f"{prefix}/columns"], T=float32)
     return nodes
+
