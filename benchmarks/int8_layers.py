@@ -13,8 +13,9 @@ but the second, and all. Each setting scores the reviews --rounds times, the set
 keeping its best reviews/s. Every setting must run attention as the float32 reference does and hold the
 weights of the GELU layers it leaves in float32 as the reference holds them (model/fusion.py), so that
 only the int8 products differ. Prints per setting the logits' largest and mean difference from float32's,
-labels agreeing, accuracy against float32's (parity.py's target: within 0.3 points, 99% agreeing) and
-reviews/s against float32's; appends the run to benchmarks/results/int8_layers.json.
+labels agreeing, accuracy against float32's (parity.py's accuracy target: within 0.3 points, 99%
+agreeing; "target_met" in the record) and reviews/s against float32's, and each int8 layer's largest
+weight against its 99.9th percentile; appends the run to benchmarks/results/int8_layers.json.
 """
 import argparse
 import sys
@@ -28,6 +29,14 @@ GROUPS = {"query-key-value": ("/query/", "/key/", "/value/"), "attention-output"
 SETTINGS = {**GROUPS, "all-but-feed-forward-out": sum((GROUPS[name] for name in list(GROUPS)[:3]), ()),
             "all": sum(GROUPS.values(), ())}
 TARGET_POINTS, TARGET_AGREEING = 0.3, 0.99
+
+
+def largest_weights(graph, bias_add):
+    """(The largest |weight|, the 99.9th percentile of |weight|) of the dense layer whose BiasAdd is bias_add."""
+    from tfhub_classifier.model.graph_edits import node_of
+    matmul = graph.nodes[node_of(graph.nodes[bias_add].input[0])]
+    magnitudes = np.abs(graph.constant(matmul.input[1]))
+    return float(magnitudes.max()), float(np.quantile(magnitudes, 0.999))
 
 
 def main(argv=None):
@@ -49,9 +58,12 @@ def main(argv=None):
     every_layer = quantization.quantize_dense
     scorers = {"float32": engines.FusedClassifier(model, log=lambda line: None)}
     chosen_settings = [(setting, scales) for setting in args.settings for scales in args.scales]
+    weights = {}  # each int8 layer's (largest |weight|, the 99.9th percentile of |weight|)
     for setting, scales in chosen_settings:
-        def chosen(graph, bias_adds, scales, names=SETTINGS[setting]):
-            return every_layer(graph, [layer for layer in bias_adds if any(part in layer for part in names)], scales)
+        def chosen(graph, bias_adds, weight_scales, names=SETTINGS[setting]):
+            layers = [layer for layer in bias_adds if any(part in layer for part in names)]
+            weights.update({layer: largest_weights(graph, layer) for layer in layers})
+            return every_layer(graph, layers, weight_scales)
         quantization.quantize_dense = chosen
         name = f"{setting} {scales}"
         scorers[name] = engines.FusedClassifier(model, log=lambda line: None, int8=scales)
@@ -60,6 +72,10 @@ def main(argv=None):
             sys.exit(f"{setting}: no dense layer's name holds {SETTINGS[setting]}: not the MiniLM stand-in's graph?")
         # The GELU layers are the feed-forward block's first: in int8 they hold nothing, in float32 as the reference.
         held = 0 if GROUPS["feed-forward-in"][0] in SETTINGS[setting] else reference.gelu_weights_held
+        column_products = sum(node.name.endswith("/int8/product_columns")
+                              for node in fused.function.graph.as_graph_def().node)
+        if column_products != (fused.int8_layers if scales == "per-column" else 0):
+            sys.exit(f"{name}: {column_products} of {fused.int8_layers} int8 products scaled by column")
         if engines.attention_in_use(scorers[name]) != engines.attention_in_use(scorers["float32"]) \
                 or fused.gelu_weights_held != held:
             sys.exit(f"{name}: its attention or held weights differ from float32's: its speed would not be the int8 "
@@ -84,6 +100,12 @@ def main(argv=None):
            "reviews": len(test), "rounds": args.rounds, "attention": engines.attention_in_use(scorers["float32"]),
            "settings": {}}
     print(f"float32: accuracy={accuracy['float32']:.4f} reviews/s={rates['float32']:.1f}")
+    for group, names in GROUPS.items():  # where one scale a layer has large weights to cover
+        layers = sorted(layer for layer in weights if any(part in layer for part in names))
+        if layers:
+            print(f"weights of {group}, each layer's largest |w| / its 99.9th percentile: "
+                  + ", ".join(f"{weights[layer][0]:.2f}/{weights[layer][1]:.2f}" for layer in layers))
+    run["largest_weights"] = {layer: list(values) for layer, values in weights.items()}
     for setting, scales in chosen_settings:
         name = f"{setting} {scales}"
         difference = np.abs(logits[name] - reference)
@@ -101,7 +123,7 @@ def main(argv=None):
               f"held={scorers[name].fused.gelu_weights_held} logits largest={difference.max():.3f} "
               f"mean={difference.mean():.4f} agreeing={agreeing:.2%} accuracy={points:+.2f} points "
               f"reviews/s={rates[name]:.1f} ({rates[name] / rates['float32']:.2f}x) "
-              f"target {'met' if met else 'missed'}")
+              f"accuracy target {'met' if met else 'missed'}")
     run["float32"] = {"accuracy": accuracy["float32"], "reviews_per_s": rates["float32"]}
     print(f"Results: {common.append_result('int8_layers', run)}")
     return run

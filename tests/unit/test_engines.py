@@ -87,6 +87,21 @@ def test_the_fused_graph_with_int8_dense_layers_scores_near_the_saved_graph(save
     np.testing.assert_allclose(logits(engine, TEXTS, batch_size=64), expected, atol=0.02 * scale)
 
 
+@pytest.mark.skipif(not runtime.onednn_enabled(), reason="oneDNN's int8 products need its kernels, off here")
+def test_int8_dense_layers_with_a_scale_a_column_score_near_the_saved_graph(saved):
+    from tfhub_classifier.inference import engines
+    from tfhub_classifier.model import saving
+    model, _ = saving.load(saved["binary"])
+    engine = engines.FusedClassifier(model, log=lambda line: None, int8="per-column")
+    nodes = engine.fused.function.graph.as_graph_def().node
+    assert engine.fused.int8_layers == 12
+    assert sum(node.name.endswith("/int8/product_columns") for node in nodes) == 12  # each product scaled back
+    expected = logits(model, TEXTS)
+    scale = np.abs(expected).max()
+    assert np.abs(logits(engine, TEXTS) - expected).max() > 1e-4 * scale  # int8 products, not float32's rounding
+    np.testing.assert_allclose(logits(engine, TEXTS), expected, atol=0.02 * scale)
+
+
 def test_the_engine_in_use_says_how_attention_runs(saved, attention_kernel, monkeypatch):
     """evaluation.json and /healthz say how the fused graph ran attention, which sets its speed."""
     from tfhub_classifier.inference import engines

@@ -20,9 +20,10 @@ def test_weights_take_seven_bits_and_their_column_sums_are_the_dequantized_ones(
     assert columns is None
     np.testing.assert_allclose(quantized * scale, weights, atol=scale / 2 + 1e-7)
     np.testing.assert_allclose(column_sums, (quantized * scale).sum(0), rtol=1e-6)
-    for scales in (False, True):
-        zeros, bound, _, _ = quantization.quantized_weights(np.zeros((4, 3), np.float32), scales)
-        assert not zeros.any() and bound > 0
+    for per_column in (False, True):
+        zeros, bound, column_sums, columns = quantization.quantized_weights(np.zeros((4, 3), np.float32), per_column)
+        assert not zeros.any() and bound > 0 and not column_sums.any()
+        assert columns is None or (np.isfinite(1 / columns).all() and (columns > 0).all())
 
 
 def test_per_column_scales_keep_one_large_weight_from_coarsening_the_other_columns():
@@ -73,6 +74,7 @@ def test_an_int8_layer_computes_the_dense_layer_wherever_its_activations_lie(off
     rng = np.random.default_rng(1)
     x = (rng.normal(size=(64, 96)) + offset).astype(np.float32)
     weights = (rng.normal(size=(96, 32)) * 0.1 * rng.uniform(0.2, 2, size=32)).astype(np.float32)
+    weights[:, 7] = 0  # a column of zeros: its output is its bias
     bias = rng.normal(size=32).astype(np.float32)
     got = int8_layer(x, weights, bias, per_column)
     # The same 8-bit numbers multiplied in float64, then the shift put back.
@@ -84,6 +86,7 @@ def test_an_int8_layer_computes_the_dense_layer_wherever_its_activations_lie(off
     np.testing.assert_allclose(got, exact, atol=2 * step * np.abs(weights).max() + 1e-5)
     want = x @ weights + bias
     assert 1e-4 < np.abs(got - want).max() < 0.05 * np.abs(want).max()  # int8's error: above float32's, small
+    np.testing.assert_allclose(got[:, 7], bias[7], rtol=1e-5)
 
 
 @needs_onednn

@@ -15,8 +15,9 @@ it takes one from the activations:
   oneDNN 3 path, so it is not used.)
 
 A layer's GELU, which oneDNN fused into the float32 product, then runs as TensorFlow's element-wise ops.
-Not an --engine: neither form keeps the scores close enough to float32's (benchmarks/int8_layers.py;
-docs/benchmarks.md#int8-dense-layers).
+Not an --engine: with one scale a layer every layer in int8 moves the scores too far; with a scale a
+column and the layers reading GELU's output left in float32 the scores kept to the accuracy target, with
+no settled gain in speed (benchmarks/int8_layers.py; docs/benchmarks.md#int8-dense-layers).
 """
 import numpy as np
 from tensorflow.core.framework import node_def_pb2
@@ -31,10 +32,11 @@ WEIGHT_RANGE_FACTOR = 2.0  # ... and the range twice the largest weight keeps |q
 
 def quantized_weights(weights, per_column=False):
     """(int8 weights, their range's bound, the dequantized weights' column sums, each column's scale or None)
-    for a [in, out] float array. per_column: column j is quantized over its own range, bound * scale[j], so
-    one large weight (a BERT's feed-forward output has a few) costs only its column's precision."""
+    for a [in, out] float array. per_column: column j is quantized over its own range, bound * columns[j],
+    so one large weight (a BERT's feed-forward output has a few) costs only its column's precision."""
     largest = np.max(np.abs(weights), axis=0) if weights.size else np.zeros(weights.shape[1:], weights.dtype)
     bound = WEIGHT_RANGE_FACTOR * float(np.max(largest, initial=0)) or 1.0  # all-zero weights: any scale
+    # (An all-zero column's scale is floored: any scale quantizes it to zeros, and 1 / scale stays finite.)
     columns = np.maximum(largest * WEIGHT_RANGE_FACTOR / bound, 1e-6).astype(np.float32) if per_column else None
     scale = bound / WEIGHT_LEVELS * (1 if columns is None else columns)
     quantized = np.clip(np.round(weights / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8)
