@@ -5,7 +5,7 @@ each becomes TensorFlow's QuantizedMatMulWithBiasAndDequantize, oneDNN's u8 x s8
 out, as PyTorch's quantize_dynamic runs its Linear layers, but with the weights giving up a bit where
 it takes one from the activations:
 
-- weights: int8, one scale for the layer or one for each output column, within 7 bits (|q| <= 64), since
+- weights: int8, one scale for the layer or one for each output column, |q| <= 64 (255 * 64 * 2 fits int16), since
   on CPUs without VNNI oneDNN sums pairs of u8 x s8 products in int16 (VPMADDUBSW), which 8-bit weights
   could saturate. The op takes one weight scale, so column scales multiply its output (and divide the
   bias it adds);
