@@ -87,7 +87,8 @@ PIPELINES = ("fast", "tutorial")
 POOLINGS = ("pooled", "mean")
 OUTPUT_FORMATS = ("table", "jsonl", "csv")
 EXPLAIN_METHODS = ("occlusion", "integrated-gradients")
-ENGINES = ("auto", "fused", "savedmodel", "tflite-int8")  # TFLite in float32 measured slower: not offered
+ENGINES = ("auto", "fused", "fused-int8", "savedmodel", "tflite-int8")  # TFLite float32 measured slower: not offered
+INT8_ENGINES = ("fused-int8", "tflite-int8")  # their own int8 weights: no --precision rewrite, no gradients
 QUANTIZATIONS = ("none", "int8", "float16")  # export.py --format tflite's weights
 TASKS = ("auto", "binary", "multiclass", "multilabel")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -246,7 +247,10 @@ class Config:
                           "at load; faster, but built in seconds at load); savedmodel = the saved graph as it is; "
                           "both at "
                           "--precision. auto = fused, but savedmodel for predict.py's texts given on the command "
-                          "line, too few to repay the build. tflite-int8 = the token classifier in TFLite "
+                          "line, too few to repay the build. fused-int8 = fused, with the dense layers not "
+                          "reading GELU's output as oneDNN int8 products (activations over each batch's range, "
+                          "so a text's scores move slightly with its batch-mates; within 0.3 points of float32's "
+                          "accuracy on IMDB; float32 only). tflite-int8 = the token classifier in TFLite "
                           "(XNNPACK) with int8 weights, scores slightly off, converted once and kept in "
                           "MODEL_DIR/engines/: what the int8 .tflite export scores, to check it before deploying "
                           "(docs/benchmarks.md#engines)", ENGINES,
@@ -366,12 +370,12 @@ class Config:
         if "bfloat16" in precisions and not hardware.cpu_supports_bfloat16():
             raise ValueError("--precision bfloat16 needs a CPU with AVX512-BF16 or AMX, which this one lacks "
                              "(it would run float32 and be slower); use --precision float32")
-        if "engine" in offered and self.engine == "tflite-int8" and precisions & {"bfloat16", "float16"}:
+        if "engine" in offered and self.engine in INT8_ENGINES and precisions & {"bfloat16", "float16"}:
             raise ValueError(f"--precision rewrites the SavedModel's graph, which --engine {self.engine} does not "
                              "run; drop --precision, or use --engine fused")
-        if "engine" in offered and self.engine == "tflite-int8" and self.explain_method == "integrated-gradients":
+        if "engine" in offered and self.engine in INT8_ENGINES and self.explain_method == "integrated-gradients":
             raise ValueError("--explain-method integrated-gradients follows the SavedModel's float32 gradients, "
-                             "not --engine tflite-int8's int8 weights, so its weights would not explain the "
+                             f"not --engine {self.engine}'s int8 weights, so its weights would not explain the "
                              "scores shown; use --explain-method occlusion, or --engine fused")
         if "encoding" in offered and self.encoding != REPLACING_ENCODING:
             try:

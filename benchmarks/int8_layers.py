@@ -60,10 +60,10 @@ def main(argv=None):
     chosen_settings = [(setting, scales) for setting in args.settings for scales in args.scales]
     weights = {}  # each int8 layer's (largest |weight|, the 99.9th percentile of |weight|)
     for setting, scales in chosen_settings:
-        def chosen(graph, bias_adds, weight_scales, names=SETTINGS[setting]):
+        def chosen(graph, bias_adds, weight_scales, names=SETTINGS[setting], **options):
             layers = [layer for layer in bias_adds if any(part in layer for part in names)]
             weights.update({layer: largest_weights(graph, layer) for layer in layers})
-            return every_layer(graph, layers, weight_scales)
+            return every_layer(graph, layers, weight_scales, **options)
         quantization.quantize_dense = chosen
         name = f"{setting} {scales}"
         scorers[name] = engines.FusedClassifier(model, log=lambda line: None, int8=scales)
@@ -72,8 +72,9 @@ def main(argv=None):
             sys.exit(f"{setting}: no dense layer's name holds {SETTINGS[setting]}: not the MiniLM stand-in's graph?")
         # The GELU layers are the feed-forward block's first: in int8 they hold nothing, in float32 as the reference.
         held = 0 if GROUPS["feed-forward-in"][0] in SETTINGS[setting] else reference.gelu_weights_held
-        column_products = sum(node.name.endswith("/int8/product_columns")
-                              for node in fused.function.graph.as_graph_def().node)
+        nodes = {node.name: node for node in fused.function.graph.as_graph_def().node}
+        column_products = sum(len(nodes[node.input[6]].attr["value"].tensor.tensor_shape.dim) == 1
+                              for node in nodes.values() if node.op == "_QuantizedMatMul")
         if column_products != (fused.int8_layers if scales == "per-column" else 0):
             sys.exit(f"{name}: {column_products} of {fused.int8_layers} int8 products scaled by column")
         if engines.attention_in_use(scorers[name]) != engines.attention_in_use(scorers["float32"]) \

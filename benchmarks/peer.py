@@ -18,8 +18,8 @@ The peer gets its best CPU settings: its fast (Rust) tokenizer, reviews sorted b
 batch padded to its longest (as Trainer's group_by_length with DataCollatorWithPadding does),
 one thread per core, fused AdamW, and torch.autocast(bfloat16) in the bfloat16 rows, which run
 (as ours do) only where the CPU has AVX512-BF16 or AMX. The int8 rows are evaluation only, int8
-weights on both sides: ours through --engine tflite-int8, the peer's Linear layers through
-torch.ao.quantization.quantize_dynamic. The last row sets our fastest row against the peer's fastest.
+weights on both sides: ours through --int8-engine (fused-int8 or tflite-int8), the peer's Linear layers
+through torch.ao.quantization.quantize_dynamic. The last row sets our fastest row against the peer's fastest.
 
 Prints one table (reviews/s and ours/peer ratios) and, per sequence length, a line
 `peer-ratio seq=128 train=1.23 eval=1.45` (ours / peer; with precision=... when bfloat16 rows are
@@ -45,8 +45,8 @@ import speed
 
 from tfhub_classifier import hardware
 
-# int8 is evaluation only: ours through --engine tflite-int8 (int8 weights), the peer through
-# torch.ao.quantization.quantize_dynamic on its Linear layers (int8 weights, as dynamic-range TFLite).
+# int8 is evaluation only: ours through --int8-engine, the peer through torch.ao.quantization.quantize_dynamic
+# on its Linear layers (int8 weights, activations quantized per batch as --engine fused-int8's).
 PRECISIONS = ("float32", "bfloat16", "int8")
 # Training batches are sorted by length within windows of this many batches, as our pipeline's
 # tokenization.WINDOW_BATCHES (not imported here: that module imports TensorFlow).
@@ -271,7 +271,7 @@ def main(argv=None):
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS,
                         default=["float32", "bfloat16", "int8"] if bf16 else ["float32", "int8"],
                         help="default: float32, bfloat16 where the CPU has AVX512-BF16 or AMX, and int8 "
-                             "(evaluation only: ours through --engine tflite-int8, the peer dynamically quantized)")
+                             "(evaluation only: ours through --int8-engine, the peer dynamically quantized)")
     parser.add_argument("--train-steps", type=int, default=speed.TRAIN_STEPS,
                         help="measured training steps of batch 32, after a warm-up epoch as long "
                              f"(default {speed.TRAIN_STEPS})")
@@ -282,6 +282,8 @@ def main(argv=None):
                              "(other jobs on a shared machine slow runs unevenly; default 1)")
     parser.add_argument("--engine", choices=("fused", "savedmodel"), default="fused",
                         help="what scores our float32 and bfloat16 evaluation (default: fused, as evaluate.py)")
+    parser.add_argument("--int8-engine", choices=("fused-int8", "tflite-int8"), default="fused-int8",
+                        help="what scores our int8 evaluation row (default: fused-int8, oneDNN's int8 products)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -311,13 +313,14 @@ def main(argv=None):
           f"in batches of 128; each side's best of {args.rounds} round(s)", flush=True)
     record = {"machine": common.machine(), "cpu_flags": flags, "bfloat16_supported": bf16, "versions": versions,
               "train_steps": args.train_steps, "eval_reviews": args.eval_reviews, "rounds": args.rounds,
+              "int8_engine": args.int8_engine,
               "results": {}, "ratios": {}, "runs": []}
     results = record["results"]
     sizes = dict(train_steps=args.train_steps, eval_reviews=args.eval_reviews)
     for round_number in range(1, args.rounds + 1):
         for seq in args.seq_lengths:
             for precision in args.precisions:
-                engine = {"engine": "tflite-int8" if precision == "int8" else args.engine}
+                engine = {"engine": args.int8_engine if precision == "int8" else args.engine}
                 ours = dict(pipeline="fast", predict=False, **engine)
                 runs = (("ours", speed.__file__, ours), ("peer", __file__, dict(model_dir=model_dir)))
                 # Sides take turns going first, so a slow stretch of a shared machine hits both alike.

@@ -28,12 +28,12 @@ def child(spec):
     eval_reviews (for a quick run), set batch_size (the recipe's otherwise) and set predict=False to
     measure training and evaluation only.
     engine: the --engine that scores (default fused, as evaluate.py's; savedmodel: the graph as trained);
-    tflite-int8 measures evaluation alone, through a saved and converted model. attention_kernel=False:
+    fused-int8 and tflite-int8 measure evaluation alone, through a saved model. attention_kernel=False:
     the fused graph's attention as TensorFlow's ops in chunks, not the suite's kernel. optimizer_kernels=False:
     tf-keras' own AdamW, not the suite's (training/optimization.AdamW). gelu_weights_held: True or False
     overrides whether the fused graph holds the weights of dense layers before GELU (model/fusion.py)."""
     engine = spec.get("engine", "fused")
-    if engine == "tflite-int8":
+    if engine in ("fused-int8", "tflite-int8"):
         return engine_child(spec)
     import numpy as np
 

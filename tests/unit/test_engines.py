@@ -69,17 +69,29 @@ def test_the_fused_engine_is_the_default_and_scores_as_the_saved_graph(saved, ki
     np.testing.assert_allclose(logits(engine, TEXTS, batch_size=64), logits(model, TEXTS), atol=1e-5)
 
 
-@pytest.mark.skipif(not runtime.onednn_enabled(), reason="oneDNN's int8 products need its kernels, off here")
+needs_onednn = pytest.mark.skipif(not runtime.onednn_enabled(),
+                                  reason="oneDNN's int8 products need its kernels, off here")
+
+
+@needs_onednn
 @pytest.mark.parametrize("kind", LABELS)
-def test_the_fused_graph_with_int8_dense_layers_scores_near_the_saved_graph(saved, kind):
-    """What benchmarks/int8_layers.py measures (not an --engine: docs/benchmarks.md#int8-dense-layers)."""
+def test_the_fused_int8_engine_scores_near_the_saved_graph(saved, kind):
+    """--engine fused-int8: the tiny encoder's dense layers in int8 but the feed-forward block's second
+    (it reads GELU's output), each weight column on its own scale."""
     from tfhub_classifier.inference import engines
     from tfhub_classifier.model import saving
+    engine, _, precision = engines.load(saved[kind], "float32", "fused-int8", log=lambda line: None)
+    assert isinstance(engine, engines.FusedClassifier) and precision == "int8 dense layers (oneDNN)"
+    assert engines.in_use(engine, "fused-int8") == "fused-int8"
+    # Of 12 dense layers (per encoder layer: attention's four, the feed-forward block's two), 10 in int8.
+    assert (engine.fused.dense_layers, engine.fused.int8_layers) == (12, 10)
+    # Attention's queries, keys and values share one quantization of their input: 3 a layer, not 5.
+    nodes = engine.fused.function.graph.as_graph_def().node
+    assert sum(node.op == "QuantizeV2" for node in nodes) == 6
+    # Each product has a weight range a column, and runs its GELU itself where one follows.
+    products = [node for node in nodes if node.op == "_QuantizedMatMul"]
+    assert len(products) == 10 and sum(b"GeluExact" in node.attr["fused_ops"].list.s for node in products) == 2
     model, _ = saving.load(saved[kind])
-    engine = engines.FusedClassifier(model, log=lambda line: None, int8="per-layer")
-    assert (engine.fused.dense_layers, engine.fused.int8_layers) == (12, 12)
-    # Attention's queries, keys and values share one quantization of their input: 4 a layer, not 6.
-    assert sum(node.op == "QuantizeV2" for node in engine.fused.function.graph.as_graph_def().node) == 8
     expected = logits(model, TEXTS)
     scale = np.abs(expected).max()
     assert np.abs(logits(engine, TEXTS) - expected).max() > 1e-4 * scale  # int8 products, not float32's rounding
@@ -87,19 +99,28 @@ def test_the_fused_graph_with_int8_dense_layers_scores_near_the_saved_graph(save
     np.testing.assert_allclose(logits(engine, TEXTS, batch_size=64), expected, atol=0.02 * scale)
 
 
-@pytest.mark.skipif(not runtime.onednn_enabled(), reason="oneDNN's int8 products need its kernels, off here")
-def test_int8_dense_layers_with_a_scale_a_column_score_near_the_saved_graph(saved):
+@needs_onednn
+def test_an_int8_form_that_scores_too_far_off_falls_back_to_float32_saying_so(saved, monkeypatch):
     from tfhub_classifier.inference import engines
-    from tfhub_classifier.model import saving
-    model, _ = saving.load(saved["binary"])
-    engine = engines.FusedClassifier(model, log=lambda line: None, int8="per-column")
-    nodes = engine.fused.function.graph.as_graph_def().node
-    assert engine.fused.int8_layers == 12
-    assert sum(node.name.endswith("/int8/product_columns") for node in nodes) == 12  # each product scaled back
-    expected = logits(model, TEXTS)
-    scale = np.abs(expected).max()
-    assert np.abs(logits(engine, TEXTS) - expected).max() > 1e-4 * scale  # int8 products, not float32's rounding
-    np.testing.assert_allclose(logits(engine, TEXTS), expected, atol=0.02 * scale)
+    monkeypatch.setattr(engines, "INT8_TOLERANCE", 0.0)
+    lines = []
+    engine, _, precision = engines.load(saved["binary"], "float32", "fused-int8", log=lines.append)
+    assert engines.in_use(engine, "fused-int8") == "fused" and precision == "float32"
+    assert not engine.fused.int8_layers
+    assert any("int8 form scores too far off" in line for line in lines), lines
+
+
+def test_an_int8_form_that_cannot_be_built_falls_back_to_float32_saying_so(saved, monkeypatch):
+    from tfhub_classifier.inference import engines
+    from tfhub_classifier.model import quantization
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("no int8 kernels")
+    monkeypatch.setattr(quantization, "quantize_dense", fails)
+    lines = []
+    engine, _, precision = engines.load(saved["binary"], "float32", "fused-int8", log=lines.append)
+    assert engines.in_use(engine, "fused-int8") in ("fused", "savedmodel") and precision == "float32"
+    assert any("int8 form could not be built" in line and "no int8 kernels" in line for line in lines), lines
 
 
 def test_the_engine_in_use_says_how_attention_runs(saved, attention_kernel, monkeypatch):
@@ -288,12 +309,13 @@ def test_predict_and_explain_through_an_engine(saved, capsys):
         np.testing.assert_allclose(mine["weights"], theirs["weights"], atol=0.05)
 
 
-def test_flags_an_engine_would_ignore_are_refused():
-    with pytest.raises(ValueError, match="--engine tflite-int8 does not run"):
-        config.resolve(engine="tflite-int8", precision="float16").validate(config.PREDICT)
-    assert config.resolve(engine="tflite-int8", precision="auto").validate(config.PREDICT).engine == "tflite-int8"
-    with pytest.raises(ValueError, match="use --explain-method occlusion"):
-        config.resolve(engine="tflite-int8", explain_method="integrated-gradients").validate(config.PREDICT)
+@pytest.mark.parametrize("int8_engine", ["tflite-int8", "fused-int8"])
+def test_flags_an_engine_would_ignore_are_refused(int8_engine):
+    with pytest.raises(ValueError, match=f"--engine {int8_engine} does not run"):
+        config.resolve(engine=int8_engine, precision="float16").validate(config.PREDICT)
+    assert config.resolve(engine=int8_engine, precision="auto").validate(config.PREDICT).engine == int8_engine
+    with pytest.raises(ValueError, match=f"not --engine {int8_engine}'s int8 weights.*use --explain-method occlusion"):
+        config.resolve(engine=int8_engine, explain_method="integrated-gradients").validate(config.PREDICT)
     for engine in ("auto", "fused", "savedmodel"):
         assert config.resolve(engine=engine, explain_method="integrated-gradients").validate(config.PREDICT)
         assert config.resolve(engine=engine, precision="auto").validate(config.PREDICT).engine == engine
@@ -314,3 +336,15 @@ def test_the_server_scores_through_the_engine(saved):
     float32 = servable.task.probabilities(scoring.logits_of(saving.load(saved["binary"])[0], TEXTS, 8))
     assert served != pytest.approx(float32, abs=1e-7)  # int8 weights' own scores, not the SavedModel's ...
     assert served == pytest.approx(float32, abs=0.05)  # ... close to them
+
+
+@needs_onednn
+def test_the_server_and_predict_score_with_int8_products_and_say_so(saved, capsys):
+    from tfhub_classifier.serving.servable import Servable
+    servable = Servable.load(config.resolve(model_dir=saved["binary"], engine="fused-int8"), log=lambda line: None)
+    assert (servable.engine, servable.precision) == ("fused-int8", "int8 dense layers (oneDNN)")
+    assert servable.attention is not None  # the fused graph's attention, as for --engine fused
+    expected = predict.main(["--model-dir", saved["multiclass"], "--precision", "float32", *TEXTS])
+    got = predict.main(["--model-dir", saved["multiclass"], "--engine", "fused-int8", *TEXTS])
+    assert not np.array_equal(got, expected)
+    np.testing.assert_allclose(got, expected, atol=0.05)

@@ -14,16 +14,15 @@ needs_onednn = pytest.mark.skipif(not runtime.onednn_enabled(),
 def test_weights_take_seven_bits_and_their_column_sums_are_the_dequantized_ones():
     from tfhub_classifier.model import quantization
     weights = np.random.default_rng(0).normal(size=(48, 16)).astype(np.float32)
-    quantized, bound, column_sums, columns = quantization.quantized_weights(weights)
+    quantized, bound, column_sums = quantization.quantized_weights(weights)
     assert quantized.dtype == np.int8 and np.abs(quantized).max() == 64  # the largest weight at half the range
+    assert bound.shape == ()  # one scale for the layer
     scale = bound / 127
-    assert columns is None
     np.testing.assert_allclose(quantized * scale, weights, atol=scale / 2 + 1e-7)
     np.testing.assert_allclose(column_sums, (quantized * scale).sum(0), rtol=1e-6)
     for per_column in (False, True):
-        zeros, bound, column_sums, columns = quantization.quantized_weights(np.zeros((4, 3), np.float32), per_column)
-        assert not zeros.any() and bound > 0 and not column_sums.any()
-        assert columns is None or (np.isfinite(1 / columns).all() and (columns > 0).all())
+        zeros, bound, column_sums = quantization.quantized_weights(np.zeros((4, 3), np.float32), per_column)
+        assert not zeros.any() and (bound > 0).all() and not column_sums.any()  # a range the op accepts
 
 
 def test_per_column_scales_keep_one_large_weight_from_coarsening_the_other_columns():
@@ -33,13 +32,13 @@ def test_per_column_scales_keep_one_large_weight_from_coarsening_the_other_colum
     weights = (np.random.default_rng(0).normal(size=(48, 16)) * 0.1).astype(np.float32)
     weights[3, 5] = 8.0
     others = np.arange(16) != 5
-    per_layer, bound, _, _ = quantization.quantized_weights(weights)
+    per_layer, bound, _ = quantization.quantized_weights(weights)
     per_layer_error = np.abs(per_layer * (bound / 127) - weights)[:, others].max()
-    quantized, bound, column_sums, columns = quantization.quantized_weights(weights, per_column=True)
+    quantized, bound, column_sums = quantization.quantized_weights(weights, per_column=True)
     # Every column over its own 7 bits (its largest weight at 63.5 steps, rounding either way).
     assert set(np.abs(quantized).max(0).tolist()) <= {63, 64}
-    dequantized = quantized * (bound / 127) * columns
-    np.testing.assert_allclose(columns, np.abs(weights).max(0) / 8.0, rtol=1e-6)
+    dequantized = quantized * (bound / 127)
+    np.testing.assert_allclose(bound, 2 * np.abs(weights).max(0), rtol=1e-6)
     np.testing.assert_allclose(column_sums, dequantized.sum(0), rtol=1e-5)
     # Each column within half its own step (its largest weight / 127), far inside the layer-wide step's error.
     error = np.abs(dequantized - weights)
@@ -47,8 +46,8 @@ def test_per_column_scales_keep_one_large_weight_from_coarsening_the_other_colum
     assert error[:, others].max() < per_layer_error / 10
 
 
-def int8_layer(x, weights, bias, per_column=False):
-    """x @ weights + bias through quantization's int8 layer, run as a graph."""
+def int8_layer(x, weights, bias, per_column=False, gelu=False):
+    """x @ weights + bias [then GELU] through quantization's int8 layer, run as a graph."""
     from tensorflow.core.framework import graph_pb2
 
     from tfhub_classifier.model import quantization
@@ -59,34 +58,41 @@ def int8_layer(x, weights, bias, per_column=False):
     nodes = [placeholder, const_node("bias", bias)]
     activations, quantized = quantization._quantized_activations("layer", "x")
     layer = quantization._int8_product("layer", *quantized, "bias",
-                                       *quantization.quantized_weights(weights, per_column))
+                                       *quantization.quantized_weights(weights, per_column), gelu=gelu)
     return run_nodes(nodes + activations + layer, layer[-1].name, {"x:0": x})
 
 
+def gelu(x):
+    return 0.5 * x * (1 + tf.math.erf(x / np.sqrt(2)).numpy())
+
+
 @needs_onednn
+@pytest.mark.parametrize("gelu_after", [False, True], ids=["bias", "bias-and-gelu"])
 @pytest.mark.parametrize("per_column", [False, True], ids=["per-layer", "per-column"])
 @pytest.mark.parametrize("offset", [0.0, 5.0, -5.0])
-def test_an_int8_layer_computes_the_dense_layer_wherever_its_activations_lie(offset, per_column):
-    """Activations shifted far from zero (as after a residual sum) still give x @ W + b: oneDNN multiplies
-    the 8-bit numbers of x - min(x) and the weights, and min(x) times the weights' sums comes back through
-    the bias."""
+def test_an_int8_layer_computes_the_dense_layer_wherever_its_activations_lie(offset, per_column, gelu_after):
+    """Activations shifted far from zero (as after a residual sum) still give x @ W + b [then exact GELU,
+    in the same op]: oneDNN multiplies the 8-bit numbers of x - min(x) and the weights, and min(x) times
+    the weights' sums comes back through the bias."""
     from tfhub_classifier.model import quantization
     rng = np.random.default_rng(1)
     x = (rng.normal(size=(64, 96)) + offset).astype(np.float32)
     weights = (rng.normal(size=(96, 32)) * 0.1 * rng.uniform(0.2, 2, size=32)).astype(np.float32)
     weights[:, 7] = 0  # a column of zeros: its output is its bias
     bias = rng.normal(size=32).astype(np.float32)
-    got = int8_layer(x, weights, bias, per_column)
+    got = int8_layer(x, weights, bias, per_column, gelu_after)
+    then = gelu if gelu_after else (lambda values: values)
     # The same 8-bit numbers multiplied in float64, then the shift put back.
     step = (x.max() - x.min()) / 255
-    quantized, bound, column_sums, columns = quantization.quantized_weights(weights, per_column)
-    dequantized = quantized * (bound / 127.0) * (1 if columns is None else columns)
-    exact = (np.round((x - x.min()) / step) * step) @ dequantized + bias + x.min() * column_sums
-    # A value rounded the other way at a tie moves an output by at most a step times the largest weight.
-    np.testing.assert_allclose(got, exact, atol=2 * step * np.abs(weights).max() + 1e-5)
-    want = x @ weights + bias
+    quantized, bound, column_sums = quantization.quantized_weights(weights, per_column)
+    dequantized = quantized * (bound / 127.0)
+    exact = then((np.round((x - x.min()) / step) * step) @ dequantized + bias + x.min() * column_sums)
+    # A value rounded the other way at a tie moves an output by at most a step times the largest weight
+    # (GELU's slope is at most 1.13).
+    np.testing.assert_allclose(got, exact, atol=2 * 1.13 * step * np.abs(weights).max() + 1e-5)
+    want = then(x @ weights + bias)
     assert 1e-4 < np.abs(got - want).max() < 0.05 * np.abs(want).max()  # int8's error: above float32's, small
-    np.testing.assert_allclose(got[:, 7], bias[7], rtol=1e-5)
+    np.testing.assert_allclose(got[:, 7], then(bias[7]), rtol=1e-5)
 
 
 @needs_onednn
@@ -106,13 +112,15 @@ def test_the_fused_graph_runs_its_dense_layers_as_int8_products_scoring_near_flo
         expected = function({key: tf.constant(value) for key, value in tokens.items()}).numpy()
         np.testing.assert_allclose(fused(tokens).numpy(), expected, atol=0.02 * np.abs(expected).max() + 1e-3)
     ops = executed_ops(fused, next(iter(batches())))
-    assert sum(count for op, count in ops.items() if "QuantizedMatMulWithBiasAndDequantize" in op) == 5, ops
-    # The head's layer is the one float32 product left.
+    assert ops.get("_QuantizedMatMul") == 5, ops
+    # The head's layer is the one float32 product left; the two GELUs run inside their int8 products.
     assert sum(count for op, count in ops.items() if op.endswith("MatMul") and "Quantized" not in op) == 1, ops
-    # Column scales multiply each product's output: one Mul a layer.
-    nodes = fused.function.graph.as_graph_def().node
-    column_scaled = [node for node in nodes if node.op == "Mul" and node.name.endswith("/int8/product_columns")]
-    assert len(column_scaled) == (5 if scales == "per-column" else 0)
+    assert "Erf" not in ops, ops
+    # The op takes one weight range a layer, or one a column.
+    nodes = {node.name: node for node in fused.function.graph.as_graph_def().node}
+    ranges = [tf.make_ndarray(nodes[node.input[6]].attr["value"].tensor) for node in nodes.values()
+              if node.op == "_QuantizedMatMul"]
+    assert [values.ndim for values in ranges] == [1 if scales == "per-column" else 0] * 5
 
 
 def test_int8_weight_scales_are_per_layer_or_per_column():
@@ -138,9 +146,28 @@ def test_a_gelu_layer_left_in_float32_holds_its_weights_as_without_int8(monkeypa
     expected = [function({key: tf.constant(value) for key, value in tokens.items()}).numpy() for tokens in batches()]
     assert fusion.fuse(token_classifier(), int8="per-layer", gelu_weights_held=True).gelu_weights_held == 0  # none left
     every_layer = quantization.quantize_dense
-    monkeypatch.setattr(quantization, "quantize_dense", lambda graph, bias_adds, scales: every_layer(
-        graph, [name for name in bias_adds if not any(reader.op == "Mul" for reader in graph.readers[name])], scales))
+    monkeypatch.setattr(quantization, "quantize_dense", lambda graph, bias_adds, scales, **options: every_layer(
+        graph, [name for name in bias_adds if not any(reader.op == "Mul" for reader in graph.readers[name])], scales,
+        **options))
     fused = fusion.fuse(token_classifier(), int8="per-layer", gelu_weights_held=True)  # the three without GELU in int8
     assert (fused.int8_layers, fused.gelus, fused.gelu_weights_held) == (3, 2, 2)
     for tokens, want in zip(batches(), expected):
         np.testing.assert_allclose(fused(tokens).numpy(), want, atol=0.02 * np.abs(want).max() + 1e-3)
+
+
+@needs_onednn
+def test_layers_reading_a_gelus_output_can_be_left_in_float32():
+    """--engine fused-int8 leaves in float32 the feed-forward block's second layer, chosen by what it reads
+    (a GELU's output), not by its name: int8 rounds its weights and activations worst."""
+    from tfhub_classifier.model import fusion
+    function = token_classifier()
+    fused = fusion.fuse(function, int8="per-column", int8_after_gelu=False)
+    assert fused.int8_layers == 4  # of the five: the one reading the Dense layer's GELU stays float32
+    ops = executed_ops(fused, next(iter(batches())))
+    assert ops.get("_QuantizedMatMul") == 4, ops
+    # That one's input is the GELU's output as the other int8 product computed it.
+    nodes = fused.function.graph.as_graph_def().node
+    assert sum(node.op == "MatMul" for node in nodes) == 2  # it and the head
+    for tokens in batches():
+        expected = function({key: tf.constant(value) for key, value in tokens.items()}).numpy()
+        np.testing.assert_allclose(fused(tokens).numpy(), expected, atol=0.02 * np.abs(expected).max() + 1e-3)

@@ -1,5 +1,6 @@
 """What scores texts: the SavedModel's graph as saved, that graph with its layers fused for oneDNN
-(model/fusion.py), or its token half converted to TFLite (int8 weights) and run by XNNPACK.
+(model/fusion.py), that fused graph with most dense layers as oneDNN int8 products
+(model/quantization.py), or its token half converted to TFLite (int8 weights) and run by XNNPACK.
 
 Every way the saved model tokenizes (TF Text, in its graph); the other engines take its token ids.
 The conversion takes seconds to a minute, so it is kept beside the model (MODEL_DIR/engines/, named
@@ -20,11 +21,19 @@ from tfhub_classifier.runtime import tf
 # config.ENGINES' TFLite one, and TFLite in float32 (measured, and for checks: not offered, being slower here
 # than the SavedModel in float32; docs/benchmarks.md#engines).
 QUANTIZATION = {"tflite": "none", "tflite-int8": "int8"}
-PRECISION = {"tflite": "float32 (TFLite)", "tflite-int8": "int8 weights (TFLite)"}
+PRECISION = {"tflite": "float32 (TFLite)", "tflite-int8": "int8 weights (TFLite)",
+             "fused-int8": "int8 dense layers (oneDNN)"}
 CACHE_FOLDER = "engines"
 # The fused graph's logits against the saved graph's on the probe texts: float32 differs only in the
 # order of sums; bfloat16 rounds the two graphs' activations at different points.
 FUSED_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.1, "float16": 0.1}
+# --engine fused-int8's logits against the saved graph's on the probe texts, relative to their largest:
+# int8 rounding moves them a few percent (benchmarks/int8_layers.py), a wrong rewrite far more.
+INT8_TOLERANCE = 0.1
+# --engine fused-int8's int8 products: each weight column on its own scale, and the layers reading a GELU's
+# output (a BERT's feed-forward second layer) left in float32, which kept the scores within the accuracy
+# target where every layer in int8 did not (docs/benchmarks.md#int8-dense-layers).
+INT8_OPTIONS = {"int8": "per-column", "int8_after_gelu": False}
 PROBE_TEXTS = ["A probe text: the fused graph must score it as the saved one does.", "Short."]
 
 
@@ -32,10 +41,10 @@ class FusedClassifier:
     """A saved classifier whose classify_tokens runs model/fusion.py's rewrite of its graph (weights
     frozen in at load time); everything else is the saved model's, in `saved`."""
 
-    def __init__(self, saved, log=print, kernel=True, gelu_weights_held=None, int8=None):
+    def __init__(self, saved, log=print, kernel=True, gelu_weights_held=None, int8=None, int8_after_gelu=True):
         self.saved = saved
         self.fused = fusion.fuse(saved.classify_tokens.get_concrete_function(), log=log, kernel=kernel,
-                                 gelu_weights_held=gelu_weights_held, int8=int8)
+                                 gelu_weights_held=gelu_weights_held, int8=int8, int8_after_gelu=int8_after_gelu)
 
     def __getattr__(self, name):
         return getattr(self.saved, name)
@@ -52,8 +61,10 @@ class FusedClassifier:
 def in_use(model, engine):
     """The engine that scores with model, loaded for --engine engine: auto is fused, which falls back to
     savedmodel."""
-    if engine in ("auto", "fused"):
-        return "fused" if isinstance(model, FusedClassifier) else "savedmodel"
+    if engine in ("auto", "fused", "fused-int8"):
+        if not isinstance(model, FusedClassifier):
+            return "savedmodel"
+        return "fused-int8" if model.fused.int8_layers else "fused"
     return engine
 
 
@@ -72,6 +83,30 @@ def attention_in_use(model):
     if len(ways) > 1:
         return ", ".join(f"{way} for {counts[way]}" for way in ways)
     return ways[0] if ways else "as saved"
+
+
+def int8_or_fused(model, log=print):
+    """A FusedClassifier over model with INT8_OPTIONS' int8 products, checked on probe texts against it;
+    if the rewrite fails, quantizes nothing or scores too far off, fused_or_saved's float32 engine, with
+    a note: int8 only saves time."""
+    if tf.config.list_physical_devices("GPU"):
+        return fused_or_saved(model, "float32", log)
+    try:  # any failure of the rewrite falls back to float32
+        quantized = FusedClassifier(model, log, **INT8_OPTIONS)
+        tokens = tokenization.trim_padding(model.preprocess(tf.constant(PROBE_TEXTS)))
+        expected = model.classify_tokens(tokens).numpy()
+        difference = float(np.max(np.abs(quantized.classify_tokens(tokens).numpy() - expected)))
+    except Exception as error:
+        log(f"note: scoring in float32: the int8 form could not be built ({cli.error_summary(error)})")
+        return fused_or_saved(model, "float32", log)
+    if not quantized.fused.int8_layers:
+        log("note: scoring in float32: none of its dense layers has a form --engine fused-int8 quantizes")
+        return fused_or_saved(model, "float32", log)
+    if not difference <= INT8_TOLERANCE * max(1.0, float(np.max(np.abs(expected)))):  # NaN included
+        log(f"note: scoring in float32: its int8 form scores too far off (logits {difference:.2g} apart on a "
+            "probe text)")
+        return fused_or_saved(model, "float32", log)
+    return quantized
 
 
 def fused_or_saved(model, precision, log=print):
@@ -136,6 +171,10 @@ def load(model_dir, precision, engine="auto", log=print):
     if engine in ("auto", "fused"):
         model, record, precision = saving.load_model(model_dir, precision)
         return fused_or_saved(model, precision, log), record, precision
+    if engine == "fused-int8":
+        model, record, _ = saving.load_model(model_dir, "float32")
+        engine = int8_or_fused(model, log)
+        return engine, record, PRECISION["fused-int8"] if in_use(engine, "fused-int8") == "fused-int8" else "float32"
     model, record, _ = saving.load_model(model_dir, "float32")  # only its tokenizer runs
     path = os.path.join(model_dir, CACHE_FOLDER, f"{engine}-{fingerprint(model_dir)}.tflite")
     if os.path.isfile(path):

@@ -288,10 +288,17 @@ def hold_gelu_weights(graph, erfs):
     return edit, len(edit.removed)
 
 
-def _after_int8(graph, erf):
-    """Whether the GELU whose Erf is erf follows an int8 product (which holds no weights) rather than a BiasAdd."""
-    scaled = graph.nodes[node_of(graph.nodes[erf].input[0])]
-    return graph.nodes[node_of(scaled.input[0])].op != "BiasAdd"
+def gelu_chains(graph, erfs):
+    """{BiasAdd name: (the GELU's output node, its chain's node names)} for the GELUs in _add_gelu's form
+    whose Erf nodes are erfs: x -> Mul (scaled) -> Erf -> AddV2 -> Mul (halved) -> Mul (output, by x)."""
+    chains = {}
+    for erf in erfs:
+        scaled = graph.nodes[node_of(graph.nodes[erf].input[0])]
+        plus_one = graph.readers[erf][0]
+        halved = graph.readers[plus_one.name][0]
+        output = graph.readers[halved.name][0]
+        chains[node_of(scaled.input[0])] = (output.name, (scaled.name, erf, plus_one.name, halved.name, output.name))
+    return chains
 
 
 def _held(owner, name, value):
@@ -343,13 +350,14 @@ class FusedFunction:
         return self.function({key: tf.convert_to_tensor(value) for key, value in tokens.items()})
 
 
-def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8=None):
+def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8=None, int8_after_gelu=True):
     """The FusedFunction of a concrete function taking one dict of tensors and returning one tensor. Its
     attentions run as one kernel each (unless kernel is False) if the graph runs in float32
     (runtime.set_precision) and the kernel can be compiled here; if it can't, a note says why.
     gelu_weights_held: whether to hold the weights of dense layers before GELU (None: holds_gelu_weights()).
     int8: None, or the dense layers as oneDNN int8 products with their weights' scales "per-layer" or
-    "per-column" (model/quantization.py); a GELU's layer left in float32 holds its weights as without int8."""
+    "per-column" (model/quantization.py), GELU included; int8_after_gelu: False leaves those reading a
+    GELU's output in float32. A GELU's layer left in float32 holds its weights as without int8."""
     graph_def = frozen_graph(concrete_function)
     dense = fuse_dense(Graph(graph_def))
     graph_def = apply(graph_def, dense)
@@ -358,10 +366,11 @@ def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8
     held, int8_layers, erfs = 0, 0, [node.name for node in dense.added + einsum.added if node.op == "Erf"]
     if int8:
         bias_adds = [node.name for node in dense.added + einsum.added if node.op == "BiasAdd"]
-        quantize, int8_layers = quantization.quantize_dense(Graph(graph_def), bias_adds, int8)
-        graph_def = apply(graph_def, quantize)
         graph = Graph(graph_def)
-        erfs = [erf for erf in erfs if not _after_int8(graph, erf)]
+        quantize, int8_layers = quantization.quantize_dense(graph, bias_adds, int8, gelus=gelu_chains(graph, erfs),
+                                                            after_gelu=int8_after_gelu)
+        graph_def = apply(graph_def, quantize)
+        erfs = [erf for erf in erfs if erf not in quantize.removed]
     if erfs and (holds_gelu_weights() if gelu_weights_held is None else gelu_weights_held):
         hold, held = hold_gelu_weights(Graph(graph_def), erfs)
         graph_def = apply(graph_def, hold)

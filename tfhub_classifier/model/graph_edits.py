@@ -15,7 +15,7 @@ from tfhub_classifier.runtime import tf
 
 ELEMENTWISE = {"Mul", "RealDiv", "AddV2", "Add", "Sub", "Neg", "Erf", "Erfc", "Tanh", "Pow", "Square", "Sqrt", "Rsqrt",
                "Reciprocal", "Cast"}
-FOLDABLE = ELEMENTWISE | {"Reshape", "ExpandDims", "Squeeze"}  # what may compute a constant from constants
+FOLDABLE = ELEMENTWISE | {"Reshape", "ExpandDims", "Squeeze", "ConcatV2"}  # what may compute a constant from constants
 
 
 @dataclasses.dataclass

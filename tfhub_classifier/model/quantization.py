@@ -1,23 +1,20 @@
 """A fused graph's dense layers as oneDNN int8 products, their activations quantized per batch.
 
-After model/fusion.py's rewrite every dense layer is MatMul (of constant weights) -> BiasAdd. Here
-each becomes TensorFlow's QuantizedMatMulWithBiasAndDequantize, oneDNN's u8 x s8 product with float32
-out, as PyTorch's quantize_dynamic runs its Linear layers, but with the weights giving up a bit where
-it takes one from the activations:
+After model/fusion.py's rewrite every dense layer is MatMul (of constant weights) -> BiasAdd [-> GELU].
+Here each becomes TensorFlow's _QuantizedMatMul, oneDNN's u8 x s8 product with its bias [and exact GELU]
+applied and float32 out, as PyTorch's quantize_dynamic runs its Linear layers, but with the weights
+giving up a bit where it takes one from the activations:
 
-- weights: int8, one scale for the layer or one for each output column, |q| <= 64 (255 * 64 * 2 fits int16), since
-  on CPUs without VNNI oneDNN sums pairs of u8 x s8 products in int16 (VPMADDUBSW), which 8-bit weights
-  could saturate. The op takes one weight scale, so column scales multiply its output (and divide the
-  bias it adds);
+- weights: int8, one scale for the layer or one for each output column (the op takes either),
+  |q| <= 64 (255 * 64 * 2 fits int16), since on CPUs without VNNI oneDNN sums pairs of u8 x s8 products
+  in int16 (VPMADDUBSW), which 8-bit weights could saturate;
 - activations: uint8 over this batch's own range: x - min(x) quantized with the op's SCALED mode,
   and min(x) times the dequantized weights' column sums added to the bias, so the output is x @ W + b.
-  (The op's own MIN_FIRST mode adds that compensation unscaled to a float bias in TensorFlow 2.21's
-  oneDNN 3 path, so it is not used.)
+  The range is the whole batch's, padding included, so a text's scores move slightly with the texts
+  batched with it (as with quantize_dynamic).
 
-A layer's GELU, which oneDNN fused into the float32 product, then runs as TensorFlow's element-wise ops.
-Not an --engine: with one scale a layer every layer in int8 moves the scores too far; with a scale a
-column and the layers reading GELU's output left in float32 the scores kept to the accuracy target, with
-no settled gain in speed (benchmarks/int8_layers.py; docs/benchmarks.md#int8-dense-layers).
+Measured in benchmarks/int8_layers.py and, as --engine fused-int8, in benchmarks/peer.py and parity.py
+(docs/benchmarks.md#int8-dense-layers).
 """
 import numpy as np
 from tensorflow.core.framework import node_def_pb2
@@ -28,30 +25,35 @@ from tfhub_classifier.runtime import tf
 SCALES = ("per-layer", "per-column")  # the weights' quantization scales: one a layer, or one a column
 WEIGHT_LEVELS = 127  # the op's weight scale is max|range| / 127 ...
 WEIGHT_RANGE_FACTOR = 2.0  # ... and the range twice the largest weight keeps |q| <= 64 (7 bits)
+SMALLEST_RANGE = 1e-6  # an all-zero column's or layer's: any scale quantizes it to zeros
 
 
 def quantized_weights(weights, per_column=False):
-    """(int8 weights, their range's bound, the dequantized weights' column sums, each column's scale or None)
-    for a [in, out] float array. per_column: column j is quantized over its own range, bound * columns[j],
-    so one large weight (a BERT's feed-forward output has a few) costs only its column's precision."""
+    """(int8 weights, their range's bound, the dequantized weights' column sums) for a [in, out] float
+    array. per_column: the bound is a vector, column j quantized over its own range, so one large weight
+    (a BERT's feed-forward output has a few) costs only its column's precision."""
     largest = np.max(np.abs(weights), axis=0) if weights.size else np.zeros(weights.shape[1:], weights.dtype)
-    bound = WEIGHT_RANGE_FACTOR * float(np.max(largest, initial=0)) or 1.0  # all-zero weights: any scale
-    # (An all-zero column's scale is floored: any scale quantizes it to zeros, and 1 / scale stays finite.)
-    columns = np.maximum(largest * WEIGHT_RANGE_FACTOR / bound, 1e-6).astype(np.float32) if per_column else None
-    scale = bound / WEIGHT_LEVELS * (1 if columns is None else columns)
+    if not per_column:
+        largest = np.max(largest, initial=0)
+    bound = np.maximum(WEIGHT_RANGE_FACTOR * largest, SMALLEST_RANGE).astype(np.float32)
+    scale = bound / WEIGHT_LEVELS
     quantized = np.clip(np.round(weights / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8)
-    return quantized, bound, (quantized.astype(np.float64).sum(0) * scale).astype(np.float32), columns
+    return quantized, bound, (quantized.astype(np.float64).sum(0) * scale).astype(np.float32)
 
 
-def quantize_dense(graph, bias_adds, scales="per-layer"):
+def quantize_dense(graph, bias_adds, scales="per-layer", gelus=None, after_gelu=True):
     """(An Edit, how many layers it changes): each of bias_adds (BiasAdd node names reading a MatMul of
     constant two-axis weights, as fuse_dense and fuse_einsum write them) becomes an int8 product whose
-    output stands in for the BiasAdd's. Layers reading the same activations (attention's queries, keys
-    and values) share one quantization of them. scales: "per-layer" (one scale for a layer's weights, as
-    quantize_dynamic does) or "per-column" (each column's own, the product then multiplied by each
-    column's scale: one more element-wise op a layer)."""
+    output stands in for the BiasAdd's, or for its GELU's where gelus ({BiasAdd name: (the GELU's output
+    node, its chain's node names)}) names one: oneDNN then applies the GELU too. Layers reading the same
+    activations (attention's queries, keys and values) share one quantization of them. scales:
+    "per-layer" (one scale for a layer's weights, as quantize_dynamic does) or "per-column" (each
+    column's own). after_gelu: False leaves in float32 the layers reading a GELU's output (in a BERT,
+    the feed-forward block's second, whose weights and activations int8 rounds worst)."""
     if scales not in SCALES:
         raise ValueError(f"int8 weight scales must be one of {', '.join(SCALES)}, not {scales!r}")
+    gelus = gelus or {}
+    gelu_outputs = {output for output, _ in gelus.values()}
     edit, quantized_inputs, layers = Edit(), {}, 0
     for name in bias_adds:
         bias_add = graph.nodes[name]
@@ -61,18 +63,34 @@ def quantize_dense(graph, bias_adds, scales="per-layer"):
         if ("transpose_a" in matmul.attr and matmul.attr["transpose_a"].b) or weights is None \
                 or matmul.attr["T"].type != tf.float32.as_datatype_enum:
             continue
+        if not after_gelu and node_of(_reshaped_from(graph, matmul.input[0])) in gelu_outputs:
+            continue
         if "transpose_b" in matmul.attr and matmul.attr["transpose_b"].b:
             weights = weights.T
         key = _same_activations(graph, matmul.input[0])
         if key not in quantized_inputs:
             nodes, quantized_inputs[key] = _quantized_activations(f"{name}/int8", matmul.input[0])
             edit.added += nodes
+        gelu_output, gelu_chain = gelus.get(name, (None, ()))
         edit.added += _int8_product(f"{name}/int8", *quantized_inputs[key], bias_add.input[1],
-                                    *quantized_weights(weights, scales == "per-column"))
-        edit.removed.update({matmul.name, bias_add.name})
-        edit.rewired[bias_add.name] = edit.added[-1].name
+                                    *quantized_weights(weights, scales == "per-column"), gelu=gelu_output is not None)
+        edit.removed.update({matmul.name, bias_add.name, *gelu_chain})
+        edit.rewired[gelu_output or bias_add.name] = edit.added[-1].name
         layers += 1
     return edit, layers
+
+
+def _reshaped_from(graph, x):
+    """What x holds before the Reshapes, Identities and identity Transposes between: a dense layer reads
+    the one before it through its Reshape back to [batch, length, ...] and its own to two axes (Keras'
+    Dense through Tensordot, which transposes by the identity first)."""
+    while True:
+        node = graph.nodes.get(node_of(x))
+        perm = graph.constant(node.input[1]) if node is not None and node.op == "Transpose" else None
+        if node is None or not (node.op in ("Reshape", "Identity")
+                                or (perm is not None and np.array_equal(perm, np.arange(perm.size)))):
+            return x
+        x = node.input[0]
 
 
 def _same_activations(graph, x):
@@ -90,7 +108,8 @@ def _same_activations(graph, x):
 
 
 def _op(nodes, kind, name, inputs, **attrs):
-    """Append a node (attrs: a bytes value is a string, a bool a bool, an int a dtype) and return its name."""
+    """Append a node (attrs: a bytes value is a string, a bool a bool, an int a dtype, a list a list of
+    strings or of dtypes) and return its name."""
     node = node_def_pb2.NodeDef(name=name, op=kind)
     node.input.extend(inputs)
     for key, value in attrs.items():
@@ -98,6 +117,10 @@ def _op(nodes, kind, name, inputs, **attrs):
             node.attr[key].s = value
         elif isinstance(value, bool):
             node.attr[key].b = value
+        elif isinstance(value, list) and all(isinstance(item, bytes) for item in value):
+            node.attr[key].list.s.extend(value)
+        elif isinstance(value, list):
+            node.attr[key].list.type.extend(value)
         else:
             node.attr[key].type = value
     nodes.append(node)
@@ -120,30 +143,24 @@ def _quantized_activations(prefix, x):
     return nodes, (activations, low)
 
 
-def _int8_product(prefix, activations, low, bias, quantized, bound, column_sums, columns=None):
-    """The nodes computing x @ W + bias from _quantized_activations' (activations, low) by oneDNN's int8
-    product (W = quantized * bound / 127, each column times columns[j] if given), the output last."""
+def _int8_product(prefix, activations, low, bias, quantized, bound, column_sums, gelu=False):
+    """The nodes computing x @ W + bias [then exact GELU] from _quantized_activations' (activations, low)
+    by oneDNN's int8 product (W = quantized * bound / 127, bound a scalar or one a column), the output last."""
     float32, nodes = tf.float32.as_datatype_enum, []
-    if columns is not None:  # the product's columns come out divided by columns[j]: so must what it adds
-        nodes.append(const_node(f"{prefix}/columns_inverse", 1 / columns))
-        bias = _op(nodes, "Mul", f"{prefix}/column_bias", [bias, f"{prefix}/columns_inverse"], T=float32)
-        column_sums = column_sums / columns
     nodes += [const_node(f"{prefix}/weights", quantized, tf.qint8),
-             const_node(f"{prefix}/weights_min", np.float32(-bound)),
-             const_node(f"{prefix}/weights_max", np.float32(bound)),
-             const_node(f"{prefix}/column_sums", column_sums),
-             const_node(f"{prefix}/output_min", np.float32(-1.0)),  # unused with float32 out, but required
-             const_node(f"{prefix}/output_max", np.float32(1.0))]
+              const_node(f"{prefix}/weights_min", -bound),
+              const_node(f"{prefix}/weights_max", bound),
+              const_node(f"{prefix}/column_sums", column_sums)]
     # min(x) times the weights' column sums puts back what the shift took off each output.
     restored = _op(nodes, "Mul", f"{prefix}/restored", [low, f"{prefix}/column_sums"], T=float32)
     shifted_bias = _op(nodes, "AddV2", f"{prefix}/bias", [bias, restored], T=float32)
-    _op(nodes, "QuantizedMatMulWithBiasAndDequantize", f"{prefix}/product",
-        [activations, f"{prefix}/weights", shifted_bias, f"{activations}:1", f"{activations}:2",
-         f"{prefix}/weights_min", f"{prefix}/weights_max", f"{prefix}/output_min", f"{prefix}/output_max"],
-        T1=tf.quint8.as_datatype_enum, T2=tf.qint8.as_datatype_enum, Tbias=float32, Toutput=float32,
-        input_quant_mode=b"SCALED", transpose_a=False, transpose_b=False)
-    if columns is not None:
-        nodes.append(const_node(f"{prefix}/columns", columns))
-        _op(nodes, "Mul", f"{prefix}/product_columns", [f"{prefix}/product", f"{prefix}/columns"], T=float32)
+    inputs = [activations, f"{prefix}/weights", shifted_bias, f"{activations}:1", f"{activations}:2",
+              f"{prefix}/weights_min", f"{prefix}/weights_max"]
+    types = [tf.quint8, tf.qint8] + [tf.float32] * 5
+    _op(nodes, "_QuantizedMatMul", f"{prefix}/product", inputs, T1=tf.quint8.as_datatype_enum,
+                  T2=tf.qint8.as_datatype_enum, Tbias=float32, Tout=float32, U=float32,
+                  fused_ops=[b"BiasAdd", *([b"GeluExact"] if gelu else []), b"Dequantize"],
+                  input_quant_mode=b"SCALED", output_quant_mode=b"SCALED", transpose_a=False, transpose_b=False,
+                  is_weight_const=True, is_bias_const=False,  # the bias moves with each batch's min(x)
+                  Tdevice_inputs=[dtype.as_datatype_enum for dtype in types], Tdevice_outputs=[float32])
     return nodes
-
