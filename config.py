@@ -248,9 +248,9 @@ class Config:
                           "both at "
                           "--precision. auto = fused, but savedmodel for predict.py's texts given on the command "
                           "line, too few to repay the build. fused-int8 = fused, with the dense layers not "
-                          "reading GELU's output as oneDNN int8 products (activations over each batch's range, "
-                          "so a text's scores move slightly with its batch-mates; within 0.3 points of float32's "
-                          "accuracy on IMDB; float32 only). tflite-int8 = the token classifier in TFLite "
+                          "reading GELU's output as oneDNN int8 products (faster on CPUs; scores slightly off, "
+                          "and as the activations share one range a batch, a text's scores move slightly with "
+                          "the texts batched with it; float32 only). tflite-int8 = the token classifier in TFLite "
                           "(XNNPACK) with int8 weights, scores slightly off, converted once and kept in "
                           "MODEL_DIR/engines/: what the int8 .tflite export scores, to check it before deploying "
                           "(docs/benchmarks.md#engines)", ENGINES,

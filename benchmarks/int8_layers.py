@@ -46,6 +46,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     parser.add_argument("--scales", nargs="+", choices=("per-layer", "per-column"), default=["per-layer"])
+    parser.add_argument("--smoothing", nargs="+", default=["none"],
+                        help="SmoothQuant scales from: none, reviews (the first 256 training reviews), or "
+                             "generic (the engine's own calibration texts); each setting runs with each")
     args = parser.parse_args(argv)
 
     import config
@@ -53,20 +56,23 @@ def main(argv=None):
     from tfhub_classifier.inference import engines, scoring
     from tfhub_classifier.model import quantization, saving
     cfg = config.resolve(**common.real_data_flags())
-    _, _, test = imdb.load_splits(cfg, with_train=False, caps=(0, 0, args.reviews))
+    train, _, test = imdb.load_splits(cfg, caps=(256, 1, args.reviews))
+    calibration = {"none": None, "reviews": list(train.texts[:256]), "generic": engines.CALIBRATION_TEXTS}
     model, _, _ = saving.load_model(args.model_dir, "float32")
     every_layer = quantization.quantize_dense
     scorers = {"float32": engines.FusedClassifier(model, log=lambda line: None)}
-    chosen_settings = [(setting, scales) for setting in args.settings for scales in args.scales]
+    chosen_settings = [(setting, scales, smoothing) for setting in args.settings for scales in args.scales
+                       for smoothing in args.smoothing]
     weights = {}  # each int8 layer's (largest |weight|, the 99.9th percentile of |weight|)
-    for setting, scales in chosen_settings:
+    for setting, scales, smoothing in chosen_settings:
         def chosen(graph, bias_adds, weight_scales, names=SETTINGS[setting], **options):
             layers = [layer for layer in bias_adds if any(part in layer for part in names)]
             weights.update({layer: largest_weights(graph, layer) for layer in layers})
             return every_layer(graph, layers, weight_scales, **options)
         quantization.quantize_dense = chosen
-        name = f"{setting} {scales}"
-        scorers[name] = engines.FusedClassifier(model, log=lambda line: None, int8=scales)
+        name = f"{setting} {scales}" + ("" if smoothing == "none" else f" smoothed-{smoothing}")
+        scorers[name] = engines.FusedClassifier(model, log=lambda line: None, int8=scales,
+                                                int8_calibration=calibration[smoothing])
         fused, reference = scorers[name].fused, scorers["float32"].fused
         if not fused.int8_layers:
             sys.exit(f"{setting}: no dense layer's name holds {SETTINGS[setting]}: not the MiniLM stand-in's graph?")
@@ -107,20 +113,20 @@ def main(argv=None):
             print(f"weights of {group}, each layer's largest |w| / its 99.9th percentile: "
                   + ", ".join(f"{weights[layer][0]:.2f}/{weights[layer][1]:.2f}" for layer in layers))
     run["largest_weights"] = {layer: list(values) for layer, values in weights.items()}
-    for setting, scales in chosen_settings:
-        name = f"{setting} {scales}"
+    for setting, scales, smoothing in chosen_settings:
+        name = f"{setting} {scales}" + ("" if smoothing == "none" else f" smoothed-{smoothing}")
         difference = np.abs(logits[name] - reference)
         agreeing = float(np.mean((logits[name] >= 0) == (reference >= 0)))
         points = 100 * (accuracy[name] - accuracy["float32"])
         met = abs(points) <= TARGET_POINTS + 1e-9 and agreeing >= TARGET_AGREEING - 1e-9
-        run["settings"][name] = {"layers": setting, "scales": scales,
+        run["settings"][name] = {"layers": setting, "scales": scales, "smoothing": smoothing,
                                  "int8_layers": scorers[name].fused.int8_layers, "accuracy": accuracy[name],
                                  "gelu_weights_held": scorers[name].fused.gelu_weights_held,
                                  "largest_logit_difference": float(difference.max()),
                                  "mean_logit_difference": float(difference.mean()), "labels_agreeing": agreeing,
                                  "reviews_per_s": rates[name], "speedup": rates[name] / rates["float32"],
                                  "target_met": met}
-        print(f"int8 {name:<36} layers={scorers[name].fused.int8_layers} "
+        print(f"int8 {name:<50} layers={scorers[name].fused.int8_layers} "
               f"held={scorers[name].fused.gelu_weights_held} logits largest={difference.max():.3f} "
               f"mean={difference.mean():.4f} agreeing={agreeing:.2%} accuracy={points:+.2f} points "
               f"reviews/s={rates[name]:.1f} ({rates[name] / rates['float32']:.2f}x) "

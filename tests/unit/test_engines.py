@@ -77,7 +77,7 @@ needs_onednn = pytest.mark.skipif(not runtime.onednn_enabled(),
 @pytest.mark.parametrize("kind", LABELS)
 def test_the_fused_int8_engine_scores_near_the_saved_graph(saved, kind):
     """--engine fused-int8: the tiny encoder's dense layers in int8 but the feed-forward block's second
-    (it reads GELU's output), each weight column on its own scale."""
+    (it reads GELU's output), each weight column on its own scale, the activations smoothed."""
     from tfhub_classifier.inference import engines
     from tfhub_classifier.model import saving
     engine, _, precision = engines.load(saved[kind], "float32", "fused-int8", log=lambda line: None)
@@ -85,9 +85,11 @@ def test_the_fused_int8_engine_scores_near_the_saved_graph(saved, kind):
     assert engines.in_use(engine, "fused-int8") == "fused-int8"
     # Of 12 dense layers (per encoder layer: attention's four, the feed-forward block's two), 10 in int8.
     assert (engine.fused.dense_layers, engine.fused.int8_layers) == (12, 10)
-    # Attention's queries, keys and values share one quantization of their input: 3 a layer, not 5.
+    # Attention's queries, keys and values share one quantization of their input: 3 a layer, not 5; each
+    # input's channels evened out by SmoothQuant scales measured on the calibration texts.
     nodes = engine.fused.function.graph.as_graph_def().node
     assert sum(node.op == "QuantizeV2" for node in nodes) == 6
+    assert sum(node.name.endswith("/int8/smoothed") for node in nodes) == 6
     # Each product has a weight range a column, and runs its GELU itself where one follows.
     products = [node for node in nodes if node.op == "_QuantizedMatMul"]
     assert len(products) == 10 and sum(b"GeluExact" in node.attr["fused_ops"].list.s for node in products) == 2

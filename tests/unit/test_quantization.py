@@ -46,8 +46,9 @@ def test_per_column_scales_keep_one_large_weight_from_coarsening_the_other_colum
     assert error[:, others].max() < per_layer_error / 10
 
 
-def int8_layer(x, weights, bias, per_column=False, gelu=False):
-    """x @ weights + bias [then GELU] through quantization's int8 layer, run as a graph."""
+def int8_layer(x, weights, bias, per_column=False, gelu=False, divisors=None):
+    """x @ weights + bias [then GELU] through quantization's int8 layer, run as a graph (x's channels
+    divided by divisors and the weights' rows multiplied by them, if given)."""
     from tensorflow.core.framework import graph_pb2
 
     from tfhub_classifier.model import quantization
@@ -56,9 +57,10 @@ def int8_layer(x, weights, bias, per_column=False, gelu=False):
     placeholder = graph_def.node.add(name="x", op="Placeholder")
     placeholder.attr["dtype"].type = tf.float32.as_datatype_enum
     nodes = [placeholder, const_node("bias", bias)]
-    activations, quantized = quantization._quantized_activations("layer", "x")
+    activations, quantized = quantization._quantized_activations("layer", "x", divisors)
+    scaled = weights if divisors is None else weights * divisors[:, None]
     layer = quantization._int8_product("layer", *quantized, "bias",
-                                       *quantization.quantized_weights(weights, per_column), gelu=gelu)
+                                       *quantization.quantized_weights(scaled, per_column), gelu=gelu)
     return run_nodes(nodes + activations + layer, layer[-1].name, {"x:0": x})
 
 
@@ -168,6 +170,39 @@ def test_layers_reading_a_gelus_output_can_be_left_in_float32():
     # That one's input is the GELU's output as the other int8 product computed it.
     nodes = fused.function.graph.as_graph_def().node
     assert sum(node.op == "MatMul" for node in nodes) == 2  # it and the head
+    for tokens in batches():
+        expected = function({key: tf.constant(value) for key, value in tokens.items()}).numpy()
+        np.testing.assert_allclose(fused(tokens).numpy(), expected, atol=0.02 * np.abs(expected).max() + 1e-3)
+
+
+@needs_onednn
+def test_smoothing_keeps_one_large_activation_channel_from_coarsening_the_others():
+    """A BERT's layer normalization outputs have a few channels many times the rest (MiniLM's: 28 where
+    the median channel reaches 2): dividing each channel by its SmoothQuant scale, and multiplying the
+    weights' rows by it, leaves x @ W as it was but the batch's one range covers the channels evenly."""
+    from tfhub_classifier.model import quantization
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(256, 64)).astype(np.float32)
+    x[:, 9] *= 30
+    weights = (rng.normal(size=(64, 32)) * 0.1).astype(np.float32)
+    bias = np.zeros(32, np.float32)
+    want = x @ weights
+    divisors = quantization.smoothing_scales(np.abs(x).max(0), np.abs(weights).max(1))
+    np.testing.assert_allclose(divisors, np.sqrt(np.abs(x).max(0) / np.abs(weights).max(1)), rtol=1e-5)
+    plain = np.abs(int8_layer(x, weights, bias, per_column=True) - want).mean()
+    smoothed = np.abs(int8_layer(x, weights, bias, per_column=True, divisors=divisors) - want).mean()
+    assert smoothed < plain / 2, (smoothed, plain)
+
+
+@needs_onednn
+def test_calibration_texts_set_a_smoothing_for_each_quantized_input():
+    from tfhub_classifier.model import fusion
+    function = token_classifier()
+    calibration = next(iter(batches()))
+    fused = fusion.fuse(function, int8="per-column", int8_after_gelu=False, int8_calibration=calibration)
+    nodes = fused.function.graph.as_graph_def().node
+    # The four int8 layers read four different activations, each divided by its own channel scales.
+    assert sum(node.name.endswith("/int8/smoothed") for node in nodes) == 4 == fused.int8_layers
     for tokens in batches():
         expected = function({key: tf.constant(value) for key, value in tokens.items()}).numpy()
         np.testing.assert_allclose(fused(tokens).numpy(), expected, atol=0.02 * np.abs(expected).max() + 1e-3)

@@ -30,10 +30,32 @@ FUSED_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.1, "float16": 0.1}
 # --engine fused-int8's logits against the saved graph's on the probe texts, relative to their largest:
 # int8 rounding moves them a few percent (benchmarks/int8_layers.py), a wrong rewrite far more.
 INT8_TOLERANCE = 0.1
-# --engine fused-int8's int8 products: each weight column on its own scale, and the layers reading a GELU's
-# output (a BERT's feed-forward second layer) left in float32, which kept the scores within the accuracy
-# target where every layer in int8 did not (docs/benchmarks.md#int8-dense-layers).
-INT8_OPTIONS = {"int8": "per-column", "int8_after_gelu": False}
+
+# What --engine fused-int8's SmoothQuant scales are measured on: a BERT's few large activation channels
+# are the model's own, whatever the text, so varied plain sentences find them.
+CALIBRATION_TEXTS = [
+    "The film opens slowly, but by the second hour I could not look away from the screen.",
+    "Terrible acting, a plot full of holes and a soundtrack that never stops. Avoid it.",
+    "Shipping took three weeks and the box arrived damaged; the seller refunded me at once.",
+    "Our quarterly revenue rose 12% while operating costs fell, the company said on Tuesday.",
+    "How do I reset my password if I no longer have access to the email on my account?",
+    "The patient reported mild headaches and dizziness after the second dose of the drug.",
+    "Scientists observed the comet passing close to Jupiter, its tail stretching for millions of km.",
+    "I loved every minute of it!!! Best concert of my life, the band was on fire :)",
+    "Please find attached the signed contract; let me know if any clause needs changing.",
+    "The defense held firm in the final quarter and the home team won 24-21.",
+    "Add the flour, stir until smooth, then bake for 35 minutes at 180 degrees.",
+    "meh. it was ok i guess, nothing special, wouldnt watch again",
+    "The new law requires every landlord to register rental properties with the city by March.",
+    "Battery life is excellent, but the camera struggles in low light and the screen scratches easily.",
+    "After years of silence, the author returns with a quiet, moving novel about grief and family.",
+    "Error 504: the server did not respond in time. Try again later or contact support.",
+]
+# --engine fused-int8's int8 products: each weight column on its own scale, the activations' channels evened
+# out by SmoothQuant scales measured on CALIBRATION_TEXTS, and the layers reading a GELU's output (a BERT's
+# feed-forward second layer) left in float32: what kept the scores within the accuracy target
+# (docs/benchmarks.md#int8-dense-layers).
+INT8_OPTIONS = {"int8": "per-column", "int8_after_gelu": False, "int8_calibration": CALIBRATION_TEXTS}
 PROBE_TEXTS = ["A probe text: the fused graph must score it as the saved one does.", "Short."]
 
 
@@ -41,10 +63,17 @@ class FusedClassifier:
     """A saved classifier whose classify_tokens runs model/fusion.py's rewrite of its graph (weights
     frozen in at load time); everything else is the saved model's, in `saved`."""
 
-    def __init__(self, saved, log=print, kernel=True, gelu_weights_held=None, int8=None, int8_after_gelu=True):
+    def __init__(self, saved, log=print, kernel=True, gelu_weights_held=None, int8=None, int8_after_gelu=True,
+                 int8_calibration=None):
+        """int8_calibration: texts whose activations set the int8 layers' SmoothQuant scales (None: none)."""
         self.saved = saved
+        calibration = None
+        if int8_calibration is not None:
+            calibration = {key: value.numpy() for key, value in
+                           tokenization.trim_padding(saved.preprocess(tf.constant(int8_calibration))).items()}
         self.fused = fusion.fuse(saved.classify_tokens.get_concrete_function(), log=log, kernel=kernel,
-                                 gelu_weights_held=gelu_weights_held, int8=int8, int8_after_gelu=int8_after_gelu)
+                                 gelu_weights_held=gelu_weights_held, int8=int8, int8_after_gelu=int8_after_gelu,
+                                 int8_calibration=calibration)
 
     def __getattr__(self, name):
         return getattr(self.saved, name)

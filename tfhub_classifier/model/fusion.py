@@ -44,6 +44,7 @@ from tfhub_classifier.model.graph_edits import (
     first_output,
     frozen_graph,
     node_of,
+    run_graph,
     without_unread,
 )
 from tfhub_classifier.runtime import tf
@@ -350,14 +351,24 @@ class FusedFunction:
         return self.function({key: tf.convert_to_tensor(value) for key, value in tokens.items()})
 
 
-def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8=None, int8_after_gelu=True):
+def _placeholders(concrete_function):
+    """{token dict key: the name of the graph's placeholder tensor for it}."""
+    signature = concrete_function.structured_input_signature[0][0]
+    arguments = concrete_function.inputs[:len(tf.nest.flatten(signature))]
+    return {key: tensor.name for key, tensor in tf.nest.pack_sequence_as(signature, arguments).items()}
+
+
+def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8=None, int8_after_gelu=True,
+         int8_calibration=None):
     """The FusedFunction of a concrete function taking one dict of tensors and returning one tensor. Its
     attentions run as one kernel each (unless kernel is False) if the graph runs in float32
     (runtime.set_precision) and the kernel can be compiled here; if it can't, a note says why.
     gelu_weights_held: whether to hold the weights of dense layers before GELU (None: holds_gelu_weights()).
     int8: None, or the dense layers as oneDNN int8 products with their weights' scales "per-layer" or
     "per-column" (model/quantization.py), GELU included; int8_after_gelu: False leaves those reading a
-    GELU's output in float32. A GELU's layer left in float32 holds its weights as without int8."""
+    GELU's output in float32; int8_calibration: a token dict whose activations set each int8 layer's
+    SmoothQuant scales (None: no smoothing). A GELU's layer left in float32 holds its weights as without
+    int8."""
     graph_def = frozen_graph(concrete_function)
     dense = fuse_dense(Graph(graph_def))
     graph_def = apply(graph_def, dense)
@@ -367,8 +378,14 @@ def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8
     if int8:
         bias_adds = [node.name for node in dense.added + einsum.added if node.op == "BiasAdd"]
         graph = Graph(graph_def)
-        quantize, int8_layers = quantization.quantize_dense(graph, bias_adds, int8, gelus=gelu_chains(graph, erfs),
-                                                            after_gelu=int8_after_gelu)
+        gelus, ranges = gelu_chains(graph, erfs), None
+        if int8_calibration is not None:
+            inputs = quantization.activation_inputs(graph, bias_adds, gelus, int8_after_gelu)
+            feeds = {tensor: int8_calibration[key] for key, tensor in _placeholders(concrete_function).items()}
+            values = run_graph(graph_def, [name if ":" in name else f"{name}:0" for name in inputs.values()], feeds)
+            ranges = {key: np.abs(value).max(0) for key, value in zip(inputs, values)}
+        quantize, int8_layers = quantization.quantize_dense(graph, bias_adds, int8, gelus=gelus,
+                                                            after_gelu=int8_after_gelu, channel_ranges=ranges)
         graph_def = apply(graph_def, quantize)
         erfs = [erf for erf in erfs if erf not in quantize.removed]
     if erfs and (holds_gelu_weights() if gelu_weights_held is None else gelu_weights_held):
@@ -391,8 +408,7 @@ def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8
             graph = Graph(graph_def) if kernels else graph
     graph_def, chunked = attention_chunks.chunk(graph)
     signature = concrete_function.structured_input_signature[0][0]
-    arguments = concrete_function.inputs[:len(tf.nest.flatten(signature))]
-    placeholders = {key: tensor.name for key, tensor in tf.nest.pack_sequence_as(signature, arguments).items()}
+    placeholders = _placeholders(concrete_function)
     output = concrete_function.outputs[0].name
     kept = [without_unread(graph_def, keep={node_of(output)})]  # let go once traced: the function holds the weights
 

@@ -216,6 +216,14 @@ def run_nodes(nodes, output, feeds):
             return session.run(output + ":0", feeds)
 
 
+def run_graph(graph_def, outputs, feeds):
+    """The values of the tensors named in outputs, graph_def run once on feeds ({tensor name: value})."""
+    with tf.Graph().as_default() as graph:
+        tf.graph_util.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as session:
+            return session.run(list(outputs), feeds)
+
+
 def apply(graph_def, edit):
     """A new GraphDef: graph_def without edit.removed, with edit.added (an added node may take a removed
     one's name, to stand in for it), readers rewired."""

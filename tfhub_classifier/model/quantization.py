@@ -26,6 +26,7 @@ SCALES = ("per-layer", "per-column")  # the weights' quantization scales: one a 
 WEIGHT_LEVELS = 127  # the op's weight scale is max|range| / 127 ...
 WEIGHT_RANGE_FACTOR = 2.0  # ... and the range twice the largest weight keeps |q| <= 64 (7 bits)
 SMALLEST_RANGE = 1e-6  # an all-zero column's or layer's: any scale quantizes it to zeros
+SMOOTHING = 0.5  # SmoothQuant's migration strength: the activations' outliers shared evenly with the weights
 
 
 def quantized_weights(weights, per_column=False):
@@ -41,7 +42,7 @@ def quantized_weights(weights, per_column=False):
     return quantized, bound, (quantized.astype(np.float64).sum(0) * scale).astype(np.float32)
 
 
-def quantize_dense(graph, bias_adds, scales="per-layer", gelus=None, after_gelu=True):
+def quantize_dense(graph, bias_adds, scales="per-layer", gelus=None, after_gelu=True, channel_ranges=None):
     """(An Edit, how many layers it changes): each of bias_adds (BiasAdd node names reading a MatMul of
     constant two-axis weights, as fuse_dense and fuse_einsum write them) becomes an int8 product whose
     output stands in for the BiasAdd's, or for its GELU's where gelus ({BiasAdd name: (the GELU's output
@@ -49,15 +50,52 @@ def quantize_dense(graph, bias_adds, scales="per-layer", gelus=None, after_gelu=
     activations (attention's queries, keys and values) share one quantization of them. scales:
     "per-layer" (one scale for a layer's weights, as quantize_dynamic does) or "per-column" (each
     column's own). after_gelu: False leaves in float32 the layers reading a GELU's output (in a BERT,
-    the feed-forward block's second, whose weights and activations int8 rounds worst)."""
+    the feed-forward block's second, whose weights and activations int8 rounds worst). channel_ranges:
+    {activations' key (activation_inputs'): each channel's largest |value| on calibration texts}: those
+    activations' channels are divided by smoothing_scales before quantization and the weights' rows
+    multiplied by them (SmoothQuant), so a few large channels no longer set the whole batch's range."""
     if scales not in SCALES:
         raise ValueError(f"int8 weight scales must be one of {', '.join(SCALES)}, not {scales!r}")
-    gelus = gelus or {}
-    gelu_outputs = {output for output, _ in gelus.values()}
-    edit, quantized_inputs, layers = Edit(), {}, 0
+    gelus, layers = gelus or {}, _layers(graph, bias_adds, gelus or {}, after_gelu)
+    smoothing = {}
+    for key, largest in (channel_ranges or {}).items():
+        rows = [np.abs(weights).max(1) for _, _, weights, same in layers if same == key]
+        if rows:  # each channel's largest weight in any layer reading it
+            smoothing[key] = smoothing_scales(largest, np.max(rows, axis=0))
+    edit, quantized_inputs = Edit(), {}
+    for name, matmul, weights, key in layers:
+        if key not in quantized_inputs:
+            nodes, quantized_inputs[key] = _quantized_activations(f"{name}/int8", matmul.input[0], smoothing.get(key))
+            edit.added += nodes
+        if key in smoothing:
+            weights = weights * smoothing[key][:, None]
+        gelu_output, gelu_chain = gelus.get(name, (None, ()))
+        edit.added += _int8_product(f"{name}/int8", *quantized_inputs[key], graph.nodes[name].input[1],
+                                    *quantized_weights(weights, scales == "per-column"), gelu=gelu_output is not None)
+        edit.removed.update({matmul.name, name, *gelu_chain})
+        edit.rewired[gelu_output or name] = edit.added[-1].name
+    return edit, len(layers)
+
+
+def activation_inputs(graph, bias_adds, gelus=None, after_gelu=True):
+    """{activations' key: a tensor holding them, [rows, channels]} for the layers quantize_dense would change."""
+    return {key: matmul.input[0] for _, matmul, _, key in _layers(graph, bias_adds, gelus or {}, after_gelu)}
+
+
+def smoothing_scales(channel_largest, row_largest, strength=SMOOTHING):
+    """SmoothQuant's scale for each input channel: max|x_k|^strength / max|w_k|^(1 - strength), so that
+    dividing the activations by it and multiplying the weights' rows leaves their product as it was but
+    evens out the channels the activations' range must cover."""
+    return (np.maximum(channel_largest, 1e-5) ** strength
+            / np.maximum(row_largest, 1e-5) ** (1 - strength)).astype(np.float32)
+
+
+def _layers(graph, bias_adds, gelus, after_gelu):
+    """(BiasAdd name, its MatMul, its weights as [in, out], its activations' key) of each of bias_adds
+    that quantize_dense changes: float32 MatMuls of constant weights [not reading a GELU's output]."""
+    gelu_outputs, layers = {output for output, _ in gelus.values()}, []
     for name in bias_adds:
-        bias_add = graph.nodes[name]
-        matmul = graph.nodes[node_of(bias_add.input[0])]
+        matmul = graph.nodes[node_of(graph.nodes[name].input[0])]
         weights = graph.constant(matmul.input[1])
         # ("in" first: reading a missing attr of a NodeDef's map would add an empty one.)
         if ("transpose_a" in matmul.attr and matmul.attr["transpose_a"].b) or weights is None \
@@ -67,17 +105,8 @@ def quantize_dense(graph, bias_adds, scales="per-layer", gelus=None, after_gelu=
             continue
         if "transpose_b" in matmul.attr and matmul.attr["transpose_b"].b:
             weights = weights.T
-        key = _same_activations(graph, matmul.input[0])
-        if key not in quantized_inputs:
-            nodes, quantized_inputs[key] = _quantized_activations(f"{name}/int8", matmul.input[0])
-            edit.added += nodes
-        gelu_output, gelu_chain = gelus.get(name, (None, ()))
-        edit.added += _int8_product(f"{name}/int8", *quantized_inputs[key], bias_add.input[1],
-                                    *quantized_weights(weights, scales == "per-column"), gelu=gelu_output is not None)
-        edit.removed.update({matmul.name, bias_add.name, *gelu_chain})
-        edit.rewired[gelu_output or bias_add.name] = edit.added[-1].name
-        layers += 1
-    return edit, layers
+        layers.append((name, matmul, weights, _same_activations(graph, matmul.input[0])))
+    return layers
 
 
 def _reshaped_from(graph, x):
@@ -127,11 +156,14 @@ def _op(nodes, kind, name, inputs, **attrs):
     return node.name
 
 
-def _quantized_activations(prefix, x):
+def _quantized_activations(prefix, x, divisors=None):
     """(nodes, (the QuantizeV2 node's name, min(x)'s)): x - min(x) as uint8 over its range, min(x) kept to
-    put back."""
+    put back; x's channels divided by divisors first, if given."""
     float32, int32 = tf.float32.as_datatype_enum, tf.int32.as_datatype_enum
     nodes = [const_node(f"{prefix}/axes", np.array([0, 1], np.int32)), const_node(f"{prefix}/zero", np.float32(0))]
+    if divisors is not None:
+        nodes.append(const_node(f"{prefix}/inverse_smoothing", (1 / divisors).astype(np.float32)))
+        x = _op(nodes, "Mul", f"{prefix}/smoothed", [x, f"{prefix}/inverse_smoothing"], T=float32)
     low = _op(nodes, "Min", f"{prefix}/low", [x, f"{prefix}/axes"], T=float32, Tidx=int32)
     high = _op(nodes, "Max", f"{prefix}/high", [x, f"{prefix}/axes"], T=float32, Tidx=int32)
     shifted = _op(nodes, "Sub", f"{prefix}/shifted", [x, low], T=float32)
