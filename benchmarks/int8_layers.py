@@ -6,7 +6,9 @@ layer group by layer group: how far each moves the scores, and how much faster i
 Scores the first --reviews of the fixed test subset (seed 42, as parity.py) from the raw texts in one
 process: the fused graph in float32 (the reference), then with the dense layers of each group as int8
 products (activations quantized per batch, weights within 7 bits with one scale a layer or, with
---scales per-column, one a column; each setting is run with each of --scales).
+--scales per-column, one a column; with --smoothing reviews or generic, each input's channels evened
+out by SmoothQuant scales measured on 256 training reviews or on --engine fused-int8's own sentences;
+each setting is run with each of --scales and --smoothing).
 Groups by the MiniLM stand-in's layer names: attention's query/key/value, its output, the feed-forward
 block's first layer (reading layer normalization's output) and its second (reading GELU's); then all
 but the second, and all. Each setting scores the reviews --rounds times, the settings taking turns,
@@ -46,9 +48,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     parser.add_argument("--scales", nargs="+", choices=("per-layer", "per-column"), default=["per-layer"])
-    parser.add_argument("--smoothing", nargs="+", default=["none"],
+    parser.add_argument("--smoothing", nargs="+", choices=("none", "reviews", "generic"), default=["none"],
                         help="SmoothQuant scales from: none, reviews (the first 256 training reviews), or "
-                             "generic (the engine's own calibration texts); each setting runs with each")
+                             "generic (--engine fused-int8's own sentences); each setting runs with each")
     args = parser.parse_args(argv)
 
     import config

@@ -9,7 +9,7 @@ official: the first --seq-length tokens, 128 by default), trained once into
 benchmarks/results/models/serving_minilm_seqN; speed doesn't depend on how well it classifies.
 For each setting, serve.py runs in its own process with its defaults (--batch-timeout-ms 5),
 --engine ENGINE (default fused) at --precision bfloat16 where the CPU has AVX512-BF16/AMX (float32 elsewhere;
-tflite-int8 takes no --precision), and --batch-size 32
+the int8 engines take no --precision), and --batch-size 32
 (batching on) or 1 (off: one text per model call). For each number of clients, that many threads
 each send one IMDB test review per request on a keep-alive connection, after an untimed warm-up, until
 --requests requests are sent: throughput = requests answered / wall time (a failed request is not
@@ -75,7 +75,7 @@ class Server(serving_client.ServerProcess):
     """serve.py in its own process with --batch-size batch_size; the benchmark ends if it won't start."""
 
     def __init__(self, model_dir, batch_size, log_path, engine="fused"):
-        scoring = ["--engine", engine] + (["--precision", PRECISION] if engine != "tflite-int8" else [])
+        scoring = ["--engine", engine] + (["--precision", PRECISION] if engine not in config.INT8_ENGINES else [])
         try:
             super().__init__(model_dir, log_path, "--batch-size", str(batch_size), *scoring,
                              startup_seconds=STARTUP_SECONDS)
@@ -124,7 +124,8 @@ def ceiling(spec):
     from tfhub_classifier.serving.servable import Servable
     defaults = config.Config()
     engine = spec.get("engine", "fused")
-    model, record, precision = engines.load(spec["model_dir"], "float32" if engine == "tflite-int8" else PRECISION,
+    model, record, precision = engines.load(spec["model_dir"],
+                                            "float32" if engine in config.INT8_ENGINES else PRECISION,
                                             engine)
     common.require_engine(engine, engines.in_use(model, engine), "the note above")
     task = saving.task_of_record(record)

@@ -13,6 +13,7 @@ import json
 import os
 import resource
 import statistics
+import sys
 import time
 
 import common
@@ -149,7 +150,9 @@ def engine_child(spec):
         record = {"config": {"seq_length": cfg.seq_length, "truncation": cfg.truncation},
                   "task": {"kind": session.task.kind, "label_names": list(session.task.label_names)}}
         model_dir = saving.save(session.exported, os.path.join(scratch, "model"), record)
-        model, _, precision = engines.load(model_dir, "float32", spec["engine"], log=lambda *_: None)
+        model, _, precision = engines.load(model_dir, "float32", spec["engine"],
+                                           log=lambda line: print(line, file=sys.stderr))
+        common.require_engine(spec["engine"], engines.in_use(model, spec["engine"]), "the note above")
         scoring.logits_of(model, test.texts[:64], cfg.eval_batch_size)
         started = time.perf_counter()
         logits = scoring.logits_of(model, test.texts[:eval_reviews], cfg.eval_batch_size)

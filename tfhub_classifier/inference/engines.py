@@ -12,14 +12,15 @@ import threading
 
 import numpy as np
 
-from tfhub_classifier import cli, files, hardware
+from tfhub_classifier import cli, files, hardware, runtime
 from tfhub_classifier.data import tokenization
 from tfhub_classifier.export import client_example, tflite
 from tfhub_classifier.model import fusion, saving
 from tfhub_classifier.runtime import tf
 
 # config.ENGINES' TFLite one, and TFLite in float32 (measured, and for checks: not offered, being slower here
-# than the SavedModel in float32; docs/benchmarks.md#engines).
+# than the SavedModel in float32; docs/benchmarks.md#engines). PRECISION: what a record names as the precision
+# of each engine that does not run at --precision.
 QUANTIZATION = {"tflite": "none", "tflite-int8": "int8"}
 PRECISION = {"tflite": "float32 (TFLite)", "tflite-int8": "int8 weights (TFLite)",
              "fused-int8": "int8 dense layers (oneDNN)"}
@@ -27,13 +28,13 @@ CACHE_FOLDER = "engines"
 # The fused graph's logits against the saved graph's on the probe texts: float32 differs only in the
 # order of sums; bfloat16 rounds the two graphs' activations at different points.
 FUSED_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.1, "float16": 0.1}
-# --engine fused-int8's logits against the saved graph's on the probe texts, relative to their largest:
-# int8 rounding moves them a few percent (benchmarks/int8_layers.py), a wrong rewrite far more.
+# --engine fused-int8's logits against the saved graph's on the probe texts, relative to their largest
+# (or to 1, if that is smaller): int8 rounding moves them a few percent, a wrong rewrite far more.
 INT8_TOLERANCE = 0.1
 
 # What --engine fused-int8's SmoothQuant scales are measured on: a BERT's few large activation channels
 # are the model's own, whatever the text, so varied plain sentences find them.
-CALIBRATION_TEXTS = [
+_CALIBRATION_SENTENCES = [
     "The film opens slowly, but by the second hour I could not look away from the screen.",
     "Terrible acting, a plot full of holes and a soundtrack that never stops. Avoid it.",
     "Shipping took three weeks and the box arrived damaged; the seller refunded me at once.",
@@ -51,6 +52,8 @@ CALIBRATION_TEXTS = [
     "After years of silence, the author returns with a quiet, moving novel about grief and family.",
     "Error 504: the server did not respond in time. Try again later or contact support.",
 ]
+# ... and all of them as one text, so the calibration sees positions as far as the model's window reaches.
+CALIBRATION_TEXTS = _CALIBRATION_SENTENCES + [" ".join(_CALIBRATION_SENTENCES * 4)]
 # --engine fused-int8's int8 products: each weight column on its own scale, the activations' channels evened
 # out by SmoothQuant scales measured on CALIBRATION_TEXTS, and the layers reading a GELU's output (a BERT's
 # feed-forward second layer) left in float32: what kept the scores within the accuracy target
@@ -69,8 +72,7 @@ class FusedClassifier:
         self.saved = saved
         calibration = None
         if int8_calibration is not None:
-            calibration = {key: value.numpy() for key, value in
-                           tokenization.trim_padding(saved.preprocess(tf.constant(int8_calibration))).items()}
+            calibration = {key: value.numpy() for key, value in tokens_of(saved, int8_calibration).items()}
         self.fused = fusion.fuse(saved.classify_tokens.get_concrete_function(), log=log, kernel=kernel,
                                  gelu_weights_held=gelu_weights_held, int8=int8, int8_after_gelu=int8_after_gelu,
                                  int8_calibration=calibration)
@@ -82,9 +84,16 @@ class FusedClassifier:
         return self.fused(tokens)
 
     def largest_difference(self):
-        """The largest logit difference from the saved graph's, on the probe texts."""
-        tokens = tokenization.trim_padding(self.saved.preprocess(tf.constant(PROBE_TEXTS)))
-        return float(np.max(np.abs(self.classify_tokens(tokens).numpy() - self.saved.classify_tokens(tokens).numpy())))
+        """(The largest logit difference from the saved graph's on the probe texts, the saved graph's largest
+        |logit| there)."""
+        tokens = tokens_of(self.saved, PROBE_TEXTS)
+        expected = self.saved.classify_tokens(tokens).numpy()
+        return float(np.max(np.abs(self.classify_tokens(tokens).numpy() - expected))), float(np.max(np.abs(expected)))
+
+
+def tokens_of(model, texts):
+    """The token dict model's preprocessor makes of texts, trimmed to their longest."""
+    return tokenization.trim_padding(model.preprocess(tf.constant(texts)))
 
 
 def in_use(model, engine):
@@ -116,26 +125,30 @@ def attention_in_use(model):
 
 def int8_or_fused(model, log=print):
     """A FusedClassifier over model with INT8_OPTIONS' int8 products, checked on probe texts against it;
-    if the rewrite fails, quantizes nothing or scores too far off, fused_or_saved's float32 engine, with
-    a note: int8 only saves time."""
-    if tf.config.list_physical_devices("GPU"):
-        return fused_or_saved(model, "float32", log)
-    try:  # any failure of the rewrite falls back to float32
-        quantized = FusedClassifier(model, log, **INT8_OPTIONS)
-        tokens = tokenization.trim_padding(model.preprocess(tf.constant(PROBE_TEXTS)))
-        expected = model.classify_tokens(tokens).numpy()
-        difference = float(np.max(np.abs(quantized.classify_tokens(tokens).numpy() - expected)))
-    except Exception as error:
-        log(f"note: scoring in float32: the int8 form could not be built ({cli.error_summary(error)})")
-        return fused_or_saved(model, "float32", log)
-    if not quantized.fused.int8_layers:
-        log("note: scoring in float32: none of its dense layers has a form --engine fused-int8 quantizes")
-        return fused_or_saved(model, "float32", log)
-    if not difference <= INT8_TOLERANCE * max(1.0, float(np.max(np.abs(expected)))):  # NaN included
-        log(f"note: scoring in float32: its int8 form scores too far off (logits {difference:.2g} apart on a "
-            "probe text)")
-        return fused_or_saved(model, "float32", log)
-    return quantized
+    fused_or_saved's float32 engine instead, with a note, where oneDNN's kernels are off or a GPU would
+    run it, or if the rewrite fails, quantizes nothing, finds no GELU (so it can't tell which layers to
+    leave in float32) or scores too far off: int8 only saves time."""
+    reason = ("oneDNN's kernels are off (TF_ENABLE_ONEDNN_OPTS=0), and the int8 products are theirs"
+              if not runtime.onednn_enabled() else
+              "the int8 products are oneDNN's, for CPUs, and a GPU will run it"
+              if tf.config.list_physical_devices("GPU") else None)
+    if reason is None:
+        try:  # any failure of the rewrite falls back to float32
+            quantized = FusedClassifier(model, log, **INT8_OPTIONS)
+            difference, largest = quantized.largest_difference()
+        except Exception as error:
+            reason = f"its int8 form could not be built ({cli.error_summary(error)})"
+        else:
+            reason = ("none of its dense layers has a form --engine fused-int8 quantizes"
+                      if not quantized.fused.int8_layers else
+                      "it has no GELU in the form --engine fused-int8 finds, so no layer after one to keep in float32"
+                      if not quantized.fused.gelus else
+                      f"its int8 form scores too far off (logits {difference:.2g} apart on a probe text)"
+                      if not difference <= INT8_TOLERANCE * max(1.0, largest) else None)  # NaN included
+    if reason is None:
+        return quantized
+    log(f"note: scoring in float32 rather than int8: {reason}")
+    return fused_or_saved(model, "float32", log)
 
 
 def fused_or_saved(model, precision, log=print):
@@ -148,7 +161,7 @@ def fused_or_saved(model, precision, log=print):
         return model
     try:  # any failure of the rewrite falls back to the graph as saved
         fused = FusedClassifier(model, log)
-        difference = fused.largest_difference()
+        difference, _ = fused.largest_difference()
     except Exception as error:
         log(f"note: scoring with the graph as saved: its fused form could not be built ({cli.error_summary(error)})")
         return model

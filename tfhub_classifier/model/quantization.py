@@ -12,6 +12,9 @@ giving up a bit where it takes one from the activations:
   and min(x) times the dequantized weights' column sums added to the bias, so the output is x @ W + b.
   The range is the whole batch's, padding included, so a text's scores move slightly with the texts
   batched with it (as with quantize_dynamic).
+- smoothing (optional): a few channels of a BERT's activations run far above the rest and would set the
+  batch's range; dividing each channel by a SmoothQuant scale and multiplying the weights' rows by it
+  leaves the product as it was and evens the channels out (one element-wise op an input).
 
 Measured in benchmarks/int8_layers.py and, as --engine fused-int8, in benchmarks/peer.py and parity.py
 (docs/benchmarks.md#int8-dense-layers).
