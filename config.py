@@ -247,10 +247,12 @@ class Config:
                           "at load; faster, but built in seconds at load); savedmodel = the saved graph as it is; "
                           "both at "
                           "--precision. auto = fused, but savedmodel for predict.py's texts given on the command "
-                          "line, too few to repay the build. fused-int8 = fused, with the dense layers not "
-                          "reading GELU's output as oneDNN int8 products (faster on CPUs; scores slightly off, "
+                          "line, too few to repay the build. fused-int8 = fused in float32 (whatever --precision "
+                          "auto picks), with the dense layers not reading GELU's output as oneDNN int8 products, "
+                          "calibrated at load: faster on AVX2 CPUs, where bfloat16 isn't; scores slightly off, "
                           "and as the activations share one range a batch, a text's scores move slightly with "
-                          "the texts batched with it; float32 only). tflite-int8 = the token classifier in TFLite "
+                          "the texts batched with it; float32 with a note where it can't run "
+                          "(docs/benchmarks.md#int8-dense-layers). tflite-int8 = the token classifier in TFLite "
                           "(XNNPACK) with int8 weights, scores slightly off, converted once and kept in "
                           "MODEL_DIR/engines/: what the int8 .tflite export scores, to check it before deploying "
                           "(docs/benchmarks.md#engines)", ENGINES,
@@ -371,8 +373,10 @@ class Config:
             raise ValueError("--precision bfloat16 needs a CPU with AVX512-BF16 or AMX, which this one lacks "
                              "(it would run float32 and be slower); use --precision float32")
         if "engine" in offered and self.engine in INT8_ENGINES and precisions & {"bfloat16", "float16"}:
-            raise ValueError(f"--precision rewrites the SavedModel's graph, which --engine {self.engine} does not "
-                             "run; drop --precision, or use --engine fused")
+            why = ("its int8 products run in float32" if self.engine == "fused-int8" else
+                   "--precision rewrites the SavedModel's graph, which it does not run")
+            raise ValueError(f"--engine {self.engine} takes no --precision {(precisions - {'auto', 'float32'}).pop()}: "
+                             f"{why}; drop --precision, or use --engine fused")
         if "engine" in offered and self.engine in INT8_ENGINES and self.explain_method == "integrated-gradients":
             raise ValueError("--explain-method integrated-gradients follows the SavedModel's float32 gradients, "
                              f"not --engine {self.engine}'s int8 weights, so its weights would not explain the "

@@ -112,6 +112,24 @@ def test_an_int8_form_that_scores_too_far_off_falls_back_to_float32_saying_so(sa
     assert any("int8 form scores too far off" in line for line in lines), lines
 
 
+@pytest.mark.parametrize("cause", ["onednn-off", "no-gelu"])
+def test_where_int8_cannot_run_as_measured_it_scores_in_float32_saying_why(saved, monkeypatch, cause):
+    """Without oneDNN's kernels there are no int8 products; without a GELU it finds, the engine can't tell
+    which layers to keep in float32 (every layer in int8 missed the accuracy target)."""
+    from tfhub_classifier import runtime
+    from tfhub_classifier.inference import engines
+    from tfhub_classifier.model import fusion
+    if cause == "onednn-off":
+        monkeypatch.setattr(runtime, "onednn_enabled", lambda: False)
+    else:
+        monkeypatch.setattr(fusion, "_gelu", lambda graph, start: (None, None))
+    lines = []
+    engine, _, precision = engines.load(saved["binary"], "float32", "fused-int8", log=lines.append)
+    assert engines.in_use(engine, "fused-int8") in ("fused", "savedmodel") and precision == "float32"
+    why = "TF_ENABLE_ONEDNN_OPTS=0" if cause == "onednn-off" else "no GELU"
+    assert [line for line in lines if "rather than int8" in line and why in line], lines
+
+
 def test_an_int8_form_that_cannot_be_built_falls_back_to_float32_saying_so(saved, monkeypatch):
     from tfhub_classifier.inference import engines
     from tfhub_classifier.model import quantization
@@ -313,7 +331,7 @@ def test_predict_and_explain_through_an_engine(saved, capsys):
 
 @pytest.mark.parametrize("int8_engine", ["tflite-int8", "fused-int8"])
 def test_flags_an_engine_would_ignore_are_refused(int8_engine):
-    with pytest.raises(ValueError, match=f"--engine {int8_engine} does not run"):
+    with pytest.raises(ValueError, match=f"--engine {int8_engine} takes no --precision float16: .*drop --precision"):
         config.resolve(engine=int8_engine, precision="float16").validate(config.PREDICT)
     assert config.resolve(engine=int8_engine, precision="auto").validate(config.PREDICT).engine == int8_engine
     with pytest.raises(ValueError, match=f"not --engine {int8_engine}'s int8 weights.*use --explain-method occlusion"):
@@ -341,7 +359,7 @@ def test_the_server_scores_through_the_engine(saved):
 
 
 @needs_onednn
-def test_the_server_and_predict_score_with_int8_products_and_say_so(saved, capsys):
+def test_the_server_and_predict_score_with_int8_products_and_say_so(saved):
     from tfhub_classifier.serving.servable import Servable
     servable = Servable.load(config.resolve(model_dir=saved["binary"], engine="fused-int8"), log=lambda line: None)
     assert (servable.engine, servable.precision) == ("fused-int8", "int8 dense layers (oneDNN)")

@@ -69,10 +69,11 @@ def gelu(x):
 
 
 @needs_onednn
+@pytest.mark.parametrize("smoothed", [False, True], ids=["plain", "smoothed"])
 @pytest.mark.parametrize("gelu_after", [False, True], ids=["bias", "bias-and-gelu"])
 @pytest.mark.parametrize("per_column", [False, True], ids=["per-layer", "per-column"])
 @pytest.mark.parametrize("offset", [0.0, 5.0, -5.0])
-def test_an_int8_layer_computes_the_dense_layer_wherever_its_activations_lie(offset, per_column, gelu_after):
+def test_an_int8_layer_computes_the_dense_layer_wherever_its_activations_lie(offset, per_column, gelu_after, smoothed):
     """Activations shifted far from zero (as after a residual sum) still give x @ W + b [then exact GELU,
     in the same op]: oneDNN multiplies the 8-bit numbers of x - min(x) and the weights, and min(x) times
     the weights' sums comes back through the bias."""
@@ -82,16 +83,20 @@ def test_an_int8_layer_computes_the_dense_layer_wherever_its_activations_lie(off
     weights = (rng.normal(size=(96, 32)) * 0.1 * rng.uniform(0.2, 2, size=32)).astype(np.float32)
     weights[:, 7] = 0  # a column of zeros: its output is its bias
     bias = rng.normal(size=32).astype(np.float32)
-    got = int8_layer(x, weights, bias, per_column, gelu_after)
+    divisors = rng.uniform(0.5, 3, size=96).astype(np.float32) if smoothed else None
+    got = int8_layer(x, weights, bias, per_column, gelu_after, divisors)
     then = gelu if gelu_after else (lambda values: values)
     # The same 8-bit numbers multiplied in float64, then the shift put back.
-    step = (x.max() - x.min()) / 255
-    quantized, bound, column_sums = quantization.quantized_weights(weights, per_column)
+    inputs = x if divisors is None else x / divisors
+    step = (inputs.max() - inputs.min()) / 255
+    quantized, bound, column_sums = quantization.quantized_weights(
+        weights if divisors is None else weights * divisors[:, None], per_column)
     dequantized = quantized * (bound / 127.0)
-    exact = then((np.round((x - x.min()) / step) * step) @ dequantized + bias + x.min() * column_sums)
+    exact = then((np.round((inputs - inputs.min()) / step) * step) @ dequantized + bias + inputs.min() * column_sums)
     # A value rounded the other way at a tie moves an output by at most a step times the largest weight
     # (GELU's slope is at most 1.13).
-    np.testing.assert_allclose(got, exact, atol=2 * 1.13 * step * np.abs(weights).max() + 1e-5)
+    largest = np.abs(weights if divisors is None else weights * divisors[:, None]).max()
+    np.testing.assert_allclose(got, exact, atol=2 * 1.13 * step * largest + 1e-5)
     want = then(x @ weights + bias)
     assert 1e-4 < np.abs(got - want).max() < 0.05 * np.abs(want).max()  # int8's error: above float32's, small
     np.testing.assert_allclose(got[:, 7], then(bias[7]), rtol=1e-5)
@@ -167,9 +172,11 @@ def test_layers_reading_a_gelus_output_can_be_left_in_float32():
     assert fused.int8_layers == 4  # of the five: the one reading the Dense layer's GELU stays float32
     ops = executed_ops(fused, next(iter(batches())))
     assert ops.get("_QuantizedMatMul") == 4, ops
-    # That one's input is the GELU's output as the other int8 product computed it.
+    # The float32 products left: that one (Keras' Dense, through Tensordot) and the head's.
     nodes = fused.function.graph.as_graph_def().node
-    assert sum(node.op == "MatMul" for node in nodes) == 2  # it and the head
+    float32_products = [node.name for node in nodes if node.op == "MatMul"]
+    assert len(float32_products) == 2 and {"/dense_1/", "/dense_2/"} == {
+        layer for layer in ("/dense_1/", "/dense_2/") for name in float32_products if layer in name}
     for tokens in batches():
         expected = function({key: tf.constant(value) for key, value in tokens.items()}).numpy()
         np.testing.assert_allclose(fused(tokens).numpy(), expected, atol=0.02 * np.abs(expected).max() + 1e-3)

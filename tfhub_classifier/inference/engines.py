@@ -98,7 +98,7 @@ def tokens_of(model, texts):
 
 def in_use(model, engine):
     """The engine that scores with model, loaded for --engine engine: auto is fused, which falls back to
-    savedmodel."""
+    savedmodel; fused-int8 falls back to fused, then savedmodel."""
     if engine in ("auto", "fused", "fused-int8"):
         if not isinstance(model, FusedClassifier):
             return "savedmodel"

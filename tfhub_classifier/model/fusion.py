@@ -336,7 +336,7 @@ class FusedFunction:
     """A token classifier's frozen, rewritten graph as a function of the token dict; the counts say what was
     rewritten (dense layers, GELUs and layer normalizations fused; attentions run as the suite's kernel,
     in chunks, and as saved: recognized, but neither rewrite reproduced them; dense layers before GELU
-    whose weights are held)."""
+    whose weights are held; dense layers run as int8 products)."""
     function: object
     dense_layers: int
     gelus: int

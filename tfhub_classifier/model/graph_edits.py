@@ -15,7 +15,8 @@ from tfhub_classifier.runtime import tf
 
 ELEMENTWISE = {"Mul", "RealDiv", "AddV2", "Add", "Sub", "Neg", "Erf", "Erfc", "Tanh", "Pow", "Square", "Sqrt", "Rsqrt",
                "Reciprocal", "Cast"}
-FOLDABLE = ELEMENTWISE | {"Reshape", "ExpandDims", "Squeeze", "ConcatV2"}  # what may compute a constant from constants
+# What may compute a constant from constants (ConcatV2: Keras' Tensordot builds its permutation by one).
+FOLDABLE = ELEMENTWISE | {"Reshape", "ExpandDims", "Squeeze", "ConcatV2"}
 
 
 @dataclasses.dataclass
