@@ -33,6 +33,10 @@ SETTINGS = {**GROUPS, "all-but-feed-forward-out": sum((GROUPS[name] for name in 
 TARGET_POINTS, TARGET_AGREEING = 0.3, 0.99
 
 
+def setting_name(setting, scales, smoothing):
+    return f"{setting} {scales}" + ("" if smoothing == "none" else f" smoothed-{smoothing}")
+
+
 def largest_weights(graph, bias_add):
     """(The largest |weight|, the 99.9th percentile of |weight|) of the dense layer whose BiasAdd is bias_add."""
     from tfhub_classifier.model.graph_edits import node_of
@@ -58,8 +62,10 @@ def main(argv=None):
     from tfhub_classifier.inference import engines, scoring
     from tfhub_classifier.model import quantization, saving
     cfg = config.resolve(**common.real_data_flags())
-    train, _, test = imdb.load_splits(cfg, caps=(256, 1, args.reviews))
-    calibration = {"none": None, "reviews": list(train.texts[:256]), "generic": engines.CALIBRATION_TEXTS}
+    with_train = "reviews" in args.smoothing  # the training reviews are read only to calibrate on
+    train, _, test = imdb.load_splits(cfg, with_train=with_train, caps=(256 if with_train else 0, 1, args.reviews))
+    calibration = {"none": None, "reviews": list(train.texts[:256]) if with_train else None,
+                   "generic": engines.CALIBRATION_TEXTS}
     model, _, _ = saving.load_model(args.model_dir, "float32")
     every_layer = quantization.quantize_dense
     scorers = {"float32": engines.FusedClassifier(model, log=lambda line: None)}
@@ -72,7 +78,7 @@ def main(argv=None):
             weights.update({layer: largest_weights(graph, layer) for layer in layers})
             return every_layer(graph, layers, weight_scales, **options)
         quantization.quantize_dense = chosen
-        name = f"{setting} {scales}" + ("" if smoothing == "none" else f" smoothed-{smoothing}")
+        name = setting_name(setting, scales, smoothing)
         scorers[name] = engines.FusedClassifier(model, log=lambda line: None, int8=scales,
                                                 int8_calibration=calibration[smoothing])
         fused, reference = scorers[name].fused, scorers["float32"].fused
@@ -116,7 +122,7 @@ def main(argv=None):
                   + ", ".join(f"{weights[layer][0]:.2f}/{weights[layer][1]:.2f}" for layer in layers))
     run["largest_weights"] = {layer: list(values) for layer, values in weights.items()}
     for setting, scales, smoothing in chosen_settings:
-        name = f"{setting} {scales}" + ("" if smoothing == "none" else f" smoothed-{smoothing}")
+        name = setting_name(setting, scales, smoothing)
         difference = np.abs(logits[name] - reference)
         agreeing = float(np.mean((logits[name] >= 0) == (reference >= 0)))
         points = 100 * (accuracy[name] - accuracy["float32"])

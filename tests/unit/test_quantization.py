@@ -172,11 +172,16 @@ def test_layers_reading_a_gelus_output_can_be_left_in_float32():
     assert fused.int8_layers == 4  # of the five: the one reading the Dense layer's GELU stays float32
     ops = executed_ops(fused, next(iter(batches())))
     assert ops.get("_QuantizedMatMul") == 4, ops
-    # The float32 products left: that one (Keras' Dense, through Tensordot) and the head's.
-    nodes = fused.function.graph.as_graph_def().node
-    float32_products = [node.name for node in nodes if node.op == "MatMul"]
-    assert len(float32_products) == 2 and {"/dense_1/", "/dense_2/"} == {
-        layer for layer in ("/dense_1/", "/dense_2/") for name in float32_products if layer in name}
+    # The float32 products left: that one (Keras' Dense, through Tensordot), reading what the int8 product
+    # with GELU computed, and the head's.
+    from tfhub_classifier.model import quantization
+    from tfhub_classifier.model.graph_edits import Graph, node_of
+    graph = Graph(fused.function.graph.as_graph_def())
+    sources = [graph.nodes[node_of(quantization._reshaped_from(graph, node.input[0]))]
+               for node in graph.graph_def.node if node.op == "MatMul"]
+    assert len(sources) == 2
+    int8_sources = [node for node in sources if node.op == "_QuantizedMatMul"]
+    assert [b"GeluExact" in node.attr["fused_ops"].list.s for node in int8_sources] == [True]
     for tokens in batches():
         expected = function({key: tf.constant(value) for key, value in tokens.items()}).numpy()
         np.testing.assert_allclose(fused(tokens).numpy(), expected, atol=0.02 * np.abs(expected).max() + 1e-3)
