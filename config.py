@@ -249,7 +249,7 @@ class Config:
                           "--precision. auto = fused, but savedmodel for predict.py's texts given on the command "
                           "line, too few to repay the build. fused-int8 = fused in float32 (whatever --precision "
                           "auto picks), with the dense layers not reading GELU's output as oneDNN int8 products, "
-                          "calibrated at load: faster on AVX2 CPUs, where bfloat16 isn't; scores slightly off, "
+                          "calibrated at load: measured faster on an AVX2 CPU; scores slightly off, "
                           "and as the activations share one range a batch, a text's scores move slightly with "
                           "the texts batched with it; float32 with a note where it can't run "
                           "(docs/benchmarks.md#int8-dense-layers). tflite-int8 = the token classifier in TFLite "

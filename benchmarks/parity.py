@@ -89,6 +89,7 @@ def child(model_dir, reviews, pipeline, precision):
     return {"accuracy": float(np.mean((logits >= 0) == test.labels)), "reviews_per_s": len(test) / seconds,
             "seq_length": record["config"]["seq_length"], "reviews": len(test),
             "attention": engines.attention_in_use(model),
+            "int8_layers": model.fused.int8_layers if isinstance(model, engines.FusedClassifier) else 0,
             "probabilities": (1 / (1 + np.exp(-np.asarray(logits, np.float64)))).tolist()}
 
 
@@ -129,7 +130,8 @@ def main(argv=None):
             continue
         results[name] = result
         print(f"{name:<18} accuracy={result['accuracy']:.4f} reviews/s={result['reviews_per_s']:.1f}"
-              + (f" attention={result['attention']}" if result["attention"] else ""), flush=True)
+              + (f" attention={result['attention']}" if result["attention"] else "")
+              + (f" int8_layers={result['int8_layers']}" if result.get("int8_layers") else ""), flush=True)
     if "ours-fp32" in results:
         reference = np.array(results["ours-fp32"]["probabilities"])
         for name in results.keys() - {"ours-fp32"}:

@@ -129,7 +129,7 @@ def int8_or_fused(model, log=print):
     run it, or if the rewrite fails, quantizes nothing, finds no GELU (so it can't tell which layers to
     leave in float32) or scores too far off: int8 only saves time."""
     reason = ("oneDNN's kernels are off (TF_ENABLE_ONEDNN_OPTS=0), and the int8 products are theirs"
-              if not runtime.onednn_enabled() else
+              if runtime.onednn_enabled() is False else
               "the int8 products are oneDNN's, for CPUs, and a GPU will run it"
               if tf.config.list_physical_devices("GPU") else None)
     if reason is None:
@@ -143,6 +143,8 @@ def int8_or_fused(model, log=print):
                       if not quantized.fused.int8_layers else
                       "it has no GELU in the form --engine fused-int8 finds, so no layer after one to keep in float32"
                       if not quantized.fused.gelus else
+                      "it found no layer reading a GELU's output to keep in float32"
+                      if quantized.fused.int8_layers >= quantized.fused.dense_layers else
                       f"its int8 form scores too far off (logits {difference:.2g} apart on a probe text)"
                       if not difference <= INT8_TOLERANCE * max(1.0, largest) else None)  # NaN included
     if reason is None:
