@@ -372,5 +372,5 @@ def test_the_server_and_predict_score_with_int8_products_and_say_so(saved):
     assert servable.attention is not None  # the fused graph's attention, as for --engine fused
     expected = predict.main(["--model-dir", saved["multiclass"], "--precision", "float32", *TEXTS])
     got = predict.main(["--model-dir", saved["multiclass"], "--engine", "fused-int8", *TEXTS])
-    assert np.abs(got - expected).max() > 1e-4  # int8 products' scores, not float32's rounding
+    assert np.abs(np.subtract(got, expected)).max() > 1e-4  # int8 products' scores, not float32's rounding
     np.testing.assert_allclose(got, expected, atol=0.05)
