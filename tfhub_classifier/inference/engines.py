@@ -128,29 +128,40 @@ def int8_or_fused(model, log=print):
     fused_or_saved's float32 engine instead, with a note, where oneDNN's kernels are off or a GPU would
     run it, or if the rewrite fails, quantizes nothing, finds no GELU (so it can't tell which layers to
     leave in float32) or scores too far off: int8 only saves time."""
-    reason = ("oneDNN's kernels are off (TF_ENABLE_ONEDNN_OPTS=0), and the int8 products are theirs"
-              if runtime.onednn_enabled() is False else
-              "the int8 products are oneDNN's, for CPUs, and a GPU will run it"
-              if tf.config.list_physical_devices("GPU") else None)
+    quantized, reason = None, _int8_unavailable()
     if reason is None:
         try:  # any failure of the rewrite falls back to float32
             quantized = FusedClassifier(model, log, **INT8_OPTIONS)
-            difference, largest = quantized.largest_difference()
+            reason = _int8_refused(quantized, *quantized.largest_difference())
         except Exception as error:
             reason = f"its int8 form could not be built ({cli.error_summary(error)})"
-        else:
-            reason = ("none of its dense layers has a form --engine fused-int8 quantizes"
-                      if not quantized.fused.int8_layers else
-                      "it has no GELU in the form --engine fused-int8 finds, so no layer after one to keep in float32"
-                      if not quantized.fused.gelus else
-                      "it found no layer reading a GELU's output to keep in float32"
-                      if quantized.fused.int8_layers >= quantized.fused.dense_layers else
-                      f"its int8 form scores too far off (logits {difference:.2g} apart on a probe text)"
-                      if not difference <= INT8_TOLERANCE * max(1.0, largest) else None)  # NaN included
     if reason is None:
         return quantized
     log(f"note: scoring in float32 rather than int8: {reason}")
     return fused_or_saved(model, "float32", log)
+
+
+def _int8_unavailable():
+    """Why no int8 product can run here, or None."""
+    if runtime.onednn_enabled() is False:
+        return "oneDNN's kernels are off (TF_ENABLE_ONEDNN_OPTS=0), and the int8 products are theirs"
+    if tf.config.list_physical_devices("GPU"):
+        return "the int8 products are oneDNN's, for CPUs, and a GPU will run it"
+    return None
+
+
+def _int8_refused(quantized, difference, largest):
+    """Why the int8 form built is not the one measured, or scores too far off the saved graph; or None."""
+    fused = quantized.fused
+    if not fused.int8_layers:
+        return "none of its dense layers has a form --engine fused-int8 quantizes"
+    if not fused.gelus:
+        return "it has no GELU in the form --engine fused-int8 finds, so no layer after one to keep in float32"
+    if fused.int8_layers >= fused.dense_layers:
+        return "it found no layer reading a GELU's output to keep in float32"
+    if not difference <= INT8_TOLERANCE * max(1.0, largest):  # NaN included
+        return f"its int8 form scores too far off (logits {difference:.2g} apart on a probe text)"
+    return None
 
 
 def fused_or_saved(model, precision, log=print):
@@ -217,8 +228,8 @@ def load(model_dir, precision, engine="auto", log=print):
         return fused_or_saved(model, precision, log), record, precision
     if engine == "fused-int8":
         model, record, _ = saving.load_model(model_dir, "float32")
-        engine = int8_or_fused(model, log)
-        return engine, record, PRECISION["fused-int8"] if in_use(engine, "fused-int8") == "fused-int8" else "float32"
+        scorer = int8_or_fused(model, log)
+        return scorer, record, PRECISION["fused-int8"] if in_use(scorer, "fused-int8") == "fused-int8" else "float32"
     model, record, _ = saving.load_model(model_dir, "float32")  # only its tokenizer runs
     path = os.path.join(model_dir, CACHE_FOLDER, f"{engine}-{fingerprint(model_dir)}.tflite")
     if os.path.isfile(path):

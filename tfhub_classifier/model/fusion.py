@@ -382,7 +382,7 @@ def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8
         if int8_calibration is not None:
             inputs = quantization.activation_inputs(graph, bias_adds, gelus, int8_after_gelu)
             feeds = {tensor: int8_calibration[key] for key, tensor in _placeholders(concrete_function).items()}
-            values = run_graph(graph_def, [name if ":" in name else f"{name}:0" for name in inputs.values()], feeds)
+            values = run_graph(graph_def, inputs.values(), feeds)
             ranges = {key: np.abs(value).max(0) for key, value in zip(inputs, values)}
         quantize, int8_layers = quantization.quantize_dense(graph, bias_adds, int8, gelus=gelus,
                                                             after_gelu=int8_after_gelu, channel_ranges=ranges)

@@ -211,18 +211,16 @@ def run_nodes(nodes, output, feeds):
     """Run a small graph of nodes once and return output's value."""
     graph_def = graph_pb2.GraphDef()
     graph_def.node.extend(nodes)
-    with tf.Graph().as_default() as graph:
-        tf.graph_util.import_graph_def(graph_def, name="")
-        with tf.compat.v1.Session(graph=graph) as session:
-            return session.run(output + ":0", feeds)
+    return run_graph(graph_def, [output], feeds)[0]
 
 
 def run_graph(graph_def, outputs, feeds):
-    """The values of the tensors named in outputs, graph_def run once on feeds ({tensor name: value})."""
+    """The values of the tensors named in outputs ("node" or "node:k"), graph_def run once on feeds
+    ({tensor name: value})."""
     with tf.Graph().as_default() as graph:
         tf.graph_util.import_graph_def(graph_def, name="")
         with tf.compat.v1.Session(graph=graph) as session:
-            return session.run(list(outputs), feeds)
+            return session.run([name if ":" in name else f"{name}:0" for name in outputs], feeds)
 
 
 def apply(graph_def, edit):

@@ -59,7 +59,8 @@ def quantize_dense(graph, bias_adds, scales="per-layer", gelus=None, after_gelu=
     multiplied by them (SmoothQuant), so a few large channels no longer set the whole batch's range."""
     if scales not in SCALES:
         raise ValueError(f"int8 weight scales must be one of {', '.join(SCALES)}, not {scales!r}")
-    gelus, layers = gelus or {}, _layers(graph, bias_adds, gelus or {}, after_gelu)
+    gelus = gelus or {}
+    layers = _layers(graph, bias_adds, gelus, after_gelu)
     smoothing = {}
     for key, largest in (channel_ranges or {}).items():
         rows = [np.abs(weights).max(1) for _, _, weights, same in layers if same == key]
