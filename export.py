@@ -30,8 +30,8 @@ def parse(argv=None):
                              "as model.tflite for TFLite/LiteRT (default: core-ops)")
     parser.add_argument("--quantize", choices=config.QUANTIZATIONS, default=None,
                         help="tflite: none = float32 weights; int8 = int8 weights (dynamic range), a quarter "
-                             "of the size, faster on CPUs that multiply int8 faster than float32 (VNNI, AMX; "
-                             "docs/benchmarks.md); float16 = float16 weights, half the size (default: none)")
+                             "of the size, a little off, its speed against float32 depending on the CPU "
+                             "(docs/benchmarks.md#tflite); float16 = float16 weights, half the size (default: none)")
     config.add_flags(parser, config.EXPORT)
     return parser.parse_args(argv)
 

@@ -9,7 +9,8 @@ every review padded to the full length, batch 32) in float32, the SavedModel's s
 signature in float32 (what TensorFlow Serving runs), ours with the bfloat16 rewrite, the fused graph
 (--engine fused, the default) in float32 and bfloat16 (its float32 attention the suite's kernel;
 "fused-chunks": TensorFlow's ops a chunk of the batch at a time, as without a compiler and in bfloat16;
-"fused-whole": TensorFlow's ops on the whole batch at once), --engine fused-int8, and the TFLite
+"fused-whole": TensorFlow's ops on the whole batch at once), --engine fused-int8 (and
+"fused-int8-batch-ranges": its activations quantized over each batch's range), and the TFLite
 engines (TFLite in float32, --engine tflite-int8, and float16 weights as export.py --quantize float16
 writes them). Each is compared with ours in float32: accuracy, labels agreeing, largest
 probability difference; and each one's reviews/s, scoring from the raw texts (a TFLite engine's
@@ -34,13 +35,14 @@ WAYS = {"ours-fp32": ("fast", "float32"), "tutorial-fp32": ("tutorial", "float32
         "fused-fp32": ("fused", "float32"), "fused-bf16": ("fused", "bfloat16"),
         "fused-chunks-fp32": ("fused-chunks", "float32"),
         "fused-whole-fp32": ("fused-whole", "float32"), "fused-whole-bf16": ("fused-whole", "bfloat16"),
-        "fused-int8": ("fused-int8", "float32"),
+        "fused-int8": ("fused-int8", "float32"), "fused-int8-batch-ranges": ("fused-int8-batch-ranges", "float32"),
         "tflite-fp32": ("tflite", "float32"), "tflite-int8": ("tflite-int8", "float32"),
         "tflite-fp16": ("tflite-float16", "float32")}  # the last: export.py --quantize float16's weights
 # How a fused way's graph must run attention (engines.attention_in_use); float32's fused way needs the kernel.
 # The accuracy target for every engine, against ours in float32 on the same reviews.
 TARGET_POINTS, TARGET_AGREEING = 0.3, 0.99
-ATTENTION = {"fused-fp32": "kernel", "fused-int8": "kernel", "fused-chunks-fp32": "chunks", "fused-bf16": "chunks",
+ATTENTION = {"fused-fp32": "kernel", "fused-int8": "kernel", "fused-int8-batch-ranges": "kernel",
+             "fused-chunks-fp32": "chunks", "fused-bf16": "chunks",
              "fused-whole-fp32": "as saved", "fused-whole-bf16": "as saved"}
 
 
@@ -62,6 +64,9 @@ def child(model_dir, reviews, pipeline, precision):
             from tfhub_classifier.model import attention_chunks, attention_kernel
             attention_chunks.find = attention_kernel.find = lambda graph: []
             pipeline = "fused"
+        if pipeline == "fused-int8-batch-ranges":  # each int8 layer's activations over each batch's own range
+            engines.INT8_OPTIONS = dict(engines.INT8_OPTIONS, int8_ranges="batch")
+            pipeline = "fused-int8"
         if pipeline == "fused-chunks":  # the fused graph's attention in chunks, to measure the kernel
             from tfhub_classifier.model import attention_kernel
             attention_kernel.find = lambda graph: []

@@ -32,7 +32,8 @@ def child(spec):
     fused-int8 and tflite-int8 measure evaluation alone, through a saved model. attention_kernel=False:
     the fused graph's attention as TensorFlow's ops in chunks, not the suite's kernel. optimizer_kernels=False:
     tf-keras' own AdamW, not the suite's (training/optimization.AdamW). gelu_weights_held: True or False
-    overrides whether the fused graph holds the weights of dense layers before GELU (model/fusion.py)."""
+    overrides whether the fused graph holds the weights of dense layers before GELU (model/fusion.py).
+    inter_op_threads: the size of TensorFlow's inter-op thread pool (TensorFlow's own choice otherwise)."""
     engine = spec.get("engine", "fused")
     if engine in ("fused-int8", "tflite-int8"):
         return engine_child(spec)
@@ -45,6 +46,9 @@ def child(spec):
     from tfhub_classifier.runtime import keras, tf
     from tfhub_classifier.training import optimization, trainer
 
+    if spec.get("inter_op_threads"):  # before TensorFlow's runtime starts
+        tf.config.threading.set_inter_op_parallelism_threads(spec["inter_op_threads"])
+
     cfg = config.resolve(recipe="official", seq_length=spec["seq_length"], pipeline=spec["pipeline"],
                          precision=spec["precision"], jit_compile=spec.get("jit", False),
                          batch_size=spec.get("batch_size"), truncation="head", **common.real_data_flags())
@@ -54,7 +58,8 @@ def child(spec):
     test_cap = max(eval_reviews, PREDICT_REVIEWS if measure_predict else 64)
     train_split, _, test = imdb.load_splits(cfg, caps=(train_steps * cfg.batch_size, 1, test_cap))
     session = trainer.Session(cfg, log=lambda *_: None)
-    results = {"precision": session.precision, "onednn": runtime.onednn_enabled()}
+    results = {"precision": session.precision, "onednn": runtime.onednn_enabled(),
+               "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
 
     train_ds, _ = session.datasets(train_split, train_split)
     suite_adamw = optimization.AdamW

@@ -98,6 +98,26 @@ def test_evaluate_reports_the_same_test_accuracy(trained):
     assert metrics["loss"] == pytest.approx(record["test_metrics"]["loss"], abs=1e-4)
 
 
+@pytest.mark.parametrize("engine", ["savedmodel", "fused-int8"])
+def test_evaluate_scores_through_the_engine_it_is_given(trained, engine):
+    from tfhub_classifier import runtime
+    from tfhub_classifier.inference import engines
+    if engine == "fused-int8" and not runtime.onednn_enabled():
+        pytest.skip("fused-int8 runs oneDNN's int8 products, off in this process")
+    flags, record = trained
+    metrics = evaluate.main(["--model-dir", flags["--model-dir"], "--data-dir", flags["--data-dir"],
+                             "--plots-dir", flags["--plots-dir"], "--engine", engine,
+                             *(["--precision", "float32"] if engine == "savedmodel" else [])])
+    assert metrics["engine"] == engine  # what ran: a fallback would name the float32 engine
+    if engine == "savedmodel":  # the graph as trained, in float32: the fused graph's test figures to rounding
+        assert metrics["precision_mode"] == "float32"
+        assert metrics["loss"] == pytest.approx(record["test_metrics"]["loss"], abs=1e-4)
+    else:  # int8 dense layers: near the float32 figures, not equal to them
+        assert metrics["precision_mode"] == engines.PRECISION["fused-int8"]
+        assert metrics["loss"] == pytest.approx(record["test_metrics"]["loss"], abs=0.05)
+        assert metrics["loss"] != pytest.approx(record["test_metrics"]["loss"], abs=1e-7)
+
+
 def test_predict_prints_aligned_scores(trained, capsys):
     flags, record = trained
     scores = predict.main(["--model-dir", flags["--model-dir"], "--precision", "float32",

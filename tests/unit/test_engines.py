@@ -98,7 +98,9 @@ def test_the_fused_int8_engine_scores_near_the_saved_graph(saved, kind):
     scale = np.abs(expected).max()
     assert np.abs(logits(engine, TEXTS) - expected).max() > 1e-4 * scale  # int8 products, not float32's rounding
     np.testing.assert_allclose(logits(engine, TEXTS), expected, atol=0.02 * scale)
-    np.testing.assert_allclose(logits(engine, TEXTS, batch_size=64), expected, atol=0.02 * scale)
+    # Its activations' ranges were measured at load, so a text scores the same alone or in any batch.
+    np.testing.assert_allclose(logits(engine, TEXTS, batch_size=64), logits(engine, TEXTS, batch_size=1),
+                               atol=1e-5 * scale)
 
 
 @needs_onednn
@@ -268,7 +270,7 @@ def test_a_batch_runs_at_the_smallest_width_that_holds_it(saved):
         engine.classify_tokens({"input_word_ids": wide, "input_mask": wide, "input_type_ids": 0 * wide})
 
 
-def test_the_conversion_is_kept_for_that_model_only(hub_models, tmp_path):
+def test_the_conversion_is_kept_for_that_model_and_tensorflow_only(hub_models, tmp_path, monkeypatch):
     from tfhub_classifier.inference import engines
     model_dir = helpers.untrained_classifier(tmp_path / "a", *hub_models, tasks.Task("binary", LABELS["binary"]),
                                              "head")
@@ -290,7 +292,7 @@ def test_the_conversion_is_kept_for_that_model_only(hub_models, tmp_path):
     np.testing.assert_allclose(logits(replaced, TEXTS), logits(saving.load(other)[0], TEXTS), atol=1e-4)
     # A damaged kept file is converted again; a killed write's leftover, once stale, is removed.
     folder = os.path.join(other, engines.CACHE_FOLDER)
-    damaged = [name for name in os.listdir(folder) if engines.fingerprint(other) in name][0]
+    damaged = os.path.basename(engines.kept_path(other, "tflite", saving.load(other)[1]["config"]["seq_length"]))
     with open(os.path.join(folder, damaged), "r+b") as f:
         f.truncate(1000)
     leftover = os.path.join(folder, damaged + ".0123.partial")
@@ -301,6 +303,11 @@ def test_the_conversion_is_kept_for_that_model_only(hub_models, tmp_path):
     assert said[0].startswith("note: ") and "converting again" in said[0] and said[1].startswith("Converting")
     np.testing.assert_allclose(logits(repaired, TEXTS), logits(replaced, TEXTS), atol=1e-6)
     assert not os.path.exists(leftover) and os.path.getsize(os.path.join(folder, damaged)) > 1000
+    # Another TensorFlow would convert differently: its conversion is made anew, the kept one left unread.
+    monkeypatch.setattr(engines.tf, "__version__", "0.0.other")
+    said.clear()
+    engines.load(other, "float32", "tflite", log=said.append)
+    assert said and said[0].startswith("Converting") and len(os.listdir(folder)) == 3
 
 
 def test_a_model_folder_that_cannot_be_written_still_gets_its_engine(saved, monkeypatch):
@@ -310,7 +317,7 @@ def test_a_model_folder_that_cannot_be_written_still_gets_its_engine(saved, monk
     def refused(path, content):
         raise PermissionError(13, "Permission denied", path)
     monkeypatch.setattr(files, "write_bytes", refused)
-    monkeypatch.setattr(engines, "fingerprint", lambda model_dir: "unkept")
+    monkeypatch.setattr(engines, "fingerprint", lambda *_: "unkept")
     said = []
     engine, _, _ = engines.load(saved["binary"], "float32", "tflite", log=said.append)
     assert any("could not keep the converted model" in line and "Permission denied" in line for line in said)

@@ -148,3 +148,21 @@ def test_a_mount_point_is_refused_before_the_export_naming_a_folder_inside(tmp_p
                                          rf"{out}/export \(nothing was overwritten\)"):
         core_ops.require_new_folder(str(out))
     assert core_ops.require_new_folder(str(out / "export")) == str(out / "export")
+
+
+@pytest.mark.parametrize("content", [b"not a flatbuffer at all", b""])
+def test_a_damaged_tflite_file_is_a_one_line_error_naming_the_fix(tmp_path, content, capsys):
+    import json
+
+    from tfhub_classifier.export import client_example
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\ngreat\n")
+    (tmp_path / "tokenizer.json").write_text(json.dumps(
+        {"lower_case": True, "seq_length": 8, "truncation": "head", "head_tokens": 6, "cls_id": 2, "sep_id": 3}))
+    (tmp_path / "labels.json").write_text(json.dumps(
+        {"task": "binary", "label_names": ["neg", "pos"], "display_names": ["neg", "pos"], "threshold": 0.5}))
+    (tmp_path / client_example.TFLITE_FILE).write_bytes(content)
+    with pytest.raises(SystemExit) as stopped:
+        client_example.main(["--export-dir", str(tmp_path), "great"])
+    message = str(stopped.value)
+    assert message.startswith("error: ") and "\n" not in message and "model.tflite cannot be read" in message
+    assert "export the model again with export.py --format tflite" in message

@@ -46,9 +46,10 @@ def test_per_column_scales_keep_one_large_weight_from_coarsening_the_other_colum
     assert error[:, others].max() < per_layer_error / 10
 
 
-def int8_layer(x, weights, bias, per_column=False, gelu=False, divisors=None):
+def int8_layer(x, weights, bias, per_column=False, gelu=False, divisors=None, fixed=None):
     """x @ weights + bias [then GELU] through quantization's int8 layer, run as a graph (x's channels
-    divided by divisors and the weights' rows multiplied by them, if given)."""
+    divided by divisors and the weights' rows multiplied by them, if given; quantized over the range fixed,
+    if given, else over x's own)."""
     from tensorflow.core.framework import graph_pb2
 
     from tfhub_classifier.model import quantization
@@ -57,7 +58,7 @@ def int8_layer(x, weights, bias, per_column=False, gelu=False, divisors=None):
     placeholder = graph_def.node.add(name="x", op="Placeholder")
     placeholder.attr["dtype"].type = tf.float32.as_datatype_enum
     nodes = [placeholder, const_node("bias", bias)]
-    activations, quantized = quantization._quantized_activations("layer", "x", divisors)
+    activations, quantized = quantization._quantized_activations("layer", "x", divisors, fixed)
     scaled = weights if divisors is None else weights * divisors[:, None]
     layer = quantization._int8_product("layer", *quantized, "bias",
                                        *quantization.quantized_weights(scaled, per_column), gelu=gelu)
@@ -72,11 +73,13 @@ def gelu(x):
 @pytest.mark.parametrize("smoothed", [False, True], ids=["plain", "smoothed"])
 @pytest.mark.parametrize("gelu_after", [False, True], ids=["bias", "bias-and-gelu"])
 @pytest.mark.parametrize("per_column", [False, True], ids=["per-layer", "per-column"])
+@pytest.mark.parametrize("ranges", ["batch", "fixed"])
 @pytest.mark.parametrize("offset", [0.0, 5.0, -5.0])
-def test_an_int8_layer_computes_the_dense_layer_wherever_its_activations_lie(offset, per_column, gelu_after, smoothed):
+def test_an_int8_layer_computes_the_dense_layer_wherever_its_activations_lie(offset, ranges, per_column, gelu_after,
+                                                                            smoothed):
     """Activations shifted far from zero (as after a residual sum) still give x @ W + b [then exact GELU,
-    in the same op]: oneDNN multiplies the 8-bit numbers of x - min(x) and the weights, and min(x) times
-    the weights' sums comes back through the bias."""
+    in the same op]: oneDNN multiplies the 8-bit numbers of x - low and the weights, and low times the
+    weights' sums comes back through the bias; low is min(x), or a fixed range's own."""
     from tfhub_classifier.model import quantization
     rng = np.random.default_rng(1)
     x = (rng.normal(size=(64, 96)) + offset).astype(np.float32)
@@ -84,15 +87,20 @@ def test_an_int8_layer_computes_the_dense_layer_wherever_its_activations_lie(off
     weights[:, 7] = 0  # a column of zeros: its output is its bias
     bias = rng.normal(size=32).astype(np.float32)
     divisors = rng.uniform(0.5, 3, size=96).astype(np.float32) if smoothed else None
-    got = int8_layer(x, weights, bias, per_column, gelu_after, divisors)
+    inputs = x if divisors is None else x / divisors
+    fixed = quantization.fixed_range(x.min(0), x.max(0), divisors) if ranges == "fixed" else None
+    got = int8_layer(x, weights, bias, per_column, gelu_after, divisors, fixed)
     then = gelu if gelu_after else (lambda values: values)
     # The same 8-bit numbers multiplied in float64, then the shift put back.
-    inputs = x if divisors is None else x / divisors
-    step = (inputs.max() - inputs.min()) / 255
+    low, high = fixed or (inputs.min(), inputs.max())
+    if fixed:  # the calibration's range, widened on each side
+        margin = quantization.RANGE_MARGIN * (inputs.max() - inputs.min())
+        np.testing.assert_allclose([low, high], [inputs.min() - margin, inputs.max() + margin], rtol=1e-5)
+    step = (high - low) / 255
     quantized, bound, column_sums = quantization.quantized_weights(
         weights if divisors is None else weights * divisors[:, None], per_column)
     dequantized = quantized * (bound / 127.0)
-    exact = then((np.round((inputs - inputs.min()) / step) * step) @ dequantized + bias + inputs.min() * column_sums)
+    exact = then((np.round((inputs - low) / step) * step) @ dequantized + bias + low * column_sums)
     # A value rounded the other way at a tie moves an output by at most a step times the largest weight
     # (GELU's slope is at most 1.13).
     largest = np.abs(weights if divisors is None else weights * divisors[:, None]).max()
@@ -100,6 +108,24 @@ def test_an_int8_layer_computes_the_dense_layer_wherever_its_activations_lie(off
     want = then(x @ weights + bias)
     assert 1e-4 < np.abs(got - want).max() < 0.05 * np.abs(want).max()  # int8's error: above float32's, small
     np.testing.assert_allclose(got[:, 7], then(bias[7]), rtol=1e-5)
+
+
+@needs_onednn
+def test_activations_beyond_a_fixed_range_are_clipped_to_it():
+    from tfhub_classifier.model import quantization
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(32, 16)).astype(np.float32)
+    x[0, 0], x[1, 1] = 40.0, -40.0  # far outside the range below
+    weights = (rng.normal(size=(16, 8)) * 0.1).astype(np.float32)
+    bias = np.zeros(8, np.float32)
+    low, high = -3.0, 3.0
+    got = int8_layer(x, weights, bias, per_column=True, fixed=(low, high))
+    step = (high - low) / 255
+    quantized, bound, column_sums = quantization.quantized_weights(weights, True)
+    clipped = np.round((np.clip(x, low, high) - low) / step) * step
+    exact = clipped @ (quantized * (bound / 127.0)) + low * column_sums
+    np.testing.assert_allclose(got, exact, atol=2 * step * np.abs(weights).max() + 1e-5)
+    assert np.abs(got[:2] - x[:2] @ weights).max() > 1  # the clipped rows: far from the float product
 
 
 @needs_onednn
@@ -218,3 +244,32 @@ def test_calibration_texts_set_a_smoothing_for_each_quantized_input():
     for tokens in batches():
         expected = function({key: tf.constant(value) for key, value in tokens.items()}).numpy()
         np.testing.assert_allclose(fused(tokens).numpy(), expected, atol=0.02 * np.abs(expected).max() + 1e-3)
+
+
+@needs_onednn
+def test_with_calibrated_ranges_a_text_scores_the_same_in_any_batch():
+    """Over each batch's range a text's scores move with its batch-mates; over the ranges measured on
+    calibration texts they don't (int8 sums are exact, whatever the batch)."""
+    from tfhub_classifier.model import fusion
+    calibration = list(batches())[2]  # 8 rows of 48 tokens
+    tokens = {key: value[:4] for key, value in calibration.items()}
+    tokens["input_word_ids"] = tokens["input_word_ids"].copy()
+    tokens["input_word_ids"][3] = tokens["input_word_ids"][3][::-1]  # batch-mates of other values
+    expected = token_classifier()({key: tf.constant(value) for key, value in tokens.items()}).numpy()
+    moved = {}
+    for ranges in fusion.INT8_RANGES:
+        fused = fusion.fuse(token_classifier(), int8="per-column", int8_calibration=calibration, int8_ranges=ranges)
+        together = fused(tokens).numpy()
+        alone = np.concatenate([fused({key: value[i:i + 1] for key, value in tokens.items()}).numpy()
+                                for i in range(4)])
+        moved[ranges] = np.abs(together - alone).max()
+        np.testing.assert_allclose(together, expected, atol=0.02 * np.abs(expected).max() + 1e-3)
+    assert moved["calibrated"] < 1e-5 < moved["batch"], moved
+
+
+def test_calibrated_ranges_need_calibration_texts_and_unknown_ranges_are_refused():
+    from tfhub_classifier.model import fusion
+    with pytest.raises(ValueError, match="need calibration tokens"):
+        fusion.fuse(token_classifier(), int8="per-column", int8_ranges="calibrated")
+    with pytest.raises(ValueError, match="batch, calibrated"):
+        fusion.fuse(token_classifier(), int8="per-column", int8_ranges="per-token")

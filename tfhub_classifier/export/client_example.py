@@ -289,10 +289,15 @@ def tflite_scorer(path):
         import tensorflow as tf
         Interpreter = tf.lite.Interpreter  # noqa: N806 (a class)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    with warnings.catch_warnings():  # tf.lite's notice that LiteRT's package will replace it: either scores
-        warnings.simplefilter("ignore")
-        interpreter = Interpreter(model_path=path, num_threads=cores)
-    runners = signature_runners(interpreter)
+    try:
+        with warnings.catch_warnings():  # tf.lite's notice that LiteRT's package will replace it: either scores
+            warnings.simplefilter("ignore")
+            interpreter = Interpreter(model_path=path, num_threads=cores)
+        runners = signature_runners(interpreter)
+    except (ValueError, RuntimeError, KeyError) as error:  # not a .tflite, or not one export.py wrote
+        first = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        raise ExportError(f"{path} cannot be read as this export's model ({first}); export the model "
+                          "again with export.py --format tflite") from None
 
     def score(tokens):
         rows, width = fitted(tokens, runners)
@@ -325,6 +330,10 @@ def signature_runners(interpreter):
 
 class ServerError(Exception):
     """TF Serving could not score: the message says why, in one line, and what to check."""
+
+
+class ExportError(Exception):
+    """The export's own files cannot be used: the message says which, in one line, and what to do."""
 
 
 def score_on_server(tokens, url):
@@ -398,7 +407,7 @@ def main(argv=None):
                  "the folder export.py wrote")
     try:
         return scored(args, parser)
-    except ServerError as error:
+    except (ServerError, ExportError) as error:
         sys.exit(f"error: {error}")
     except ModuleNotFoundError as error:
         if error.name not in ("tensorflow", "numpy"):

@@ -55,10 +55,11 @@ _CALIBRATION_SENTENCES = [
 # ... and all of them as one text, so the calibration sees positions as far as the model's window reaches.
 CALIBRATION_TEXTS = _CALIBRATION_SENTENCES + [" ".join(_CALIBRATION_SENTENCES * 4)]
 # --engine fused-int8's int8 products: each weight column on its own scale, the activations' channels evened
-# out by SmoothQuant scales measured on CALIBRATION_TEXTS, and the layers reading a GELU's output (a BERT's
-# feed-forward second layer) left in float32: what kept the scores within the accuracy target
-# (docs/benchmarks.md#int8-dense-layers).
-INT8_OPTIONS = {"int8": "per-column", "int8_after_gelu": False, "int8_calibration": CALIBRATION_TEXTS}
+# out by SmoothQuant scales and quantized over fixed ranges, both measured on CALIBRATION_TEXTS (so a text
+# scores the same in any batch), and the layers reading a GELU's output (a BERT's feed-forward second layer)
+# left in float32: what kept the scores within the accuracy target (docs/benchmarks.md#int8-dense-layers).
+INT8_OPTIONS = {"int8": "per-column", "int8_after_gelu": False, "int8_calibration": CALIBRATION_TEXTS,
+                "int8_ranges": "calibrated"}
 PROBE_TEXTS = ["A probe text: the fused graph must score it as the saved one does.", "Short."]
 
 
@@ -67,15 +68,16 @@ class FusedClassifier:
     frozen in at load time); everything else is the saved model's, in `saved`."""
 
     def __init__(self, saved, log=print, kernel=True, gelu_weights_held=None, int8=None, int8_after_gelu=True,
-                 int8_calibration=None):
-        """int8_calibration: texts whose activations set the int8 layers' SmoothQuant scales (None: none)."""
+                 int8_calibration=None, int8_ranges="batch"):
+        """int8_calibration: texts whose activations set the int8 layers' SmoothQuant scales (None: none)
+        and, with int8_ranges "calibrated", their activations' ranges."""
         self.saved = saved
         calibration = None
         if int8_calibration is not None:
             calibration = {key: value.numpy() for key, value in tokens_of(saved, int8_calibration).items()}
         self.fused = fusion.fuse(saved.classify_tokens.get_concrete_function(), log=log, kernel=kernel,
                                  gelu_weights_held=gelu_weights_held, int8=int8, int8_after_gelu=int8_after_gelu,
-                                 int8_calibration=calibration)
+                                 int8_calibration=calibration, int8_ranges=int8_ranges)
 
     def __getattr__(self, name):
         return getattr(self.saved, name)
@@ -231,13 +233,13 @@ def load(model_dir, precision, engine="auto", log=print):
         scorer = int8_or_fused(model, log)
         return scorer, record, PRECISION["fused-int8"] if in_use(scorer, "fused-int8") == "fused-int8" else "float32"
     model, record, _ = saving.load_model(model_dir, "float32")  # only its tokenizer runs
-    path = os.path.join(model_dir, CACHE_FOLDER, f"{engine}-{fingerprint(model_dir)}.tflite")
+    path = kept_path(model_dir, engine, record["config"]["seq_length"])
     if os.path.isfile(path):
         with open(path, "rb") as f:
             kept = f.read()
         try:
             return TfliteClassifier(model, kept), record, PRECISION[engine]
-        except (ValueError, RuntimeError) as error:  # a damaged file: TFLite refuses it
+        except (ValueError, RuntimeError, KeyError) as error:  # a damaged file: TFLite refuses it
             log(f"note: {path} could not be loaded ({str(error).splitlines()[0][:120]}); converting again")
     return TfliteClassifier(model, converted(model, record, model_dir, engine, path, log)), record, PRECISION[engine]
 
@@ -259,9 +261,17 @@ def converted(model, record, model_dir, engine, path, log=print):
     return content
 
 
-def fingerprint(model_dir):
-    """A short hash of the SavedModel's graph and variable index: it changes whenever the model is saved anew."""
-    digest = hashlib.sha256()
+def kept_path(model_dir, engine, seq_length):
+    """Where the engine's conversion of the model in model_dir is kept: named for the model and for what else
+    shapes the converted file (TensorFlow's version, the quantization, the input widths)."""
+    conversion = (tf.__version__, QUANTIZATION[engine], *tflite.widths(seq_length))
+    return os.path.join(model_dir, CACHE_FOLDER, f"{engine}-{fingerprint(model_dir, conversion)}.tflite")
+
+
+def fingerprint(model_dir, conversion=()):
+    """A short hash of the SavedModel's graph and variable index, and of conversion: it changes whenever the
+    model is saved anew or would convert differently."""
+    digest = hashlib.sha256(repr(tuple(conversion)).encode())
     for name in ("saved_model.pb", os.path.join("variables", "variables.index")):
         with open(os.path.join(model_dir, name), "rb") as f:
             digest.update(f.read())

@@ -44,7 +44,7 @@ from tfhub_classifier.model.graph_edits import (
     first_output,
     frozen_graph,
     node_of,
-    run_graph,
+    run_as_function,
     without_unread,
 )
 from tfhub_classifier.runtime import tf
@@ -358,8 +358,11 @@ def _placeholders(concrete_function):
     return {key: tensor.name for key, tensor in tf.nest.pack_sequence_as(signature, arguments).items()}
 
 
+INT8_RANGES = ("batch", "calibrated")  # over what int8 layers quantize their activations (fuse's int8_ranges)
+
+
 def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8=None, int8_after_gelu=True,
-         int8_calibration=None):
+         int8_calibration=None, int8_ranges="batch"):
     """The FusedFunction of a concrete function taking one dict of tensors and returning one tensor. Its
     attentions run as one kernel each (unless kernel is False) if the graph runs in float32
     (runtime.set_precision) and the kernel can be compiled here; if it can't, a note says why.
@@ -367,8 +370,13 @@ def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8
     int8: None, or the dense layers as oneDNN int8 products with their weights' scales "per-layer" or
     "per-column" (model/quantization.py), GELU included; int8_after_gelu: False leaves those reading a
     GELU's output in float32; int8_calibration: a token dict whose activations set each int8 layer's
-    SmoothQuant scales (None: no smoothing). A GELU's layer left in float32 holds its weights as without
-    int8."""
+    SmoothQuant scales (None: no smoothing); int8_ranges: "batch" quantizes each int8 layer's activations
+    over each batch's range, "calibrated" over the range they took on int8_calibration (widened a little),
+    the same for every batch. A GELU's layer left in float32 holds its weights as without int8."""
+    if int8_ranges not in INT8_RANGES:
+        raise ValueError(f"int8 activation ranges must be one of {', '.join(INT8_RANGES)}, not {int8_ranges!r}")
+    if int8 and int8_ranges == "calibrated" and int8_calibration is None:
+        raise ValueError("calibrated int8 activation ranges need calibration tokens (int8_calibration)")
     graph_def = frozen_graph(concrete_function)
     dense = fuse_dense(Graph(graph_def))
     graph_def = apply(graph_def, dense)
@@ -378,14 +386,17 @@ def fuse(concrete_function, log=print, kernel=True, gelu_weights_held=None, int8
     if int8:
         bias_adds = [node.name for node in dense.added + einsum.added if node.op == "BiasAdd"]
         graph = Graph(graph_def)
-        gelus, ranges = gelu_chains(graph, erfs), None
+        gelus, ranges, extremes = gelu_chains(graph, erfs), None, None
         if int8_calibration is not None:
             inputs = quantization.activation_inputs(graph, bias_adds, gelus, int8_after_gelu)
             feeds = {tensor: int8_calibration[key] for key, tensor in _placeholders(concrete_function).items()}
-            values = run_graph(graph_def, inputs.values(), feeds)
+            values = run_as_function(graph_def, inputs.values(), feeds)
             ranges = {key: np.abs(value).max(0) for key, value in zip(inputs, values)}
+            if int8_ranges == "calibrated":
+                extremes = {key: (value.min(0), value.max(0)) for key, value in zip(inputs, values)}
         quantize, int8_layers = quantization.quantize_dense(graph, bias_adds, int8, gelus=gelus,
-                                                            after_gelu=int8_after_gelu, channel_ranges=ranges)
+                                                            after_gelu=int8_after_gelu, channel_ranges=ranges,
+                                                            activation_ranges=extremes)
         graph_def = apply(graph_def, quantize)
         erfs = [erf for erf in erfs if erf not in quantize.removed]
     if erfs and (holds_gelu_weights() if gelu_weights_held is None else gelu_weights_held):

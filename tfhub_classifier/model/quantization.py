@@ -1,4 +1,4 @@
-"""A fused graph's dense layers as oneDNN int8 products, their activations quantized per batch.
+"""A fused graph's dense layers as oneDNN int8 products, activations quantized per batch or over a fixed range.
 
 After model/fusion.py's rewrite every dense layer is MatMul (of constant weights) -> BiasAdd [-> GELU].
 Here each becomes TensorFlow's _QuantizedMatMul, oneDNN's u8 x s8 product with its bias [and exact GELU]
@@ -8,10 +8,11 @@ giving up a bit where it takes one from the activations:
 - weights: int8, one scale for the layer or one for each output column (the op takes either),
   |q| <= 64 (255 * 64 * 2 fits int16), since on CPUs without VNNI oneDNN sums pairs of u8 x s8 products
   in int16 (VPMADDUBSW), which 8-bit weights could saturate;
-- activations: uint8 over this batch's own range: x - min(x) quantized with the op's SCALED mode,
-  and min(x) times the dequantized weights' column sums added to the bias, so the output is x @ W + b.
-  The range is the whole batch's, padding included, so a text's scores move slightly with the texts
-  batched with it (as with quantize_dynamic).
+- activations: uint8 over a range [low, high]: x - low quantized with the op's SCALED mode, and low
+  times the dequantized weights' column sums added to the bias, so the output is x @ W + b. The range
+  is either each batch's own (low = min(x), padding included, so a text's scores move slightly with the
+  texts batched with it, as with quantize_dynamic) or fixed, measured on calibration texts and widened
+  by RANGE_MARGIN (a text then scores the same in any batch; values beyond the range are clipped to it).
 - smoothing (optional): a few channels of a BERT's activations run far above the rest and would set the
   batch's range; dividing each channel by a SmoothQuant scale and multiplying the weights' rows by it
   leaves the product as it was and evens the channels out (one element-wise op an input).
@@ -30,6 +31,7 @@ WEIGHT_LEVELS = 127  # the op's weight scale is max|range| / 127 ...
 WEIGHT_RANGE_FACTOR = 2.0  # ... and the range twice the largest weight keeps |q| <= 64 (7 bits)
 SMALLEST_RANGE = 1e-6  # an all-zero column's or layer's: any scale quantizes it to zeros
 SMOOTHING = 0.5  # SmoothQuant's migration strength: the activations' outliers shared evenly with the weights
+RANGE_MARGIN = 0.1  # a fixed range is the calibration texts' widened by this share of its span on each side
 
 
 def quantized_weights(weights, per_column=False):
@@ -45,7 +47,8 @@ def quantized_weights(weights, per_column=False):
     return quantized, bound, (quantized.astype(np.float64).sum(0) * scale).astype(np.float32)
 
 
-def quantize_dense(graph, bias_adds, scales="per-layer", gelus=None, after_gelu=True, channel_ranges=None):
+def quantize_dense(graph, bias_adds, scales="per-layer", gelus=None, after_gelu=True, channel_ranges=None,
+                   activation_ranges=None):
     """(An Edit, how many layers it changes): each of bias_adds (BiasAdd node names reading a MatMul of
     constant two-axis weights, as fuse_dense and fuse_einsum write them) becomes an int8 product whose
     output stands in for the BiasAdd's, or for its GELU's where gelus ({BiasAdd name: (the GELU's output
@@ -56,7 +59,9 @@ def quantize_dense(graph, bias_adds, scales="per-layer", gelus=None, after_gelu=
     the feed-forward block's second, whose weights and activations int8 rounds worst). channel_ranges:
     {activations' key (activation_inputs'): each channel's largest |value| on calibration texts}: those
     activations' channels are divided by smoothing_scales before quantization and the weights' rows
-    multiplied by them (SmoothQuant), so a few large channels no longer set the whole batch's range."""
+    multiplied by them (SmoothQuant), so a few large channels no longer set the whole batch's range.
+    activation_ranges: {activations' key: (each channel's smallest value, its largest) on calibration
+    texts}: those activations are quantized over that fixed range (after smoothing), not each batch's."""
     if scales not in SCALES:
         raise ValueError(f"int8 weight scales must be one of {', '.join(SCALES)}, not {scales!r}")
     gelus = gelus or {}
@@ -69,7 +74,11 @@ def quantize_dense(graph, bias_adds, scales="per-layer", gelus=None, after_gelu=
     edit, quantized_inputs = Edit(), {}
     for name, matmul, weights, key in layers:
         if key not in quantized_inputs:
-            nodes, quantized_inputs[key] = _quantized_activations(f"{name}/int8", matmul.input[0], smoothing.get(key))
+            fixed = None
+            if key in (activation_ranges or {}):
+                fixed = fixed_range(*activation_ranges[key], smoothing.get(key))
+            nodes, quantized_inputs[key] = _quantized_activations(f"{name}/int8", matmul.input[0],
+                                                                  smoothing.get(key), fixed)
             edit.added += nodes
         if key in smoothing:
             weights = weights * smoothing[key][:, None]
@@ -84,6 +93,16 @@ def quantize_dense(graph, bias_adds, scales="per-layer", gelus=None, after_gelu=
 def activation_inputs(graph, bias_adds, gelus=None, after_gelu=True):
     """{activations' key: a tensor holding them, [rows, channels]} for the layers quantize_dense would change."""
     return {key: matmul.input[0] for _, matmul, _, key in _layers(graph, bias_adds, gelus or {}, after_gelu)}
+
+
+def fixed_range(channel_lows, channel_highs, divisors=None, margin=RANGE_MARGIN):
+    """(low, high): the range of activations whose channels reached channel_lows..channel_highs on calibration
+    texts, after dividing them by divisors (if given), widened by margin times its span on each side."""
+    if divisors is not None:  # positive: each channel keeps its order
+        channel_lows, channel_highs = channel_lows / divisors, channel_highs / divisors
+    low, high = float(np.min(channel_lows)), float(np.max(channel_highs))
+    widening = margin * max(high - low, SMALLEST_RANGE)
+    return low - widening, high + widening
 
 
 def smoothing_scales(channel_largest, row_largest, strength=SMOOTHING):
@@ -160,14 +179,23 @@ def _op(nodes, kind, name, inputs, **attrs):
     return node.name
 
 
-def _quantized_activations(prefix, x, divisors=None):
-    """(nodes, (the QuantizeV2 node's name, min(x)'s)): x - min(x) as uint8 over its range, min(x) kept to
-    put back; x's channels divided by divisors first, if given."""
+def _quantized_activations(prefix, x, divisors=None, fixed=None):
+    """(nodes, (the QuantizeV2 node's name, low's)): x - low as uint8 over [0, high - low], low kept to put
+    back; (low, high) is fixed, or min(x) and max(x); x's channels divided by divisors first, if given."""
     float32, int32 = tf.float32.as_datatype_enum, tf.int32.as_datatype_enum
-    nodes = [const_node(f"{prefix}/axes", np.array([0, 1], np.int32)), const_node(f"{prefix}/zero", np.float32(0))]
+    nodes = [const_node(f"{prefix}/zero", np.float32(0))]
     if divisors is not None:
         nodes.append(const_node(f"{prefix}/inverse_smoothing", (1 / divisors).astype(np.float32)))
         x = _op(nodes, "Mul", f"{prefix}/smoothed", [x, f"{prefix}/inverse_smoothing"], T=float32)
+    if fixed is not None:
+        low, high = fixed
+        nodes += [const_node(f"{prefix}/low", np.float32(low)), const_node(f"{prefix}/span", np.float32(high - low))]
+        shifted = _op(nodes, "Sub", f"{prefix}/shifted", [x, f"{prefix}/low"], T=float32)
+        # QuantizeV2 clips what falls outside the range to its ends.
+        activations = _op(nodes, "QuantizeV2", f"{prefix}/activations", [shifted, f"{prefix}/zero", f"{prefix}/span"],
+                          T=tf.quint8.as_datatype_enum, mode=b"SCALED", round_mode=b"HALF_TO_EVEN")
+        return nodes, (activations, f"{prefix}/low")
+    nodes.append(const_node(f"{prefix}/axes", np.array([0, 1], np.int32)))
     low = _op(nodes, "Min", f"{prefix}/low", [x, f"{prefix}/axes"], T=float32, Tidx=int32)
     high = _op(nodes, "Max", f"{prefix}/high", [x, f"{prefix}/axes"], T=float32, Tidx=int32)
     shifted = _op(nodes, "Sub", f"{prefix}/shifted", [x, low], T=float32)
