@@ -40,3 +40,11 @@ def test_a_run_that_fused_other_layers_than_the_first_is_refused():
     other["fused"]["attention_kernels"] = 0
     assert gelu_weights.check("held", run(50.0, 30.0, 6), first) is None
     assert "would not score the same layers" in gelu_weights.check("constant", other, first)
+
+
+def test_threads_refuses_a_run_whose_inter_op_pool_was_not_its_settings():
+    import threads
+    assert threads.check("one", {"inter_op_threads": 1}, {}) is None
+    assert threads.check("default", {"inter_op_threads": 0}, {}) is None
+    for setting, count in (("one", 0), ("default", 1)):
+        assert "its figures would not be its setting's" in threads.check(setting, {"inter_op_threads": count}, {})
