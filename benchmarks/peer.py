@@ -46,7 +46,7 @@ import speed
 from tfhub_classifier import hardware
 
 # int8 is evaluation only: ours through --int8-engine, the peer through torch.ao.quantization.quantize_dynamic
-# on its Linear layers (int8 weights, activations quantized per batch as --engine fused-int8's).
+# on its Linear layers (int8 weights, activations quantized over each call's range).
 PRECISIONS = ("float32", "bfloat16", "int8")
 # Training batches are sorted by length within windows of this many batches, as our pipeline's
 # tokenization.WINDOW_BATCHES (not imported here: that module imports TensorFlow).

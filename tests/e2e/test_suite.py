@@ -111,6 +111,7 @@ def test_evaluate_scores_through_the_engine_it_is_given(trained, engine):
     assert metrics["engine"] == engine  # what ran: a fallback would name the float32 engine
     if engine == "savedmodel":  # the graph as trained, in float32: the fused graph's test figures to rounding
         assert metrics["precision_mode"] == "float32"
+        assert metrics["attention"] is None  # the fused graph would say how it runs attention
         assert metrics["loss"] == pytest.approx(record["test_metrics"]["loss"], abs=1e-4)
     else:  # int8 dense layers: near the float32 figures, not equal to them
         assert metrics["precision_mode"] == engines.PRECISION["fused-int8"]

@@ -272,6 +272,7 @@ def test_a_batch_runs_at_the_smallest_width_that_holds_it(saved):
 
 def test_the_conversion_is_kept_for_that_model_and_tensorflow_only(hub_models, tmp_path, monkeypatch):
     from tfhub_classifier.inference import engines
+    from tfhub_classifier.model import saving
     model_dir = helpers.untrained_classifier(tmp_path / "a", *hub_models, tasks.Task("binary", LABELS["binary"]),
                                              "head")
     said = []
@@ -287,8 +288,8 @@ def test_the_conversion_is_kept_for_that_model_and_tensorflow_only(hub_models, t
     os.rename(os.path.join(model_dir, engines.CACHE_FOLDER), os.path.join(other, engines.CACHE_FOLDER))
     replaced, _, _ = engines.load(other, "float32", "tflite", log=said.append)
     assert said and said[0].startswith("Converting")
-    assert len(os.listdir(os.path.join(other, engines.CACHE_FOLDER))) == 2
-    from tfhub_classifier.model import saving
+    assert os.listdir(os.path.join(other, engines.CACHE_FOLDER)) == [  # the other save's conversion removed
+        os.path.basename(engines.kept_path(other, "tflite", saving.load(other)[1]["config"]["seq_length"]))]
     np.testing.assert_allclose(logits(replaced, TEXTS), logits(saving.load(other)[0], TEXTS), atol=1e-4)
     # A damaged kept file is converted again; a killed write's leftover, once stale, is removed.
     folder = os.path.join(other, engines.CACHE_FOLDER)
@@ -303,11 +304,13 @@ def test_the_conversion_is_kept_for_that_model_and_tensorflow_only(hub_models, t
     assert said[0].startswith("note: ") and "converting again" in said[0] and said[1].startswith("Converting")
     np.testing.assert_allclose(logits(repaired, TEXTS), logits(replaced, TEXTS), atol=1e-6)
     assert not os.path.exists(leftover) and os.path.getsize(os.path.join(folder, damaged)) > 1000
-    # Another TensorFlow would convert differently: its conversion is made anew, the kept one left unread.
+    # Another TensorFlow would convert differently: its conversion is made anew, and kept in the old one's place.
     monkeypatch.setattr(engines.tf, "__version__", "0.0.other")
     said.clear()
     engines.load(other, "float32", "tflite", log=said.append)
-    assert said and said[0].startswith("Converting") and len(os.listdir(folder)) == 3
+    assert said and said[0].startswith("Converting") and os.listdir(folder) == [
+        os.path.basename(engines.kept_path(other, "tflite", saving.load(other)[1]["config"]["seq_length"]))]
+    assert damaged not in os.listdir(folder)
 
 
 def test_a_model_folder_that_cannot_be_written_still_gets_its_engine(saved, monkeypatch):

@@ -1,5 +1,6 @@
 """The fused graph's dense layers as oneDNN int8 products (model/quantization.py): weights within 7 bits,
-activations quantized over each batch's own range, the output x @ W + b to the quantization's error."""
+activations quantized over each batch's own range or a fixed one, the output x @ W + b to the quantization's
+error."""
 import numpy as np
 import pytest
 from token_graphs import batches, executed_ops, token_classifier

@@ -294,6 +294,8 @@ def tflite_scorer(path):
             warnings.simplefilter("ignore")
             interpreter = Interpreter(model_path=path, num_threads=cores)
         runners = signature_runners(interpreter)
+        if not runners:
+            raise ValueError("it has no signature")
     except (ValueError, RuntimeError, KeyError) as error:  # not a .tflite, or not one export.py wrote
         first = (str(error).splitlines() or [type(error).__name__])[0][:200]
         raise ExportError(f"{path} cannot be read as this export's model ({first}); export the model "

@@ -32,17 +32,17 @@ def convert(model, kind, seq_length, quantize="none", instead="export it with --
     (float16 weights). ValueError, ending with instead (what to do), if TFLite's builtin ops can't express it."""
     if quantize not in config.QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantize!r}; use one of {', '.join(config.QUANTIZATIONS)}")
+    module = core_ops.CoreOpsClassifier(model.classify_tokens, kind)
+    functions = [_fixed_width(module, width).get_concrete_function() for width in widths(seq_length)]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(functions, module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex: runs on bare LiteRT
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
     try:
-        module = core_ops.CoreOpsClassifier(model.classify_tokens, kind)
-        functions = [_fixed_width(module, width).get_concrete_function() for width in widths(seq_length)]
-        converter = tf.lite.TFLiteConverter.from_concrete_functions(functions, module)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex: runs on bare LiteRT
-        if quantize != "none":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantize == "float16":
-            converter.target_spec.supported_types = [tf.float16]
         return converter.convert()
-    except Exception as error:  # tracing or the converter (its own ConverterError, with pages of MLIR)
+    except Exception as error:  # the converter raises its own ConverterError, with pages of MLIR
         first = next((line for line in str(error).splitlines() if "error" in line.lower()), str(error))[:200]
         raise ValueError(f"this model could not be converted to TFLite's builtin ops ({first.strip()}); "
                          f"{instead}") from None

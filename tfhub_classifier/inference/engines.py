@@ -32,8 +32,9 @@ FUSED_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.1, "float16": 0.1}
 # (or to 1, if that is smaller): int8 rounding moves them a few percent, a wrong rewrite far more.
 INT8_TOLERANCE = 0.1
 
-# What --engine fused-int8's SmoothQuant scales are measured on: a BERT's few large activation channels
-# are the model's own, whatever the text, so varied plain sentences find them.
+# What --engine fused-int8's SmoothQuant scales and activation ranges are measured on: a BERT's few large
+# activation channels are the model's own, whatever the text, so varied plain sentences find them; values
+# beyond the ranges they set (widened by a tenth) are clipped, which PROBE_TEXTS' unusual ones check at load.
 _CALIBRATION_SENTENCES = [
     "The film opens slowly, but by the second hour I could not look away from the screen.",
     "Terrible acting, a plot full of holes and a soundtrack that never stops. Avoid it.",
@@ -60,7 +61,8 @@ CALIBRATION_TEXTS = _CALIBRATION_SENTENCES + [" ".join(_CALIBRATION_SENTENCES * 
 # left in float32: what kept the scores within the accuracy target (docs/benchmarks.md#int8-dense-layers).
 INT8_OPTIONS = {"int8": "per-column", "int8_after_gelu": False, "int8_calibration": CALIBRATION_TEXTS,
                 "int8_ranges": "calibrated"}
-PROBE_TEXTS = ["A probe text: the fused graph must score it as the saved one does.", "Short."]
+PROBE_TEXTS = ["A probe text: the fused graph must score it as the saved one does.", "Short.",
+               "see https://example.com/x?id=42 :) 😀😀 def f(x): return x**2 # ÄÖÜ ß 東京 1,234.56 !!! ???"]
 
 
 class FusedClassifier:
@@ -246,7 +248,8 @@ def load(model_dir, precision, engine="auto", log=print):
 
 def converted(model, record, model_dir, engine, path, log=print):
     """The engine's .tflite bytes for the model in model_dir, converted and kept at path (if its folder
-    can't be written, used unkept); leftovers of a killed write (over an hour old) are removed."""
+    can't be written, used unkept); the engine's other kept conversions (of an earlier save of the model,
+    or another TensorFlow) and leftovers of a killed write (over an hour old) are removed."""
     task = saving.task_of_record(record)
     log(f"Converting {model_dir} to {engine} (once; kept in {os.path.dirname(path)}) ...")
     content = tflite.convert(model, task.kind, record["config"]["seq_length"], QUANTIZATION[engine],
@@ -255,6 +258,9 @@ def converted(model, record, model_dir, engine, path, log=print):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         files.remove_stale_partials(os.path.dirname(path))
         files.write_bytes(path, content)
+        for name in os.listdir(os.path.dirname(path)):  # conversions of an earlier save or TensorFlow: never read
+            if name.startswith(f"{engine}-") and name.endswith(".tflite") and name != os.path.basename(path):
+                os.remove(os.path.join(os.path.dirname(path), name))
     except OSError as error:
         log(f"note: could not keep the converted model in {os.path.dirname(path)} ({error.strerror}); "
             "it will be converted again next time")

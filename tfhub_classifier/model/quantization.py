@@ -59,7 +59,7 @@ def quantize_dense(graph, bias_adds, scales="per-layer", gelus=None, after_gelu=
     the feed-forward block's second, whose weights and activations int8 rounds worst). channel_ranges:
     {activations' key (activation_inputs'): each channel's largest |value| on calibration texts}: those
     activations' channels are divided by smoothing_scales before quantization and the weights' rows
-    multiplied by them (SmoothQuant), so a few large channels no longer set the whole batch's range.
+    multiplied by them (SmoothQuant), so a few large channels no longer set the whole range.
     activation_ranges: {activations' key: (each channel's smallest value, its largest) on calibration
     texts}: those activations are quantized over that fixed range (after smoothing), not each batch's."""
     if scales not in SCALES:
@@ -215,7 +215,7 @@ def _int8_product(prefix, activations, low, bias, quantized, bound, column_sums,
               const_node(f"{prefix}/weights_min", -bound),
               const_node(f"{prefix}/weights_max", bound),
               const_node(f"{prefix}/column_sums", column_sums)]
-    # min(x) times the weights' column sums puts back what the shift took off each output.
+    # low times the weights' column sums puts back what the shift took off each output.
     restored = _op(nodes, "Mul", f"{prefix}/restored", [low, f"{prefix}/column_sums"], T=float32)
     shifted_bias = _op(nodes, "AddV2", f"{prefix}/bias", [bias, restored], T=float32)
     inputs = [activations, f"{prefix}/weights", shifted_bias, f"{activations}:1", f"{activations}:2",
@@ -225,6 +225,6 @@ def _int8_product(prefix, activations, low, bias, quantized, bound, column_sums,
                   T2=tf.qint8.as_datatype_enum, Tbias=float32, Tout=float32, U=float32,
                   fused_ops=[b"BiasAdd", *([b"GeluExact"] if gelu else []), b"Dequantize"],
                   input_quant_mode=b"SCALED", output_quant_mode=b"SCALED", transpose_a=False, transpose_b=False,
-                  is_weight_const=True, is_bias_const=False,  # the bias moves with each batch's min(x)
+                  is_weight_const=True, is_bias_const=False,  # with each batch's range, the bias moves with its min(x)
                   Tdevice_inputs=[dtype.as_datatype_enum for dtype in types], Tdevice_outputs=[float32])
     return nodes
