@@ -6,6 +6,7 @@ Every way the saved model tokenizes (TF Text, in its graph); the other engines t
 The conversion takes seconds to a minute, so it is kept beside the model (MODEL_DIR/engines/, named
 for the SavedModel's fingerprint, so a retrained model never reuses another's) and made once.
 """
+import contextlib
 import hashlib
 import os
 import threading
@@ -258,12 +259,14 @@ def converted(model, record, model_dir, engine, path, log=print):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         files.remove_stale_partials(os.path.dirname(path))
         files.write_bytes(path, content)
-        for name in os.listdir(os.path.dirname(path)):  # conversions of an earlier save or TensorFlow: never read
-            if name.startswith(f"{engine}-") and name.endswith(".tflite") and name != os.path.basename(path):
-                os.remove(os.path.join(os.path.dirname(path), name))
     except OSError as error:
         log(f"note: could not keep the converted model in {os.path.dirname(path)} ({error.strerror}); "
             "it will be converted again next time")
+        return content
+    for name in os.listdir(os.path.dirname(path)):  # conversions of an earlier save or TensorFlow: never read
+        if name.startswith(f"{engine}-") and name.endswith(".tflite") and name != os.path.basename(path):
+            with contextlib.suppress(OSError):  # housekeeping: the new conversion is kept either way
+                os.remove(os.path.join(os.path.dirname(path), name))
     return content
 
 
@@ -274,7 +277,7 @@ def kept_path(model_dir, engine, seq_length):
     return os.path.join(model_dir, CACHE_FOLDER, f"{engine}-{fingerprint(model_dir, conversion)}.tflite")
 
 
-def fingerprint(model_dir, conversion=()):
+def fingerprint(model_dir, conversion):
     """A short hash of the SavedModel's graph and variable index, and of conversion: it changes whenever the
     model is saved anew or would convert differently."""
     digest = hashlib.sha256(repr(tuple(conversion)).encode())

@@ -188,20 +188,18 @@ def _quantized_activations(prefix, x, divisors=None, fixed=None):
         nodes.append(const_node(f"{prefix}/inverse_smoothing", (1 / divisors).astype(np.float32)))
         x = _op(nodes, "Mul", f"{prefix}/smoothed", [x, f"{prefix}/inverse_smoothing"], T=float32)
     if fixed is not None:
-        low, high = fixed
-        nodes += [const_node(f"{prefix}/low", np.float32(low)), const_node(f"{prefix}/span", np.float32(high - low))]
-        shifted = _op(nodes, "Sub", f"{prefix}/shifted", [x, f"{prefix}/low"], T=float32)
-        # QuantizeV2 clips what falls outside the range to its ends.
-        activations = _op(nodes, "QuantizeV2", f"{prefix}/activations", [shifted, f"{prefix}/zero", f"{prefix}/span"],
-                          T=tf.quint8.as_datatype_enum, mode=b"SCALED", round_mode=b"HALF_TO_EVEN")
-        return nodes, (activations, f"{prefix}/low")
-    nodes.append(const_node(f"{prefix}/axes", np.array([0, 1], np.int32)))
-    low = _op(nodes, "Min", f"{prefix}/low", [x, f"{prefix}/axes"], T=float32, Tidx=int32)
-    high = _op(nodes, "Max", f"{prefix}/high", [x, f"{prefix}/axes"], T=float32, Tidx=int32)
+        nodes += [const_node(f"{prefix}/low", np.float32(fixed[0])),
+                  const_node(f"{prefix}/span", np.float32(fixed[1] - fixed[0]))]
+        low, span = f"{prefix}/low", f"{prefix}/span"
+    else:
+        nodes.append(const_node(f"{prefix}/axes", np.array([0, 1], np.int32)))
+        low = _op(nodes, "Min", f"{prefix}/low", [x, f"{prefix}/axes"], T=float32, Tidx=int32)
+        high = _op(nodes, "Max", f"{prefix}/high", [x, f"{prefix}/axes"], T=float32, Tidx=int32)
+        # An empty batch's min and max are +inf and -inf: its span is clamped to 0, which QuantizeV2 accepts.
+        difference = _op(nodes, "Sub", f"{prefix}/difference", [high, low], T=float32)
+        span = _op(nodes, "Maximum", f"{prefix}/span", [difference, f"{prefix}/zero"], T=float32)
     shifted = _op(nodes, "Sub", f"{prefix}/shifted", [x, low], T=float32)
-    # An empty batch's min and max are +inf and -inf: its span is clamped to 0, which QuantizeV2 accepts.
-    span = _op(nodes, "Maximum", f"{prefix}/span", [_op(nodes, "Sub", f"{prefix}/difference", [high, low], T=float32),
-                                                   f"{prefix}/zero"], T=float32)
+    # Over a fixed range, QuantizeV2 clips what falls outside it to its ends.
     activations = _op(nodes, "QuantizeV2", f"{prefix}/activations", [shifted, f"{prefix}/zero", span],
                       T=tf.quint8.as_datatype_enum, mode=b"SCALED", round_mode=b"HALF_TO_EVEN")
     return nodes, (activations, low)
